@@ -1,0 +1,348 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * api — the public calls of include/samepage.h and the process's one
+ * context (struct lib), created on first use.
+ */
+#define _GNU_SOURCE
+#include "samepage.h"
+#include "lib.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define TEXT_BYTES (1u << 20)
+#define STACK_BYTES (256u << 10)
+
+/* The one pointer to the context; written once under pthread_once. */
+static struct lib *the_lib;
+static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
+
+static void *named_map(size_t len)
+{
+	void *m = os_mmap(NULL, len, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+	if (m == MAP_FAILED)
+		return NULL;
+	/* Never merged: the scanner writes this memory while pages are frozen. */
+	os_name_mapping(m, len);
+	return m;
+}
+
+static void warn_uffd(int err)
+{
+	fprintf(stderr,
+		"samepage: cannot merge memory in process %d: userfaultfd with write-protect "
+		"is not available (%s).\n"
+		"samepage: it needs /dev/userfaultfd readable by this user, or "
+		"vm.unprivileged_userfaultfd=1, or root.\n",
+		(int)getpid(), strerror(-err));
+}
+
+static void lib_create(void)
+{
+	struct lib *l = named_map(sizeof(*l));
+
+	if (!l)
+		return;
+	pthread_mutex_init(&l->lock, NULL);
+	pthread_cond_init(&l->wake, NULL);
+	l->sock = -1;
+	for (uint32_t i = 0; i < POOL_MAX_SEGS; i++)
+		l->segs[i].fd = -1;
+	l->msg = named_map(SP_MAX_MSG);
+	l->out = named_map(SP_MAX_MSG);
+	l->pm = named_map(CHUNK_PAGES * sizeof(uint64_t));
+	l->text = named_map(TEXT_BYTES);
+	l->stack = named_map(STACK_BYTES);
+	l->old_areas = named_map(LIB_MAX_AREAS * sizeof(struct area));
+	l->chunk = named_map(scan_chunk_bytes());
+	l->pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	l->mapsfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	if (!l->msg || !l->out || !l->pm || !l->text || !l->stack || !l->old_areas ||
+	    !l->chunk || l->pmfd < 0 || l->mapsfd < 0)
+		return; /* the_lib stays NULL: every call says -ENOMEM */
+	l->max_map_count = os_max_map_count();
+	l->uffd = os_uffd_open();
+	if (l->uffd < 0)
+		warn_uffd(l->uffd);
+	the_lib = l;
+}
+
+struct lib *lib_get(void)
+{
+	pthread_once(&lib_once, lib_create);
+	return the_lib;
+}
+
+struct lib *lib_peek(void)
+{
+	return __atomic_load_n(&the_lib, __ATOMIC_ACQUIRE);
+}
+
+void lib_kick(struct lib *l)
+{
+	l->kick = 1;
+	pthread_cond_broadcast(&l->wake);
+}
+
+/* lock held */
+int lib_start_scanner(struct lib *l)
+{
+	pthread_attr_t at;
+	int err;
+
+	if (l->scanner_running || l->uffd < 0)
+		return l->uffd < 0 ? l->uffd : 0;
+	/* Merged pages are private file pages: keep them in core dumps (invariant 3). */
+	os_coredump_private_file();
+	pthread_attr_init(&at);
+	/* Our own stack, in our own named mapping: the scanner must never
+	 * freeze a page it is about to write. */
+	pthread_attr_setstack(&at, l->stack, STACK_BYTES);
+	err = -pthread_create(&l->scanner, &at, scan_thread, l);
+	pthread_attr_destroy(&at);
+	if (!err) {
+		pthread_detach(l->scanner);
+		l->scanner_running = 1;
+	}
+	return err;
+}
+
+/* ---- madvise ---- */
+
+static int ranges_add(struct lib *l, uintptr_t s, uintptr_t e)
+{
+	struct range *r = l->ranges;
+	uint32_t i = 0, j;
+
+	while (i < l->nranges && r[i].end < s)
+		i++;
+	/* Ranges i..j-1 touch [s, e): fold them into one. */
+	for (j = i; j < l->nranges && r[j].start <= e; j++) {
+		s = r[j].start < s ? r[j].start : s;
+		e = r[j].end > e ? r[j].end : e;
+	}
+	if (j == i && l->nranges == LIB_MAX_RANGES)
+		return -ENOMEM;
+	memmove(&r[i + 1], &r[j], (l->nranges - j) * sizeof(*r));
+	l->nranges = l->nranges - (j - i) + 1;
+	r[i] = (struct range){ s, e };
+	return 0;
+}
+
+static int ranges_remove(struct lib *l, uintptr_t s, uintptr_t e)
+{
+	struct range out[LIB_MAX_RANGES];
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < l->nranges; i++) {
+		struct range r = l->ranges[i];
+		if (r.end <= s || r.start >= e) {
+			out[n++] = r;
+			continue;
+		}
+		if (r.start < s)
+			out[n++] = (struct range){ r.start, s };
+		if (r.end > e) {
+			if (n == LIB_MAX_RANGES)
+				return -ENOMEM;
+			out[n++] = (struct range){ e, r.end };
+		}
+	}
+	memcpy(l->ranges, out, n * sizeof(*out));
+	l->nranges = n;
+	return 0;
+}
+
+/* -ENOMEM when [s, e) has unmapped gaps, as madvise(2). */
+static int check_mapped(struct lib *l, uintptr_t s, uintptr_t e)
+{
+	int err = os_read_vmas(&l->vmas, l->text, TEXT_BYTES);
+
+	if (err)
+		return err;
+	for (uintptr_t p = s; p < e;) {
+		const struct vma *v = os_vma_find(&l->vmas, p);
+		if (!v)
+			return -ENOMEM;
+		p = v->end;
+	}
+	return 0;
+}
+
+int samepage_madvise(void *addr, size_t len, int advice)
+{
+	uintptr_t s = (uintptr_t)addr, e;
+	struct lib *l;
+	int err, gaps;
+
+	if (advice != MADV_MERGEABLE && advice != MADV_UNMERGEABLE)
+		return -EINVAL;
+	/* madvise(2): start page aligned; len rounded up, without overflow. */
+	if (s & (SP_PAGE - 1))
+		return -EINVAL;
+	e = s + ((len + SP_PAGE - 1) & ~(size_t)(SP_PAGE - 1));
+	if ((len && e == s) || e < s)
+		return -EINVAL;
+	if (e == s)
+		return 0;
+	l = lib_get();
+	if (!l)
+		return -ENOMEM;
+	pthread_mutex_lock(&l->lock);
+	gaps = check_mapped(l, s, e);
+	if (gaps && gaps != -ENOMEM) {
+		err = gaps;
+		goto out;
+	}
+	if (advice == MADV_MERGEABLE) {
+		err = ranges_add(l, s, e);
+		if (!err)
+			err = lib_start_scanner(l) == 0 || l->uffd < 0 ? 0 : -EAGAIN;
+		lib_kick(l);
+	} else {
+		err = scan_unmerge(l, s, e);
+		if (!err)
+			err = ranges_remove(l, s, e);
+		if (!err)
+			err = scan_refresh(l);
+	}
+	if (!err)
+		err = gaps;
+out:
+	pthread_mutex_unlock(&l->lock);
+	return err;
+}
+
+int samepage_set_merge_any(int enable)
+{
+	struct lib *l = lib_get();
+	int err = 0;
+
+	if (!l)
+		return -ENOMEM;
+	pthread_mutex_lock(&l->lock);
+	if (enable) {
+		l->merge_any = 1;
+		/* Kernel semantics: inherited across exec, so the next image's
+		 * library must know (exec keeps the environment). */
+		setenv("SAMEPAGE_MERGE_ANY", "1", 1);
+		err = lib_start_scanner(l);
+		if (l->uffd < 0)
+			err = 0; /* warned; the kernel would accept it too */
+		lib_kick(l);
+	} else if (l->merge_any) {
+		/* As ksm_disable_merge_any(): everything is unmerged. */
+		l->merge_any = 0;
+		l->nranges = 0;
+		unsetenv("SAMEPAGE_MERGE_ANY");
+		err = scan_unmerge(l, 0, UINTPTR_MAX);
+		if (!err)
+			err = scan_refresh(l);
+	}
+	pthread_mutex_unlock(&l->lock);
+	return err;
+}
+
+int samepage_get_merge_any(void)
+{
+	struct lib *l = lib_peek();
+
+	return l ? l->merge_any : 0;
+}
+
+static void local_stats(struct lib *l, struct samepage_stat *st)
+{
+	st->ksm_rmap_items = l->st.rmap_items;
+	st->ksm_zero_pages_process = l->st.zero;
+	st->ksm_merging_pages = l->st.merging;
+	st->ksm_process_profit = (int64_t)(l->st.merging + l->st.zero) * SP_PAGE -
+				 (int64_t)l->st.rmap_items * SP_ENTRY_BYTES;
+	st->ksm_merge_any = l->merge_any;
+	st->ksm_mergeable = l->merge_any || l->nranges;
+}
+
+int samepage_stat(struct samepage_stat *st)
+{
+	struct lib *l = lib_get();
+	struct sp_statreq q = { 0 };
+	struct sp_msg m;
+	struct sp_stat_r r;
+	int err;
+
+	memset(st, 0, sizeof(*st));
+	if (!l)
+		return -ENOMEM;
+	pthread_mutex_lock(&l->lock);
+	local_stats(l, st);
+	err = l->sock < 0 ? client_connect(l) : 0;
+	if (!err)
+		err = client_call(l, C_STAT, &q, sizeof(q), D_STAT, &m);
+	if (!err)
+		memcpy(&r, m.p, sizeof(r));
+	pthread_mutex_unlock(&l->lock);
+	if (err)
+		return err == -ENOTCONN ? err : -ENOTCONN;
+	st->pages_shared = r.g.pages_shared;
+	st->pages_sharing = r.g.pages_sharing;
+	st->pages_unshared = r.g.pages_unshared;
+	st->pages_volatile = r.g.pages_volatile;
+	st->pages_scanned = r.g.pages_scanned;
+	st->full_scans = r.g.full_scans;
+	st->ksm_zero_pages = r.g.ksm_zero_pages;
+	st->general_profit = r.g.general_profit;
+	st->stable_node_chains = r.g.stable_node_chains;
+	st->stable_node_dups = r.g.stable_node_dups;
+	st->pool_pages = r.g.pool_pages;
+	st->pool_segments = r.g.pool_segments;
+	st->merge_vmas = r.g.merge_vmas;
+	st->vma_limited = r.g.vma_limited;
+	st->processes = r.g.processes;
+	return 0;
+}
+
+int samepage_scan_now(void)
+{
+	struct lib *l = lib_get();
+	struct timespec ts;
+	uint64_t target;
+	int err = 0;
+
+	if (!l)
+		return -ENOMEM;
+	if (l->uffd < 0)
+		return l->uffd;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += 60;
+	pthread_mutex_lock(&l->lock);
+	err = lib_start_scanner(l);
+	/* The pass under way may have begun before the caller's change; the
+	 * one after it has not. */
+	target = l->pass_seq + 2;
+	lib_kick(l);
+	while (!err && l->pass_seq < target) {
+		if (pthread_cond_timedwait(&l->wake, &l->lock, &ts) == ETIMEDOUT)
+			err = -ETIMEDOUT;
+		else
+			lib_kick(l);
+	}
+	pthread_mutex_unlock(&l->lock);
+	return err;
+}
+
+/* Under `samepage run --merge-any`, or after prctl() in an image that exec'd
+ * us: merging starts with the process. */
+__attribute__((constructor)) static void lib_autostart(void)
+{
+	const char *v = getenv("SAMEPAGE_MERGE_ANY");
+
+	if (v && *v == '1')
+		samepage_set_merge_any(1);
+}

@@ -1,0 +1,545 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * daemon — see daemon.h.
+ *
+ * A process's scanner asks for budget (C_BUDGET), hashes its pages, and
+ * offers those whose hash did not change since its previous pass
+ * (C_LOOKUP). Like ksmd, the daemon searches the stable index first: a hit
+ * hands the process a pool page, with a reference already taken for it so
+ * that the page cannot be recycled before the process has mapped it. A miss
+ * goes to the unstable index; a hit there asks the process for the page's
+ * bytes (C_CREATE), which become a new pool page. The other holder of that
+ * content finds the pool page through the stable index on its next pass.
+ */
+#define _GNU_SOURCE
+#include "daemon.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+void samepaged_default_knobs(struct sp_knobs *k)
+{
+	k->v[KNOB_RUN] = 1;
+	k->v[KNOB_PAGES_TO_SCAN] = 16384;
+	k->v[KNOB_SLEEP_MILLISECS] = 20;
+	k->v[KNOB_USE_ZERO_PAGES] = 1;
+	k->v[KNOB_MAX_PAGE_SHARING] = 256;
+}
+
+/* ---- references (invariant 2: a pool page lives while any VMA maps it) ---- */
+
+static int ref_take(struct samepaged *d, struct conn *c, uint32_t id)
+{
+	uint64_t *n = map_get(&c->refs, id);
+	int err = n ? 0 : map_put(&c->refs, id, 0);
+
+	if (err)
+		return err;
+	(*map_get(&c->refs, id))++;
+	pool_page(&d->pool, id)->refs++;
+	d->total_refs++;
+	return 0;
+}
+
+static void page_unref(struct samepaged *d, uint32_t id, uint32_t count)
+{
+	struct pool_page *pg = pool_page(&d->pool, id);
+
+	pg->refs -= count;
+	d->total_refs -= count;
+	if (pg->refs)
+		return;
+	/* Invariant 2: no connection holds a reference, so no VMA maps it. */
+	stable_remove(&d->ix, &d->pool, id);
+	pool_free(&d->pool, id);
+}
+
+/* -EPROTO when the process drops a reference it does not hold. */
+static int ref_drop(struct samepaged *d, struct conn *c, uint32_t id)
+{
+	uint64_t *n = map_get(&c->refs, id);
+
+	if (!n || !*n)
+		return -EPROTO;
+	if (--*n == 0)
+		map_del(&c->refs, id);
+	page_unref(d, id, 1);
+	return 0;
+}
+
+static void refs_release_all(struct samepaged *d, struct conn *c)
+{
+	uint64_t id, n;
+	size_t pos = 0;
+
+	while (map_next(&c->refs, &pos, &id, &n))
+		page_unref(d, (uint32_t)id, (uint32_t)n);
+	map_fini(&c->refs);
+}
+
+/* ---- generations and full scans ---- */
+
+static int conn_scans(const struct conn *c)
+{
+	return c->hello && !c->observer && (c->st.mergeable || c->st.merge_any);
+}
+
+static void maybe_end_generation(struct samepaged *d)
+{
+	int any = 0;
+
+	for (struct conn *c = d->conns; c; c = c->next) {
+		if (!conn_scans(c))
+			continue;
+		if (!c->pass_done)
+			return;
+		any = 1;
+	}
+	if (!any)
+		return;
+	d->gen++;
+	d->full_scans++;
+	unstable_reset(&d->ix);
+	for (struct conn *c = d->conns; c; c = c->next)
+		c->pass_done = 0;
+}
+
+/* ---- connections ---- */
+
+static void conn_close(struct samepaged *d, struct conn *c)
+{
+	struct conn **pp;
+
+	for (pp = &d->conns; *pp != c; pp = &(*pp)->next)
+		;
+	*pp = c->next;
+	epoll_ctl(d->efd, EPOLL_CTL_DEL, c->fd, NULL);
+	close(c->fd);
+	/* Invariant 2: a closed connection (exit, exec) drops its whole set. */
+	refs_release_all(d, c);
+	free(c);
+	if (!d->conns)
+		d->idle_since_ns = now_ns();
+	maybe_end_generation(d);
+}
+
+static void accept_conn(struct samepaged *d)
+{
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+	int fd = accept4(d->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	struct epoll_event ev = { .events = EPOLLIN };
+	struct conn *c;
+
+	if (fd < 0)
+		return;
+	/* Invariant 6: only the daemon's own user shares its pages. */
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 || cr.uid != d->uid) {
+		close(fd);
+		return;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		close(fd);
+		return;
+	}
+	c->fd = fd;
+	c->id = ++d->next_id;
+	c->pid = cr.pid;
+	map_init(&c->refs);
+	if (getrandom(&c->token, sizeof(c->token), 0) != sizeof(c->token))
+		c->token = now_ns() ^ ((uint64_t)c->id << 32) ^ (uint64_t)cr.pid;
+	ev.data.ptr = c;
+	if (epoll_ctl(d->efd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+		close(fd);
+		free(c);
+		return;
+	}
+	c->next = d->conns;
+	d->conns = c;
+}
+
+static int reply(struct conn *c, uint16_t type, const void *p, uint32_t len)
+{
+	return sp_send(c->fd, type, p, len, -1);
+}
+
+static int ack(struct conn *c, int err)
+{
+	struct sp_ack a = { .err = err };
+
+	return reply(c, D_ACK, &a, sizeof(a));
+}
+
+/* ---- request handlers: 0, or <0 to close the connection ---- */
+
+static int on_hello(struct samepaged *d, struct conn *c, const struct sp_hello *h)
+{
+	struct sp_hello_r r = { .token = c->token, .seg_pages = SEG_PAGES, .knobs = d->knobs };
+
+	if (c->hello || h->version != SP_PROTO_VERSION)
+		return -EPROTO;
+	c->hello = 1;
+	c->observer = !!(h->flags & HELLO_OBSERVER);
+	return reply(c, D_HELLO, &r, sizeof(r));
+}
+
+static void refill(struct samepaged *d)
+{
+	uint64_t t = now_ns();
+	double cap = d->knobs.v[KNOB_PAGES_TO_SCAN];
+	double ms = (t - d->last_refill_ns) / 1e6;
+
+	d->last_refill_ns = t;
+	if (!d->knobs.v[KNOB_SLEEP_MILLISECS]) {
+		d->tokens = cap;
+		return;
+	}
+	d->tokens += ms * cap / d->knobs.v[KNOB_SLEEP_MILLISECS];
+	if (d->tokens > cap)
+		d->tokens = cap;
+}
+
+static int on_budget(struct samepaged *d, struct conn *c, const struct sp_budget *b)
+{
+	struct sp_budget_r r = { .gen = d->gen, .knobs = d->knobs };
+	uint32_t run = d->knobs.v[KNOB_RUN];
+
+	c->st = b->st;
+	d->pages_scanned += b->scanned;
+	if ((b->flags & BUDGET_PASS_DONE) && b->pass_gen >= d->gen)
+		c->pass_done = 1;
+	maybe_end_generation(d);
+	r.gen = d->gen;
+	r.unmerge = run == 2 || c->unmerge_pending;
+	c->unmerge_pending = 0;
+	if (run != 1) {
+		r.wait_ms = 200;
+		return reply(c, D_BUDGET, &r, sizeof(r));
+	}
+	refill(d);
+	r.grant = b->want < d->tokens ? b->want : (uint32_t)d->tokens;
+	d->tokens -= r.grant;
+	if (!r.grant) {
+		uint32_t want = b->want < d->knobs.v[KNOB_PAGES_TO_SCAN] ?
+				b->want : d->knobs.v[KNOB_PAGES_TO_SCAN];
+		r.wait_ms = 1 + (uint32_t)((uint64_t)want * d->knobs.v[KNOB_SLEEP_MILLISECS] /
+					   d->knobs.v[KNOB_PAGES_TO_SCAN]);
+	}
+	return reply(c, D_BUDGET, &r, sizeof(r));
+}
+
+static int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l)
+{
+	struct sp_ids *r = (struct sp_ids *)d->buf; /* l lives in d->in */
+	uint32_t n = l->n, maxs = d->knobs.v[KNOB_MAX_PAGE_SHARING];
+	uint32_t *ids = r->id;
+
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t hash = l->e[i].hash;
+		uint32_t id = stable_find(&d->ix, &d->pool, hash, maxs);
+		int err;
+
+		if (id != SP_POOL_NONE) {
+			/* The reference is the process's before it maps the page. */
+			err = ref_take(d, c, id);
+			ids[i] = err ? SP_POOL_NONE : id;
+			continue;
+		}
+		if (map_get(&d->ix.stable, hash)) {
+			ids[i] = SP_POOL_CREATE; /* chain full: start a dup */
+			continue;
+		}
+		err = unstable_offer(&d->ix, hash, c->id, l->e[i].addr);
+		ids[i] = err == 1 ? SP_POOL_CREATE : SP_POOL_NONE;
+	}
+	r->n = n;
+	return reply(c, D_LOOKUP, r, sizeof(*r) + n * sizeof(uint32_t));
+}
+
+static uint32_t create_one(struct samepaged *d, struct conn *c, const unsigned char *data)
+{
+	uint64_t hash = XXH3_64bits(data, SP_PAGE); /* never the process's word for it */
+	uint32_t id = stable_find(&d->ix, &d->pool, hash, d->knobs.v[KNOB_MAX_PAGE_SHARING]);
+	int64_t nid;
+
+	if (id != SP_POOL_NONE && !memcmp(pool_data(&d->pool, id), data, SP_PAGE))
+		return ref_take(d, c, id) ? SP_POOL_NONE : id;
+	nid = pool_alloc(&d->pool, data, hash);
+	if (nid < 0)
+		return SP_POOL_NONE;
+	if (ref_take(d, c, (uint32_t)nid) || stable_insert(&d->ix, &d->pool, (uint32_t)nid)) {
+		pool_page(&d->pool, (uint32_t)nid)->refs = 0;
+		pool_free(&d->pool, (uint32_t)nid);
+		return SP_POOL_NONE;
+	}
+	return (uint32_t)nid;
+}
+
+static int on_create(struct samepaged *d, struct conn *c, const struct sp_create *cr)
+{
+	struct { uint32_t n; uint32_t id[SP_MAX_CREATE]; } r = { .n = cr->n };
+
+	for (uint32_t i = 0; i < cr->n; i++)
+		r.id[i] = create_one(d, c, cr->data + (size_t)i * SP_PAGE);
+	return reply(c, D_CREATE, &r, sizeof(uint32_t) * (1 + cr->n));
+}
+
+static int on_unref(struct samepaged *d, struct conn *c, const struct sp_ids *u)
+{
+	for (uint32_t i = 0; i < u->n; i++) {
+		int err = ref_drop(d, c, u->id[i]);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+static int on_getseg(struct samepaged *d, struct conn *c, const struct sp_getseg *g)
+{
+	struct sp_seg_r r = { .seg = g->seg, .pages = SEG_PAGES };
+	int fd = pool_seg_fd(&d->pool, g->seg);
+
+	if (fd < 0)
+		return ack(c, fd);
+	return sp_send(c->fd, D_SEG, &r, sizeof(r), fd);
+}
+
+/* Invariant 2 across fork: the child's connection, opened by the parent
+ * before fork(), holds a copy of the parent's set before the child exists. */
+static int on_adopt(struct samepaged *d, struct conn *c, const struct sp_adopt *a)
+{
+	struct conn *parent = NULL;
+	uint64_t id, n;
+	size_t pos = 0;
+
+	for (struct conn *p = d->conns; p; p = p->next)
+		if (p != c && p->hello && p->token == a->token)
+			parent = p;
+	if (!parent || c->refs.count)
+		return ack(c, -ESRCH);
+	while (map_next(&parent->refs, &pos, &id, &n)) {
+		for (uint64_t i = 0; i < n; i++)
+			if (ref_take(d, c, (uint32_t)id))
+				return -ENOMEM;
+	}
+	c->st.mergeable = parent->st.mergeable;
+	c->st.merge_any = parent->st.merge_any;
+	return ack(c, 0);
+}
+
+static void fill_global(struct samepaged *d, struct sp_global_stats *g)
+{
+	uint64_t rmap = 0;
+
+	memset(g, 0, sizeof(*g));
+	g->pages_shared = d->pool.pages_used;
+	g->pages_sharing = d->total_refs - d->pool.pages_used;
+	g->pages_unshared = unstable_count(&d->ix);
+	g->pages_scanned = d->pages_scanned;
+	g->full_scans = d->full_scans;
+	g->stable_node_chains = d->ix.chains;
+	g->stable_node_dups = d->ix.dups;
+	g->pool_pages = d->pool.pages_used;
+	g->pool_segments = d->pool.segs_live;
+	g->meta_bytes = index_bytes(&d->ix);
+	for (struct conn *c = d->conns; c; c = c->next) {
+		if (c->observer || !c->hello)
+			continue;
+		g->processes++;
+		g->ksm_zero_pages += c->st.zero_pages;
+		g->pages_volatile += c->st.volatile_pages;
+		g->merge_vmas += c->st.merge_vmas;
+		g->vma_limited += c->st.vma_limited;
+		g->meta_bytes += map_bytes(&c->refs);
+		rmap += c->st.rmap_items;
+	}
+	g->general_profit = (int64_t)(g->pages_sharing + g->ksm_zero_pages) * SP_PAGE -
+			    (int64_t)(rmap * SP_ENTRY_BYTES + g->meta_bytes);
+}
+
+static int on_stat(struct samepaged *d, struct conn *c, const struct sp_statreq *s)
+{
+	struct sp_stat_r r = { .knobs = d->knobs };
+
+	fill_global(d, &r.g);
+	if (s->pid) {
+		for (struct conn *p = d->conns; p; p = p->next)
+			if (p->pid == s->pid && !p->observer && p->hello) {
+				r.has_proc = 1;
+				r.pid = p->pid;
+				r.p = p->st;
+				break;
+			}
+		if (!r.has_proc)
+			return ack(c, -ESRCH);
+	}
+	return reply(c, D_STAT, &r, sizeof(r));
+}
+
+static int on_set(struct samepaged *d, struct conn *c, const struct sp_set *s)
+{
+	int err = sp_knob_check((int)s->knob, s->value);
+
+	if (!err)
+		d->knobs.v[s->knob] = (uint32_t)s->value;
+	return ack(c, err);
+}
+
+static int on_unmerge(struct samepaged *d, struct conn *c, const struct sp_unmerge *u)
+{
+	int found = 0;
+
+	for (struct conn *p = d->conns; p; p = p->next)
+		if (!p->observer && (!u->pid || p->pid == u->pid)) {
+			p->unmerge_pending = 1;
+			found = 1;
+		}
+	return ack(c, found || !u->pid ? 0 : -ESRCH);
+}
+
+static int dispatch(struct samepaged *d, struct conn *c, const struct sp_msg *m)
+{
+	if (sp_validate(m) < 0 || (!c->hello && m->h.type != C_HELLO))
+		return -EPROTO;
+	switch (m->h.type) {
+	case C_HELLO: return on_hello(d, c, (const void *)m->p);
+	case C_BUDGET: return on_budget(d, c, (const void *)m->p);
+	case C_LOOKUP: return on_lookup(d, c, (const void *)m->p);
+	case C_CREATE: return on_create(d, c, (const void *)m->p);
+	case C_UNREF: return on_unref(d, c, (const void *)m->p);
+	case C_GETSEG: return on_getseg(d, c, (const void *)m->p);
+	case C_ADOPT: return on_adopt(d, c, (const void *)m->p);
+	case C_STAT: return on_stat(d, c, (const void *)m->p);
+	case C_SET: return on_set(d, c, (const void *)m->p);
+	case C_UNMERGE: return on_unmerge(d, c, (const void *)m->p);
+	default: return -EPROTO; /* a reply type sent to us */
+	}
+}
+
+static void on_readable(struct samepaged *d, struct conn *c)
+{
+	struct sp_msg m;
+
+	for (;;) {
+		int err = sp_recv(c->fd, d->in, &m);
+		if (err == -EAGAIN)
+			return;
+		if (m.fd >= 0)
+			close(m.fd); /* processes never send us descriptors */
+		/* Invariant 6: anything malformed closes this connection, nothing else. */
+		if (err || dispatch(d, c, &m) < 0) {
+			conn_close(d, c);
+			return;
+		}
+	}
+}
+
+static int listen_on(struct samepaged *d, const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char lock[sizeof(sa.sun_path) + 8];
+	int lk;
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	/* One daemon per socket: whoever holds the lock owns the path, so a
+	 * stale socket of a killed daemon is replaced, a live one never is. */
+	snprintf(lock, sizeof(lock), "%s.lock", path);
+	lk = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (lk < 0)
+		return -errno;
+	if (flock(lk, LOCK_EX | LOCK_NB) < 0) {
+		close(lk);
+		return -EADDRINUSE;
+	}
+	strcpy(sa.sun_path, path);
+	unlink(path);
+	d->lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (d->lfd < 0)
+		return -errno;
+	if (bind(d->lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(d->lfd, 128) < 0)
+		return -errno;
+	chmod(path, 0600);
+	return 0; /* lk stays open (and locked) for the daemon's life */
+}
+
+static int loop(struct samepaged *d)
+{
+	struct epoll_event evs[64];
+
+	while (!d->stop) {
+		int n = epoll_wait(d->efd, evs, 64, 1000);
+		if (n < 0 && errno != EINTR)
+			return -errno;
+		for (int i = 0; i < n; i++) {
+			if (evs[i].data.ptr == NULL)
+				accept_conn(d);
+			else
+				on_readable(d, evs[i].data.ptr);
+		}
+		if (d->idle_exit_s && !d->conns &&
+		    now_ns() - d->idle_since_ns > (uint64_t)d->idle_exit_s * 1000000000ull)
+			d->stop = 1;
+	}
+	return 0;
+}
+
+int samepaged_run(const char *path, int idle_exit_s, int ready_fd)
+{
+	static struct samepaged d; /* the pool's segment table is large */
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+	int err;
+
+	memset(&d, 0, sizeof(d));
+	d.uid = geteuid();
+	d.idle_exit_s = idle_exit_s;
+	d.idle_since_ns = d.last_refill_ns = now_ns();
+	samepaged_default_knobs(&d.knobs);
+	pool_init(&d.pool);
+	index_init(&d.ix);
+	d.buf = mmap(NULL, 2 * SP_MAX_MSG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		     -1, 0);
+	if (d.buf == MAP_FAILED)
+		return -ENOMEM;
+	d.in = d.buf + SP_MAX_MSG;
+	err = listen_on(&d, path);
+	if (!err) {
+		d.efd = epoll_create1(EPOLL_CLOEXEC);
+		if (d.efd < 0 || epoll_ctl(d.efd, EPOLL_CTL_ADD, d.lfd, &ev) < 0)
+			err = -errno;
+	}
+	if (ready_fd >= 0) {
+		unsigned char st = (unsigned char)-err;
+		if (write(ready_fd, &st, 1) != 1) {
+			/* the starter went away; serve anyway */
+		}
+		close(ready_fd);
+	}
+	if (err)
+		return err;
+	err = loop(&d);
+	unlink(path);
+	return err;
+}

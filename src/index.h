@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * index — the daemon's stable and unstable indexes (kernel KSM's two trees).
+ *
+ * Stable: content hash → pool pages holding that content. Pages with the
+ * same hash are chained through pool_page.next; more than one page per hash
+ * exists only when max_page_sharing filled the first (a "stable node chain"
+ * of "dups" in the kernel's words) or two contents collide on the hash.
+ *
+ * Unstable: content hash → the first page (connection, address) seen with
+ * that hash in the current generation. Only pages whose hash did not change
+ * between two scans of their process are offered, so it holds pages that
+ * are unique but quiet. Emptied whenever a generation ends: a generation
+ * ends once every scanning process has completed a pass that started inside
+ * it, so two equal quiet pages are always offered within one generation and
+ * always meet (kernel KSM's smart_scan can keep them apart forever).
+ *
+ * Not thread-safe: owned by the daemon's event loop.
+ */
+#ifndef SAMEPAGE_INDEX_H
+#define SAMEPAGE_INDEX_H
+
+#include <stdint.h>
+
+#include "map.h"
+#include "pool.h"
+
+struct unstable_item {
+	uint64_t addr;
+	uint32_t conn;
+	uint32_t pad;
+};
+
+struct index {
+	struct map stable;     /* hash → first pool id of the chain */
+	struct map unstable;   /* hash → slot in items */
+	struct unstable_item *items;
+	uint64_t items_cap, items_len;
+	uint64_t chains, dups; /* stable_node_chains, stable_node_dups */
+};
+
+int index_init(struct index *ix);
+void index_fini(struct index *ix);
+
+/* A pool page with this content hash that has fewer than max_sharing refs,
+ * or SP_POOL_NONE. */
+uint32_t stable_find(struct index *ix, struct pool *p, uint64_t hash, uint32_t max_sharing);
+/* Add a freshly allocated page to its hash's chain. 0 or -ENOMEM. */
+int stable_insert(struct index *ix, struct pool *p, uint32_t id);
+/* Remove a page whose refs reached 0 from its chain. */
+void stable_remove(struct index *ix, struct pool *p, uint32_t id);
+
+/* Offer (conn, addr) with hash. 1: another page with that hash is there
+ * (the entry is consumed: the caller turns it into a pool page); 0: now
+ * recorded; -ENOMEM. The same page offered again is not a match. */
+int unstable_offer(struct index *ix, uint64_t hash, uint32_t conn, uint64_t addr);
+/* Start a new generation: forget every entry. */
+void unstable_reset(struct index *ix);
+uint64_t unstable_count(const struct index *ix);
+
+/* Debug check of chain bookkeeping; 0 or -EUCLEAN. */
+int index_check(struct index *ix, struct pool *p);
+uint64_t index_bytes(const struct index *ix);
+
+#endif

@@ -1,0 +1,160 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lib — libsamepage's one context: everything a participating process
+ * keeps. It lives in a mapping of its own named [anon:samepage], which the
+ * scanner never merges: the scanner writes it while pages are frozen.
+ *
+ * Locking: lib.lock serialises every use of the areas, the entries, the
+ * segment views and the daemon connection. The scanner holds it for one
+ * chunk of pages at a time (freeze → verify → remap → thaw happens inside),
+ * never while sleeping. The interposed mmap/munmap/mremap/madvise/fork take
+ * it so that an application's change to its address space never interleaves
+ * with a merge. Nothing called under it may take a lock an application
+ * thread can hold while blocked on a frozen page (no malloc, no stdio).
+ */
+#ifndef SAMEPAGE_LIB_H
+#define SAMEPAGE_LIB_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "os.h"
+#include "pool.h"
+#include "proto.h"
+
+/* Per scanned page: kernel KSM's rmap_item, in 16 bytes. */
+enum entry_state { E_NEW, E_HASHED, E_MERGED, E_ZERO };
+struct entry {
+	uint64_t hash;   /* XXH3 at the last scan */
+	uint32_t pool;   /* E_MERGED: the pool page id whose reference we hold */
+	uint32_t state;
+};
+_Static_assert(sizeof(struct entry) == SP_ENTRY_BYTES, "entry size is part of the counters");
+
+/* A range of mergeable memory with one entry per page. */
+struct area {
+	uintptr_t start, end;
+	struct entry *e;
+	uint32_t vmflags; /* VF_* of the anonymous memory, kept on replacements */
+	uint8_t prot;
+	uint8_t seen;     /* still wanted at the last refresh */
+};
+
+struct range { uintptr_t start, end; };
+struct chunk;
+
+struct segview {
+	int fd;            /* -1: not held */
+	const unsigned char *view; /* read-only shared view, for verifying */
+	uint64_t ino;
+	uint64_t refs;     /* our references into this segment */
+};
+
+struct lib_stats {
+	uint64_t rmap_items, merging, zero; /* entries by state, kept live */
+	uint64_t unshared, volatile_pages;  /* of the last complete pass */
+	uint64_t merge_vmas, vma_limited;
+};
+
+#define LIB_MAX_AREAS 65536
+#define LIB_MAX_RANGES 4096
+#define LIB_MAX_PENDING 65536
+#define CHUNK_PAGES 512
+
+struct lib {
+	pthread_mutex_t lock;      /* see above */
+	pthread_cond_t wake;       /* scanner sleeps on it; kicked by madvise/prctl/scan_now */
+	pthread_t scanner;
+	int scanner_running;
+	int stop;
+
+	/* daemon connection (lock) */
+	int sock;                  /* -1 when not connected */
+	uint64_t token;
+	struct sp_knobs knobs;
+	uint64_t gen;
+	int warned;                /* the userfaultfd warning was printed */
+
+	int uffd;                  /* -errno when unavailable */
+	int pmfd;                  /* /proc/self/pagemap */
+	int mapsfd;                /* /proc/self/maps, for PROCMAP_QUERY */
+	size_t max_map_count;
+
+	/* what the application asked for (lock) */
+	int merge_any;
+	struct range ranges[LIB_MAX_RANGES];
+	uint32_t nranges;
+
+	/* what the scanner tracks (lock) */
+	struct area areas[LIB_MAX_AREAS];
+	uint32_t nareas;
+	struct vma_list vmas;      /* refreshed at each pass start */
+	struct segview segs[POOL_MAX_SEGS];
+	uint32_t pending[LIB_MAX_PENDING]; /* refs to drop once no VMA maps them */
+	uint32_t npending;
+	struct lib_stats st;
+	uint64_t scanned_since_report;
+	uint64_t pass_seq;         /* completed passes */
+	int kick;                  /* run a pass now */
+	int idle_ms;               /* back-off after quiet passes */
+
+	/* buffers (lock) */
+	struct area *old_areas;    /* LIB_MAX_AREAS: reconcile's copy */
+	struct chunk *chunk;       /* scan.c's per-chunk work lists */
+	unsigned char *msg;        /* SP_MAX_MSG: replies */
+	unsigned char *out;        /* SP_MAX_MSG: requests */
+	uint64_t *pm;              /* CHUNK_PAGES pagemap entries */
+	char *text;                /* /proc parsing */
+	unsigned char *stack;      /* the scanner thread's stack */
+};
+
+/* The process's context, created on first use; NULL if that failed. */
+struct lib *lib_get(void);
+/* Like lib_get but never creates it. */
+struct lib *lib_peek(void);
+/* Start the scanner thread if merging is wanted and it is not running. */
+int lib_start_scanner(struct lib *l);
+void lib_kick(struct lib *l);
+
+/* client.c (lock held) */
+int client_connect(struct lib *l);
+void client_lost(struct lib *l);
+int client_call(struct lib *l, uint16_t type, const void *req, uint32_t len,
+		uint16_t want, struct sp_msg *reply);
+int client_unref(struct lib *l, const uint32_t *ids, uint32_t n);
+/* A new connection that holds a copy of this one's references (fork). */
+int client_fork_conn(struct lib *l, int *fd, uint64_t *token);
+/* The read-only view of a pool page; fetches the segment on first use. */
+const unsigned char *client_pool_view(struct lib *l, uint32_t id, int *fd);
+/* Account for a reference taken (+1) or dropped (-1) into id's segment;
+ * closes the segment when we hold none (so the daemon can retire it). */
+void client_seg_ref(struct lib *l, uint32_t id, int delta);
+
+/* merge.c (lock held) */
+struct merge_item { uintptr_t addr; uint32_t id; uint32_t ok; };
+/* Invariant 1: replace each page with its pool page only while frozen and
+ * verified equal. Sets ok; items are sorted by addr, in one area. */
+int merge_pages(struct lib *l, struct area *a, struct merge_item *it, uint32_t n);
+/* Zero pages: freeze, verify all-zero, drop (next read maps the zero page). */
+int merge_zero(struct lib *l, struct area *a, uintptr_t *addr, uint32_t n, uint32_t *ok);
+/* Give [s, e) of area a back plain anonymous pages with the same bytes
+ * (frozen while copied); drops the references of merged pages. */
+int merge_restore(struct lib *l, struct area *a, uintptr_t s, uintptr_t e);
+/* Discard merged pages of [s, e) for MADV_DONTNEED/FREE: fresh zeroed
+ * anonymous pages (invariant 3). */
+int merge_discard(struct lib *l, struct area *a, uintptr_t s, uintptr_t e);
+
+/* scan.c (lock held unless said) */
+int scan_pass(struct lib *l);               /* lock not held */
+void *scan_thread(void *arg);
+/* The application unmapped or replaced [s, e): forget it, keep references
+ * until no VMA maps them. */
+void scan_forget(struct lib *l, uintptr_t s, uintptr_t e);
+/* Unmerge every merged and zero page in [s, e) (MADV_UNMERGEABLE, run=2). */
+int scan_unmerge(struct lib *l, uintptr_t s, uintptr_t e);
+void entry_set(struct lib *l, struct entry *e, uint32_t state);
+size_t scan_chunk_bytes(void);
+/* Re-read the VMAs and rebuild the areas (after the ranges changed). */
+int scan_refresh(struct lib *l);
+
+#endif

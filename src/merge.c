@@ -1,0 +1,308 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * merge — how a process changes its own pages (DESIGN.md, "The merge
+ * mechanism"): freeze with userfaultfd write-protection, verify byte for
+ * byte, replace with one mmap per run, wake. Also the reverse: restoring
+ * plain anonymous pages (unmerge) and discarding merged pages
+ * (MADV_DONTNEED). Every function here runs with lib.lock held.
+ */
+#define _GNU_SOURCE
+#include "lib.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+
+static const unsigned char zero_page[SP_PAGE];
+
+/* Items closer than this are frozen as one span: fewer syscalls, at the
+ * price of briefly blocking writers of the few pages in between. */
+#define SPAN_GAP_PAGES 8
+
+/* Is the page at a still memory we may replace: private, readable, and
+ * anonymous or a pool page? Asked of the kernel after the freeze, so a
+ * mapping the application replaced since the pass began is not touched. */
+static int replaceable(struct lib *l, uintptr_t a, uint8_t *prot)
+{
+	struct vma v;
+	const struct vma *snap = os_vma_find(&l->vmas, a);
+	int err = os_vma_query(l->mapsfd, a, &v);
+
+	if (err == -ENOTTY && snap) {
+		v = *snap;
+		err = 0;
+	}
+	if (err || !v.private_ || !(v.prot & PROT_READ))
+		return 0;
+	if (v.kind != VMA_ANON && !(snap && snap->kind == VMA_POOL))
+		return 0;
+	*prot = v.prot;
+	return 1;
+}
+
+static uint32_t span_end(const uintptr_t *addr, uint32_t i, uint32_t n, size_t stride)
+{
+	uint32_t j = i + 1;
+
+#define ADDR(k) (*(const uintptr_t *)((const char *)addr + (size_t)(k) * stride))
+	while (j < n && ADDR(j) - ADDR(j - 1) <= SPAN_GAP_PAGES * SP_PAGE)
+		j++;
+#undef ADDR
+	return j;
+}
+
+/* Unprotect the parts of [s, e) that still belong to the frozen VMAs, i.e.
+ * outside the runs we replaced (done[] marks replaced pages by offset). */
+static void unprotect_rest(struct lib *l, uintptr_t s, uintptr_t e, const uint8_t *done)
+{
+	uintptr_t p = s;
+
+	while (p < e) {
+		if (done[(p - s) / SP_PAGE]) {
+			p += SP_PAGE;
+			continue;
+		}
+		uintptr_t q = p;
+		while (q < e && !done[(q - s) / SP_PAGE])
+			q += SP_PAGE;
+		os_uffd_unprotect(l->uffd, p, q - p);
+		p = q;
+	}
+}
+
+static int map_run(struct lib *l, struct area *a, struct merge_item *it, uint32_t n, int fd,
+		   uint8_t prot)
+{
+	size_t len = (size_t)n * SP_PAGE;
+	void *r = os_mmap((void *)it[0].addr, len, prot, MAP_PRIVATE | MAP_FIXED, fd,
+			  (off_t)(it[0].id % SEG_PAGES) * SP_PAGE);
+
+	if (r == MAP_FAILED)
+		return -ENOMEM;
+	/* Invariant 3: the replacement keeps the anonymous VMA's attributes. */
+	os_apply_flags(it[0].addr, len, a->vmflags);
+	/* Map the pool pages now, read-only, as kernel KSM leaves its page
+	 * mapped: the application's next read costs no fault. */
+	os_madvise((void *)it[0].addr, len, MADV_POPULATE_READ);
+	(void)l;
+	return 0;
+}
+
+static int continues_run(const struct merge_item *prev, const struct merge_item *cur,
+			 uint8_t pprot, uint8_t cprot)
+{
+	return cur->ok && prev->ok && cur->addr == prev->addr + SP_PAGE &&
+	       cur->id == prev->id + 1 && cur->id / SEG_PAGES == prev->id / SEG_PAGES &&
+	       pprot == cprot;
+}
+
+static void merge_span(struct lib *l, struct area *a, struct merge_item *it, uint32_t n)
+{
+	uintptr_t s = it[0].addr, e = it[n - 1].addr + SP_PAGE;
+	uint8_t done[(SPAN_GAP_PAGES + 1) * CHUNK_PAGES];
+	uint8_t prot[CHUNK_PAGES];
+	const unsigned char *view[CHUNK_PAGES];
+	int fd[CHUNK_PAGES];
+
+	memset(done, 0, (e - s) / SP_PAGE);
+	/* Segment views first: fetching one is a daemon round trip, not
+	 * something to do while the application's writers are blocked. */
+	for (uint32_t i = 0; i < n; i++)
+		view[i] = client_pool_view(l, it[i].id, &fd[i]);
+	if (os_uffd_freeze(l->uffd, s, e - s))
+		return;
+	for (uint32_t i = 0; i < n; i++)
+		/* Invariant 1: frozen, and verified equal byte for byte. */
+		it[i].ok = view[i] && replaceable(l, it[i].addr, &prot[i]) &&
+			   !memcmp((const void *)it[i].addr, view[i], SP_PAGE);
+	for (uint32_t i = 0; i < n;) {
+		uint32_t j = i + 1;
+		if (!it[i].ok) {
+			i++;
+			continue;
+		}
+		while (j < n && continues_run(&it[j - 1], &it[j], prot[j - 1], prot[j]))
+			j++;
+		if (map_run(l, a, &it[i], j - i, fd[i], prot[i]) == 0)
+			memset(done + (it[i].addr - s) / SP_PAGE, 1, j - i);
+		else
+			for (uint32_t k = i; k < j; k++)
+				it[k].ok = 0;
+		i = j;
+	}
+	unprotect_rest(l, s, e, done);
+	os_uffd_thaw(l->uffd, s, e - s);
+}
+
+int merge_pages(struct lib *l, struct area *a, struct merge_item *it, uint32_t n)
+{
+	if (l->uffd < 0)
+		return l->uffd;
+	for (uint32_t i = 0; i < n;) {
+		uint32_t j = span_end(&it[0].addr, i, n, sizeof(*it));
+		merge_span(l, a, it + i, j - i);
+		i = j;
+	}
+	return 0;
+}
+
+static int is_zero(const void *p)
+{
+	return !memcmp(p, zero_page, SP_PAGE);
+}
+
+int merge_zero(struct lib *l, struct area *a, uintptr_t *addr, uint32_t n, uint32_t *ok)
+{
+	(void)a;
+	if (l->uffd < 0)
+		return l->uffd;
+	for (uint32_t i = 0; i < n;) {
+		uint32_t j = span_end(addr, i, n, sizeof(*addr));
+		uintptr_t s = addr[i], e = addr[j - 1] + SP_PAGE;
+		uint8_t prot;
+
+		if (os_uffd_freeze(l->uffd, s, e - s)) {
+			i = j;
+			continue;
+		}
+		for (uint32_t k = i; k < j; k++) {
+			/* Invariant 1: only a frozen page verified all-zero is dropped;
+			 * its next read maps the kernel's zero page. */
+			ok[k] = replaceable(l, addr[k], &prot) && is_zero((void *)addr[k]) &&
+				os_madvise((void *)addr[k], SP_PAGE, MADV_DONTNEED) == 0;
+		}
+		os_uffd_unprotect(l->uffd, s, e - s);
+		os_uffd_thaw(l->uffd, s, e - s);
+		i = j;
+	}
+	return 0;
+}
+
+/* Replace [s, e) by fresh anonymous memory holding copy ? its bytes : zeros,
+ * with the same protection and attributes. */
+static int to_anon(struct area *a, uintptr_t s, uintptr_t e, uint8_t prot, int copy)
+{
+	size_t len = e - s;
+	void *tmp = os_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (tmp == MAP_FAILED)
+		return -ENOMEM;
+	if (copy)
+		memcpy(tmp, (void *)s, len);
+	if ((prot != (PROT_READ | PROT_WRITE) && mprotect(tmp, len, prot) < 0) ||
+	    os_apply_flags((uintptr_t)tmp, len, a->vmflags) < 0 ||
+	    os_mremap(tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)s) == MAP_FAILED) {
+		os_munmap(tmp, len);
+		return -errno;
+	}
+	return 0;
+}
+
+/* Protection of the page at p now, or -1 when nothing maps it. */
+static int page_prot(struct lib *l, uintptr_t p)
+{
+	struct vma v;
+	const struct vma *snap;
+	int err = os_vma_query(l->mapsfd, p, &v);
+
+	if (!err)
+		return v.prot;
+	if (err != -ENOTTY)
+		return -1;
+	snap = os_vma_find(&l->vmas, p);
+	return snap ? snap->prot : -1;
+}
+
+/* Runs of E_MERGED entries in [s, e) with one protection, for fn. */
+static int for_merged_runs(struct lib *l, struct area *a, uintptr_t s, uintptr_t e,
+			   int (*fn)(struct lib *, struct area *, uintptr_t, uintptr_t, uint8_t))
+{
+	int err = 0;
+
+	for (uintptr_t p = s; p < e;) {
+		uintptr_t q = p + SP_PAGE;
+		int prot = a->e[(p - a->start) / SP_PAGE].state == E_MERGED ? page_prot(l, p) : -1;
+
+		/* Unmapped behind our back: scan_forget's pending list keeps it. */
+		if (prot < 0) {
+			p = q;
+			continue;
+		}
+		/* Bounded runs: writers of a run stay blocked while it is copied. */
+		while (q < e && q - p < CHUNK_PAGES * SP_PAGE &&
+		       a->e[(q - a->start) / SP_PAGE].state == E_MERGED && page_prot(l, q) == prot)
+			q += SP_PAGE;
+		int r = fn(l, a, p, q, (uint8_t)prot);
+		err = err ? err : r;
+		p = q;
+	}
+	return err;
+}
+
+static void drop_refs(struct lib *l, struct area *a, uintptr_t s, uintptr_t e)
+{
+	uint32_t ids[CHUNK_PAGES];
+	uint32_t n = 0;
+
+	for (uintptr_t p = s; p < e; p += SP_PAGE) {
+		struct entry *en = &a->e[(p - a->start) / SP_PAGE];
+		ids[n++] = en->pool;
+		entry_set(l, en, E_NEW);
+		if (n == CHUNK_PAGES) {
+			client_unref(l, ids, n);
+			n = 0;
+		}
+	}
+	if (n)
+		client_unref(l, ids, n);
+}
+
+static int restore_run(struct lib *l, struct area *a, uintptr_t s, uintptr_t e, uint8_t prot)
+{
+	int err;
+
+	if (!(prot & PROT_READ))
+		return -EACCES; /* cannot copy it: stays merged, reference kept */
+	err = os_uffd_freeze(l->uffd, s, e - s);
+	if (err)
+		return err;
+	/* Invariant 1: frozen while copied, so no write lands in the old page
+	 * after the copy was taken. */
+	err = to_anon(a, s, e, prot, 1);
+	if (err)
+		os_uffd_unprotect(l->uffd, s, e - s);
+	os_uffd_thaw(l->uffd, s, e - s);
+	if (err)
+		return err;
+	/* Invariant 2: no VMA maps these pool pages now; drop the references. */
+	drop_refs(l, a, s, e);
+	return 0;
+}
+
+int merge_restore(struct lib *l, struct area *a, uintptr_t s, uintptr_t e)
+{
+	if (l->uffd < 0)
+		return l->uffd;
+	return for_merged_runs(l, a, s, e, restore_run);
+}
+
+static int discard_run(struct lib *l, struct area *a, uintptr_t s, uintptr_t e, uint8_t prot)
+{
+	/* Invariant 3: DONTNEED/FREE on a merged page must read back zeros;
+	 * on the private file mapping it would read the pool page again. */
+	int err = to_anon(a, s, e, prot, 0);
+
+	if (!err)
+		drop_refs(l, a, s, e);
+	return err;
+}
+
+int merge_discard(struct lib *l, struct area *a, uintptr_t s, uintptr_t e)
+{
+	return for_merged_runs(l, a, s, e, discard_run);
+}

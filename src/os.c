@@ -1,0 +1,373 @@
+/* SPDX-License-Identifier: MIT */
+/* os — see os.h. */
+#define _GNU_SOURCE
+#include "os.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "fault.h"
+
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+#ifndef PR_SET_VMA
+#define PR_SET_VMA 0x53564d41
+#define PR_SET_VMA_ANON_NAME 0
+#endif
+
+static int sys_ret(long r)
+{
+	return r < 0 ? -errno : (int)r;
+}
+
+void *os_mmap(void *a, size_t len, int prot, int flags, int fd, off_t off)
+{
+	long r = syscall(SYS_mmap, a, len, prot, flags, fd, off);
+
+	return r < 0 && r > -4096 ? MAP_FAILED : (void *)r;
+}
+
+int os_munmap(void *a, size_t len)
+{
+	return sys_ret(syscall(SYS_munmap, a, len));
+}
+
+void *os_mremap(void *old, size_t oldlen, size_t len, int flags, void *new_addr)
+{
+	long r = syscall(SYS_mremap, old, oldlen, len, flags, new_addr);
+
+	return r < 0 && r > -4096 ? MAP_FAILED : (void *)r;
+}
+
+int os_madvise(void *a, size_t len, int advice)
+{
+	return sys_ret(syscall(SYS_madvise, a, len, advice));
+}
+
+int os_uffd_open(void)
+{
+	struct uffdio_api api = { .api = UFFD_API,
+				  .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP |
+					      UFFD_FEATURE_WP_HUGETLBFS_SHMEM };
+	int fd = -1, dev;
+
+	if (fault_inject("uffd"))
+		return -EPERM;
+	dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	if (dev >= 0) {
+		fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+		close(dev);
+	}
+	if (fd < 0)
+		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return -errno;
+	if (ioctl(fd, UFFDIO_API, &api) < 0) {
+		int err = errno == EINVAL ? -ENOSYS : -errno;
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
+int os_uffd_freeze(int uffd, uintptr_t a, size_t len)
+{
+	struct uffdio_register reg = { .range = { a, len }, .mode = UFFDIO_REGISTER_MODE_WP };
+	struct uffdio_writeprotect wp = { .range = { a, len },
+					  .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+	struct uffdio_range r = { a, len };
+
+	if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0)
+		return -errno;
+	if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) < 0) {
+		int err = -errno;
+		ioctl(uffd, UFFDIO_UNREGISTER, &r);
+		return err;
+	}
+	return 0;
+}
+
+int os_uffd_unprotect(int uffd, uintptr_t a, size_t len)
+{
+	struct uffdio_writeprotect wp = { .range = { a, len }, .mode = 0 };
+
+	return sys_ret(ioctl(uffd, UFFDIO_WRITEPROTECT, &wp));
+}
+
+int os_uffd_thaw(int uffd, uintptr_t a, size_t len)
+{
+	struct uffdio_range r = { a, len };
+	int err = sys_ret(ioctl(uffd, UFFDIO_WAKE, &r));
+	int err2 = sys_ret(ioctl(uffd, UFFDIO_UNREGISTER, &r));
+
+	/* Unregistering wakes too; a writer may only be left blocked when both fail. */
+	return err && err2 ? err2 : 0;
+}
+
+int os_pagemap(int pmfd, uintptr_t a, size_t n, uint64_t *out)
+{
+	size_t want = n * sizeof(uint64_t), got = 0;
+
+	while (got < want) {
+		ssize_t r = pread(pmfd, (char *)out + got, want - got,
+				  (off_t)(a / 4096 * sizeof(uint64_t) + got));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : -EIO;
+		got += (size_t)r;
+	}
+	return 0;
+}
+
+static uint32_t flag_of(const char *f)
+{
+	static const struct { char name[3]; uint32_t bit; } tab[] = {
+		{ "lo", VF_LOCKED }, { "dd", VF_DONTDUMP }, { "dc", VF_DONTCOPY },
+		{ "wf", VF_WIPEONFORK }, { "um", VF_UFFD }, { "uw", VF_UFFD },
+		{ "ui", VF_UFFD }, { "io", VF_IO }, { "pf", VF_PFNMAP }, { "ht", VF_HUGETLB },
+		{ "gd", VF_GROWSDOWN }, { "hg", VF_HUGEPAGE }, { "nh", VF_NOHUGEPAGE },
+		{ "sh", VF_SHARED }, { "mm", VF_MIXEDMAP }, { "de", VF_DONTEXPAND },
+	};
+	for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++)
+		if (f[0] == tab[i].name[0] && f[1] == tab[i].name[1])
+			return tab[i].bit;
+	return 0;
+}
+
+static int vmas_push(struct vma_list *l, const struct vma *v)
+{
+	if (l->n == l->cap) {
+		size_t ncap = l->cap ? l->cap * 2 : 256;
+		void *m = l->cap ? os_mremap(l->v, l->cap * sizeof(*v), ncap * sizeof(*v),
+					     MREMAP_MAYMOVE, NULL)
+				 : os_mmap(NULL, ncap * sizeof(*v), PROT_READ | PROT_WRITE,
+					   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (m == MAP_FAILED)
+			return -ENOMEM;
+		l->v = m;
+		l->cap = ncap;
+		os_name_mapping(l->v, l->cap * sizeof(*v));
+	}
+	l->v[l->n++] = *v;
+	return 0;
+}
+
+/* "start-end perms offset dev inode [path]" */
+static void parse_header(const char *s, struct vma *v, int *is_own)
+{
+	char *p;
+	unsigned long long start = strtoull(s, &p, 16), end = strtoull(p + 1, &p, 16);
+	const char *path;
+
+	memset(v, 0, sizeof(*v));
+	v->start = start;
+	v->end = end;
+	p++;
+	v->prot = (p[0] == 'r' ? PROT_READ : 0) | (p[1] == 'w' ? PROT_WRITE : 0) |
+		  (p[2] == 'x' ? PROT_EXEC : 0);
+	v->private_ = p[3] == 'p';
+	v->pgoff = strtoull(p + 5, &p, 16) / 4096;
+	while (*p == ' ')
+		p++;
+	while (*p && *p != ' ')
+		p++; /* dev */
+	v->ino = strtoull(p, &p, 10);
+	while (*p == ' ')
+		p++;
+	path = p;
+	*is_own = !strncmp(path, "[anon:samepage]", 15);
+	if (!strncmp(path, "/memfd:samepage-pool", 20))
+		v->kind = VMA_POOL;
+	else if (v->ino == 0 && (!*path || *path == '\n' || !strncmp(path, "[heap]", 6) ||
+				 !strncmp(path, "[stack", 6) || !strncmp(path, "[anon:", 6)))
+		v->kind = VMA_ANON;
+	else
+		v->kind = VMA_OTHER;
+	if (*is_own)
+		v->kind = VMA_OTHER; /* samepage's own memory is never merged */
+}
+
+static int header_line(const char *s)
+{
+	/* Header lines start with a hex address; field lines with a capital. */
+	return (*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f');
+}
+
+static int parse_line(struct vma_list *l, struct vma *cur, int *have, const char *s)
+{
+	int own, err = 0;
+
+	if (header_line(s)) {
+		if (*have)
+			err = vmas_push(l, cur);
+		parse_header(s, cur, &own);
+		*have = 1;
+		l->total++;
+	} else if (!strncmp(s, "VmFlags:", 8) && *have) {
+		for (const char *f = s + 8; *f && *f != '\n'; f++)
+			if (f[0] != ' ' && f[1] && f[1] != ' ' && f[1] != '\n' &&
+			    (f == s + 8 || f[-1] == ' ')) {
+				cur->flags |= flag_of(f);
+				f++;
+			}
+	}
+	return err;
+}
+
+int os_read_vmas(struct vma_list *l, char *buf, size_t buflen)
+{
+	int fd = open("/proc/self/smaps", O_RDONLY | O_CLOEXEC);
+	size_t have_bytes = 0;
+	struct vma cur;
+	int have = 0, err = 0;
+
+	if (fd < 0)
+		return -errno;
+	l->n = 0;
+	l->total = 0;
+	for (;;) {
+		ssize_t r = read(fd, buf + have_bytes, buflen - have_bytes - 1);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			err = -errno;
+			break;
+		}
+		have_bytes += (size_t)r;
+		buf[have_bytes] = 0;
+		char *line = buf, *nl;
+		while ((nl = strchr(line, '\n'))) {
+			*nl = 0;
+			err = err ? err : parse_line(l, &cur, &have, line);
+			line = nl + 1;
+		}
+		have_bytes = strlen(line);
+		memmove(buf, line, have_bytes);
+		if (r == 0)
+			break;
+	}
+	close(fd);
+	if (have && !err)
+		err = vmas_push(l, &cur);
+	return err;
+}
+
+void os_vmas_free(struct vma_list *l)
+{
+	if (l->cap)
+		os_munmap(l->v, l->cap * sizeof(*l->v));
+	memset(l, 0, sizeof(*l));
+}
+
+const struct vma *os_vma_find(const struct vma_list *l, uintptr_t a)
+{
+	size_t lo = 0, hi = l->n;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (a < l->v[mid].start)
+			hi = mid;
+		else if (a >= l->v[mid].end)
+			lo = mid + 1;
+		else
+			return &l->v[mid];
+	}
+	return NULL;
+}
+
+/* From include/uapi/linux/fs.h (6.11); Debian 12's headers predate it. */
+struct sp_procmap_query {
+	uint64_t size, query_flags, query_addr, vma_start, vma_end, vma_flags;
+	uint64_t vma_page_size, vma_offset, inode;
+	uint32_t dev_major, dev_minor, vma_name_size, build_id_size;
+	uint64_t vma_name_addr, build_id_addr;
+};
+#define SP_PROCMAP_QUERY _IOWR('f', 17, struct sp_procmap_query)
+
+int os_vma_query(int mapsfd, uintptr_t a, struct vma *v)
+{
+	struct sp_procmap_query q = { .size = sizeof(q), .query_addr = a };
+
+	if (ioctl(mapsfd, SP_PROCMAP_QUERY, &q) < 0)
+		return -errno;
+	memset(v, 0, sizeof(*v));
+	v->start = q.vma_start;
+	v->end = q.vma_end;
+	v->pgoff = q.vma_offset / 4096;
+	v->ino = q.inode;
+	v->prot = (q.vma_flags & 1 ? PROT_READ : 0) | (q.vma_flags & 2 ? PROT_WRITE : 0) |
+		  (q.vma_flags & 4 ? PROT_EXEC : 0);
+	v->private_ = !(q.vma_flags & 8);
+	v->kind = q.inode ? VMA_OTHER : VMA_ANON;
+	return 0;
+}
+
+void os_name_mapping(void *a, size_t len)
+{
+	syscall(SYS_prctl, PR_SET_VMA, PR_SET_VMA_ANON_NAME, (unsigned long)a, len,
+		(unsigned long)"samepage");
+}
+
+int os_apply_flags(uintptr_t a, size_t len, uint32_t flags)
+{
+	void *p = (void *)a;
+	int err = 0;
+
+	if ((flags & VF_LOCKED) && mlock(p, len) < 0)
+		err = -errno;
+	if (flags & VF_DONTDUMP)
+		err = err ? err : os_madvise(p, len, MADV_DONTDUMP);
+	if (flags & VF_DONTCOPY)
+		err = err ? err : os_madvise(p, len, MADV_DONTFORK);
+	/* THP advice is a hint; on a file mapping the kernel may refuse it. */
+	if (flags & VF_HUGEPAGE)
+		os_madvise(p, len, MADV_HUGEPAGE);
+	if (flags & VF_NOHUGEPAGE)
+		os_madvise(p, len, MADV_NOHUGEPAGE);
+	return err;
+}
+
+void os_coredump_private_file(void)
+{
+	char buf[32];
+	int fd = open("/proc/self/coredump_filter", O_RDWR | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return;
+	n = read(fd, buf, sizeof(buf) - 1);
+	if (n > 0) {
+		buf[n] = 0;
+		unsigned long f = strtoul(buf, NULL, 16) | 0x4; /* bit 2: private file-backed */
+		n = snprintf(buf, sizeof(buf), "%lx", f);
+		if (pwrite(fd, buf, (size_t)n, 0) < 0) {
+			/* best effort: a read-only /proc leaves cores without merged pages */
+		}
+	}
+	close(fd);
+}
+
+size_t os_max_map_count(void)
+{
+	char buf[32];
+	int fd = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	if (n <= 0)
+		return 65530;
+	buf[n] = 0;
+	return strtoul(buf, NULL, 10);
+}

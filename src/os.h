@@ -1,0 +1,96 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * os — every userfaultfd, pagemap and /proc call the library makes, behind a
+ * narrow interface (after mimalloc's prim layer). All return 0 or -errno.
+ * None allocates with malloc: the scanner calls them while application
+ * threads may hold malloc's locks or sit blocked on a frozen page.
+ */
+#ifndef SAMEPAGE_OS_H
+#define SAMEPAGE_OS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Raw system calls for the mappings samepage makes itself. The library
+ * exports mmap, munmap, mremap and madvise to interpose them; its own calls
+ * must not land in those wrappers (they take the library's lock). */
+void *os_mmap(void *a, size_t len, int prot, int flags, int fd, off_t off);
+int os_munmap(void *a, size_t len);
+void *os_mremap(void *old, size_t oldlen, size_t len, int flags, void *new_addr);
+int os_madvise(void *a, size_t len, int advice);
+
+/* Open a userfaultfd able to write-protect anonymous and shmem memory:
+ * /dev/userfaultfd first (works for its group/others when readable), then
+ * userfaultfd(2) (works for root, or with vm.unprivileged_userfaultfd=1).
+ * -EPERM when neither is allowed, -ENOSYS when the kernel lacks WP. */
+int os_uffd_open(void);
+/* Freeze: register [a, a+len) for write-protect faults and protect it.
+ * Writers block in the kernel until os_uffd_thaw; readers carry on. */
+int os_uffd_freeze(int uffd, uintptr_t a, size_t len);
+/* Lift write protection from pages still in the registered VMAs (wakes
+ * their writers). Only for ranges not remapped since the freeze. */
+int os_uffd_unprotect(int uffd, uintptr_t a, size_t len);
+/* Wake writers blocked anywhere in the range, then unregister it. */
+int os_uffd_thaw(int uffd, uintptr_t a, size_t len);
+
+/* Raw pagemap entries of n pages from a. */
+int os_pagemap(int pmfd, uintptr_t a, size_t n, uint64_t *out);
+#define PM_PRESENT(e) (((e) >> 63) & 1)
+#define PM_SWAP(e) (((e) >> 62) & 1)
+#define PM_FILE(e) (((e) >> 61) & 1)
+#define PM_EXCLUSIVE(e) (((e) >> 56) & 1)
+
+/* VMA flags from /proc/self/smaps "VmFlags", the ones that decide
+ * eligibility (invariant 4) or must be carried over to a replacement
+ * mapping (invariant 3). */
+enum {
+	VF_LOCKED = 1 << 0, VF_DONTDUMP = 1 << 1, VF_DONTCOPY = 1 << 2,
+	VF_WIPEONFORK = 1 << 3, VF_UFFD = 1 << 4, VF_IO = 1 << 5, VF_PFNMAP = 1 << 6,
+	VF_HUGETLB = 1 << 7, VF_GROWSDOWN = 1 << 8, VF_HUGEPAGE = 1 << 9,
+	VF_NOHUGEPAGE = 1 << 10, VF_SHARED = 1 << 11, VF_MIXEDMAP = 1 << 12,
+	VF_DONTEXPAND = 1 << 13,
+};
+
+enum vma_kind { VMA_OTHER, VMA_ANON, VMA_POOL };
+
+struct vma {
+	uintptr_t start, end;
+	uint64_t pgoff;   /* file offset in pages */
+	uint64_t ino;
+	uint32_t flags;   /* VF_* */
+	uint8_t prot;     /* PROT_* */
+	uint8_t kind;     /* vma_kind */
+	uint8_t private_;
+	uint8_t pad;
+};
+
+struct vma_list {
+	struct vma *v;
+	size_t n, cap;
+	size_t total;     /* every VMA of the process, for the VMA budget */
+};
+
+/* Read /proc/self/smaps into l (kinds: private anonymous memory, private
+ * mappings of the pool, everything else). buf/buflen: scratch space. */
+int os_read_vmas(struct vma_list *l, char *buf, size_t buflen);
+void os_vmas_free(struct vma_list *l);
+/* The VMA containing a, or NULL. l is sorted. */
+const struct vma *os_vma_find(const struct vma_list *l, uintptr_t a);
+
+/* The VMA containing a, asked of the kernel now (PROCMAP_QUERY on an open
+ * /proc/self/maps, Linux 6.11+): start, end, prot, private_, ino (kind is
+ * VMA_ANON for inode 0, else VMA_OTHER). -ENOENT if a is unmapped,
+ * -ENOTTY on kernels without the ioctl. */
+int os_vma_query(int mapsfd, uintptr_t a, struct vma *v);
+
+/* Give a mapping samepage's name in /proc/PID/maps (best effort). */
+void os_name_mapping(void *a, size_t len);
+/* Apply VMA flags of an anonymous mapping to its replacement. */
+int os_apply_flags(uintptr_t a, size_t len, uint32_t flags);
+/* Include private file mappings (merged pages) in core dumps. */
+void os_coredump_private_file(void);
+/* vm.max_map_count, or 65530. */
+size_t os_max_map_count(void);
+
+#endif

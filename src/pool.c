@@ -1,0 +1,194 @@
+/* SPDX-License-Identifier: MIT */
+/* pool — see pool.h. */
+#define _GNU_SOURCE
+#include "pool.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "os.h"
+#include <unistd.h>
+
+#include "fault.h"
+
+#define SEG_BYTES ((size_t)SEG_PAGES * 4096)
+#define NO_PAGE UINT32_MAX
+
+int pool_init(struct pool *p)
+{
+	memset(p, 0, sizeof(*p));
+	for (uint32_t i = 0; i < POOL_MAX_SEGS; i++)
+		p->segs[i].fd = -1;
+	return 0;
+}
+
+static void seg_close(struct pool_seg *s)
+{
+	os_munmap(s->win, SEG_BYTES);
+	os_munmap(s->pages, SEG_PAGES * sizeof(struct pool_page));
+	close(s->fd);
+	s->fd = -1;
+}
+
+void pool_fini(struct pool *p)
+{
+	for (uint32_t i = 0; i < p->nsegs; i++)
+		if (p->segs[i].fd >= 0)
+			seg_close(&p->segs[i]);
+}
+
+static int seg_open(struct pool_seg *s)
+{
+	int err;
+
+	if (fault_inject("memfd"))
+		return -ENOMEM;
+	s->fd = memfd_create("samepage-pool", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (s->fd < 0)
+		return -errno;
+	if (ftruncate(s->fd, SEG_BYTES) < 0)
+		goto fail_fd;
+	s->win = os_mmap(NULL, SEG_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
+		      s->fd, 0);
+	if (s->win == MAP_FAILED)
+		goto fail_fd;
+	/* The window exists before the seal, so it alone may write from now on;
+	 * SHRINK and GROW keep every page a process maps inside the file. */
+	if (fcntl(s->fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE | F_SEAL_SHRINK | F_SEAL_GROW |
+		  F_SEAL_SEAL) < 0)
+		goto fail_win;
+	s->pages = os_mmap(NULL, SEG_PAGES * sizeof(struct pool_page), PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (s->pages == MAP_FAILED)
+		goto fail_win;
+	s->used = 0;
+	s->bump = 0;
+	s->free_head = NO_PAGE;
+	return 0;
+fail_win:
+	err = -errno;
+	os_munmap(s->win, SEG_BYTES);
+	close(s->fd);
+	s->fd = -1;
+	return err;
+fail_fd:
+	err = -errno;
+	close(s->fd);
+	s->fd = -1;
+	return err;
+}
+
+static int seg_has_room(const struct pool_seg *s)
+{
+	return s->fd >= 0 && (s->free_head != NO_PAGE || s->bump < SEG_PAGES);
+}
+
+/* Lowest segment with room first: packing pages low lets high segments
+ * empty out and be closed. */
+static int pick_seg(struct pool *p, uint32_t *out)
+{
+	uint32_t hole = POOL_MAX_SEGS;
+	int err;
+
+	for (uint32_t i = 0; i < p->nsegs; i++) {
+		if (seg_has_room(&p->segs[i])) {
+			*out = i;
+			return 0;
+		}
+		if (p->segs[i].fd < 0 && hole == POOL_MAX_SEGS)
+			hole = i;
+	}
+	if (hole == POOL_MAX_SEGS) {
+		if (p->nsegs == POOL_MAX_SEGS)
+			return -ENOSPC;
+		hole = p->nsegs;
+	}
+	err = seg_open(&p->segs[hole]);
+	if (err)
+		return err;
+	if (hole == p->nsegs)
+		p->nsegs++;
+	p->segs_live++;
+	*out = hole;
+	return 0;
+}
+
+int64_t pool_alloc(struct pool *p, const void *data, uint64_t hash)
+{
+	uint32_t si, idx;
+	struct pool_seg *s;
+	int err = pick_seg(p, &si);
+
+	if (err)
+		return err;
+	s = &p->segs[si];
+	if (s->free_head != NO_PAGE) {
+		idx = s->free_head;
+		s->free_head = s->pages[idx].next;
+	} else {
+		idx = s->bump++;
+	}
+	/* Invariant 2: idx had refs == 0, so no VMA maps it while we rewrite it. */
+	memcpy(s->win + (size_t)idx * 4096, data, 4096);
+	s->pages[idx] = (struct pool_page){ .hash = hash, .refs = 0, .next = NO_PAGE };
+	s->used++;
+	p->pages_used++;
+	return (int64_t)si * SEG_PAGES + idx;
+}
+
+void pool_free(struct pool *p, uint32_t id)
+{
+	struct pool_seg *s = &p->segs[id / SEG_PAGES];
+	uint32_t idx = id % SEG_PAGES;
+
+	s->pages[idx].next = s->free_head;
+	s->pages[idx].hash = 0;
+	s->free_head = idx;
+	s->used--;
+	p->pages_used--;
+	/* Keep segment 0 as a warm spare; any other empty segment goes, and the
+	 * kernel frees its memory when the last process mapping closes. */
+	if (!s->used && id / SEG_PAGES != 0) {
+		seg_close(s);
+		p->segs_live--;
+		while (p->nsegs && p->segs[p->nsegs - 1].fd < 0)
+			p->nsegs--;
+	}
+}
+
+static int page_live(const struct pool_seg *s, uint32_t idx)
+{
+	if (idx >= s->bump)
+		return 0;
+	/* Freed pages have hash 0 and sit on the free list; a live page's hash
+	 * can also be 0, so walk the list only in that rare case. */
+	if (s->pages[idx].hash)
+		return 1;
+	for (uint32_t f = s->free_head; f != NO_PAGE; f = s->pages[f].next)
+		if (f == idx)
+			return 0;
+	return 1;
+}
+
+struct pool_page *pool_page(struct pool *p, uint32_t id)
+{
+	uint32_t si = id / SEG_PAGES, idx = id % SEG_PAGES;
+
+	if (si >= p->nsegs || p->segs[si].fd < 0 || !page_live(&p->segs[si], idx))
+		return NULL;
+	return &p->segs[si].pages[idx];
+}
+
+const void *pool_data(struct pool *p, uint32_t id)
+{
+	return p->segs[id / SEG_PAGES].win + (size_t)(id % SEG_PAGES) * 4096;
+}
+
+int pool_seg_fd(struct pool *p, uint32_t seg)
+{
+	if (seg >= p->nsegs || p->segs[seg].fd < 0)
+		return -ENOENT;
+	return p->segs[seg].fd;
+}

@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * pool — the daemon's pages that merged memory maps, copy-on-write.
+ *
+ * The pool is a set of segments, each a sealed memfd of SEG_PAGES pages.
+ * The daemon maps a writable shared window over a segment and then adds
+ * F_SEAL_FUTURE_WRITE, so from then on only that window can change the file:
+ * write(), pwrite() and new writable shared mappings fail for everyone,
+ * while processes map pages MAP_PRIVATE and get the kernel's COW.
+ *
+ * Why segments and not one file (DESIGN.md had one): F_SEAL_FUTURE_WRITE
+ * also makes fallocate(PUNCH_HOLE) and MADV_REMOVE fail with EPERM (checked
+ * on Linux 6.18), so a sealed file can never give a page's memory back. A
+ * freed page is reused for new content; a segment whose pages are all free
+ * is closed and its memory returns once no process maps it.
+ *
+ * A pool page is named by its id: segment * SEG_PAGES + index.
+ * Not thread-safe: owned by the daemon's single event loop.
+ */
+#ifndef SAMEPAGE_POOL_H
+#define SAMEPAGE_POOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SEG_PAGES 8192u          /* 32 MiB a segment */
+#define POOL_MAX_SEGS 4096u      /* 128 GiB of pool at most */
+
+struct pool_page {
+	uint64_t hash;  /* XXH3 of the content, computed by the daemon itself */
+	uint32_t refs;  /* VMA references, summed over all connections */
+	uint32_t next;  /* next page with the same hash (stable chain), or free-list link */
+};
+
+struct pool_seg {
+	int fd;               /* -1: slot not in use */
+	unsigned char *win;   /* the daemon's writable window */
+	struct pool_page *pages;
+	uint32_t used;        /* pages holding content */
+	uint32_t bump;        /* pages [bump, SEG_PAGES) never used yet */
+	uint32_t free_head;   /* freed pages, linked through next */
+};
+
+struct pool {
+	struct pool_seg segs[POOL_MAX_SEGS];
+	uint32_t nsegs;       /* slots [0, nsegs) may be in use */
+	uint64_t pages_used;
+	uint32_t segs_live;
+};
+
+int pool_init(struct pool *p);
+void pool_fini(struct pool *p);
+/* Allocate a page, copy data into it, record hash. Id or -ENOMEM/-errno. */
+int64_t pool_alloc(struct pool *p, const void *data, uint64_t hash);
+/* Return a page whose refs reached 0 (invariant 2: only then) to its
+ * segment; may close the segment. */
+void pool_free(struct pool *p, uint32_t id);
+/* NULL when id does not name a page holding content. */
+struct pool_page *pool_page(struct pool *p, uint32_t id);
+const void *pool_data(struct pool *p, uint32_t id);
+/* fd of a live segment, or -ENOENT. */
+int pool_seg_fd(struct pool *p, uint32_t seg);
+
+#endif

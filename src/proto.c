@@ -1,0 +1,192 @@
+/* SPDX-License-Identifier: MIT */
+/* proto — framing, fd passing and payload validation; see proto.h. */
+#define _GNU_SOURCE
+#include "proto.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+int sp_sendv(int sock, uint16_t type, const void *a, uint32_t alen,
+	     const void *b, uint32_t blen)
+{
+	struct sp_hdr h = { .type = type, .len = alen + blen };
+	struct iovec iov[3] = {
+		{ &h, sizeof(h) }, { (void *)a, alen }, { (void *)b, blen },
+	};
+	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 3 };
+	ssize_t n;
+
+	if ((uint64_t)alen + blen + sizeof(h) > SP_MAX_MSG)
+		return -EMSGSIZE;
+	do
+		n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	return (size_t)n == sizeof(h) + alen + blen ? 0 : -EPROTO;
+}
+
+int sp_send(int sock, uint16_t type, const void *payload, uint32_t len, int fd)
+{
+	struct sp_hdr h = { .type = type, .len = len };
+	struct iovec iov[2] = { { &h, sizeof(h) }, { (void *)payload, len } };
+	union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } c;
+	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
+	ssize_t n;
+
+	if (len + sizeof(h) > SP_MAX_MSG)
+		return -EMSGSIZE;
+	if (fd >= 0) {
+		memset(&c, 0, sizeof(c));
+		mh.msg_control = c.buf;
+		mh.msg_controllen = sizeof(c.buf);
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	}
+	do
+		n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	return (size_t)n == sizeof(h) + len ? 0 : -EPROTO;
+}
+
+static void close_passed_fds(struct msghdr *mh)
+{
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < nfd; i++) {
+			int fd;
+			memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+			close(fd);
+		}
+	}
+}
+
+int sp_recv(int sock, void *buf, struct sp_msg *m)
+{
+	union { char buf[CMSG_SPACE(4 * sizeof(int))]; struct cmsghdr align; } c;
+	struct iovec iov = { buf, SP_MAX_MSG };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = c.buf, .msg_controllen = sizeof(c.buf) };
+	ssize_t n;
+
+	m->fd = -1;
+	do
+		n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	if (n == 0)
+		return -ECONNRESET;
+	/* Exactly one fd, and only where the reply carries one; anything else is
+	 * closed here so a hostile peer cannot fill our descriptor table. */
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+	int ok_fd = cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS &&
+		    cm->cmsg_len == CMSG_LEN(sizeof(int)) && !CMSG_NXTHDR(&mh, cm);
+	if (ok_fd)
+		memcpy(&m->fd, CMSG_DATA(cm), sizeof(int));
+	else if (cm)
+		close_passed_fds(&mh);
+	if ((mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || (size_t)n < sizeof(m->h))
+		goto bad;
+	memcpy(&m->h, buf, sizeof(m->h));
+	if (m->h.len != (size_t)n - sizeof(m->h))
+		goto bad;
+	m->p = (unsigned char *)buf + sizeof(m->h);
+	return 0;
+bad:
+	if (m->fd >= 0)
+		close(m->fd);
+	m->fd = -1;
+	return -EPROTO;
+}
+
+/* Fixed size of each message's payload, or of its fixed part for counted
+ * ones (elem != 0). */
+static int layout(uint16_t type, size_t *fixed, size_t *elem)
+{
+	*elem = 0;
+	switch (type) {
+	case C_HELLO: *fixed = sizeof(struct sp_hello); break;
+	case C_BUDGET: *fixed = sizeof(struct sp_budget); break;
+	case C_LOOKUP: *fixed = sizeof(struct sp_lookup); *elem = sizeof(struct sp_lookup_ent); break;
+	case C_CREATE: *fixed = sizeof(struct sp_create); *elem = SP_PAGE; break;
+	case C_UNREF: case D_LOOKUP: case D_CREATE:
+		*fixed = sizeof(struct sp_ids); *elem = 4; break;
+	case C_GETSEG: *fixed = sizeof(struct sp_getseg); break;
+	case C_ADOPT: *fixed = sizeof(struct sp_adopt); break;
+	case C_STAT: *fixed = sizeof(struct sp_statreq); break;
+	case C_SET: *fixed = sizeof(struct sp_set); break;
+	case C_UNMERGE: *fixed = sizeof(struct sp_unmerge); break;
+	case D_HELLO: *fixed = sizeof(struct sp_hello_r); break;
+	case D_BUDGET: *fixed = sizeof(struct sp_budget_r); break;
+	case D_SEG: *fixed = sizeof(struct sp_seg_r); break;
+	case D_ACK: *fixed = sizeof(struct sp_ack); break;
+	case D_STAT: *fixed = sizeof(struct sp_stat_r); break;
+	default: return -EPROTO;
+	}
+	return 0;
+}
+
+static uint32_t max_count(uint16_t type)
+{
+	switch (type) {
+	case C_LOOKUP: case D_LOOKUP: return SP_MAX_LOOKUP;
+	case C_CREATE: case D_CREATE: return SP_MAX_CREATE;
+	default: return SP_MAX_UNREF;
+	}
+}
+
+int sp_validate(const struct sp_msg *m)
+{
+	size_t fixed, elem;
+	uint32_t n;
+
+	if (layout(m->h.type, &fixed, &elem) < 0 || m->h.len < fixed)
+		return -EPROTO;
+	if (!elem)
+		return m->h.len == fixed ? 0 : -EPROTO;
+	memcpy(&n, m->p, sizeof(n)); /* every counted payload starts with n */
+	if (n > max_count(m->h.type))
+		return -EPROTO;
+	return m->h.len == fixed + (size_t)n * elem ? 0 : -EPROTO;
+}
+
+static const char *const knob_names[KNOB_COUNT] = {
+	"run", "pages_to_scan", "sleep_millisecs", "use_zero_pages", "max_page_sharing",
+};
+
+const char *sp_knob_name(int knob)
+{
+	return knob >= 0 && knob < KNOB_COUNT ? knob_names[knob] : NULL;
+}
+
+int sp_knob_lookup(const char *name)
+{
+	for (int i = 0; i < KNOB_COUNT; i++)
+		if (!strcmp(name, knob_names[i]))
+			return i;
+	return -ENOENT;
+}
+
+int sp_knob_check(int knob, uint64_t v)
+{
+	switch (knob) {
+	case KNOB_RUN: return v <= 2 ? 0 : -EINVAL;
+	case KNOB_PAGES_TO_SCAN: return v >= 1 && v <= 1u << 24 ? 0 : -EINVAL;
+	case KNOB_SLEEP_MILLISECS: return v <= 60000 ? 0 : -EINVAL;
+	case KNOB_USE_ZERO_PAGES: return v <= 1 ? 0 : -EINVAL;
+	/* The kernel refuses 0 and 1 too: a page shared by one mapper saves nothing. */
+	case KNOB_MAX_PAGE_SHARING: return v >= 2 && v <= 1u << 20 ? 0 : -EINVAL;
+	default: return -EINVAL;
+	}
+}

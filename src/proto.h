@@ -1,0 +1,140 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * proto — the wire format between libsamepage and samepaged.
+ *
+ * A message is a fixed header followed by `len` payload bytes, on a
+ * SOCK_SEQPACKET Unix socket (one message per datagram, so a short or
+ * oversize read is a protocol error, not a resync problem). Requests and
+ * replies alternate on a connection; C_UNREF is the one request without a
+ * reply. Every payload has a fixed part whose size is checked exactly, and a
+ * counted array whose count is checked against the bytes that came. The
+ * daemon closes a connection on the first malformed message (invariant 6:
+ * it trusts nothing a process sends).
+ */
+#ifndef SAMEPAGE_PROTO_H
+#define SAMEPAGE_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define SP_PROTO_VERSION 1
+#define SP_PAGE 4096u
+/* A SOCK_SEQPACKET message must fit the socket's send buffer whole
+ * (net.core.wmem_default, 208 KiB here; EMSGSIZE beyond), so none exceeds
+ * 72 KiB. */
+#define SP_MAX_MSG (72u << 10)        /* header + payload */
+#define SP_MAX_LOOKUP 4096u           /* hashes in one C_LOOKUP */
+#define SP_MAX_CREATE 16u             /* pages in one C_CREATE */
+#define SP_MAX_UNREF 16384u
+#define SP_POOL_NONE 0xffffffffu      /* lookup: no match, kept in the unstable index */
+#define SP_POOL_CREATE 0xfffffffeu    /* lookup: match in the unstable index, send the page */
+
+enum sp_msg_type {
+	C_HELLO = 1, C_BUDGET, C_LOOKUP, C_CREATE, C_UNREF, C_GETSEG,
+	C_ADOPT, C_STAT, C_SET, C_UNMERGE,
+	D_HELLO = 100, D_BUDGET, D_LOOKUP, D_CREATE, D_SEG, D_ACK, D_STAT,
+};
+
+struct sp_hdr {
+	uint16_t type;
+	uint16_t flags;
+	uint32_t len; /* payload bytes after this header */
+};
+
+enum sp_knob {
+	KNOB_RUN, KNOB_PAGES_TO_SCAN, KNOB_SLEEP_MILLISECS, KNOB_USE_ZERO_PAGES,
+	KNOB_MAX_PAGE_SHARING, KNOB_COUNT
+};
+
+struct sp_knobs {
+	uint32_t v[KNOB_COUNT];
+};
+
+#define HELLO_OBSERVER 1u /* CLI connection: no memory, not waited for by full scans */
+
+struct sp_hello { uint32_t version; uint32_t flags; };
+struct sp_hello_r {
+	uint64_t token;     /* names this connection to C_ADOPT; secret to the process */
+	uint32_t seg_pages; /* pages per pool segment */
+	uint32_t pad;
+	struct sp_knobs knobs;
+};
+
+/* A process's own counters, sent with every budget request. */
+struct sp_proc_stats {
+	uint64_t rmap_items, zero_pages, merging_pages, unshared, volatile_pages;
+	uint64_t merge_vmas, vma_limited;
+	uint32_t merge_any, mergeable;
+};
+
+#define BUDGET_PASS_DONE 1u
+struct sp_budget {
+	uint32_t want;
+	uint32_t flags;
+	uint64_t pass_gen;   /* generation the finished pass started in */
+	uint64_t scanned;    /* pages scanned since the previous request */
+	struct sp_proc_stats st;
+};
+struct sp_budget_r {
+	uint32_t grant;
+	uint32_t wait_ms;     /* when grant is 0: ask again after this */
+	uint64_t gen;         /* current unstable-index generation */
+	uint32_t unmerge;     /* unmerge everything now (run=2 or `samepage unmerge`) */
+	uint32_t pad;
+	struct sp_knobs knobs;
+};
+
+struct sp_lookup_ent { uint64_t hash; uint64_t addr; };
+struct sp_lookup { uint32_t n; uint32_t pad; struct sp_lookup_ent e[]; };
+struct sp_ids { uint32_t n; uint32_t id[]; };      /* D_LOOKUP, D_CREATE, C_UNREF */
+struct sp_create { uint32_t n; uint32_t pad; unsigned char data[]; }; /* n pages */
+struct sp_getseg { uint32_t seg; };
+struct sp_seg_r { uint32_t seg; uint32_t pages; };  /* fd in SCM_RIGHTS */
+struct sp_adopt { uint64_t token; };
+struct sp_ack { int32_t err; };
+struct sp_statreq { int32_t pid; };                 /* 0: global only */
+struct sp_set { uint32_t knob; uint32_t pad; uint64_t value; };
+struct sp_unmerge { int32_t pid; };                 /* 0: every process */
+
+struct sp_global_stats {
+	uint64_t pages_shared, pages_sharing, pages_unshared, pages_volatile;
+	uint64_t pages_scanned, full_scans, ksm_zero_pages;
+	int64_t general_profit;
+	uint64_t stable_node_chains, stable_node_dups;
+	uint64_t pool_pages, pool_segments, merge_vmas, vma_limited, processes;
+	uint64_t meta_bytes; /* daemon bookkeeping */
+};
+struct sp_stat_r {
+	struct sp_global_stats g;
+	struct sp_knobs knobs;
+	int32_t has_proc;
+	int32_t pid;
+	struct sp_proc_stats p;
+};
+
+/* Bytes of bookkeeping per tracked page in the library (kernel: rmap_item). */
+#define SP_ENTRY_BYTES 16
+
+/* A received message: header + payload in buf, optional fd. */
+struct sp_msg {
+	struct sp_hdr h;
+	unsigned char *p; /* payload, h.len bytes, inside the caller's buffer */
+	int fd;           /* -1 unless SCM_RIGHTS carried one */
+};
+
+int sp_send(int sock, uint16_t type, const void *payload, uint32_t len, int fd);
+int sp_sendv(int sock, uint16_t type, const void *a, uint32_t alen,
+	     const void *b, uint32_t blen);
+/* Receive one message into buf (SP_MAX_MSG bytes). 0, -errno, or -EPROTO
+ * for a malformed frame; -ECONNRESET on orderly close. */
+int sp_recv(int sock, void *buf, struct sp_msg *m);
+/* Check a payload against its type's layout; 0 or -EPROTO. */
+int sp_validate(const struct sp_msg *m);
+
+const char *sp_knob_name(int knob);
+int sp_knob_lookup(const char *name);
+/* 0 or -EINVAL when value is out of the knob's range. */
+int sp_knob_check(int knob, uint64_t value);
+
+#endif

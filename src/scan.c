@@ -1,0 +1,702 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * scan — the per-process scanner: kernel KSM's ksmd, for one process.
+ *
+ * A pass refreshes which memory is mergeable (areas: eligible VMAs inside
+ * the madvised ranges, or all of them under merge-any), then walks it in
+ * chunks, spending budget the daemon grants. Per page it keeps a 16-byte
+ * entry. A present page is hashed; one whose hash did not change since the
+ * previous pass is a candidate: all-zero candidates go to the kernel's zero
+ * page, the others are offered to the daemon, which answers with a pool
+ * page (stable hit), "send it" (unstable hit) or nothing. Merged pages are
+ * watched through pagemap: once written (the kernel copied them: no longer a
+ * file page) they are turned back into plain anonymous memory and their
+ * pool reference dropped.
+ */
+#define _GNU_SOURCE
+#include "lib.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+#define TEXT_BYTES (1u << 20)
+#define IDLE_MAX_MS 2000
+
+void entry_set(struct lib *l, struct entry *e, uint32_t state)
+{
+	if (e->state != E_NEW)
+		l->st.rmap_items--;
+	if (e->state == E_MERGED)
+		l->st.merging--;
+	if (e->state == E_ZERO)
+		l->st.zero--;
+	e->state = state;
+	if (state != E_NEW)
+		l->st.rmap_items++;
+	if (state == E_MERGED)
+		l->st.merging++;
+	if (state == E_ZERO)
+		l->st.zero++;
+}
+
+/* ---- areas ---- */
+
+static int eligible(const struct vma *v)
+{
+	/* Invariant 4: private anonymous memory only, as kernel KSM's
+	 * vma_ksm_compatible(); plus the pool pages we mapped there. */
+	uint32_t bad = VF_SHARED | VF_IO | VF_PFNMAP | VF_HUGETLB | VF_WIPEONFORK | VF_UFFD |
+		       VF_MIXEDMAP | VF_DONTEXPAND | VF_GROWSDOWN;
+
+	if (!v->private_ || (v->flags & bad))
+		return 0;
+	return v->kind == VMA_ANON || v->kind == VMA_POOL;
+}
+
+static struct entry *entries_alloc(size_t npages)
+{
+	size_t len = npages * sizeof(struct entry);
+	void *m = os_mmap(NULL, len, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+	if (m == MAP_FAILED)
+		return NULL;
+	os_name_mapping(m, len);
+	return m;
+}
+
+static void entries_free(struct area *a)
+{
+	os_munmap(a->e, (a->end - a->start) / SP_PAGE * sizeof(struct entry));
+	a->e = NULL;
+}
+
+static void pend_release(struct lib *l, uint32_t id)
+{
+	/* Full list: keep the reference for good. Leaking a pool page is
+	 * safe; dropping one a VMA may still map is not (invariant 2). */
+	if (l->npending < LIB_MAX_PENDING)
+		l->pending[l->npending++] = id;
+}
+
+/* Entries of [s, e) leave tracking: merged ones wait in the pending list. */
+static void forget_entries(struct lib *l, struct area *a, uintptr_t s, uintptr_t e)
+{
+	for (uintptr_t p = s; p < e; p += SP_PAGE) {
+		struct entry *en = &a->e[(p - a->start) / SP_PAGE];
+		if (en->state == E_MERGED)
+			pend_release(l, en->pool);
+		entry_set(l, en, E_NEW);
+	}
+}
+
+void scan_forget(struct lib *l, uintptr_t s, uintptr_t e)
+{
+	for (uint32_t i = 0; i < l->nareas; i++) {
+		struct area *a = &l->areas[i];
+		uintptr_t from = s > a->start ? s : a->start, to = e < a->end ? e : a->end;
+		if (from < to)
+			forget_entries(l, a, from, to);
+	}
+}
+
+/* Build the new area [s, e), carrying over entries of old areas. */
+static int make_area(struct lib *l, struct area *old, uint32_t nold, uint32_t *j,
+		     struct area *out, uintptr_t s, uintptr_t e, uint32_t vmflags, uint8_t prot)
+{
+	while (*j < nold && old[*j].end <= s)
+		(*j)++;
+	if (*j < nold && old[*j].start == s && old[*j].end == e) {
+		*out = old[*j];
+		old[*j].e = NULL; /* moved */
+	} else {
+		out->start = s;
+		out->end = e;
+		out->e = entries_alloc((e - s) / SP_PAGE);
+		if (!out->e)
+			return -ENOMEM;
+		for (uint32_t k = *j; k < nold && old[k].start < e; k++) {
+			uintptr_t from = s > old[k].start ? s : old[k].start;
+			uintptr_t to = e < old[k].end ? e : old[k].end;
+			if (from >= to || !old[k].e)
+				continue;
+			size_t n = (to - from) / SP_PAGE;
+			memcpy(&out->e[(from - s) / SP_PAGE], &old[k].e[(from - old[k].start) / SP_PAGE],
+			       n * sizeof(struct entry));
+			memset(&old[k].e[(from - old[k].start) / SP_PAGE], 0, n * sizeof(struct entry));
+		}
+	}
+	out->vmflags = vmflags;
+	out->prot = prot;
+	(void)l;
+	return 0;
+}
+
+#define CARRIED_FLAGS (VF_LOCKED | VF_DONTDUMP | VF_DONTCOPY | VF_HUGEPAGE | VF_NOHUGEPAGE)
+
+/* Eligible VMAs that touch are one run: merging splits an anonymous VMA
+ * into anonymous and pool parts, and that must not reset their entries. */
+static int next_run(const struct vma_list *vl, size_t *i, uintptr_t *s, uintptr_t *e,
+		    uint32_t *flags, uint8_t *prot)
+{
+	while (*i < vl->n && !eligible(&vl->v[*i]))
+		(*i)++;
+	if (*i == vl->n)
+		return 0;
+	*s = vl->v[*i].start;
+	*e = vl->v[*i].end;
+	*flags = vl->v[*i].flags & CARRIED_FLAGS;
+	*prot = vl->v[*i].prot;
+	for ((*i)++; *i < vl->n && eligible(&vl->v[*i]) && vl->v[*i].start == *e; (*i)++)
+		*e = vl->v[*i].end;
+	return 1;
+}
+
+static int reconcile(struct lib *l)
+{
+	struct area *old = l->old_areas;
+	uint32_t nold = l->nareas, j = 0, ri = 0;
+	size_t vi = 0;
+	uintptr_t s, e;
+	uint32_t flags;
+	uint8_t prot;
+	int err = 0;
+
+	memcpy(old, l->areas, nold * sizeof(*old));
+	l->nareas = 0;
+	while (!err && next_run(&l->vmas, &vi, &s, &e, &flags, &prot)) {
+		if (l->merge_any) {
+			if (l->nareas < LIB_MAX_AREAS)
+				err = make_area(l, old, nold, &j, &l->areas[l->nareas++], s, e,
+						flags, prot);
+			continue;
+		}
+		/* The madvised ranges inside this run; one may span several runs. */
+		while (ri < l->nranges && l->ranges[ri].end <= s)
+			ri++;
+		for (uint32_t k = ri; !err && k < l->nranges && l->ranges[k].start < e; k++) {
+			uintptr_t rs = l->ranges[k].start > s ? l->ranges[k].start : s;
+			uintptr_t re = l->ranges[k].end < e ? l->ranges[k].end : e;
+			if (l->nareas < LIB_MAX_AREAS)
+				err = make_area(l, old, nold, &j, &l->areas[l->nareas++], rs, re,
+						flags, prot);
+		}
+	}
+	if (err)
+		l->nareas--;
+	for (uint32_t k = 0; k < nold; k++) {
+		if (!old[k].e)
+			continue;
+		forget_entries(l, &old[k], old[k].start, old[k].end);
+		entries_free(&old[k]);
+	}
+	return err;
+}
+
+/* ---- pending references ---- */
+
+static int pool_page_mapped(const struct lib *l, uint32_t id)
+{
+	uint64_t ino = l->segs[id / SEG_PAGES].ino, idx = id % SEG_PAGES;
+
+	for (size_t i = 0; i < l->vmas.n; i++) {
+		const struct vma *v = &l->vmas.v[i];
+		if (v->kind == VMA_POOL && v->ino == ino && idx >= v->pgoff &&
+		    idx < v->pgoff + (v->end - v->start) / SP_PAGE)
+			return 1;
+	}
+	return 0;
+}
+
+static void release_pending(struct lib *l)
+{
+	uint32_t keep = 0, drop[256], nd = 0;
+
+	for (uint32_t i = 0; i < l->npending; i++) {
+		uint32_t id = l->pending[i];
+		/* Invariant 2: dropped only once no VMA of ours maps the page
+		 * (an mremap may have moved it anywhere). */
+		if (pool_page_mapped(l, id)) {
+			l->pending[keep++] = id;
+			continue;
+		}
+		drop[nd++] = id;
+		if (nd == 256) {
+			client_unref(l, drop, nd);
+			nd = 0;
+		}
+	}
+	if (nd)
+		client_unref(l, drop, nd);
+	l->npending = keep;
+}
+
+int scan_refresh(struct lib *l)
+{
+	int err = os_read_vmas(&l->vmas, l->text, TEXT_BYTES);
+
+	if (err)
+		return err;
+	l->st.merge_vmas = 0;
+	for (size_t i = 0; i < l->vmas.n; i++)
+		l->st.merge_vmas += l->vmas.v[i].kind == VMA_POOL;
+	err = reconcile(l);
+	release_pending(l);
+	return err;
+}
+
+/* ---- one chunk ---- */
+
+struct pass {
+	uint64_t gen;
+	int have_gen;
+	uint64_t volatile_pages, unshared, merged, changed;
+};
+
+struct chunk { /* one chunk's work lists; lives in lib, guarded by its lock */
+	struct sp_lookup_ent look[CHUNK_PAGES];
+	uint32_t nlook;
+	uintptr_t zero[CHUNK_PAGES];
+	uint32_t zok[CHUNK_PAGES];
+	uint32_t nzero;
+	uintptr_t cow[CHUNK_PAGES];
+	uint32_t ncow;
+	struct merge_item m[CHUNK_PAGES];
+	uint32_t nm;
+	uintptr_t create[CHUNK_PAGES];
+	uint32_t ncreate;
+};
+
+size_t scan_chunk_bytes(void)
+{
+	return sizeof(struct chunk);
+}
+
+static struct entry *entry_of(struct area *a, uintptr_t p)
+{
+	return &a->e[(p - a->start) / SP_PAGE];
+}
+
+static uint64_t zero_hash(void)
+{
+	static const unsigned char z[SP_PAGE];
+
+	return XXH3_64bits(z, SP_PAGE);
+}
+
+/* Does v (the VMA at p) map pool page id at p? */
+static int maps_pool_page(const struct lib *l, const struct vma *v, uintptr_t p, uint32_t id)
+{
+	return v && v->kind == VMA_POOL && v->ino == l->segs[id / SEG_PAGES].ino &&
+	       v->pgoff + (p - v->start) / SP_PAGE == id % SEG_PAGES;
+}
+
+static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, struct chunk *c,
+		     struct pass *ps, const struct vma **vc)
+{
+	struct entry *e = entry_of(a, p);
+	uint64_t h;
+
+	if (!*vc || p >= (*vc)->end || p < (*vc)->start)
+		*vc = os_vma_find(&l->vmas, p);
+	if (e->state == E_MERGED) {
+		/* Written since it was merged: the kernel gave it a private copy. */
+		if (PM_PRESENT(pm) && !PM_FILE(pm) && *vc && (*vc)->kind == VMA_POOL) {
+			c->cow[c->ncow++] = p;
+			return;
+		}
+		if (maps_pool_page(l, *vc, p, e->pool))
+			return; /* still merged (perhaps not faulted in, after fork) */
+		/* Replaced behind our back (an unwrapped munmap or mmap). */
+		pend_release(l, e->pool);
+		entry_set(l, e, E_NEW);
+	}
+	if (e->state == E_ZERO) {
+		if (!(PM_PRESENT(pm) && PM_EXCLUSIVE(pm) && !PM_FILE(pm)))
+			return; /* still the zero page, or gone */
+		entry_set(l, e, E_NEW);
+	}
+	if (!PM_PRESENT(pm))
+		return;
+	if (!*vc || !((*vc)->prot & PROT_READ))
+		return; /* PROT_NONE stays mergeable but cannot be read */
+	h = XXH3_64bits((const void *)p, SP_PAGE);
+	if (e->state == E_NEW || e->hash != h) {
+		e->hash = h;
+		if (e->state == E_NEW)
+			entry_set(l, e, E_HASHED);
+		ps->volatile_pages++;
+		ps->changed++;
+		return;
+	}
+	if (l->knobs.v[KNOB_USE_ZERO_PAGES] && h == zero_hash())
+		c->zero[c->nzero++] = p;
+	else
+		c->look[c->nlook++] = (struct sp_lookup_ent){ .hash = h, .addr = p };
+}
+
+static void cow_restore(struct lib *l, struct area *a, struct chunk *c)
+{
+	for (uint32_t i = 0; i < c->ncow;) {
+		uint32_t j = i + 1;
+		while (j < c->ncow && c->cow[j] == c->cow[j - 1] + SP_PAGE)
+			j++;
+		merge_restore(l, a, c->cow[i], c->cow[j - 1] + SP_PAGE);
+		i = j;
+	}
+}
+
+static int do_lookup(struct lib *l, struct chunk *c, struct pass *ps)
+{
+	struct sp_lookup *req = (struct sp_lookup *)l->out;
+	struct sp_msg m;
+	uint32_t n = c->nlook;
+	int err;
+
+	if (!n)
+		return 0;
+	req->n = n;
+	memcpy(req->e, c->look, n * sizeof(c->look[0]));
+	err = client_call(l, C_LOOKUP, req, sizeof(*req) + n * sizeof(c->look[0]), D_LOOKUP, &m);
+	if (err)
+		return err;
+	const struct sp_ids *r = (const void *)m.p;
+	if (r->n != n)
+		return -EPROTO;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t id = r->id[i];
+		if (id == SP_POOL_CREATE) {
+			c->create[c->ncreate++] = c->look[i].addr;
+		} else if (id == SP_POOL_NONE) {
+			ps->unshared++;
+		} else if (id / SEG_PAGES < POOL_MAX_SEGS) {
+			client_seg_ref(l, id, +1);
+			c->m[c->nm++] = (struct merge_item){ .addr = c->look[i].addr, .id = id };
+		} else {
+			return -EPROTO;
+		}
+	}
+	return 0;
+}
+
+static int do_create(struct lib *l, struct chunk *c)
+{
+	struct sp_create *req = (struct sp_create *)l->out;
+
+	for (uint32_t i = 0; i < c->ncreate;) {
+		uint32_t k = c->ncreate - i < SP_MAX_CREATE ? c->ncreate - i : SP_MAX_CREATE;
+		struct sp_msg m;
+		int err;
+
+		req->n = k;
+		for (uint32_t j = 0; j < k; j++)
+			memcpy(req->data + (size_t)j * SP_PAGE, (const void *)c->create[i + j], SP_PAGE);
+		err = client_call(l, C_CREATE, req, sizeof(*req) + (size_t)k * SP_PAGE, D_CREATE, &m);
+		if (err)
+			return err;
+		const struct sp_ids *r = (const void *)m.p;
+		if (r->n != k)
+			return -EPROTO;
+		for (uint32_t j = 0; j < k; j++) {
+			uint32_t id = r->id[j];
+			if (id == SP_POOL_NONE || id == SP_POOL_CREATE)
+				continue;
+			if (id / SEG_PAGES >= POOL_MAX_SEGS)
+				return -EPROTO;
+			client_seg_ref(l, id, +1);
+			c->m[c->nm++] = (struct merge_item){ .addr = c->create[i + j], .id = id };
+		}
+		i += k;
+	}
+	return 0;
+}
+
+static int by_addr(const void *x, const void *y)
+{
+	const struct merge_item *a = x, *b = y;
+
+	return a->addr < b->addr ? -1 : a->addr > b->addr;
+}
+
+static void vma_budget_check(struct lib *l, struct chunk *c)
+{
+	/* Invariant 7: stay well inside vm.max_map_count. A merged page that
+	 * is not part of a run costs up to two VMAs (it splits one). */
+	size_t limit = l->max_map_count * 3 / 4;
+
+	if (l->vmas.total + 2 * (size_t)c->nm <= limit)
+		return;
+	uint32_t ids[CHUNK_PAGES];
+	for (uint32_t i = 0; i < c->nm; i++)
+		ids[i] = c->m[i].id;
+	client_unref(l, ids, c->nm);
+	l->st.vma_limited += c->nm;
+	c->nm = 0;
+}
+
+static void do_merge(struct lib *l, struct area *a, struct chunk *c, struct pass *ps)
+{
+	uint32_t bad[CHUNK_PAGES], nbad = 0, runs = 0;
+
+	vma_budget_check(l, c);
+	if (!c->nm)
+		return;
+	qsort(c->m, c->nm, sizeof(c->m[0]), by_addr);
+	merge_pages(l, a, c->m, c->nm);
+	for (uint32_t i = 0; i < c->nm; i++) {
+		struct entry *e = entry_of(a, c->m[i].addr);
+		if (!c->m[i].ok) {
+			bad[nbad++] = c->m[i].id;
+			continue;
+		}
+		if (!i || !c->m[i - 1].ok || c->m[i - 1].addr + SP_PAGE != c->m[i].addr)
+			runs++;
+		e->pool = c->m[i].id;
+		entry_set(l, e, E_MERGED);
+		ps->merged++;
+	}
+	l->vmas.total += 2 * runs;
+	if (nbad)
+		client_unref(l, bad, nbad);
+}
+
+static void do_zero(struct lib *l, struct area *a, struct chunk *c, struct pass *ps)
+{
+	if (!c->nzero)
+		return;
+	merge_zero(l, a, c->zero, c->nzero, c->zok);
+	for (uint32_t i = 0; i < c->nzero; i++)
+		if (c->zok[i]) {
+			entry_set(l, entry_of(a, c->zero[i]), E_ZERO);
+			ps->merged++;
+		}
+}
+
+static int scan_chunk(struct lib *l, struct area *a, uintptr_t s, uint32_t n, struct pass *ps)
+{
+	struct chunk *c = l->chunk;
+	const struct vma *vc = NULL;
+	int err = os_pagemap(l->pmfd, s, n, l->pm);
+
+	if (err)
+		return err;
+	c->nlook = c->nzero = c->ncow = c->nm = c->ncreate = 0;
+	for (uint32_t i = 0; i < n; i++)
+		classify(l, a, s + (uintptr_t)i * SP_PAGE, l->pm[i], c, ps, &vc);
+	cow_restore(l, a, c);
+	do_zero(l, a, c, ps);
+	err = do_lookup(l, c, ps);
+	if (!err)
+		err = do_create(l, c);
+	do_merge(l, a, c, ps);
+	l->scanned_since_report += n;
+	return err;
+}
+
+/* ---- unmerge ---- */
+
+static void unzero(struct lib *l, struct area *a, uintptr_t s, uintptr_t e)
+{
+	for (uintptr_t p = s; p < e; p += SP_PAGE) {
+		struct entry *en = entry_of(a, p);
+		if (en->state != E_ZERO)
+			continue;
+		/* A write fault without a write: the page gets a frame of its own. */
+		os_madvise((void *)p, SP_PAGE, MADV_POPULATE_WRITE);
+		entry_set(l, en, E_NEW);
+	}
+}
+
+int scan_unmerge(struct lib *l, uintptr_t s, uintptr_t e)
+{
+	int err = 0;
+
+	for (uint32_t i = 0; i < l->nareas; i++) {
+		struct area *a = &l->areas[i];
+		uintptr_t from = s > a->start ? s : a->start, to = e < a->end ? e : a->end;
+		if (from >= to)
+			continue;
+		int r = merge_restore(l, a, from, to);
+		err = err ? err : r;
+		unzero(l, a, from, to);
+	}
+	return err;
+}
+
+/* ---- the pass ---- */
+
+static void fill_stats(struct lib *l, struct sp_proc_stats *st)
+{
+	st->rmap_items = l->st.rmap_items;
+	st->zero_pages = l->st.zero;
+	st->merging_pages = l->st.merging;
+	st->unshared = l->st.unshared;
+	st->volatile_pages = l->st.volatile_pages;
+	st->merge_vmas = l->st.merge_vmas;
+	st->vma_limited = l->st.vma_limited;
+	st->merge_any = (uint32_t)l->merge_any;
+	st->mergeable = l->merge_any || l->nranges;
+}
+
+/* Ask for budget; applies knobs and run=2. Grant, or -errno. */
+static int64_t budget(struct lib *l, uint32_t want, int pass_done, struct pass *ps,
+		      uint32_t *wait_ms)
+{
+	struct sp_budget b = { .want = want, .flags = pass_done ? BUDGET_PASS_DONE : 0,
+			       .pass_gen = ps->gen, .scanned = l->scanned_since_report };
+	struct sp_msg m;
+	struct sp_budget_r r;
+	int err;
+
+	fill_stats(l, &b.st);
+	err = client_call(l, C_BUDGET, &b, sizeof(b), D_BUDGET, &m);
+	if (err)
+		return err;
+	memcpy(&r, m.p, sizeof(r));
+	l->scanned_since_report = 0;
+	l->knobs = r.knobs;
+	l->gen = r.gen;
+	if (!ps->have_gen) {
+		ps->gen = r.gen;
+		ps->have_gen = 1;
+	}
+	if (r.unmerge)
+		scan_unmerge(l, 0, UINTPTR_MAX);
+	*wait_ms = r.wait_ms;
+	return r.grant;
+}
+
+static struct area *area_from(struct lib *l, uintptr_t cursor)
+{
+	for (uint32_t i = 0; i < l->nareas; i++)
+		if (l->areas[i].end > cursor)
+			return &l->areas[i];
+	return NULL;
+}
+
+static void sleep_ms(struct lib *l, uint32_t ms)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (long)(ms % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	while (!l->kick && !l->stop &&
+	       pthread_cond_timedwait(&l->wake, &l->lock, &ts) != ETIMEDOUT)
+		;
+}
+
+/* Walk every area once. Called and returns with l->lock held. */
+static int walk(struct lib *l, struct pass *ps)
+{
+	uintptr_t cursor = 0;
+	struct area *a;
+
+	while (!l->stop && (a = area_from(l, cursor))) {
+		uintptr_t s = cursor > a->start ? cursor : a->start;
+		uint32_t n = (uint32_t)((a->end - s) / SP_PAGE), wait = 0;
+		int64_t g;
+
+		if (n > CHUNK_PAGES)
+			n = CHUNK_PAGES;
+		g = budget(l, n, 0, ps, &wait);
+		if (g < 0)
+			return (int)g;
+		if (!g) {
+			sleep_ms(l, wait);
+			continue; /* areas may have changed while we slept */
+		}
+		a = area_from(l, cursor); /* budget() may have unmerged */
+		if (!a)
+			break;
+		s = cursor > a->start ? cursor : a->start;
+		if ((uint64_t)g < n)
+			n = (uint32_t)g;
+		if ((a->end - s) / SP_PAGE < n)
+			n = (uint32_t)((a->end - s) / SP_PAGE);
+		int err = scan_chunk(l, a, s, n, ps);
+		if (err)
+			return err;
+		cursor = s + (uintptr_t)n * SP_PAGE;
+		/* Let application threads waiting in our wrappers in. */
+		pthread_mutex_unlock(&l->lock);
+		pthread_mutex_lock(&l->lock);
+	}
+	return 0;
+}
+
+static int pass_locked(struct lib *l, struct pass *ps)
+{
+	uint32_t wait;
+	int err;
+
+	if (l->sock < 0) {
+		err = client_connect(l);
+		if (err)
+			return err;
+	}
+	err = scan_refresh(l);
+	if (err)
+		return err;
+	err = walk(l, ps);
+	if (err)
+		return err;
+	l->st.volatile_pages = ps->volatile_pages;
+	l->st.unshared = ps->unshared;
+	return (int)budget(l, 0, 1, ps, &wait) < 0 ? -ENOTCONN : 0;
+}
+
+int scan_pass(struct lib *l)
+{
+	struct pass ps = { 0 };
+	int err;
+
+	pthread_mutex_lock(&l->lock);
+	err = pass_locked(l, &ps);
+	if (getenv("SAMEPAGE_DEBUG"))
+		fprintf(stderr, "samepage: pass %d areas %u merged %lu changed %lu\n", err, l->nareas, (unsigned long)ps.merged, (unsigned long)ps.changed);
+	l->pass_seq++;
+	if (!err) {
+		int quiet = !ps.merged && !ps.changed;
+		int base = (int)l->knobs.v[KNOB_SLEEP_MILLISECS];
+		l->idle_ms = !quiet ? 0 : l->idle_ms ? l->idle_ms * 2 : (base > 10 ? base : 10);
+		if (l->idle_ms > IDLE_MAX_MS)
+			l->idle_ms = IDLE_MAX_MS;
+	}
+	pthread_cond_broadcast(&l->wake);
+	pthread_mutex_unlock(&l->lock);
+	return err;
+}
+
+void *scan_thread(void *arg)
+{
+	struct lib *l = arg;
+	sigset_t all;
+
+	/* Application signals go to application threads. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	while (!__atomic_load_n(&l->stop, __ATOMIC_ACQUIRE)) {
+		int err = scan_pass(l);
+		pthread_mutex_lock(&l->lock);
+		if (!l->kick)
+			sleep_ms(l, err ? 1000 : (uint32_t)l->idle_ms);
+		l->kick = 0;
+		pthread_mutex_unlock(&l->lock);
+	}
+	return NULL;
+}

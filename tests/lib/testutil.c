@@ -1,0 +1,284 @@
+/* SPDX-License-Identifier: MIT */
+/* testutil — see testutil.h. */
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static char tu_dir[128];
+static char bin_dir[PATH_MAX];
+
+void tu_skip(const char *why)
+{
+	printf("SKIP: %s\n", why);
+	exit(TU_SKIP);
+}
+
+void tu_require_merging(void)
+{
+	long fd;
+
+	if (geteuid() != 0)
+		tu_skip("needs root to read page frame numbers from /proc/PID/pagemap");
+	fd = syscall(SYS_userfaultfd, O_CLOEXEC);
+	if (fd < 0)
+		tu_skip("userfaultfd unavailable");
+	close((int)fd);
+}
+
+const char *tu_bin(const char *name)
+{
+	static char path[PATH_MAX + 64];
+
+	if (!bin_dir[0]) {
+		/* build/tests/integration/NAME → build/bin */
+		ssize_t n = readlink("/proc/self/exe", bin_dir, sizeof(bin_dir) - 1);
+		if (n <= 0)
+			TU_FAIL("readlink /proc/self/exe");
+		bin_dir[n] = 0;
+		for (int i = 0; i < 3; i++)
+			*strrchr(bin_dir, '/') = 0;
+		strcat(bin_dir, "/bin");
+	}
+	snprintf(path, sizeof(path), "%s/%s", bin_dir, name);
+	return path;
+}
+
+pid_t tu_daemon_pid(void)
+{
+	char cmd[256], out[32] = { 0 };
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd), "fuser %s/sock.lock 2>/dev/null", tu_dir);
+	f = popen(cmd, "r");
+	if (!f)
+		return 0;
+	if (!fgets(out, sizeof(out), f))
+		out[0] = 0;
+	pclose(f);
+	return (pid_t)atoi(out);
+}
+
+static void kill_daemon(void)
+{
+	pid_t pid;
+	char cmd[256];
+
+	if (!tu_dir[0] || getpid() != (pid_t)atoi(getenv("TU_OWNER") ? getenv("TU_OWNER") : "0"))
+		return;
+	pid = tu_daemon_pid();
+	if (pid > 0)
+		kill(pid, SIGKILL);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", tu_dir);
+	if (system(cmd) != 0) {
+		/* leftover temp dir; harmless */
+	}
+}
+
+void tu_private_daemon(void)
+{
+	char sock[192], owner[32];
+
+	snprintf(tu_dir, sizeof(tu_dir), "/tmp/sp-test-XXXXXX");
+	if (!mkdtemp(tu_dir))
+		TU_FAIL("mkdtemp: %s", strerror(errno));
+	snprintf(sock, sizeof(sock), "%s/sock", tu_dir);
+	setenv("SAMEPAGE_SOCKET", sock, 1);
+	setenv("SAMEPAGE_DAEMON", tu_bin("samepaged"), 1);
+	snprintf(owner, sizeof(owner), "%d", (int)getpid());
+	setenv("TU_OWNER", owner, 1);
+	atexit(kill_daemon);
+}
+
+int tu_cli(const char *args)
+{
+	char cmd[PATH_MAX + 512];
+	int st;
+
+	snprintf(cmd, sizeof(cmd), "%s %s", tu_bin("samepage"), args);
+	st = system(cmd);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+void tu_fill(void *p, size_t len, uint64_t seed)
+{
+	uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1, *q = p;
+
+	for (size_t i = 0; i < len / 8; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		q[i] = x;
+	}
+}
+
+void *tu_map(size_t len)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		TU_FAIL("mmap %zu: %s", len, strerror(errno));
+	/* No THP: tests reason about 4 KiB pages. */
+	madvise(p, len, MADV_NOHUGEPAGE);
+	memset(p, 0x5a, len);
+	return p;
+}
+
+static uint64_t pagemap_entry(pid_t pid, uintptr_t addr)
+{
+	char path[64];
+	uint64_t e = 0;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		TU_FAIL("open %s: %s", path, strerror(errno));
+	if (pread(fd, &e, 8, (off_t)(addr / PAGE * 8)) != 8)
+		TU_FAIL("pread %s", path);
+	close(fd);
+	return e;
+}
+
+uint64_t tu_pfn(pid_t pid, uintptr_t addr)
+{
+	uint64_t e = pagemap_entry(pid, addr);
+
+	return (e >> 63) & 1 ? e & ((1ull << 55) - 1) : 0;
+}
+
+int tu_is_file_page(pid_t pid, uintptr_t addr)
+{
+	return (pagemap_entry(pid, addr) >> 61) & 1;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static void read_pfns(pid_t pid, uintptr_t addr, size_t n, uint64_t *out, size_t *k)
+{
+	char path[64];
+	uint64_t *e = malloc(n * 8);
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || !e || pread(fd, e, n * 8, (off_t)(addr / PAGE * 8)) != (ssize_t)(n * 8))
+		TU_FAIL("read %s", path);
+	close(fd);
+	for (size_t i = 0; i < n; i++)
+		if ((e[i] >> 63) & 1)
+			out[(*k)++] = e[i] & ((1ull << 55) - 1);
+	free(e);
+}
+
+size_t tu_frames(const pid_t *pids, const uintptr_t *addrs, int nproc, size_t npages)
+{
+	uint64_t *all = malloc(npages * nproc * 8);
+	size_t k = 0, distinct = 0;
+
+	if (!all)
+		TU_FAIL("malloc");
+	for (int p = 0; p < nproc; p++)
+		read_pfns(pids[p], addrs[p], npages, all, &k);
+	qsort(all, k, 8, cmp_u64);
+	for (size_t i = 0; i < k; i++)
+		if (i == 0 || all[i] != all[i - 1])
+			distinct++;
+	free(all);
+	return distinct;
+}
+
+size_t tu_present(pid_t pid, uintptr_t addr, size_t npages)
+{
+	uint64_t *tmp = malloc(npages * 8);
+	size_t k = 0;
+
+	read_pfns(pid, addr, npages, tmp, &k);
+	free(tmp);
+	return k;
+}
+
+double tu_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+int tu_wait(int (*fn)(void *), void *arg, int timeout_s)
+{
+	double end = tu_now() + timeout_s;
+
+	while (tu_now() < end) {
+		if (fn(arg))
+			return 1;
+		usleep(50 * 1000);
+	}
+	return fn(arg);
+}
+
+void tu_spawn(struct tu_child *c, int (*fn)(int rd, int wr, void *arg), void *arg)
+{
+	int down[2], up[2];
+
+	if (pipe(down) < 0 || pipe(up) < 0)
+		TU_FAIL("pipe");
+	c->pid = fork();
+	if (c->pid < 0)
+		TU_FAIL("fork: %s", strerror(errno));
+	if (c->pid == 0) {
+		close(down[1]);
+		close(up[0]);
+		_exit(fn(down[0], up[1], arg));
+	}
+	close(down[0]);
+	close(up[1]);
+	c->rd = up[0];
+	c->wr = down[1];
+}
+
+int tu_send(int fd, const void *p, size_t len)
+{
+	return write(fd, p, len) == (ssize_t)len ? 0 : -1;
+}
+
+int tu_recv(int fd, void *p, size_t len)
+{
+	size_t got = 0;
+
+	while (got < len) {
+		ssize_t r = read(fd, (char *)p + got, len - got);
+		if (r <= 0)
+			return -1;
+		got += (size_t)r;
+	}
+	return 0;
+}
+
+int tu_reap(struct tu_child *c)
+{
+	int st;
+
+	close(c->rd);
+	close(c->wr);
+	while (waitpid(c->pid, &st, 0) < 0)
+		if (errno != EINTR)
+			return -1;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}

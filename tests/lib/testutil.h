@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * testutil — ground truth for samepage's tests: page frames from
+ * /proc/PID/pagemap (as the kernel's KSM selftests do), deterministic page
+ * contents, a private daemon per test, and pass/fail/skip exits
+ * (0 / 1 / 77, as liburing's tests).
+ */
+#ifndef SAMEPAGE_TESTUTIL_H
+#define SAMEPAGE_TESTUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/types.h>
+
+#define PAGE 4096u
+#define TU_SKIP 77
+
+#define TU_FAIL(...)                                                        \
+	do {                                                                \
+		fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);        \
+		fprintf(stderr, __VA_ARGS__);                               \
+		fprintf(stderr, "\n");                                      \
+		exit(1);                                                    \
+	} while (0)
+#define TU_CHECK(cond, ...)                                                 \
+	do {                                                                \
+		if (!(cond))                                                \
+			TU_FAIL(__VA_ARGS__);                               \
+	} while (0)
+
+/* Exit 77 with a reason. */
+void tu_skip(const char *why) __attribute__((noreturn));
+/* Skip unless root (pagemap PFNs) and userfaultfd are available. */
+void tu_require_merging(void);
+/* Give this test its own daemon: SAMEPAGE_SOCKET in a fresh directory,
+ * SAMEPAGE_DAEMON/CLI next to the test binary, fast knobs. The daemon is
+ * started on demand and killed at exit. */
+void tu_private_daemon(void);
+/* Path of a binary in the build tree's bin/ ("samepage", "samepaged"). */
+const char *tu_bin(const char *name);
+/* Run `samepage ARGS` with this test's socket; returns its exit status. */
+int tu_cli(const char *args);
+/* PID of the private daemon, or 0. */
+pid_t tu_daemon_pid(void);
+
+/* Fill len bytes with content determined by seed (xorshift). */
+void tu_fill(void *p, size_t len, uint64_t seed);
+/* Anonymous private read-write memory, populated. */
+void *tu_map(size_t len);
+
+/* Page frame of pid's page at addr; 0 when not present. */
+uint64_t tu_pfn(pid_t pid, uintptr_t addr);
+/* Distinct present frames over npages pages at addrs[i] of pids[i]. */
+size_t tu_frames(const pid_t *pids, const uintptr_t *addrs, int nproc, size_t npages);
+/* Present pages among npages at addr of pid. */
+size_t tu_present(pid_t pid, uintptr_t addr, size_t npages);
+/* pagemap "file page" bit: the page maps a pool page. */
+int tu_is_file_page(pid_t pid, uintptr_t addr);
+
+/* Poll fn(arg) every 50 ms until it returns nonzero or timeout_s passes. */
+int tu_wait(int (*fn)(void *), void *arg, int timeout_s);
+double tu_now(void);
+
+/* A child process we talk to over a pipe pair. */
+struct tu_child {
+	pid_t pid;
+	int rd, wr; /* parent's ends */
+};
+/* Fork a child running fn(rd, wr) with its ends; exits with fn's value. */
+void tu_spawn(struct tu_child *c, int (*fn)(int rd, int wr, void *arg), void *arg);
+int tu_send(int fd, const void *p, size_t len);
+int tu_recv(int fd, void *p, size_t len);
+/* Wait for the child; returns its exit status (or 128+signal). */
+int tu_reap(struct tu_child *c);
+
+#endif

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run every test program of a build directory: unit tests, then integration
+# tests. A test exits 0 (pass), 77 (skip, with its reason) or anything else
+# (fail). Ends with the summary line "N passed, N failed, N skipped".
+set -u
+O=${1:-build}
+cd "$(dirname "$0")/.." || exit 1
+pass=0 fail=0 skip=0 failed=()
+case "${SAMEPAGE_SAN:-}" in
+asan) export ASAN_OPTIONS="verify_asan_link_order=0:detect_leaks=0:abort_on_error=0"
+      export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" ;;
+tsan) export TSAN_OPTIONS="halt_on_error=1:report_signal_unsafe=0:second_deadlock_stack=1" ;;
+esac
+for t in "$O"/tests/unit/* "$O"/tests/integration/*; do
+	[ -x "$t" ] || continue
+	name=${t#"$O"/tests/}
+	start=$(date +%s.%N)
+	out=$(timeout "${TEST_TIMEOUT:-300}" "$t" 2>&1)
+	rc=$?
+	secs=$(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)")
+	case $rc in
+	0) pass=$((pass + 1)); echo "PASS $name (${secs}s)" ;;
+	77) skip=$((skip + 1)); echo "SKIP $name: $(echo "$out" | grep -m1 SKIP)" ;;
+	*) fail=$((fail + 1)); failed+=("$name"); echo "FAIL $name (exit $rc, ${secs}s)"
+	   echo "$out" | tail -n 30 | sed 's/^/    /' ;;
+	esac
+done
+[ ${#failed[@]} -eq 0 ] || echo "failed: ${failed[*]}"
+echo "$pass passed, $fail failed, $skip skipped"
+[ "$fail" -eq 0 ]
