@@ -9,7 +9,7 @@ CFLAGS ?=
 LDFLAGS_BASE = -pthread -Wl,-z,now $(SAN)
 LIBS = -lxxhash -ldl
 
-LIB_SRC = src/api.c src/client.c src/merge.c src/scan.c src/preload.c \
+LIB_SRC = src/api.c src/client.c src/merge.c src/scan.c src/preload.c src/page.c \
 	  src/os.c src/proto.c src/path.c src/fault.c src/map.c
 DAEMON_SRC = src/daemon.c src/pool.c src/index.c src/map.c src/proto.c \
 	     src/path.c src/os.c src/fault.c
@@ -20,8 +20,11 @@ UNIT = $(patsubst tests/unit/%.c,$(O)/tests/unit/%,$(wildcard tests/unit/*.c))
 INTEG = $(patsubst tests/integration/%.c,$(O)/tests/integration/%,$(wildcard tests/integration/*.c))
 BENCH = $(patsubst bench/%.c,$(O)/bench/%,$(wildcard bench/*.c))
 EXAMPLES = $(patsubst examples/%.c,$(O)/examples/%,$(wildcard examples/*.c))
+# Plain programs that know nothing of samepage: run under `samepage run`.
+PROGS = $(patsubst tests/progs/%.c,$(O)/tests/progs/%,$(wildcard tests/progs/*.c))
 
-all: $(O)/lib/libsamepage.so $(O)/bin/samepaged $(O)/bin/samepage $(UNIT) $(INTEG) $(BENCH) $(EXAMPLES)
+all: $(O)/lib/libsamepage.so $(O)/bin/samepaged $(O)/bin/samepage $(UNIT) $(INTEG) $(BENCH) \
+	$(EXAMPLES) $(PROGS)
 
 $(O)/obj/%.o: %.c $(wildcard src/*.h include/*.h tests/lib/*.h)
 	@mkdir -p $(dir $@)
@@ -57,6 +60,10 @@ endef
 $(eval $(call user_prog,tests/integration,../../))
 $(eval $(call user_prog,bench,../))
 $(eval $(call user_prog,examples,../))
+
+$(O)/tests/progs/%: $(O)/obj/tests/progs/%.o
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_BASE) -o $@ $^
 
 check: all
 	tests/run.sh $(O)

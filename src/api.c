@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #define TEXT_BYTES (1u << 20)
-#define STACK_BYTES (256u << 10)
+#define STACK_BYTES (2u << 20) /* TSan wants ~1 MiB of a given stack */
 
 /* The one pointer to the context; written once under pthread_once. */
 static struct lib *the_lib;
@@ -69,6 +69,7 @@ static void lib_create(void)
 	    !l->chunk || l->pmfd < 0 || l->mapsfd < 0)
 		return; /* the_lib stays NULL: every call says -ENOMEM */
 	l->max_map_count = os_max_map_count();
+	l->debug = getenv("SAMEPAGE_DEBUG") && *getenv("SAMEPAGE_DEBUG") == '1';
 	l->uffd = os_uffd_open();
 	if (l->uffd < 0)
 		warn_uffd(l->uffd);
@@ -230,7 +231,7 @@ int samepage_set_merge_any(int enable)
 		return -ENOMEM;
 	pthread_mutex_lock(&l->lock);
 	if (enable) {
-		l->merge_any = 1;
+		__atomic_store_n(&l->merge_any, 1, __ATOMIC_RELAXED);
 		/* Kernel semantics: inherited across exec, so the next image's
 		 * library must know (exec keeps the environment). */
 		setenv("SAMEPAGE_MERGE_ANY", "1", 1);
@@ -240,7 +241,7 @@ int samepage_set_merge_any(int enable)
 		lib_kick(l);
 	} else if (l->merge_any) {
 		/* As ksm_disable_merge_any(): everything is unmerged. */
-		l->merge_any = 0;
+		__atomic_store_n(&l->merge_any, 0, __ATOMIC_RELAXED);
 		l->nranges = 0;
 		unsetenv("SAMEPAGE_MERGE_ANY");
 		err = scan_unmerge(l, 0, UINTPTR_MAX);
@@ -255,7 +256,8 @@ int samepage_get_merge_any(void)
 {
 	struct lib *l = lib_peek();
 
-	return l ? l->merge_any : 0;
+	/* Read without the lock: prctl(PR_GET_MEMORY_MERGE) must not wait for a merge. */
+	return l ? __atomic_load_n(&l->merge_any, __ATOMIC_RELAXED) : 0;
 }
 
 static void local_stats(struct lib *l, struct samepage_stat *st)

@@ -73,7 +73,7 @@ struct lib {
 	uint64_t token;
 	struct sp_knobs knobs;
 	uint64_t gen;
-	int warned;                /* the userfaultfd warning was printed */
+	int debug;                 /* SAMEPAGE_DEBUG: a line per pass on stderr */
 
 	int uffd;                  /* -errno when unavailable */
 	int pmfd;                  /* /proc/self/pagemap */

@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include "lib.h"
+#include "page.h"
 
 #include <errno.h>
 #include <string.h>
@@ -17,8 +18,6 @@
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22
 #endif
-
-static const unsigned char zero_page[SP_PAGE];
 
 /* Items closer than this are frozen as one span: fewer syscalls, at the
  * price of briefly blocking writers of the few pages in between. */
@@ -119,7 +118,7 @@ static void merge_span(struct lib *l, struct area *a, struct merge_item *it, uin
 	for (uint32_t i = 0; i < n; i++)
 		/* Invariant 1: frozen, and verified equal byte for byte. */
 		it[i].ok = view[i] && replaceable(l, it[i].addr, &prot[i]) &&
-			   !memcmp((const void *)it[i].addr, view[i], SP_PAGE);
+			   page_equal((const void *)it[i].addr, view[i], SP_PAGE);
 	for (uint32_t i = 0; i < n;) {
 		uint32_t j = i + 1;
 		if (!it[i].ok) {
@@ -153,7 +152,7 @@ int merge_pages(struct lib *l, struct area *a, struct merge_item *it, uint32_t n
 
 static int is_zero(const void *p)
 {
-	return !memcmp(p, zero_page, SP_PAGE);
+	return page_is_zero(p, SP_PAGE);
 }
 
 int merge_zero(struct lib *l, struct area *a, uintptr_t *addr, uint32_t n, uint32_t *ok)
@@ -193,7 +192,7 @@ static int to_anon(struct area *a, uintptr_t s, uintptr_t e, uint8_t prot, int c
 	if (tmp == MAP_FAILED)
 		return -ENOMEM;
 	if (copy)
-		memcpy(tmp, (void *)s, len);
+		page_copy(tmp, (const void *)s, len);
 	if ((prot != (PROT_READ | PROT_WRITE) && mprotect(tmp, len, prot) < 0) ||
 	    os_apply_flags((uintptr_t)tmp, len, a->vmflags) < 0 ||
 	    os_mremap(tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)s) == MAP_FAILED) {

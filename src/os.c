@@ -130,6 +130,31 @@ int os_pagemap(int pmfd, uintptr_t a, size_t n, uint64_t *out)
 	return 0;
 }
 
+/* From include/uapi/linux/fs.h (6.7); Debian 12's headers predate it. */
+struct sp_pm_scan_arg {
+	uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+	uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+struct sp_page_region { uint64_t start, end, categories; };
+#define SP_PAGEMAP_SCAN _IOWR('f', 16, struct sp_pm_scan_arg)
+#define SP_PAGE_IS_PRESENT (1 << 3)
+#define SP_PAGE_IS_SWAPPED (1 << 4)
+
+uintptr_t os_next_present(int pmfd, uintptr_t a, uintptr_t e)
+{
+	struct sp_page_region r;
+	struct sp_pm_scan_arg arg = {
+		.size = sizeof(arg), .start = a, .end = e, .vec = (uintptr_t)&r, .vec_len = 1,
+		.category_anyof_mask = SP_PAGE_IS_PRESENT | SP_PAGE_IS_SWAPPED,
+		.return_mask = SP_PAGE_IS_PRESENT | SP_PAGE_IS_SWAPPED,
+	};
+	long n = ioctl(pmfd, SP_PAGEMAP_SCAN, &arg);
+
+	if (n < 0)
+		return a;
+	return n ? (uintptr_t)r.start : e;
+}
+
 static uint32_t flag_of(const char *f)
 {
 	static const struct { char name[3]; uint32_t bit; } tab[] = {

@@ -41,6 +41,12 @@ int os_pagemap(int pmfd, uintptr_t a, size_t n, uint64_t *out);
 #define PM_FILE(e) (((e) >> 61) & 1)
 #define PM_EXCLUSIVE(e) (((e) >> 56) & 1)
 
+/* First page at or after a (below e) that is present or swapped, or e when
+ * none is: lets a pass skip reserved-but-untouched memory (sanitizer
+ * shadows, heap reservations) at page-table speed. PAGEMAP_SCAN, Linux
+ * 6.7+; returns a (no skipping) where the ioctl is missing. */
+uintptr_t os_next_present(int pmfd, uintptr_t a, uintptr_t e);
+
 /* VMA flags from /proc/self/smaps "VmFlags", the ones that decide
  * eligibility (invariant 4) or must be carried over to a replacement
  * mapping (invariant 3). */

@@ -15,6 +15,7 @@
  */
 #define _GNU_SOURCE
 #include "lib.h"
+#include "page.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -400,7 +401,7 @@ static int do_create(struct lib *l, struct chunk *c)
 
 		req->n = k;
 		for (uint32_t j = 0; j < k; j++)
-			memcpy(req->data + (size_t)j * SP_PAGE, (const void *)c->create[i + j], SP_PAGE);
+			page_copy(req->data + (size_t)j * SP_PAGE, (const void *)c->create[i + j], SP_PAGE);
 		err = client_call(l, C_CREATE, req, sizeof(*req) + (size_t)k * SP_PAGE, D_CREATE, &m);
 		if (err)
 			return err;
@@ -608,9 +609,18 @@ static int walk(struct lib *l, struct pass *ps)
 
 	while (!l->stop && (a = area_from(l, cursor))) {
 		uintptr_t s = cursor > a->start ? cursor : a->start;
-		uint32_t n = (uint32_t)((a->end - s) / SP_PAGE), wait = 0;
+		uint32_t n, wait = 0;
 		int64_t g;
 
+		/* Untouched memory has nothing to merge; merged pages not faulted
+		 * in (after fork) stay merged. Skipping them costs no budget. */
+		s = os_next_present(l->pmfd, s, a->end);
+		if (s >= a->end) {
+			cursor = a->end;
+			continue;
+		}
+		cursor = s;
+		n = (uint32_t)((a->end - s) / SP_PAGE);
 		if (n > CHUNK_PAGES)
 			n = CHUNK_PAGES;
 		g = budget(l, n, 0, ps, &wait);
@@ -660,6 +670,24 @@ static int pass_locked(struct lib *l, struct pass *ps)
 	return (int)budget(l, 0, 1, ps, &wait) < 0 ? -ENOTCONN : 0;
 }
 
+/* SAMEPAGE_DEBUG=1: one line per pass on stderr. No stdio: an application
+ * thread may hold stderr's lock. */
+static void debug_pass(struct lib *l, const struct pass *ps, int err)
+{
+	char buf[256];
+	int n = snprintf(buf, sizeof(buf),
+			 "samepage[%d]: pass %llu err %d areas %u merged %llu changed %llu "
+			 "volatile %llu unshared %llu merging %llu zero %llu\n",
+			 (int)getpid(), (unsigned long long)l->pass_seq, err, l->nareas,
+			 (unsigned long long)ps->merged, (unsigned long long)ps->changed,
+			 (unsigned long long)ps->volatile_pages, (unsigned long long)ps->unshared,
+			 (unsigned long long)l->st.merging, (unsigned long long)l->st.zero);
+
+	if (n > 0 && write(2, buf, (size_t)n) < 0) {
+		/* nowhere to say it */
+	}
+}
+
 int scan_pass(struct lib *l)
 {
 	struct pass ps = { 0 };
@@ -667,8 +695,8 @@ int scan_pass(struct lib *l)
 
 	pthread_mutex_lock(&l->lock);
 	err = pass_locked(l, &ps);
-	if (getenv("SAMEPAGE_DEBUG"))
-		fprintf(stderr, "samepage: pass %d areas %u merged %lu changed %lu\n", err, l->nareas, (unsigned long)ps.merged, (unsigned long)ps.changed);
+	if (l->debug)
+		debug_pass(l, &ps, err);
 	l->pass_seq++;
 	if (!err) {
 		int quiet = !ps.merged && !ps.changed;
