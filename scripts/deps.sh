@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install what building and testing samepage needs, from Debian's packages,
+# only when something is missing. Used by demo.sh and test.sh.
+set -eu
+need=()
+command -v cc >/dev/null || need+=(gcc)
+command -v make >/dev/null || need+=(make)
+[ -e /usr/include/xxhash.h ] || need+=(libxxhash-dev)
+command -v fuser >/dev/null || need+=(psmisc)
+command -v bc >/dev/null || need+=(bc)
+[ ${#need[@]} -eq 0 ] && exit 0
+sudo=
+[ "$(id -u)" -eq 0 ] || sudo=sudo
+echo "samepage: installing ${need[*]}" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: unit and integration tests, then the same built with
+# AddressSanitizer+UBSan and with ThreadSanitizer. Installs what is missing.
+set -eu
+cd "$(dirname "$0")"
+scripts/deps.sh
+make -j"$(nproc)" all
+make -j"$(nproc)" O=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
+make -j"$(nproc)" O=build-tsan SAN="-fsanitize=thread" all
+status=0
+echo "== tests (plain build)"
+tests/run.sh build || status=1
+echo "== tests (ASan+UBSan)"
+SAMEPAGE_SAN=asan tests/run.sh build-asan || status=1
+echo "== tests (TSan)"
+SAMEPAGE_SAN=tsan tests/run.sh build-tsan || status=1
+exit $status
