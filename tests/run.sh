@@ -26,5 +26,6 @@ for t in "$O"/tests/unit/* "$O"/tests/integration/*; do
 	esac
 done
 [ ${#failed[@]} -eq 0 ] || echo "failed: ${failed[*]}"
-echo "$pass passed, $fail failed, $skip skipped"
+echo "${SAMEPAGE_SAN:-plain}: $pass passed, $fail failed, $skip skipped"
+[ -z "${SAMEPAGE_TOTALS:-}" ] || echo "$pass $fail $skip" >>"$SAMEPAGE_TOTALS"
 [ "$fail" -eq 0 ]
