@@ -262,13 +262,16 @@ int samepage_get_merge_any(void)
 
 static void local_stats(struct lib *l, struct samepage_stat *st)
 {
-	st->ksm_rmap_items = l->st.rmap_items;
-	st->ksm_zero_pages_process = l->st.zero;
-	st->ksm_merging_pages = l->st.merging;
-	st->ksm_process_profit = (int64_t)(l->st.merging + l->st.zero) * SP_PAGE -
-				 (int64_t)l->st.rmap_items * SP_ENTRY_BYTES;
-	st->ksm_merge_any = l->merge_any;
-	st->ksm_mergeable = l->merge_any || l->nranges;
+	struct sp_proc_stats p;
+
+	lib_fill_stats(l, &p);
+	st->ksm_rmap_items = p.rmap_items;
+	st->ksm_zero_pages_process = p.zero_pages;
+	st->ksm_merging_pages = p.merging_pages;
+	st->ksm_process_profit = (int64_t)(p.merging_pages + p.zero_pages) * SP_PAGE -
+				 (int64_t)p.rmap_items * SP_ENTRY_BYTES;
+	st->ksm_merge_any = (int)p.merge_any;
+	st->ksm_mergeable = (int)p.mergeable;
 }
 
 int samepage_stat(struct samepage_stat *st)

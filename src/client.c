@@ -18,6 +18,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -41,6 +42,12 @@ static int dial(const char *path)
 	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
+	/* The scanner waits for replies holding lib.lock, which the
+	 * application's munmap/madvise wrappers need: a daemon that stops
+	 * answering counts as dead (invariant 5) rather than hanging them. */
+	struct timeval tv = { .tv_sec = 5 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		int err = -errno;
 		close(fd);
@@ -206,7 +213,8 @@ int client_call(struct lib *l, uint16_t type, const void *req, uint32_t len,
 	}
 	if (!err && m->h.type != want)
 		err = -EPROTO;
-	if (err == -ECONNRESET || err == -EPIPE || err == -EPROTO || err == -ENOTCONN)
+	if (err == -ECONNRESET || err == -EPIPE || err == -EPROTO || err == -ENOTCONN ||
+	    err == -EAGAIN || err == -ETIMEDOUT)
 		client_lost(l);
 	return err;
 }

@@ -105,12 +105,17 @@ static int conn_scans(const struct conn *c)
 	return c->hello && !c->observer && (c->st.mergeable || c->st.merge_any);
 }
 
+/* A process silent this long (stopped, or its scanner stuck) is not
+ * waited for: the unstable index must not grow stale forever. */
+#define SILENT_NS (5ull * 1000000000ull)
+
 static void maybe_end_generation(struct samepaged *d)
 {
+	uint64_t now = now_ns();
 	int any = 0;
 
 	for (struct conn *c = d->conns; c; c = c->next) {
-		if (!conn_scans(c))
+		if (!conn_scans(c) || now - c->last_seen_ns > SILENT_NS)
 			continue;
 		if (!c->pass_done)
 			return;
@@ -227,6 +232,7 @@ static int on_budget(struct samepaged *d, struct conn *c, const struct sp_budget
 	uint32_t run = d->knobs.v[KNOB_RUN];
 
 	c->st = b->st;
+	c->last_seen_ns = now_ns();
 	d->pages_scanned += b->scanned;
 	if ((b->flags & BUDGET_PASS_DONE) && b->pass_gen >= d->gen)
 		c->pass_done = 1;
@@ -499,6 +505,7 @@ static int loop(struct samepaged *d)
 			else
 				on_readable(d, evs[i].data.ptr);
 		}
+		maybe_end_generation(d);
 		if (d->idle_exit_s && !d->conns &&
 		    now_ns() - d->idle_since_ns > (uint64_t)d->idle_exit_s * 1000000000ull)
 			d->stop = 1;

@@ -27,6 +27,7 @@ struct conn {
 	int observer;         /* the CLI: no memory, not waited for */
 	int pass_done;        /* completed a pass begun in the current generation */
 	int unmerge_pending;  /* `samepage unmerge --pid` for this process */
+	uint64_t last_seen_ns; /* last budget request */
 	struct map refs;      /* pool id → VMA references this process holds */
 	struct sp_proc_stats st;
 	struct conn *next;

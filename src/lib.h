@@ -51,7 +51,7 @@ struct segview {
 };
 
 struct lib_stats {
-	uint64_t rmap_items, merging, zero; /* entries by state, kept live */
+	int64_t rmap_items, merging, zero;  /* entries by state, kept live */
 	uint64_t unshared, volatile_pages;  /* of the last complete pass */
 	uint64_t merge_vmas, vma_limited;
 };
@@ -97,6 +97,7 @@ struct lib {
 	uint64_t pass_seq;         /* completed passes */
 	int kick;                  /* run a pass now */
 	int idle_ms;               /* back-off after quiet passes */
+	int recount_pending;       /* fork child: counters restart at 0 */
 
 	/* buffers (lock) */
 	struct area *old_areas;    /* LIB_MAX_AREAS: reconcile's copy */
@@ -154,6 +155,8 @@ void scan_forget(struct lib *l, uintptr_t s, uintptr_t e);
 int scan_unmerge(struct lib *l, uintptr_t s, uintptr_t e);
 void entry_set(struct lib *l, struct entry *e, uint32_t state);
 size_t scan_chunk_bytes(void);
+/* This process's counters as reported to the daemon. */
+void lib_fill_stats(struct lib *l, struct sp_proc_stats *st);
 /* Re-read the VMAs and rebuild the areas (after the ranges changed). */
 int scan_refresh(struct lib *l);
 

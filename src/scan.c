@@ -35,6 +35,8 @@
 
 void entry_set(struct lib *l, struct entry *e, uint32_t state)
 {
+	/* A fork child starts its counters at 0 (they may dip below until its
+	 * first pass recounts; fill_stats clamps). */
 	if (e->state != E_NEW)
 		l->st.rmap_items--;
 	if (e->state == E_MERGED)
@@ -536,11 +538,16 @@ int scan_unmerge(struct lib *l, uintptr_t s, uintptr_t e)
 
 /* ---- the pass ---- */
 
-static void fill_stats(struct lib *l, struct sp_proc_stats *st)
+static uint64_t clamp(int64_t v)
 {
-	st->rmap_items = l->st.rmap_items;
-	st->zero_pages = l->st.zero;
-	st->merging_pages = l->st.merging;
+	return v < 0 ? 0 : (uint64_t)v;
+}
+
+void lib_fill_stats(struct lib *l, struct sp_proc_stats *st)
+{
+	st->rmap_items = clamp(l->st.rmap_items);
+	st->zero_pages = clamp(l->st.zero);
+	st->merging_pages = clamp(l->st.merging);
 	st->unshared = l->st.unshared;
 	st->volatile_pages = l->st.volatile_pages;
 	st->merge_vmas = l->st.merge_vmas;
@@ -559,7 +566,7 @@ static int64_t budget(struct lib *l, uint32_t want, int pass_done, struct pass *
 	struct sp_budget_r r;
 	int err;
 
-	fill_stats(l, &b.st);
+	lib_fill_stats(l, &b.st);
 	err = client_call(l, C_BUDGET, &b, sizeof(b), D_BUDGET, &m);
 	if (err)
 		return err;
@@ -688,6 +695,20 @@ static void debug_pass(struct lib *l, const struct pass *ps, int err)
 	}
 }
 
+/* Counters from the entries themselves (a fork child's first pass). */
+static void recount(struct lib *l)
+{
+	l->st.rmap_items = l->st.merging = l->st.zero = 0;
+	for (uint32_t i = 0; i < l->nareas; i++) {
+		struct area *a = &l->areas[i];
+		for (size_t k = 0; k < (a->end - a->start) / SP_PAGE; k++) {
+			l->st.rmap_items += a->e[k].state != E_NEW;
+			l->st.merging += a->e[k].state == E_MERGED;
+			l->st.zero += a->e[k].state == E_ZERO;
+		}
+	}
+}
+
 int scan_pass(struct lib *l)
 {
 	struct pass ps = { 0 };
@@ -695,6 +716,10 @@ int scan_pass(struct lib *l)
 
 	pthread_mutex_lock(&l->lock);
 	err = pass_locked(l, &ps);
+	if (!err && l->recount_pending) {
+		recount(l);
+		l->recount_pending = 0;
+	}
 	if (l->debug)
 		debug_pass(l, &ps, err);
 	l->pass_seq++;
