@@ -9,7 +9,7 @@ CFLAGS ?=
 LDFLAGS_BASE = -pthread -Wl,-z,now $(SAN)
 LIBS = -lxxhash -ldl
 
-LIB_SRC = src/api.c src/client.c src/merge.c src/scan.c src/preload.c src/page.c \
+LIB_SRC = src/api.c src/arena.c src/client.c src/merge.c src/scan.c src/preload.c src/page.c \
 	  src/os.c src/proto.c src/path.c src/fault.c src/map.c
 DAEMON_SRC = src/daemon.c src/pool.c src/index.c src/map.c src/proto.c \
 	     src/path.c src/os.c src/fault.c

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,18 +24,6 @@
 static struct lib *the_lib;
 static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
 
-static void *named_map(size_t len)
-{
-	void *m = os_mmap(NULL, len, PROT_READ | PROT_WRITE,
-			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-
-	if (m == MAP_FAILED)
-		return NULL;
-	/* Never merged: the scanner writes this memory while pages are frozen. */
-	os_name_mapping(m, len);
-	return m;
-}
-
 static void warn_uffd(int err)
 {
 	fprintf(stderr,
@@ -45,31 +34,39 @@ static void warn_uffd(int err)
 		(int)getpid(), strerror(-err));
 }
 
+#define VMA_SLOTS 262144 /* > vm.max_map_count's default 65530 */
+
 static void lib_create(void)
 {
-	struct lib *l = named_map(sizeof(*l));
+	struct lib *l = arena_create(sizeof(*l), offsetof(struct lib, arena));
+	struct arena *ar;
 
 	if (!l)
 		return;
+	ar = &l->arena;
 	pthread_mutex_init(&l->lock, NULL);
 	pthread_cond_init(&l->wake, NULL);
 	l->sock = -1;
 	for (uint32_t i = 0; i < POOL_MAX_SEGS; i++)
 		l->segs[i].fd = -1;
-	l->msg = named_map(SP_MAX_MSG);
-	l->out = named_map(SP_MAX_MSG);
-	l->pm = named_map(CHUNK_PAGES * sizeof(uint64_t));
-	l->text = named_map(TEXT_BYTES);
-	l->stack = named_map(STACK_BYTES);
-	l->old_areas = named_map(LIB_MAX_AREAS * sizeof(struct area));
-	l->chunk = named_map(scan_chunk_bytes());
+	l->msg = arena_alloc(ar, SP_MAX_MSG);
+	l->out = arena_alloc(ar, SP_MAX_MSG);
+	l->pm = arena_alloc(ar, CHUNK_PAGES * sizeof(uint64_t));
+	l->text = arena_alloc(ar, TEXT_BYTES);
+	l->stack = arena_alloc(ar, STACK_BYTES);
+	l->old_areas = arena_alloc(ar, LIB_MAX_AREAS * sizeof(struct area));
+	l->chunk = arena_alloc(ar, scan_chunk_bytes());
+	l->vmas.v = arena_alloc(ar, VMA_SLOTS * sizeof(struct vma));
+	l->vmas.cap = VMA_SLOTS;
+	l->vmas.fixed = 1;
 	l->pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	l->mapsfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 	if (!l->msg || !l->out || !l->pm || !l->text || !l->stack || !l->old_areas ||
-	    !l->chunk || l->pmfd < 0 || l->mapsfd < 0)
+	    !l->chunk || !l->vmas.v || l->pmfd < 0 || l->mapsfd < 0)
 		return; /* the_lib stays NULL: every call says -ENOMEM */
 	l->max_map_count = os_max_map_count();
 	l->debug = getenv("SAMEPAGE_DEBUG") && *getenv("SAMEPAGE_DEBUG") == '1';
+	l->zero_page_ok = os_has_zero_page(l->pmfd);
 	l->uffd = os_uffd_open();
 	if (l->uffd < 0)
 		warn_uffd(l->uffd);

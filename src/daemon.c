@@ -164,6 +164,11 @@ static void accept_conn(struct samepaged *d)
 		close(fd);
 		return;
 	}
+	/* Every message then carries the sender's pid as the kernel sees it:
+	 * a fork child's connection was opened by its parent (C_ADOPT), so
+	 * SO_PEERCRED names the parent until the child speaks. */
+	int on = 1;
+	setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &on, sizeof(on));
 	c = calloc(1, sizeof(*c));
 	if (!c) {
 		close(fd);
@@ -295,8 +300,12 @@ static uint32_t create_one(struct samepaged *d, struct conn *c, const unsigned c
 	nid = pool_alloc(&d->pool, data, hash);
 	if (nid < 0)
 		return SP_POOL_NONE;
-	if (ref_take(d, c, (uint32_t)nid) || stable_insert(&d->ix, &d->pool, (uint32_t)nid)) {
-		pool_page(&d->pool, (uint32_t)nid)->refs = 0;
+	if (stable_insert(&d->ix, &d->pool, (uint32_t)nid)) {
+		pool_free(&d->pool, (uint32_t)nid);
+		return SP_POOL_NONE;
+	}
+	if (ref_take(d, c, (uint32_t)nid)) {
+		stable_remove(&d->ix, &d->pool, (uint32_t)nid);
 		pool_free(&d->pool, (uint32_t)nid);
 		return SP_POOL_NONE;
 	}
@@ -381,8 +390,8 @@ static void fill_global(struct samepaged *d, struct sp_global_stats *g)
 		g->meta_bytes += map_bytes(&c->refs);
 		rmap += c->st.rmap_items;
 	}
-	g->general_profit = (int64_t)(g->pages_sharing + g->ksm_zero_pages) * SP_PAGE -
-			    (int64_t)(rmap * SP_ENTRY_BYTES + g->meta_bytes);
+	g->general_profit = (int64_t)((g->pages_sharing + g->ksm_zero_pages) * SP_PAGE -
+				      (rmap * SP_ENTRY_BYTES + g->meta_bytes));
 }
 
 static int on_stat(struct samepaged *d, struct conn *c, const struct sp_statreq *s)
@@ -454,6 +463,8 @@ static void on_readable(struct samepaged *d, struct conn *c)
 			return;
 		if (m.fd >= 0)
 			close(m.fd); /* processes never send us descriptors */
+		if (!err && m.pid > 0 && m.uid == d->uid)
+			c->pid = m.pid;
 		/* Invariant 6: anything malformed closes this connection, nothing else. */
 		if (err || dispatch(d, c, &m) < 0) {
 			conn_close(d, c);

@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "arena.h"
 #include "os.h"
 #include "pool.h"
 #include "proto.h"
@@ -62,6 +63,7 @@ struct lib_stats {
 #define CHUNK_PAGES 512
 
 struct lib {
+	struct arena arena;        /* this struct and all our memory live in it */
 	pthread_mutex_t lock;      /* see above */
 	pthread_cond_t wake;       /* scanner sleeps on it; kicked by madvise/prctl/scan_now */
 	pthread_t scanner;
@@ -74,6 +76,7 @@ struct lib {
 	struct sp_knobs knobs;
 	uint64_t gen;
 	int debug;                 /* SAMEPAGE_DEBUG: a line per pass on stderr */
+	int zero_page_ok;          /* reading dropped memory maps the zero page here */
 
 	int uffd;                  /* -errno when unavailable */
 	int pmfd;                  /* /proc/self/pagemap */

@@ -18,11 +18,6 @@ static size_t slot_of(uint64_t key, size_t cap)
 	return (size_t)key & (cap - 1);
 }
 
-static uint64_t norm(uint64_t key)
-{
-	return key == MAP_EMPTY ? MAP_EMPTY - 1 : key;
-}
-
 void map_init(struct map *m)
 {
 	memset(m, 0, sizeof(*m));
@@ -45,13 +40,15 @@ void map_clear(struct map *m)
 	if (m->cap)
 		memset(m->keys, 0xff, m->cap * sizeof(uint64_t));
 	m->count = 0;
+	m->has_max = 0;
 }
 
 uint64_t *map_get(const struct map *m, uint64_t key)
 {
-	if (!m->count)
+	if (key == MAP_EMPTY)
+		return m->has_max ? (uint64_t *)&m->max_val : NULL;
+	if (m->count == (size_t)m->has_max)
 		return NULL;
-	key = norm(key);
 	for (size_t i = slot_of(key, m->cap);; i = (i + 1) & (m->cap - 1)) {
 		if (m->keys[i] == key)
 			return &m->vals[i];
@@ -78,13 +75,14 @@ static int grow(struct map *m)
 	void *mem = os_mmap(NULL, ncap * 2 * sizeof(uint64_t), PROT_READ | PROT_WRITE,
 			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	struct map old = *m;
+	size_t keep = m->has_max;
 
 	if (mem == MAP_FAILED)
 		return -ENOMEM;
 	m->keys = mem;
 	m->vals = m->keys + ncap;
 	m->cap = ncap;
-	m->count = 0;
+	m->count = keep;
 	memset(m->keys, 0xff, ncap * sizeof(uint64_t));
 	for (size_t i = 0; i < old.cap; i++)
 		if (old.keys[i] != MAP_EMPTY)
@@ -95,13 +93,19 @@ static int grow(struct map *m)
 
 int map_put(struct map *m, uint64_t key, uint64_t val)
 {
+	if (key == MAP_EMPTY) {
+		m->count += !m->has_max;
+		m->has_max = 1;
+		m->max_val = val;
+		return 0;
+	}
 	/* Load factor at most 1/2 keeps linear probes short. */
 	if ((m->count + 1) * 2 > m->cap) {
 		int err = grow(m);
 		if (err)
 			return err;
 	}
-	raw_put(m, norm(key), val);
+	raw_put(m, key, val);
 	return 0;
 }
 
@@ -109,9 +113,15 @@ int map_del(struct map *m, uint64_t key)
 {
 	size_t i, j, mask = m->cap - 1;
 
-	if (!m->count)
+	if (key == MAP_EMPTY) {
+		if (!m->has_max)
+			return 0;
+		m->has_max = 0;
+		m->count--;
+		return 1;
+	}
+	if (m->count == (size_t)m->has_max)
 		return 0;
-	key = norm(key);
 	for (i = slot_of(key, m->cap); m->keys[i] != key; i = (i + 1) & mask)
 		if (m->keys[i] == MAP_EMPTY)
 			return 0;
@@ -131,6 +141,14 @@ int map_del(struct map *m, uint64_t key)
 
 int map_next(const struct map *m, size_t *pos, uint64_t *key, uint64_t *val)
 {
+	if (*pos == 0 && m->has_max) {
+		*key = MAP_EMPTY;
+		*val = m->max_val;
+		*pos = SIZE_MAX;
+		return 1;
+	}
+	if (*pos == SIZE_MAX)
+		*pos = 0;
 	for (; *pos < m->cap; (*pos)++) {
 		if (m->keys[*pos] != MAP_EMPTY) {
 			*key = m->keys[*pos];

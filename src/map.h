@@ -18,6 +18,8 @@ struct map {
 	uint64_t *vals;
 	size_t cap;   /* power of two, or 0 before the first insert */
 	size_t count;
+	int has_max;      /* key MAP_EMPTY lives outside the table */
+	uint64_t max_val;
 };
 
 #define MAP_EMPTY UINT64_MAX

@@ -139,6 +139,27 @@ struct sp_page_region { uint64_t start, end, categories; };
 #define SP_PAGEMAP_SCAN _IOWR('f', 16, struct sp_pm_scan_arg)
 #define SP_PAGE_IS_PRESENT (1 << 3)
 #define SP_PAGE_IS_SWAPPED (1 << 4)
+#define SP_PAGE_IS_PFNZERO (1 << 5)
+
+int os_has_zero_page(int pmfd)
+{
+	struct sp_page_region r;
+	volatile unsigned char *p = os_mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+					    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct sp_pm_scan_arg arg = {
+		.size = sizeof(arg), .start = (uintptr_t)p, .end = (uintptr_t)p + 4096,
+		.vec = (uintptr_t)&r, .vec_len = 1,
+		.category_mask = SP_PAGE_IS_PFNZERO, .return_mask = SP_PAGE_IS_PFNZERO,
+	};
+	long n;
+
+	if ((void *)p == MAP_FAILED)
+		return 1;
+	(void)p[0]; /* a read fault: the zero page, where there is one */
+	n = ioctl(pmfd, SP_PAGEMAP_SCAN, &arg);
+	os_munmap((void *)p, 4096);
+	return n != 0; /* 1 region: it is the zero page; -1: cannot tell */
+}
 
 uintptr_t os_next_present(int pmfd, uintptr_t a, uintptr_t e)
 {
@@ -163,6 +184,7 @@ static uint32_t flag_of(const char *f)
 		{ "ui", VF_UFFD }, { "io", VF_IO }, { "pf", VF_PFNMAP }, { "ht", VF_HUGETLB },
 		{ "gd", VF_GROWSDOWN }, { "hg", VF_HUGEPAGE }, { "nh", VF_NOHUGEPAGE },
 		{ "sh", VF_SHARED }, { "mm", VF_MIXEDMAP }, { "de", VF_DONTEXPAND },
+		{ "nr", VF_NORESERVE },
 	};
 	for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++)
 		if (f[0] == tab[i].name[0] && f[1] == tab[i].name[1])
@@ -172,6 +194,8 @@ static uint32_t flag_of(const char *f)
 
 static int vmas_push(struct vma_list *l, const struct vma *v)
 {
+	if (l->n == l->cap && l->fixed)
+		return -ENOSPC;
 	if (l->n == l->cap) {
 		size_t ncap = l->cap ? l->cap * 2 : 256;
 		void *m = l->cap ? os_mremap(l->v, l->cap * sizeof(*v), ncap * sizeof(*v),
@@ -349,7 +373,9 @@ int os_apply_flags(uintptr_t a, size_t len, uint32_t flags)
 	void *p = (void *)a;
 	int err = 0;
 
-	if ((flags & VF_LOCKED) && mlock(p, len) < 0)
+	/* On fault: a locked private writable mapping would otherwise be
+	 * populated by write faults, copying every merged page at once. */
+	if ((flags & VF_LOCKED) && mlock2(p, len, MLOCK_ONFAULT) < 0)
 		err = -errno;
 	if (flags & VF_DONTDUMP)
 		err = err ? err : os_madvise(p, len, MADV_DONTDUMP);

@@ -55,7 +55,7 @@ enum {
 	VF_WIPEONFORK = 1 << 3, VF_UFFD = 1 << 4, VF_IO = 1 << 5, VF_PFNMAP = 1 << 6,
 	VF_HUGETLB = 1 << 7, VF_GROWSDOWN = 1 << 8, VF_HUGEPAGE = 1 << 9,
 	VF_NOHUGEPAGE = 1 << 10, VF_SHARED = 1 << 11, VF_MIXEDMAP = 1 << 12,
-	VF_DONTEXPAND = 1 << 13,
+	VF_DONTEXPAND = 1 << 13, VF_NORESERVE = 1 << 14,
 };
 
 enum vma_kind { VMA_OTHER, VMA_ANON, VMA_POOL };
@@ -75,6 +75,7 @@ struct vma_list {
 	struct vma *v;
 	size_t n, cap;
 	size_t total;     /* every VMA of the process, for the VMA budget */
+	int fixed;        /* v has a fixed capacity: -ENOSPC rather than grow */
 };
 
 /* Read /proc/self/smaps into l (kinds: private anonymous memory, private
@@ -96,6 +97,10 @@ void os_name_mapping(void *a, size_t len);
 int os_apply_flags(uintptr_t a, size_t len, uint32_t flags);
 /* Include private file mappings (merged pages) in core dumps. */
 void os_coredump_private_file(void);
+/* Does reading dropped anonymous memory map the shared zero page? Not on
+ * kernels booted without one (seen here: pvm_no_zero_page=1), where
+ * use_zero_pages would save nothing. Assumed yes without PAGEMAP_SCAN. */
+int os_has_zero_page(int pmfd);
 /* vm.max_map_count, or 65530. */
 size_t os_max_map_count(void);
 

@@ -76,6 +76,15 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 	if (advice == MADV_MERGEABLE || advice == MADV_UNMERGEABLE)
 		return set_errno(samepage_madvise(addr, len, advice));
 	l = lib_peek();
+	if (l && advice == MADV_REMOVE && e >= s) {
+		/* On private anonymous memory the kernel says EINVAL; on the
+		 * private file mapping of a merged page it would say EACCES. */
+		pthread_mutex_lock(&l->lock);
+		r = tracked(l, s, e);
+		pthread_mutex_unlock(&l->lock);
+		if (r)
+			return set_errno(-EINVAL);
+	}
 	if (!l || (advice != MADV_DONTNEED && advice != MADV_FREE &&
 		   advice != MADV_DONTNEED_LOCKED) || e < s)
 		return (int)syscall(SYS_madvise, addr, len, advice);

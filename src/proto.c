@@ -57,29 +57,56 @@ int sp_send(int sock, uint16_t type, const void *payload, uint32_t len, int fd)
 	return (size_t)n == sizeof(h) + len ? 0 : -EPROTO;
 }
 
-static void close_passed_fds(struct msghdr *mh)
+/* Take what the ancillary data carries: exactly one descriptor (any
+ * other number is closed, so a hostile peer cannot fill our descriptor
+ * table) and the sender's kernel-checked credentials. */
+static int take_cmsgs(struct msghdr *mh, struct sp_msg *m)
 {
+	int nfds = 0;
+
 	for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
-		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+		if (cm->cmsg_level != SOL_SOCKET)
 			continue;
-		size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-		for (size_t i = 0; i < nfd; i++) {
+		if (cm->cmsg_type == SCM_CREDENTIALS && cm->cmsg_len == CMSG_LEN(sizeof(struct ucred))) {
+			struct ucred cr;
+			memcpy(&cr, CMSG_DATA(cm), sizeof(cr));
+			m->pid = cr.pid;
+			m->uid = cr.uid;
+			continue;
+		}
+		if (cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t n = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < n; i++) {
 			int fd;
 			memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-			close(fd);
+			if (nfds++ == 0)
+				m->fd = fd;
+			else
+				close(fd);
 		}
 	}
+	if (nfds > 1 && m->fd >= 0) {
+		close(m->fd);
+		m->fd = -1;
+	}
+	return nfds > 1 ? -EPROTO : 0; /* no message carries more than one */
 }
 
 int sp_recv(int sock, void *buf, struct sp_msg *m)
 {
-	union { char buf[CMSG_SPACE(4 * sizeof(int))]; struct cmsghdr align; } c;
+	union {
+		char buf[CMSG_SPACE(4 * sizeof(int)) + CMSG_SPACE(sizeof(struct ucred))];
+		struct cmsghdr align;
+	} c;
 	struct iovec iov = { buf, SP_MAX_MSG };
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
 			     .msg_control = c.buf, .msg_controllen = sizeof(c.buf) };
 	ssize_t n;
 
 	m->fd = -1;
+	m->pid = 0;
+	m->uid = (uid_t)-1;
 	do
 		n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
 	while (n < 0 && errno == EINTR);
@@ -87,21 +114,17 @@ int sp_recv(int sock, void *buf, struct sp_msg *m)
 		return -errno;
 	if (n == 0)
 		return -ECONNRESET;
-	/* Exactly one fd, and only where the reply carries one; anything else is
-	 * closed here so a hostile peer cannot fill our descriptor table. */
-	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-	int ok_fd = cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS &&
-		    cm->cmsg_len == CMSG_LEN(sizeof(int)) && !CMSG_NXTHDR(&mh, cm);
-	if (ok_fd)
-		memcpy(&m->fd, CMSG_DATA(cm), sizeof(int));
-	else if (cm)
-		close_passed_fds(&mh);
-	if ((mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || (size_t)n < sizeof(m->h))
+	if (take_cmsgs(&mh, m) || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
+	    (size_t)n < sizeof(m->h))
 		goto bad;
 	memcpy(&m->h, buf, sizeof(m->h));
 	if (m->h.len != (size_t)n - sizeof(m->h))
 		goto bad;
 	m->p = (unsigned char *)buf + sizeof(m->h);
+	if (m->fd >= 0 && m->h.type != D_SEG) {
+		close(m->fd); /* only D_SEG carries a descriptor */
+		m->fd = -1;
+	}
 	return 0;
 bad:
 	if (m->fd >= 0)

@@ -120,7 +120,9 @@ struct sp_stat_r {
 struct sp_msg {
 	struct sp_hdr h;
 	unsigned char *p; /* payload, h.len bytes, inside the caller's buffer */
-	int fd;           /* -1 unless SCM_RIGHTS carried one */
+	int fd;           /* -1 unless SCM_RIGHTS carried one (D_SEG only) */
+	pid_t pid;        /* sender's pid from SCM_CREDENTIALS (SO_PASSCRED), or 0 */
+	uid_t uid;        /* sender's uid from SCM_CREDENTIALS, or -1 */
 };
 
 int sp_send(int sock, uint16_t type, const void *payload, uint32_t len, int fd);

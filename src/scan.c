@@ -54,33 +54,40 @@ void entry_set(struct lib *l, struct entry *e, uint32_t state)
 
 /* ---- areas ---- */
 
-static int eligible(const struct vma *v)
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+/* Sanitizer builds only: the runtime's shadow and allocator live in
+ * MAP_NORESERVE mappings that it writes from every thread, the scanner's
+ * included, so merge-any must not freeze them. */
+#define MERGE_ANY_SKIP VF_NORESERVE
+#else
+#define MERGE_ANY_SKIP 0
+#endif
+
+static int eligible(const struct lib *l, const struct vma *v)
 {
 	/* Invariant 4: private anonymous memory only, as kernel KSM's
 	 * vma_ksm_compatible(); plus the pool pages we mapped there. */
 	uint32_t bad = VF_SHARED | VF_IO | VF_PFNMAP | VF_HUGETLB | VF_WIPEONFORK | VF_UFFD |
 		       VF_MIXEDMAP | VF_DONTEXPAND | VF_GROWSDOWN;
 
+	if (l->merge_any)
+		bad |= MERGE_ANY_SKIP;
 	if (!v->private_ || (v->flags & bad))
+		return 0;
+	/* Our own memory: the scanner writes it while pages are frozen. */
+	if (arena_overlaps(&l->arena, v->start, v->end))
 		return 0;
 	return v->kind == VMA_ANON || v->kind == VMA_POOL;
 }
 
-static struct entry *entries_alloc(size_t npages)
+static struct entry *entries_alloc(struct lib *l, size_t npages)
 {
-	size_t len = npages * sizeof(struct entry);
-	void *m = os_mmap(NULL, len, PROT_READ | PROT_WRITE,
-			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-
-	if (m == MAP_FAILED)
-		return NULL;
-	os_name_mapping(m, len);
-	return m;
+	return arena_alloc(&l->arena, npages * sizeof(struct entry));
 }
 
-static void entries_free(struct area *a)
+static void entries_free(struct lib *l, struct area *a)
 {
-	os_munmap(a->e, (a->end - a->start) / SP_PAGE * sizeof(struct entry));
+	arena_free(&l->arena, a->e, (a->end - a->start) / SP_PAGE * sizeof(struct entry));
 	a->e = NULL;
 }
 
@@ -125,7 +132,7 @@ static int make_area(struct lib *l, struct area *old, uint32_t nold, uint32_t *j
 	} else {
 		out->start = s;
 		out->end = e;
-		out->e = entries_alloc((e - s) / SP_PAGE);
+		out->e = entries_alloc(l, (e - s) / SP_PAGE);
 		if (!out->e)
 			return -ENOMEM;
 		for (uint32_t k = *j; k < nold && old[k].start < e; k++) {
@@ -141,7 +148,6 @@ static int make_area(struct lib *l, struct area *old, uint32_t nold, uint32_t *j
 	}
 	out->vmflags = vmflags;
 	out->prot = prot;
-	(void)l;
 	return 0;
 }
 
@@ -149,10 +155,12 @@ static int make_area(struct lib *l, struct area *old, uint32_t nold, uint32_t *j
 
 /* Eligible VMAs that touch are one run: merging splits an anonymous VMA
  * into anonymous and pool parts, and that must not reset their entries. */
-static int next_run(const struct vma_list *vl, size_t *i, uintptr_t *s, uintptr_t *e,
+static int next_run(const struct lib *l, size_t *i, uintptr_t *s, uintptr_t *e,
 		    uint32_t *flags, uint8_t *prot)
 {
-	while (*i < vl->n && !eligible(&vl->v[*i]))
+	const struct vma_list *vl = &l->vmas;
+
+	while (*i < vl->n && !eligible(l, &vl->v[*i]))
 		(*i)++;
 	if (*i == vl->n)
 		return 0;
@@ -160,7 +168,11 @@ static int next_run(const struct vma_list *vl, size_t *i, uintptr_t *s, uintptr_
 	*e = vl->v[*i].end;
 	*flags = vl->v[*i].flags & CARRIED_FLAGS;
 	*prot = vl->v[*i].prot;
-	for ((*i)++; *i < vl->n && eligible(&vl->v[*i]) && vl->v[*i].start == *e; (*i)++)
+	/* A run ends where the attributes to carry over change (an mlock'ed
+	 * VMA beside a plain one): each area has one set. */
+	for ((*i)++; *i < vl->n && eligible(l, &vl->v[*i]) && vl->v[*i].start == *e &&
+		     (vl->v[*i].flags & CARRIED_FLAGS) == *flags;
+	     (*i)++)
 		*e = vl->v[*i].end;
 	return 1;
 }
@@ -177,7 +189,7 @@ static int reconcile(struct lib *l)
 
 	memcpy(old, l->areas, nold * sizeof(*old));
 	l->nareas = 0;
-	while (!err && next_run(&l->vmas, &vi, &s, &e, &flags, &prot)) {
+	while (!err && next_run(l, &vi, &s, &e, &flags, &prot)) {
 		if (l->merge_any) {
 			if (l->nareas < LIB_MAX_AREAS)
 				err = make_area(l, old, nold, &j, &l->areas[l->nareas++], s, e,
@@ -201,7 +213,7 @@ static int reconcile(struct lib *l)
 		if (!old[k].e)
 			continue;
 		forget_entries(l, &old[k], old[k].start, old[k].end);
-		entries_free(&old[k]);
+		entries_free(l, &old[k]);
 	}
 	return err;
 }
@@ -276,7 +288,7 @@ struct chunk { /* one chunk's work lists; lives in lib, guarded by its lock */
 	uint32_t ncow;
 	struct merge_item m[CHUNK_PAGES];
 	uint32_t nm;
-	uintptr_t create[CHUNK_PAGES];
+	struct sp_lookup_ent create[CHUNK_PAGES];
 	uint32_t ncreate;
 };
 
@@ -342,7 +354,7 @@ static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, st
 		ps->changed++;
 		return;
 	}
-	if (l->knobs.v[KNOB_USE_ZERO_PAGES] && h == zero_hash())
+	if (l->knobs.v[KNOB_USE_ZERO_PAGES] && l->zero_page_ok && h == zero_hash())
 		c->zero[c->nzero++] = p;
 	else
 		c->look[c->nlook++] = (struct sp_lookup_ent){ .hash = h, .addr = p };
@@ -379,7 +391,7 @@ static int do_lookup(struct lib *l, struct chunk *c, struct pass *ps)
 	for (uint32_t i = 0; i < n; i++) {
 		uint32_t id = r->id[i];
 		if (id == SP_POOL_CREATE) {
-			c->create[c->ncreate++] = c->look[i].addr;
+			c->create[c->ncreate++] = c->look[i];
 		} else if (id == SP_POOL_NONE) {
 			ps->unshared++;
 		} else if (id / SEG_PAGES < POOL_MAX_SEGS) {
@@ -392,18 +404,42 @@ static int do_lookup(struct lib *l, struct chunk *c, struct pass *ps)
 	return 0;
 }
 
+/* Copy the pages to create into the request; a page whose bytes no longer
+ * hash as offered changed since, and would only make a pool page that
+ * nobody else maps: it is left out. */
+static uint32_t fill_create(struct sp_create *req, const struct chunk *c, uint32_t from,
+			    uint32_t *idx)
+{
+	uint32_t k = 0;
+
+	for (uint32_t i = from; i < c->ncreate && k < SP_MAX_CREATE; i++) {
+		unsigned char *dst = req->data + (size_t)k * SP_PAGE;
+		page_copy(dst, (const void *)c->create[i].addr, SP_PAGE);
+		if (XXH3_64bits(dst, SP_PAGE) == c->create[i].hash)
+			idx[k++] = i;
+	}
+	return k;
+}
+
 static int do_create(struct lib *l, struct chunk *c)
 {
 	struct sp_create *req = (struct sp_create *)l->out;
+	uint32_t idx[SP_MAX_CREATE];
 
-	for (uint32_t i = 0; i < c->ncreate;) {
-		uint32_t k = c->ncreate - i < SP_MAX_CREATE ? c->ncreate - i : SP_MAX_CREATE;
+	for (uint32_t from = 0; from < c->ncreate;) {
+		uint32_t k = fill_create(req, c, from, idx), last;
 		struct sp_msg m;
 		int err;
 
+		/* idx[] ends at the last page that fit; continue after the
+		 * last page looked at. */
+		last = k ? idx[k - 1] + 1 : c->ncreate;
+		if (k < SP_MAX_CREATE)
+			last = c->ncreate;
+		from = last;
+		if (!k)
+			continue;
 		req->n = k;
-		for (uint32_t j = 0; j < k; j++)
-			page_copy(req->data + (size_t)j * SP_PAGE, (const void *)c->create[i + j], SP_PAGE);
 		err = client_call(l, C_CREATE, req, sizeof(*req) + (size_t)k * SP_PAGE, D_CREATE, &m);
 		if (err)
 			return err;
@@ -417,9 +453,8 @@ static int do_create(struct lib *l, struct chunk *c)
 			if (id / SEG_PAGES >= POOL_MAX_SEGS)
 				return -EPROTO;
 			client_seg_ref(l, id, +1);
-			c->m[c->nm++] = (struct merge_item){ .addr = c->create[i + j], .id = id };
+			c->m[c->nm++] = (struct merge_item){ .addr = c->create[idx[j]].addr, .id = id };
 		}
-		i += k;
 	}
 	return 0;
 }
