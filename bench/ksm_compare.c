@@ -67,7 +67,7 @@ static const char *const mode_name[] = { "samepage", "kernel KSM" };
 
 struct opts {
 	size_t mib, writes;
-	int timeout_s;
+	int repeat, timeout_s, quiet_s;
 	int only; /* -1: both */
 	int sp_default_knobs;
 };
@@ -610,22 +610,19 @@ static size_t frames(struct run *r)
 
 /* ---- one measurement ---- */
 
-/* One write test: mean over both processes, each writing alone. */
-struct write_m { double first_ns, again_ns; size_t n, stride; };
-
+/* Every number of one run; the report prints the median over the runs. */
+#define RESULT_FIELDS(X)                                                       \
+	X(merged_pct) X(merge_s) X(poll_ms) X(cpu_s) X(cpu_merger_s)           \
+	X(cpu_scanner_s) X(cpu_work_s) X(other_cpu_s) X(frames_before)         \
+	X(frames_after) X(book_kib) X(pool_pages) X(merge_vmas)                \
+	X(vmas_before) X(vmas_merged) X(vmas_written) X(paused_first_ns)       \
+	X(paused_again_ns) X(running_first_ns) X(running_again_ns)             \
+	X(settle_cpu_s) X(pool_after_exit) X(bad)
+#define DECLARE(f) double f;
 struct result {
-	int done;
-	size_t npages, merged;
-	double merge_s, poll_ms;
-	double cpu_s, cpu_daemon_s, cpu_scanner_s, cpu_work_s;
-	size_t frames_before, frames_after;
-	long vmas_before, vmas_merged, vmas_written;
-	long long pool_pages, merge_vmas, pool_after_exit;
-	double book_kib;
-	struct write_m paused, running;
-	double settle_cpu_s; /* merger CPU in the second after the writes */
-	uint64_t bad;
+	RESULT_FIELDS(DECLARE)
 };
+#undef DECLARE
 
 /* CPU (ns) of the merger and the workloads: ksmd, or samepaged; the
  * workloads' threads other than main (samepage's scanners); their mains. */
@@ -643,6 +640,19 @@ static uint64_t cpu_ns(const struct run *r, pid_t ksmd, uint64_t *merger, uint64
 	*scan = s;
 	*work = wk;
 	return *merger + s + wk;
+}
+
+/* Busy CPU seconds of the whole machine so far (/proc/stat). */
+static double machine_busy_s(void)
+{
+	unsigned long long v[8] = { 0 };
+	char buf[512];
+
+	if (read_text("/proc/stat", buf, sizeof(buf)) ||
+	    sscanf(buf, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+		   &v[3], &v[4], &v[5], &v[6], &v[7]) != 8)
+		return 0;
+	return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
 }
 
 static void send_cmd(struct run *r, int k, char cmd)
@@ -673,8 +683,9 @@ static void start_workers(struct run *r, struct wctx *w)
 /* madvise in every worker, then poll page frames until all are shared. */
 static void merge_phase(struct run *r, pid_t ksmd, const struct opts *o, struct result *res)
 {
-	uint64_t m0, s0, k0, m1, s1, k1, t0ns, t1ns;
-	double t0, deadline, polled = 0;
+	uint64_t m0, s0, k0, m1, s1, k1, t0ns, t1ns, self0 = task_ns(owner, owner);
+	double t0, deadline, polled = 0, busy0 = machine_busy_s();
+	size_t merged = 0;
 	int polls = 0;
 
 	t0ns = cpu_ns(r, ksmd, &m0, &s0, &k0);
@@ -695,10 +706,10 @@ static void merge_phase(struct run *r, pid_t ksmd, const struct opts *o, struct 
 	deadline = t0 + o->timeout_s;
 	while (!interrupted && tu_now() < deadline) {
 		double p0 = tu_now();
-		res->merged = merged_pages(r);
+		merged = merged_pages(r);
 		polled += tu_now() - p0;
 		polls++;
-		if (res->merged == r->npages)
+		if (merged == r->npages)
 			break;
 		sleep_ms(10);
 	}
@@ -706,12 +717,18 @@ static void merge_phase(struct run *r, pid_t ksmd, const struct opts *o, struct 
 	t1ns = cpu_ns(r, ksmd, &m1, &s1, &k1);
 	if (interrupted)
 		die("interrupted");
-	res->done = res->merged == r->npages;
+	res->merged_pct = 100.0 * (double)merged / (double)r->npages;
 	res->poll_ms = polls ? polled * 1e3 / polls : 0;
 	res->cpu_s = (double)(t1ns - t0ns) / 1e9;
-	res->cpu_daemon_s = (double)(m1 - m0) / 1e9;
+	res->cpu_merger_s = (double)(m1 - m0) / 1e9;
 	res->cpu_scanner_s = (double)(s1 - s0) / 1e9;
 	res->cpu_work_s = (double)(k1 - k0) / 1e9;
+	/* Whatever else ran meanwhile (other users of this machine, and this
+	 * program's own polling): a busy machine makes both numbers worse. */
+	res->other_cpu_s = machine_busy_s() - busy0 - res->cpu_s -
+			   (double)(task_ns(owner, owner) - self0) / 1e9;
+	if (res->other_cpu_s < 0)
+		res->other_cpu_s = 0;
 }
 
 static void record_merged(struct run *r, struct result *res)
@@ -721,16 +738,16 @@ static void record_merged(struct run *r, struct result *res)
 		fprintf(stderr, "ksm_compare: warning: kernel KSM has no rmap_items for worker 0\n");
 	if (r->mode == M_SAMEPAGE && count_threads(r->c[0].pid) < 2)
 		fprintf(stderr, "ksm_compare: warning: no samepage scanner thread in worker 0\n");
-	res->frames_after = frames(r);
-	res->vmas_merged = count_vmas(r->c[0].pid);
+	res->frames_after = (double)frames(r);
+	res->vmas_merged = (double)count_vmas(r->c[0].pid);
 	if (r->mode == M_KERNEL) {
-		res->pool_pages = ksm_get("pages_shared");
+		res->pool_pages = (double)ksm_get("pages_shared");
 		/* struct ksm_rmap_item is 64 bytes on 64-bit; stable nodes not counted. */
 		for (int k = 0; k < NPROC; k++)
 			res->book_kib += ksm_stat_field(r->c[k].pid, "ksm_rmap_items ") * 64 / 1024.0;
 	} else {
-		res->pool_pages = sp_status("pool_pages");
-		res->merge_vmas = sp_status("merge_vmas");
+		res->pool_pages = (double)sp_status("pool_pages");
+		res->merge_vmas = (double)sp_status("merge_vmas");
 		/* The daemon's own memory (not the pool: that is shmem) and the
 		 * library's [anon:samepage] mappings in each workload. */
 		res->book_kib = (double)status_kib(sp_daemon, "RssAnon");
@@ -740,19 +757,17 @@ static void record_merged(struct run *r, struct result *res)
 }
 
 /* Each worker in turn (alone: first touches of fresh frames from two
- * vCPUs at once slow each other down in this VM) writes n pages. */
-static void write_each(struct run *r, const struct write_q *q, struct write_m *m)
+ * vCPUs at once slow each other down in this VM) writes q's pages. */
+static void write_each(struct run *r, const struct write_q *q, double *first, double *again)
 {
-	m->n = q->n;
-	m->stride = q->stride;
-	m->first_ns = m->again_ns = 0;
+	*first = *again = 0;
 	for (int k = 0; k < NPROC; k++) {
 		struct write_r wr;
 		send_cmd(r, k, CMD_WRITE);
 		if (tu_send(r->c[k].wr, q, sizeof(*q)) || tu_recv(r->c[k].rd, &wr, sizeof(wr)))
 			die("worker %d died in the write test", k);
-		m->first_ns += wr.first_ns / NPROC;
-		m->again_ns += wr.again_ns / NPROC;
+		*first += wr.first_ns / NPROC;
+		*again += wr.again_ns / NPROC;
 	}
 }
 
@@ -765,25 +780,31 @@ static void set_run(enum mode mode, int v)
 		die("cannot set run=%d for %s", v, mode_name[mode]);
 }
 
+static struct write_q write_plan(const struct opts *o, size_t npages)
+{
+	size_t n = o->writes < npages / 2 ? o->writes : npages / 2;
+
+	return (struct write_q){ .first = 0, .stride = 2 * (npages / 2 / n), .n = n };
+}
+
 /* The first write to merged pages: even pages with the merger paused
  * (run=0: the fault alone), odd pages with it running (what a workload
  * sees), then a second for the merger to react. */
 static void write_phase(struct run *r, pid_t ksmd, const struct opts *o, struct result *res)
 {
-	size_t n = o->writes < r->npages / 2 ? o->writes : r->npages / 2;
-	struct write_q q = { .first = 0, .stride = 2 * (r->npages / 2 / n), .n = n };
+	struct write_q q = write_plan(o, r->npages);
 	uint64_t m0, m1, x;
 
 	set_run(r->mode, 0);
-	write_each(r, &q, &res->paused);
+	write_each(r, &q, &res->paused_first_ns, &res->paused_again_ns);
 	set_run(r->mode, 1);
 	q.first = 1;
-	write_each(r, &q, &res->running);
+	write_each(r, &q, &res->running_first_ns, &res->running_again_ns);
 	cpu_ns(r, ksmd, &m0, &x, &x);
 	sleep_ms(1000);
 	cpu_ns(r, ksmd, &m1, &x, &x);
 	res->settle_cpu_s = (double)(m1 - m0) / 1e9;
-	res->vmas_written = count_vmas(r->c[0].pid);
+	res->vmas_written = (double)count_vmas(r->c[0].pid);
 }
 
 static void finish(struct run *r, struct result *res)
@@ -793,7 +814,7 @@ static void finish(struct run *r, struct result *res)
 		send_cmd(r, k, CMD_VERIFY);
 		if (tu_recv(r->c[k].rd, &bad, sizeof(bad)))
 			die("worker %d died verifying", k);
-		res->bad += bad;
+		res->bad += (double)bad;
 	}
 	for (int k = 0; k < NPROC; k++) {
 		send_cmd(r, k, CMD_QUIT);
@@ -807,7 +828,8 @@ static void finish(struct run *r, struct result *res)
 		return;
 	}
 	/* Every reference died with its connection: the pool must empty. */
-	for (int i = 0; i < 200 && (res->pool_after_exit = sp_status("pool_pages")) > 0; i++)
+	for (int i = 0; i < 200 && (res->pool_after_exit = (double)sp_status("pool_pages")) > 0;
+	     i++)
 		sleep_ms(10);
 	sp_daemon_stop();
 }
@@ -819,7 +841,6 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 	pid_t ksmd = 0;
 
 	memset(res, 0, sizeof(*res));
-	res->npages = r.npages;
 	for (int k = 0; k < NPROC; k++)
 		w[k] = (struct wctx){ .mode = mode, .npages = r.npages, .idx = k };
 	if (mode == M_KERNEL) {
@@ -831,8 +852,8 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 		sp_setup(o);
 	}
 	start_workers(&r, w);
-	res->frames_before = frames(&r);
-	res->vmas_before = count_vmas(r.c[0].pid);
+	res->frames_before = (double)frames(&r);
+	res->vmas_before = (double)count_vmas(r.c[0].pid);
 	merge_phase(&r, ksmd, o, res);
 	record_merged(&r, res);
 	write_phase(&r, ksmd, o, res);
@@ -840,6 +861,31 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 }
 
 /* ---- report ---- */
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+	qsort(v, (size_t)n, sizeof(*v), cmp_double);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static void median_result(const struct result *runs, int n, struct result *out)
+{
+	double v[64];
+
+#define MEDIAN(f)                                 \
+	for (int i = 0; i < n; i++)               \
+		v[i] = runs[i].f;                 \
+	out->f = median(v, n);
+	RESULT_FIELDS(MEDIAN)
+#undef MEDIAN
+}
 
 static void row(const char *name, const char *unit, double sp, double k, int have_sp,
 		int have_k)
@@ -852,107 +898,128 @@ static void row(const char *name, const char *unit, double sp, double k, int hav
 		snprintf(b, sizeof(b), "%.3f", k);
 	if (have_sp && have_k && k != 0)
 		snprintf(c, sizeof(c), "%.2f", sp / k);
-	printf("%-34s %-6s | %12s | %12s | %8s\n", name, unit, a, b, c);
+	printf("%-36s %-5s | %12s | %12s | %8s\n", name, unit, a, b, c);
 }
 
-static void report(const struct opts *o, const struct result *res, const int *have)
+static void report(const struct opts *o, const struct result *s, const struct result *k,
+		   const int *have)
 {
-	const struct result *s = &res[M_SAMEPAGE], *k = &res[M_KERNEL];
 	int hs = have[M_SAMEPAGE], hk = have[M_KERNEL];
+	struct write_q q = write_plan(o, o->mib * 256);
 
-	printf("\nworkload: %d processes x %zu MiB of identical random pages (%zu pages each)\n",
-	       NPROC, o->mib, o->mib * 256);
+#define ROW(name, unit, expr_s, expr_k) row(name, unit, expr_s, expr_k, hs, hk)
+	printf("\nworkload: %d processes x %zu MiB of identical random pages (%zu pages each); "
+	       "median of %d run%s\n", NPROC, o->mib, o->mib * 256, o->repeat,
+	       o->repeat > 1 ? "s" : "");
 	printf("budget: pages_to_scan=100000 sleep_millisecs=0 for both%s; kernel smart_scan=0\n",
-	       o->sp_default_knobs ? " (samepage: its defaults)" : "");
-	printf("%-34s %-6s | %12s | %12s | %8s\n", "metric", "unit", "samepage", "kernel KSM",
+	       o->sp_default_knobs ? " (samepage: its default knobs)" : "");
+	printf("%-36s %-5s | %12s | %12s | %8s\n", "metric", "unit", "samepage", "kernel KSM",
 	       "sp/kernel");
-	printf("------------------------------------------+--------------+--------------+---------\n");
-	row("pages merged (of process 0)", "%", 100.0 * s->merged / s->npages,
-	    100.0 * k->merged / k->npages, hs, hk);
-	row("wall time until merged", "s", s->merge_s, k->merge_s, hs, hk);
-	row("merge rate", "MiB/s", s->merge_s ? 2.0 * o->mib / s->merge_s : 0,
-	    k->merge_s ? 2.0 * o->mib / k->merge_s : 0, hs, hk);
-	row("CPU until merged, total", "s", s->cpu_s, k->cpu_s, hs, hk);
-	row("  daemon | ksmd", "s", s->cpu_daemon_s, k->cpu_daemon_s, hs, hk);
-	row("  scanner threads in workloads", "s", s->cpu_scanner_s, k->cpu_scanner_s, hs, hk);
-	row("  workloads' main threads", "s", s->cpu_work_s, k->cpu_work_s, hs, hk);
-	row("distinct frames before", "MiB", s->frames_before / 256.0, k->frames_before / 256.0,
-	    hs, hk);
-	row("distinct frames after", "MiB", s->frames_after / 256.0, k->frames_after / 256.0, hs,
-	    hk);
-	row("memory saved", "MiB", ((double)s->frames_before - (double)s->frames_after) / 256.0,
-	    ((double)k->frames_before - (double)k->frames_after) / 256.0, hs, hk);
-	row("bookkeeping memory", "MiB", s->book_kib / 1024, k->book_kib / 1024, hs, hk);
-	row("pool pages | pages_shared", "MiB", s->pool_pages / 256.0, k->pool_pages / 256.0,
-	    hs, hk);
-	row("VMAs of worker 0, before", "count", (double)s->vmas_before, (double)k->vmas_before,
-	    hs, hk);
-	row("VMAs of worker 0, merged", "count", (double)s->vmas_merged, (double)k->vmas_merged,
-	    hs, hk);
-	row("VMAs of worker 0, 1 s after writes", "count", (double)s->vmas_written,
-	    (double)k->vmas_written, hs, hk);
-	row("first write to merged page, paused", "ns", s->paused.first_ns, k->paused.first_ns,
-	    hs, hk);
-	row("  same byte again (no fault)", "ns", s->paused.again_ns, k->paused.again_ns, hs, hk);
-	row("first write to merged page, run=1", "ns", s->running.first_ns, k->running.first_ns,
-	    hs, hk);
-	row("  same byte again (no fault)", "ns", s->running.again_ns, k->running.again_ns, hs,
-	    hk);
-	row("merger CPU in the 1 s after writes", "s", s->settle_cpu_s, k->settle_cpu_s, hs, hk);
-	row("pages differing from expected", "pages", (double)s->bad, (double)k->bad, hs, hk);
+	printf("-------------------------------------------+--------------+--------------+---------\n");
+	ROW("pages merged (process 0)", "%", s->merged_pct, k->merged_pct);
+	ROW("wall time until merged", "s", s->merge_s, k->merge_s);
+	ROW("merge rate (both processes)", "MiB/s", s->merge_s ? 2.0 * o->mib / s->merge_s : 0,
+	    k->merge_s ? 2.0 * o->mib / k->merge_s : 0);
+	ROW("CPU until merged, total", "s", s->cpu_s, k->cpu_s);
+	ROW("  samepaged | ksmd", "s", s->cpu_merger_s, k->cpu_merger_s);
+	ROW("  scanner threads in the workloads", "s", s->cpu_scanner_s, k->cpu_scanner_s);
+	ROW("  workloads' main threads", "s", s->cpu_work_s, k->cpu_work_s);
+	ROW("other CPU use on the machine", "s", s->other_cpu_s, k->other_cpu_s);
+	ROW("distinct frames before", "MiB", s->frames_before / 256, k->frames_before / 256);
+	ROW("distinct frames after", "MiB", s->frames_after / 256, k->frames_after / 256);
+	ROW("memory saved", "MiB", (s->frames_before - s->frames_after) / 256,
+	    (k->frames_before - k->frames_after) / 256);
+	ROW("bookkeeping memory", "MiB", s->book_kib / 1024, k->book_kib / 1024);
+	ROW("pool | pages_shared", "MiB", s->pool_pages / 256, k->pool_pages / 256);
+	ROW("VMAs of worker 0: before", "count", s->vmas_before, k->vmas_before);
+	ROW("  merged", "count", s->vmas_merged, k->vmas_merged);
+	ROW("  1 s after the write tests", "count", s->vmas_written, k->vmas_written);
+	ROW("first write to a merged page, run=0", "ns", s->paused_first_ns, k->paused_first_ns);
+	ROW("  same byte again (no fault)", "ns", s->paused_again_ns, k->paused_again_ns);
+	ROW("first write to a merged page, run=1", "ns", s->running_first_ns,
+	    k->running_first_ns);
+	ROW("  same byte again", "ns", s->running_again_ns, k->running_again_ns);
+	ROW("merger CPU in the 1 s after writes", "s", s->settle_cpu_s, k->settle_cpu_s);
+	ROW("pages differing from expected", "pages", s->bad, k->bad);
+#undef ROW
 	if (hs)
-		printf("samepage: merge_vmas %lld over both workers; pool pages after the "
-		       "workloads exited: %lld\n",
-		       s->merge_vmas, s->pool_after_exit);
-	{
-		const struct write_m *wm = hs ? &s->paused : &k->paused;
-		printf("write tests: %zu pages per process each (every %zu-th page; even pages "
-		       "with the merger paused, odd ones with it running), one process at a "
-		       "time, mean of both\n", wm->n, wm->stride);
-	}
+		printf("samepage: merge_vmas %.0f over both workers; pool pages left after the "
+		       "workloads exited: %.0f\n", s->merge_vmas, s->pool_after_exit);
+	printf("write tests: %zu pages per process and test, every %zu-th page (run=0: even "
+	       "pages, merger paused; run=1: odd pages, merger running), one process at a "
+	       "time, mean of both\n", q.n, q.stride);
 	printf("merged-check: one pagemap poll of both processes took %.2f ms (samepage) / "
 	       "%.2f ms (kernel), every 10 ms\n", hs ? s->poll_ms : 0, hk ? k->poll_ms : 0);
-	for (int m = 0; m < 2; m++)
-		if (have[m] && !res[m].done)
-			printf("NOTE: %s did not merge everything within %d s\n", mode_name[m],
-			       o->timeout_s);
+	if ((hs && s->merged_pct < 100) || (hk && k->merged_pct < 100))
+		printf("NOTE: not everything merged within %d s in some run\n", o->timeout_s);
+}
+
+/* Other users of this machine distort every number: wait (at most max_s)
+ * for a half second in which the machine is busy less than 20% of a CPU. */
+static void wait_quiet(int max_s)
+{
+	double end = tu_now() + max_s;
+
+	while (!interrupted) {
+		double b0 = machine_busy_s(), t0 = tu_now(), busy;
+		sleep_ms(500);
+		busy = (machine_busy_s() - b0) / (tu_now() - t0);
+		if (busy < 0.2)
+			return;
+		if (tu_now() > end) {
+			fprintf(stderr, "ksm_compare: the machine stays busy (%.0f%% of a CPU); "
+					"measuring anyway\n", busy * 100);
+			return;
+		}
+	}
 }
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: ksm_compare [--mib S] [--writes W] [--timeout SEC] "
-			"[--only samepage|kernel] [--samepage-default-knobs]\n");
+	fprintf(stderr, "usage: ksm_compare [--mib S] [--writes W] [--repeat R] [--timeout SEC] "
+			"[--quiet-wait SEC] [--only samepage|kernel] [--samepage-default-knobs]\n");
 	exit(2);
+}
+
+static void parse(int argc, char **argv, struct opts *o)
+{
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--mib") && i + 1 < argc)
+			o->mib = strtoul(argv[++i], NULL, 10);
+		else if (!strcmp(argv[i], "--writes") && i + 1 < argc)
+			o->writes = strtoul(argv[++i], NULL, 10);
+		else if (!strcmp(argv[i], "--repeat") && i + 1 < argc)
+			o->repeat = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
+			o->timeout_s = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--quiet-wait") && i + 1 < argc)
+			o->quiet_s = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--only") && i + 1 < argc) {
+			i++;
+			o->only = !strcmp(argv[i], "samepage") ? M_SAMEPAGE :
+				  !strcmp(argv[i], "kernel") ? M_KERNEL : -2;
+			if (o->only == -2)
+				usage();
+		} else if (!strcmp(argv[i], "--samepage-default-knobs"))
+			o->sp_default_knobs = 1;
+		else
+			usage();
+	}
+	if (!o->mib || o->mib > (1u << 20) || !o->writes || o->timeout_s <= 0 ||
+	    o->repeat < 1 || o->repeat > 64 || o->quiet_s < 0)
+		usage();
 }
 
 int main(int argc, char **argv)
 {
-	struct opts o = { .mib = 256, .writes = 10000, .timeout_s = 120, .only = -1 };
-	struct result res[2];
+	struct opts o = { .mib = 256, .writes = 10000, .repeat = 3, .timeout_s = 120,
+			  .quiet_s = 30, .only = -1 };
+	struct result runs[2][64], med[2];
 	int have[2] = { 0, 0 };
 	struct sigaction sa = { .sa_handler = on_signal }; /* no SA_RESTART: reads fail */
 	ssize_t n;
 
-	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--mib") && i + 1 < argc)
-			o.mib = strtoul(argv[++i], NULL, 10);
-		else if (!strcmp(argv[i], "--writes") && i + 1 < argc)
-			o.writes = strtoul(argv[++i], NULL, 10);
-		else if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
-			o.timeout_s = atoi(argv[++i]);
-		else if (!strcmp(argv[i], "--only") && i + 1 < argc) {
-			i++;
-			o.only = !strcmp(argv[i], "samepage") ? M_SAMEPAGE :
-				 !strcmp(argv[i], "kernel") ? M_KERNEL : -2;
-			if (o.only == -2)
-				usage();
-		} else if (!strcmp(argv[i], "--samepage-default-knobs"))
-			o.sp_default_knobs = 1;
-		else
-			usage();
-	}
-	if (!o.mib || !o.writes || o.timeout_s <= 0)
-		usage();
+	parse(argc, argv, &o);
 	if (geteuid() != 0)
 		tu_skip("needs root (page frames in pagemap, ksmd, /sys/kernel/mm/ksm)");
 	if (access(KSM "run", W_OK) && o.only != M_SAMEPAGE)
@@ -971,14 +1038,23 @@ int main(int argc, char **argv)
 	sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	for (int m = 0; m < 2; m++) {
-		if (o.only >= 0 && o.only != m)
-			continue;
-		fprintf(stderr, "ksm_compare: measuring %s, %d x %zu MiB ...\n", mode_name[m], NPROC,
-			o.mib);
-		measure((enum mode)m, &o, &res[m]);
-		have[m] = 1;
-	}
-	report(&o, res, have);
+	/* Alternate the two, so that a change in the machine's load hits both. */
+	for (int i = 0; i < o.repeat; i++)
+		for (int m = 0; m < 2; m++) {
+			struct result *r = &runs[m][i];
+			if (o.only >= 0 && o.only != m)
+				continue;
+			wait_quiet(o.quiet_s);
+			measure((enum mode)m, &o, r);
+			have[m] = 1;
+			fprintf(stderr, "run %d %-10s: merged %5.1f%% in %6.3f s, CPU %6.3f s, other "
+					"load %5.2f s, first write %8.0f ns\n", i + 1, mode_name[m],
+				r->merged_pct, r->merge_s, r->cpu_s, r->other_cpu_s,
+				r->paused_first_ns);
+		}
+	for (int m = 0; m < 2; m++)
+		if (have[m])
+			median_result(runs[m], o.repeat, &med[m]);
+	report(&o, &med[M_SAMEPAGE], &med[M_KERNEL], have);
 	return 0;
 }
