@@ -47,6 +47,7 @@ static void lib_create(void)
 	pthread_mutex_init(&l->lock, NULL);
 	pthread_cond_init(&l->wake, NULL);
 	l->sock = -1;
+	l->zero_fd = -1;
 	for (uint32_t i = 0; i < POOL_MAX_SEGS; i++)
 		l->segs[i].fd = -1;
 	l->msg = arena_alloc(ar, SP_MAX_MSG);

@@ -180,6 +180,9 @@ void client_lost(struct lib *l)
 				entry_set(l, e, E_NEW);
 		}
 	}
+	if (l->zero_fd >= 0)
+		close(l->zero_fd);
+	l->zero_fd = -1;
 	for (uint32_t s = 0; s < POOL_MAX_SEGS; s++) {
 		struct segview *v = &l->segs[s];
 		if (v->fd < 0)
@@ -293,6 +296,28 @@ static int fetch_seg(struct lib *l, uint32_t seg)
 	v->fd = m.fd;
 	v->ino = st.st_ino;
 	return 0;
+}
+
+int client_zero_fd(struct lib *l)
+{
+	struct sp_getseg g = { .seg = SP_ZERO_SEG };
+	struct sp_msg m;
+	struct stat st;
+	int err;
+
+	if (l->zero_fd >= 0)
+		return l->zero_fd;
+	err = client_call(l, C_GETSEG, &g, sizeof(g), D_SEG, &m);
+	if (err)
+		return err;
+	if (m.fd < 0 || fstat(m.fd, &st) < 0) {
+		if (m.fd >= 0)
+			close(m.fd);
+		return -EPROTO;
+	}
+	l->zero_fd = m.fd;
+	l->zero_ino = st.st_ino;
+	return m.fd;
 }
 
 const unsigned char *client_pool_view(struct lib *l, uint32_t id, int *fd)

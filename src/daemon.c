@@ -334,7 +334,7 @@ static int on_unref(struct samepaged *d, struct conn *c, const struct sp_ids *u)
 static int on_getseg(struct samepaged *d, struct conn *c, const struct sp_getseg *g)
 {
 	struct sp_seg_r r = { .seg = g->seg, .pages = SEG_PAGES };
-	int fd = pool_seg_fd(&d->pool, g->seg);
+	int fd = g->seg == SP_ZERO_SEG ? d->zero_fd : pool_seg_fd(&d->pool, g->seg);
 
 	if (fd < 0)
 		return ack(c, fd);
@@ -524,6 +524,25 @@ static int loop(struct samepaged *d)
 	return 0;
 }
 
+/* Where reading dropped memory gets no shared zero page (kernels booted
+ * with pvm_no_zero_page=1), processes map zero pages from this file
+ * instead: a run of n zero pages maps offsets [0, n), so every process's
+ * zero runs share the same few frames. Never written, so sealed whole. */
+static int zero_segment(void)
+{
+	int fd = memfd_create("samepage-pool-zero", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+
+	if (fd < 0)
+		return -errno;
+	if (ftruncate(fd, (off_t)SEG_PAGES * SP_PAGE) < 0 ||
+	    fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
 int samepaged_run(const char *path, int idle_exit_s, int ready_fd)
 {
 	static struct samepaged d; /* the pool's segment table is large */
@@ -537,6 +556,9 @@ int samepaged_run(const char *path, int idle_exit_s, int ready_fd)
 	samepaged_default_knobs(&d.knobs);
 	pool_init(&d.pool);
 	index_init(&d.ix);
+	d.zero_fd = zero_segment();
+	if (d.zero_fd < 0)
+		return d.zero_fd;
 	d.buf = mmap(NULL, 2 * SP_MAX_MSG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 		     -1, 0);
 	if (d.buf == MAP_FAILED)

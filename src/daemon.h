@@ -37,6 +37,7 @@ struct samepaged {
 	int lfd, efd;
 	uid_t uid;
 	struct pool pool;
+	int zero_fd;          /* an all-zero sealed memfd: see zero_segment() */
 	struct index ix;
 	struct conn *conns;
 	uint32_t next_id;

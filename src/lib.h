@@ -77,6 +77,8 @@ struct lib {
 	uint64_t gen;
 	int debug;                 /* SAMEPAGE_DEBUG: a line per pass on stderr */
 	int zero_page_ok;          /* reading dropped memory maps the zero page here */
+	int zero_fd;               /* else zero pages map the daemon's zero segment */
+	uint64_t zero_ino;
 
 	int uffd;                  /* -errno when unavailable */
 	int pmfd;                  /* /proc/self/pagemap */
@@ -130,6 +132,8 @@ int client_unref(struct lib *l, const uint32_t *ids, uint32_t n);
 int client_fork_conn(struct lib *l, int *fd, uint64_t *token);
 /* The read-only view of a pool page; fetches the segment on first use. */
 const unsigned char *client_pool_view(struct lib *l, uint32_t id, int *fd);
+/* The daemon's all-zero segment (fetched once per connection), or -errno. */
+int client_zero_fd(struct lib *l);
 /* Account for a reference taken (+1) or dropped (-1) into id's segment;
  * closes the segment when we hold none (so the daemon can retire it). */
 void client_seg_ref(struct lib *l, uint32_t id, int delta);
@@ -139,7 +143,9 @@ struct merge_item { uintptr_t addr; uint32_t id; uint32_t ok; };
 /* Invariant 1: replace each page with its pool page only while frozen and
  * verified equal. Sets ok; items are sorted by addr, in one area. */
 int merge_pages(struct lib *l, struct area *a, struct merge_item *it, uint32_t n);
-/* Zero pages: freeze, verify all-zero, drop (next read maps the zero page). */
+/* Zero pages: freeze, verify all-zero, then drop them (the next read maps
+ * the kernel's zero page) or, where the kernel has none, map them from the
+ * daemon's zero segment. */
 int merge_zero(struct lib *l, struct area *a, uintptr_t *addr, uint32_t n, uint32_t *ok);
 /* Give [s, e) of area a back plain anonymous pages with the same bytes
  * (frozen while copied); drops the references of merged pages. */
@@ -157,6 +163,9 @@ void scan_forget(struct lib *l, uintptr_t s, uintptr_t e);
 /* Unmerge every merged and zero page in [s, e) (MADV_UNMERGEABLE, run=2). */
 int scan_unmerge(struct lib *l, uintptr_t s, uintptr_t e);
 void entry_set(struct lib *l, struct entry *e, uint32_t state);
+/* Is the page a mapping of a samepage file (a pool page, or a zero page
+ * from the zero segment) that unmerging must turn back into anonymous? */
+int entry_mapped(const struct lib *l, const struct entry *e);
 size_t scan_chunk_bytes(void);
 /* This process's counters as reported to the daemon. */
 void lib_fill_stats(struct lib *l, struct sp_proc_stats *st);

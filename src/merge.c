@@ -155,28 +155,75 @@ static int is_zero(const void *p)
 	return page_is_zero(p, SP_PAGE);
 }
 
-int merge_zero(struct lib *l, struct area *a, uintptr_t *addr, uint32_t n, uint32_t *ok)
+/* Map runs of verified zero pages of [s, e) from the zero segment: a run of
+ * n pages maps offsets [0, n), shared by every run of every process. */
+static void map_zero_runs(struct lib *l, struct area *a, uintptr_t *addr, uint32_t *ok,
+			  const uint8_t *prot, uint32_t n, int zfd, uintptr_t s, uint8_t *done)
 {
-	(void)a;
-	if (l->uffd < 0)
-		return l->uffd;
 	for (uint32_t i = 0; i < n;) {
-		uint32_t j = span_end(addr, i, n, sizeof(*addr));
-		uintptr_t s = addr[i], e = addr[j - 1] + SP_PAGE;
-		uint8_t prot;
-
-		if (os_uffd_freeze(l->uffd, s, e - s)) {
-			i = j;
+		uint32_t j = i + 1;
+		if (!ok[i]) {
+			i++;
 			continue;
 		}
-		for (uint32_t k = i; k < j; k++) {
-			/* Invariant 1: only a frozen page verified all-zero is dropped;
-			 * its next read maps the kernel's zero page. */
-			ok[k] = replaceable(l, addr[k], &prot) && is_zero((void *)addr[k]) &&
-				os_madvise((void *)addr[k], SP_PAGE, MADV_DONTNEED) == 0;
+		while (j < n && ok[j] && addr[j] == addr[j - 1] + SP_PAGE && prot[j] == prot[i])
+			j++;
+		size_t len = (size_t)(j - i) * SP_PAGE;
+		if (os_mmap((void *)addr[i], len, prot[i], MAP_PRIVATE | MAP_FIXED, zfd, 0) ==
+		    MAP_FAILED) {
+			for (uint32_t k = i; k < j; k++)
+				ok[k] = 0;
+		} else {
+			os_apply_flags(addr[i], len, a->vmflags);
+			os_madvise((void *)addr[i], len, MADV_POPULATE_READ);
+			memset(done + (addr[i] - s) / SP_PAGE, 1, j - i);
 		}
-		os_uffd_unprotect(l->uffd, s, e - s);
-		os_uffd_thaw(l->uffd, s, e - s);
+		i = j;
+	}
+	(void)l;
+}
+
+static void zero_span(struct lib *l, struct area *a, uintptr_t *addr, uint32_t *ok, uint32_t n,
+		      int zfd)
+{
+	uintptr_t s = addr[0], e = addr[n - 1] + SP_PAGE;
+	uint8_t done[(SPAN_GAP_PAGES + 1) * CHUNK_PAGES];
+	uint8_t prot[CHUNK_PAGES];
+
+	memset(done, 0, (e - s) / SP_PAGE);
+	if (os_uffd_freeze(l->uffd, s, e - s)) {
+		memset(ok, 0, n * sizeof(*ok));
+		return;
+	}
+	/* Invariant 1: only frozen pages verified all-zero are replaced. */
+	for (uint32_t k = 0; k < n; k++)
+		ok[k] = replaceable(l, addr[k], &prot[k]) && is_zero((void *)addr[k]);
+	if (zfd < 0) {
+		/* The next read maps the kernel's zero page. */
+		for (uint32_t k = 0; k < n; k++)
+			ok[k] = ok[k] && os_madvise((void *)addr[k], SP_PAGE, MADV_DONTNEED) == 0;
+	} else {
+		map_zero_runs(l, a, addr, ok, prot, n, zfd, s, done);
+	}
+	unprotect_rest(l, s, e, done);
+	os_uffd_thaw(l->uffd, s, e - s);
+}
+
+int merge_zero(struct lib *l, struct area *a, uintptr_t *addr, uint32_t n, uint32_t *ok)
+{
+	int zfd = -1;
+
+	if (l->uffd < 0)
+		return l->uffd;
+	/* Fetched before freezing anything: it is a daemon round trip. */
+	if (!l->zero_page_ok) {
+		zfd = client_zero_fd(l);
+		if (zfd < 0)
+			return zfd;
+	}
+	for (uint32_t i = 0; i < n;) {
+		uint32_t j = span_end(addr, i, n, sizeof(*addr));
+		zero_span(l, a, addr + i, ok + i, j - i, zfd);
 		i = j;
 	}
 	return 0;
@@ -217,7 +264,12 @@ static int page_prot(struct lib *l, uintptr_t p)
 	return snap ? snap->prot : -1;
 }
 
-/* Runs of E_MERGED entries in [s, e) with one protection, for fn. */
+int entry_mapped(const struct lib *l, const struct entry *e)
+{
+	return e->state == E_MERGED || (e->state == E_ZERO && !l->zero_page_ok);
+}
+
+/* Runs of mapped entries (entry_mapped) in [s, e) with one protection, for fn. */
 static int for_merged_runs(struct lib *l, struct area *a, uintptr_t s, uintptr_t e,
 			   int (*fn)(struct lib *, struct area *, uintptr_t, uintptr_t, uint8_t))
 {
@@ -225,7 +277,7 @@ static int for_merged_runs(struct lib *l, struct area *a, uintptr_t s, uintptr_t
 
 	for (uintptr_t p = s; p < e;) {
 		uintptr_t q = p + SP_PAGE;
-		int prot = a->e[(p - a->start) / SP_PAGE].state == E_MERGED ? page_prot(l, p) : -1;
+		int prot = entry_mapped(l, &a->e[(p - a->start) / SP_PAGE]) ? page_prot(l, p) : -1;
 
 		/* Unmapped behind our back: scan_forget's pending list keeps it. */
 		if (prot < 0) {
@@ -234,7 +286,7 @@ static int for_merged_runs(struct lib *l, struct area *a, uintptr_t s, uintptr_t
 		}
 		/* Bounded runs: writers of a run stay blocked while it is copied. */
 		while (q < e && q - p < CHUNK_PAGES * SP_PAGE &&
-		       a->e[(q - a->start) / SP_PAGE].state == E_MERGED && page_prot(l, q) == prot)
+		       entry_mapped(l, &a->e[(q - a->start) / SP_PAGE]) && page_prot(l, q) == prot)
 			q += SP_PAGE;
 		int r = fn(l, a, p, q, (uint8_t)prot);
 		err = err ? err : r;
@@ -250,7 +302,9 @@ static void drop_refs(struct lib *l, struct area *a, uintptr_t s, uintptr_t e)
 
 	for (uintptr_t p = s; p < e; p += SP_PAGE) {
 		struct entry *en = &a->e[(p - a->start) / SP_PAGE];
-		ids[n++] = en->pool;
+		/* Zero-segment pages hold no reference: that file is never reused. */
+		if (en->state == E_MERGED)
+			ids[n++] = en->pool;
 		entry_set(l, en, E_NEW);
 		if (n == CHUNK_PAGES) {
 			client_unref(l, ids, n);

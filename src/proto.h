@@ -29,6 +29,7 @@
 #define SP_MAX_UNREF 16384u
 #define SP_POOL_NONE 0xffffffffu      /* lookup: no match, kept in the unstable index */
 #define SP_POOL_CREATE 0xfffffffeu    /* lookup: match in the unstable index, send the page */
+#define SP_ZERO_SEG 0xffffu           /* C_GETSEG: the all-zero segment */
 
 enum sp_msg_type {
 	C_HELLO = 1, C_BUDGET, C_LOOKUP, C_CREATE, C_UNREF, C_GETSEG,

@@ -336,7 +336,16 @@ static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, st
 		pend_release(l, e->pool);
 		entry_set(l, e, E_NEW);
 	}
-	if (e->state == E_ZERO) {
+	if (e->state == E_ZERO && !l->zero_page_ok) {
+		/* From the zero segment: written since (COW) means restore. */
+		if (PM_PRESENT(pm) && !PM_FILE(pm) && *vc && (*vc)->kind == VMA_POOL) {
+			c->cow[c->ncow++] = p;
+			return;
+		}
+		if (*vc && (*vc)->kind == VMA_POOL)
+			return;
+		entry_set(l, e, E_NEW); /* replaced behind our back */
+	} else if (e->state == E_ZERO) {
 		if (!(PM_PRESENT(pm) && PM_EXCLUSIVE(pm) && !PM_FILE(pm)))
 			return; /* still the zero page, or gone */
 		entry_set(l, e, E_NEW);
@@ -354,7 +363,7 @@ static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, st
 		ps->changed++;
 		return;
 	}
-	if (l->knobs.v[KNOB_USE_ZERO_PAGES] && l->zero_page_ok && h == zero_hash())
+	if (l->knobs.v[KNOB_USE_ZERO_PAGES] && h == zero_hash())
 		c->zero[c->nzero++] = p;
 	else
 		c->look[c->nlook++] = (struct sp_lookup_ent){ .hash = h, .addr = p };
@@ -508,8 +517,31 @@ static void do_merge(struct lib *l, struct area *a, struct chunk *c, struct pass
 		client_unref(l, bad, nbad);
 }
 
+/* Without a kernel zero page, a zero page maps the zero segment and costs a
+ * VMA like any merged page: only runs this long are worth it, so a
+ * process's scattered zero pages do not splinter its VMAs. */
+#define ZERO_RUN_MIN 8
+
+static void keep_long_zero_runs(struct chunk *c)
+{
+	uint32_t out = 0;
+
+	for (uint32_t i = 0; i < c->nzero;) {
+		uint32_t j = i + 1;
+		while (j < c->nzero && c->zero[j] == c->zero[j - 1] + SP_PAGE)
+			j++;
+		if (j - i >= ZERO_RUN_MIN)
+			for (uint32_t k = i; k < j; k++)
+				c->zero[out++] = c->zero[k];
+		i = j;
+	}
+	c->nzero = out;
+}
+
 static void do_zero(struct lib *l, struct area *a, struct chunk *c, struct pass *ps)
 {
+	if (!l->zero_page_ok)
+		keep_long_zero_runs(c);
 	if (!c->nzero)
 		return;
 	merge_zero(l, a, c->zero, c->nzero, c->zok);
@@ -545,6 +577,8 @@ static int scan_chunk(struct lib *l, struct area *a, uintptr_t s, uint32_t n, st
 
 static void unzero(struct lib *l, struct area *a, uintptr_t s, uintptr_t e)
 {
+	if (!l->zero_page_ok)
+		return; /* zero-segment pages were restored with the merged ones */
 	for (uintptr_t p = s; p < e; p += SP_PAGE) {
 		struct entry *en = entry_of(a, p);
 		if (en->state != E_ZERO)
