@@ -4,9 +4,10 @@
  *
  * The scanner reads pages other threads may be writing; what makes that
  * safe is the userfaultfd freeze (merge.c), which ThreadSanitizer cannot
- * see. These helpers are therefore excluded from its instrumentation and
- * avoid the intercepted memcmp/memcpy, so a sanitizer build reports the
- * application's races, not ours by design.
+ * see; and they read whole pages, AddressSanitizer's redzones and freed
+ * chunks included. These helpers are therefore excluded from sanitizer
+ * instrumentation and avoid the intercepted memcmp/memcpy, so a sanitizer
+ * build reports the application's bugs, not reads that are ours by design.
  */
 #ifndef SAMEPAGE_PAGE_H
 #define SAMEPAGE_PAGE_H
