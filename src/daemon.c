@@ -132,6 +132,13 @@ static void maybe_end_generation(struct samepaged *d)
 
 /* ---- connections ---- */
 
+static int conn_alive(void *ctx, uint32_t id)
+{
+	struct samepaged *d = ctx;
+
+	return map_get(&d->live, id) != NULL;
+}
+
 static void conn_close(struct samepaged *d, struct conn *c)
 {
 	struct conn **pp;
@@ -143,6 +150,7 @@ static void conn_close(struct samepaged *d, struct conn *c)
 	close(c->fd);
 	/* Invariant 2: a closed connection (exit, exec) drops its whole set. */
 	refs_release_all(d, c);
+	map_del(&d->live, c->id);
 	free(c);
 	if (!d->conns)
 		d->idle_since_ns = now_ns();
@@ -181,7 +189,8 @@ static void accept_conn(struct samepaged *d)
 	if (getrandom(&c->token, sizeof(c->token), 0) != sizeof(c->token))
 		c->token = now_ns() ^ ((uint64_t)c->id << 32) ^ (uint64_t)cr.pid;
 	ev.data.ptr = c;
-	if (epoll_ctl(d->efd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+	if (map_put(&d->live, c->id, 1) || epoll_ctl(d->efd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+		map_del(&d->live, c->id);
 		close(fd);
 		free(c);
 		return;
@@ -282,7 +291,7 @@ static int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup
 			ids[i] = SP_POOL_CREATE; /* chain full: start a dup */
 			continue;
 		}
-		err = unstable_offer(&d->ix, hash, c->id, l->e[i].addr);
+		err = unstable_offer(&d->ix, hash, c->id, l->e[i].addr, conn_alive, d);
 		ids[i] = err == 1 ? SP_POOL_CREATE : SP_POOL_NONE;
 	}
 	r->n = n;
@@ -556,6 +565,7 @@ int samepaged_run(const char *path, int idle_exit_s, int ready_fd)
 	samepaged_default_knobs(&d.knobs);
 	pool_init(&d.pool);
 	index_init(&d.ix);
+	map_init(&d.live);
 	d.zero_fd = zero_segment();
 	if (d.zero_fd < 0)
 		return d.zero_fd;

@@ -40,6 +40,7 @@ struct samepaged {
 	int zero_fd;          /* an all-zero sealed memfd: see zero_segment() */
 	struct index ix;
 	struct conn *conns;
+	struct map live;      /* ids of open connections (unstable entries name them) */
 	uint32_t next_id;
 	struct sp_knobs knobs;
 	uint64_t gen;         /* unstable-index generation */

@@ -131,7 +131,8 @@ static int items_reserve(struct index *ix)
 	return 0;
 }
 
-int unstable_offer(struct index *ix, uint64_t hash, uint32_t conn, uint64_t addr)
+int unstable_offer(struct index *ix, uint64_t hash, uint32_t conn, uint64_t addr,
+		   int (*alive)(void *ctx, uint32_t conn), void *ctx)
 {
 	uint64_t *slot = map_get(&ix->unstable, hash);
 	int err;
@@ -140,6 +141,10 @@ int unstable_offer(struct index *ix, uint64_t hash, uint32_t conn, uint64_t addr
 		struct unstable_item *it = &ix->items[*slot];
 		if (it->conn == conn && it->addr == addr)
 			return 0; /* the same page, offered again by a later pass */
+		if (alive && !alive(ctx, it->conn)) {
+			*it = (struct unstable_item){ .addr = addr, .conn = conn };
+			return 0;
+		}
 		map_del(&ix->unstable, hash);
 		return 1;
 	}

@@ -52,8 +52,12 @@ void stable_remove(struct index *ix, struct pool *p, uint32_t id);
 
 /* Offer (conn, addr) with hash. 1: another page with that hash is there
  * (the entry is consumed: the caller turns it into a pool page); 0: now
- * recorded; -ENOMEM. The same page offered again is not a match. */
-int unstable_offer(struct index *ix, uint64_t hash, uint32_t conn, uint64_t addr);
+ * recorded; -ENOMEM. The same page offered again is not a match, nor is
+ * the page of a connection that closed since (alive(ctx, conn) == 0): its
+ * entry is replaced, so a process that exited makes nobody create pool
+ * pages that only they map. */
+int unstable_offer(struct index *ix, uint64_t hash, uint32_t conn, uint64_t addr,
+		   int (*alive)(void *ctx, uint32_t conn), void *ctx);
 /* Start a new generation: forget every entry. */
 void unstable_reset(struct index *ix);
 uint64_t unstable_count(const struct index *ix);

@@ -16,6 +16,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,6 +217,11 @@ EXPORT pid_t fork(void)
 		if (l->uffd >= 0)
 			close(l->uffd);
 		l->uffd = os_uffd_open();
+		/* /proc/self/... named the parent when it was opened. */
+		close(l->pmfd);
+		close(l->mapsfd);
+		l->pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+		l->mapsfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 		l->scanner_running = 0;
 		l->pass_seq = 0;
 		/* Merged-page counters are not inherited (kernel semantics);

@@ -506,7 +506,11 @@ static void do_merge(struct lib *l, struct area *a, struct chunk *c, struct pass
 			bad[nbad++] = c->m[i].id;
 			continue;
 		}
-		if (!i || !c->m[i - 1].ok || c->m[i - 1].addr + SP_PAGE != c->m[i].addr)
+		/* One mmap, up to two new VMAs, per run of consecutive
+		 * addresses and pool pages, as merge.c maps them. */
+		if (!i || !c->m[i - 1].ok || c->m[i - 1].addr + SP_PAGE != c->m[i].addr ||
+		    c->m[i - 1].id + 1 != c->m[i].id ||
+		    c->m[i - 1].id / SEG_PAGES != c->m[i].id / SEG_PAGES)
 			runs++;
 		e->pool = c->m[i].id;
 		entry_set(l, e, E_MERGED);

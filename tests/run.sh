@@ -9,7 +9,7 @@ pass=0 fail=0 skip=0 failed=()
 case "${SAMEPAGE_SAN:-}" in
 asan) export ASAN_OPTIONS="verify_asan_link_order=0:detect_leaks=0:abort_on_error=0"
       export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" ;;
-tsan) export TSAN_OPTIONS="halt_on_error=1:report_signal_unsafe=0:second_deadlock_stack=1" ;;
+tsan) export TSAN_OPTIONS="halt_on_error=1:report_signal_unsafe=0:second_deadlock_stack=1:die_after_fork=0" ;;
 esac
 for t in "$O"/tests/unit/* "$O"/tests/integration/*; do
 	[ -x "$t" ] || continue

@@ -17,6 +17,9 @@
 
 static char tu_dir[128];
 static char bin_dir[PATH_MAX];
+/* Children not reaped yet: killed at exit before the daemon, or their
+ * scanners could start a new daemon while the directory is removed. */
+static pid_t live_children[64];
 
 void tu_skip(const char *why)
 {
@@ -76,6 +79,12 @@ static void kill_daemon(void)
 
 	if (!tu_dir[0] || getpid() != (pid_t)atoi(getenv("TU_OWNER") ? getenv("TU_OWNER") : "0"))
 		return;
+	for (unsigned i = 0; i < sizeof(live_children) / sizeof(live_children[0]); i++)
+		if (live_children[i] > 0) {
+			kill(live_children[i], SIGKILL);
+			waitpid(live_children[i], NULL, 0);
+			live_children[i] = 0;
+		}
 	pid = tu_daemon_pid();
 	if (pid > 0)
 		kill(pid, SIGKILL);
@@ -251,6 +260,11 @@ void tu_spawn(struct tu_child *c, int (*fn)(int rd, int wr, void *arg), void *ar
 	close(up[1]);
 	c->rd = up[0];
 	c->wr = down[1];
+	for (unsigned i = 0; i < sizeof(live_children) / sizeof(live_children[0]); i++)
+		if (!live_children[i]) {
+			live_children[i] = c->pid;
+			break;
+		}
 }
 
 int tu_send(int fd, const void *p, size_t len)
@@ -280,5 +294,8 @@ int tu_reap(struct tu_child *c)
 	while (waitpid(c->pid, &st, 0) < 0)
 		if (errno != EINTR)
 			return -1;
+	for (unsigned i = 0; i < sizeof(live_children) / sizeof(live_children[0]); i++)
+		if (live_children[i] == c->pid)
+			live_children[i] = 0;
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }

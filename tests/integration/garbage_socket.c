@@ -1,0 +1,578 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Invariant 6: the daemon trusts nothing a process sends.
+ *
+ * A and B merge the same 4 MiB. Then the test talks to their daemon's
+ * socket directly and sends garbage: random bytes, headers with huge
+ * lengths, oversized datagrams, a C_UNREF of pool pages it never held (they
+ * are A's and B's), a C_LOOKUP whose count does not match its bytes,
+ * C_GETSEG of segments that do not exist, reply (D_*) and unknown types, a
+ * second C_HELLO, descriptors it should not pass, and 1000 connections that
+ * stop mid-conversation, some holding references (real hashes of A's pages)
+ * when they go. Each malformed conversation must end with the daemon
+ * closing the connection; nothing else may change: the daemon lives on with
+ * as many descriptors as before, A and B stay merged on the same frames
+ * with correct bytes, a third process started afterwards merges with them,
+ * and new content merged by a fourth process gets pool pages of its own
+ * (were a page of A's freed by the garbage, it would be handed out again
+ * and A would read the new content).
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "pool.h"
+#include "proto.h"
+#include "samepage.h"
+#include "testutil.h"
+
+#define N 1024u
+#define SEED 42
+#define SEED_NEW 77
+
+static unsigned char ref[N * PAGE];
+
+/* ---- processes ---- */
+
+static int holder(int rd, int wr, void *arg)
+{
+	int copies = (int)(intptr_t)arg; /* 1: A, B, C; 2: D (new content, twice) */
+	size_t len = (size_t)N * PAGE * copies;
+	unsigned char *p = tu_map(len);
+	unsigned char *want = malloc(len);
+	uintptr_t a = (uintptr_t)p;
+	char cmd;
+
+	for (int k = 0; k < copies; k++)
+		tu_fill(p + (size_t)k * N * PAGE, (size_t)N * PAGE, copies == 1 ? SEED : SEED_NEW);
+	memcpy(want, p, len);
+	TU_CHECK(madvise(p, len, MADV_MERGEABLE) == 0, "madvise: %m");
+	tu_send(wr, &a, sizeof(a));
+	while (tu_recv(rd, &cmd, 1) == 0) {
+		int ok;
+		if (cmd == 'q')
+			return 0;
+		ok = !memcmp(p, want, len);
+		tu_send(wr, &ok, sizeof(ok));
+	}
+	return 3;
+}
+
+/* ---- raw protocol ---- */
+
+static const char *sock_path;
+
+static int dial(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+
+	TU_CHECK(fd >= 0, "socket: %m");
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_path);
+	TU_CHECK(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "connect %s: %m",
+		 sock_path);
+	return fd;
+}
+
+/* One datagram: header {type, len} and payload bytes (len need not match). */
+static int send_raw(int fd, uint16_t type, uint32_t len, const void *p, size_t n)
+{
+	unsigned char *buf = malloc(sizeof(struct sp_hdr) + n);
+	struct sp_hdr h = { .type = type, .len = len };
+	ssize_t r;
+
+	memcpy(buf, &h, sizeof(h));
+	if (n)
+		memcpy(buf + sizeof(h), p, n);
+	r = send(fd, buf, sizeof(h) + n, MSG_NOSIGNAL);
+	free(buf);
+	return r == (ssize_t)(sizeof(h) + n) ? 0 : -errno;
+}
+
+static int send_msg(int fd, uint16_t type, const void *p, size_t n)
+{
+	return send_raw(fd, type, (uint32_t)n, p, n);
+}
+
+static unsigned char rbuf[SP_MAX_MSG + 4096];
+
+/* Next datagram: its length, 0 when the daemon closed, -1 on timeout. Any
+ * passed descriptor is counted in *fds and closed. */
+static ssize_t recv_dgram(int fd, int ms, int *fds)
+{
+	union { char b[CMSG_SPACE(8 * sizeof(int))]; struct cmsghdr a; } cbuf;
+	struct iovec iov = { rbuf, sizeof(rbuf) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b,
+			     .msg_controllen = sizeof(cbuf.b) };
+	struct pollfd pf = { .fd = fd, .events = POLLIN };
+	ssize_t n;
+
+	if (poll(&pf, 1, ms) != 1)
+		return -1;
+	n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+	if (n < 0)
+		return errno == ECONNRESET ? 0 : -1;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+			int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+			for (int i = 0; i < k; i++) {
+				int pfd;
+				memcpy(&pfd, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+				close(pfd);
+				if (fds)
+					(*fds)++;
+			}
+		}
+	return n;
+}
+
+static uint16_t rtype(void)
+{
+	struct sp_hdr h;
+
+	memcpy(&h, rbuf, sizeof(h));
+	return h.type;
+}
+
+/* The daemon must close fd (no reply first) within 2 s. */
+static int cases, closed_ok;
+static void expect_closed(int fd, const char *what)
+{
+	ssize_t n = recv_dgram(fd, 2000, NULL);
+
+	cases++;
+	TU_CHECK(n >= 0, "%s: the daemon kept the connection open (2 s)", what);
+	TU_CHECK(n == 0, "%s: the daemon replied (type %u) instead of closing", what,
+		 (unsigned)rtype());
+	closed_ok++;
+	close(fd);
+}
+
+static int hello(void)
+{
+	struct sp_hello h = { .version = SP_PROTO_VERSION };
+	int fd = dial();
+
+	TU_CHECK(send_msg(fd, C_HELLO, &h, sizeof(h)) == 0, "send hello");
+	TU_CHECK(recv_dgram(fd, 2000, NULL) == sizeof(struct sp_hdr) + sizeof(struct sp_hello_r) &&
+		 rtype() == D_HELLO, "no D_HELLO for a valid C_HELLO");
+	return fd;
+}
+
+static uint64_t rnd_state = 0x9e3779b97f4a7c15ull;
+static uint64_t rnd(void)
+{
+	rnd_state ^= rnd_state << 13;
+	rnd_state ^= rnd_state >> 7;
+	rnd_state ^= rnd_state << 17;
+	return rnd_state;
+}
+
+/* ---- the daemon, seen from outside ---- */
+
+static pid_t dpid;
+
+static int daemon_fds(void)
+{
+	char path[64];
+	struct dirent *e;
+	int n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)dpid);
+	d = opendir(path);
+	TU_CHECK(d != NULL, "the daemon (%d) is gone", (int)dpid);
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+static struct tu_child A, B, C, D;
+static uintptr_t aa, ba, ca, da;
+
+static int merged2(void *arg)
+{
+	pid_t p[2] = { A.pid, B.pid };
+	uintptr_t a[2] = { aa, ba };
+
+	(void)arg;
+	return tu_frames(p, a, 2, N) <= N + 4;
+}
+
+static int merged3(void *arg)
+{
+	pid_t p[3] = { A.pid, B.pid, C.pid };
+	uintptr_t a[3] = { aa, ba, ca };
+
+	(void)arg;
+	return tu_frames(p, a, 3, N) <= N + 4;
+}
+
+static int merged_d(void *arg)
+{
+	pid_t p[2] = { D.pid, D.pid };
+	uintptr_t a[2] = { da, da + (size_t)N * PAGE };
+
+	(void)arg;
+	return tu_frames(p, a, 2, N) <= N + 4;
+}
+
+static void content_ok(struct tu_child *c, const char *who, const char *when)
+{
+	int ok = 0;
+
+	TU_CHECK(tu_send(c->wr, "v", 1) == 0 && tu_recv(c->rd, &ok, sizeof(ok)) == 0,
+		 "%s died (%s)", who, when);
+	TU_CHECK(ok, "%s's memory is wrong %s", who, when);
+}
+
+/* ---- the garbage ---- */
+
+static void garbage(void)
+{
+	unsigned char buf[100 << 10];
+	int fd;
+
+	/* Random bytes, before and after a valid hello. */
+	for (int i = 0; i < 40; i++) {
+		fd = i & 1 ? hello() : dial();
+		for (int k = 0; k < 1 + i % 5; k++) {
+			size_t n = 1 + rnd() % 2000;
+			for (size_t j = 0; j < n; j++)
+				buf[j] = (unsigned char)rnd();
+			if (send(fd, buf, n, MSG_NOSIGNAL) < 0)
+				break;
+		}
+		expect_closed(fd, "random bytes");
+	}
+	/* Headers whose length is huge, or not what came. */
+	{
+		static const uint32_t lens[] = { 0xffffffffu, 0x7fffffffu, SP_MAX_MSG, 9, 7, 0 };
+		struct sp_hello h = { .version = SP_PROTO_VERSION };
+		for (unsigned i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+			fd = dial();
+			send_raw(fd, C_HELLO, lens[i], &h, sizeof(h));
+			expect_closed(fd, "C_HELLO with a wrong header length");
+			fd = hello();
+			send_raw(fd, C_STAT, lens[i], &h, sizeof(struct sp_statreq));
+			expect_closed(fd, "C_STAT with a wrong header length");
+		}
+	}
+	/* A datagram larger than any message (the daemon's read truncates it). */
+	fd = hello();
+	memset(buf, 0, sizeof(buf));
+	TU_CHECK(send_msg(fd, C_LOOKUP, buf, sizeof(buf) - sizeof(struct sp_hdr)) == 0,
+		 "send 100 KiB: %m");
+	expect_closed(fd, "a 100 KiB datagram");
+	/* Wrong protocol version; a second hello. */
+	{
+		struct sp_hello h = { .version = SP_PROTO_VERSION + 1 };
+		fd = dial();
+		send_msg(fd, C_HELLO, &h, sizeof(h));
+		expect_closed(fd, "C_HELLO of another protocol version");
+		h.version = SP_PROTO_VERSION;
+		fd = hello();
+		send_msg(fd, C_HELLO, &h, sizeof(h));
+		expect_closed(fd, "a second C_HELLO");
+	}
+	/* Requests before hello. */
+	{
+		struct sp_statreq q = { 0 };
+		fd = dial();
+		send_msg(fd, C_STAT, &q, sizeof(q));
+		expect_closed(fd, "C_STAT before C_HELLO");
+	}
+	/* C_UNREF of pool pages never held (ids 0.. are A's and B's pages). */
+	{
+		struct { uint32_t n; uint32_t id[4]; } u = { 4, { 0, 1, 2, 0xfffffff0u } };
+		fd = hello();
+		send_msg(fd, C_UNREF, &u, sizeof(u));
+		expect_closed(fd, "C_UNREF of ids never held");
+		u.n = 1;
+		u.id[0] = N / 2;
+		fd = hello();
+		send_msg(fd, C_UNREF, &u, sizeof(uint32_t) * 2);
+		expect_closed(fd, "C_UNREF of one id never held");
+	}
+	/* C_LOOKUP whose count does not match its bytes. */
+	{
+		struct sp_lookup *l = (struct sp_lookup *)buf;
+		static const uint32_t counts[] = { 5, 2, 0xffffffffu, SP_MAX_LOOKUP + 1 };
+		for (unsigned i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
+			size_t have = counts[i] == SP_MAX_LOOKUP + 1 ? SP_MAX_LOOKUP + 1 : 3;
+			memset(buf, 0, sizeof(*l) + have * sizeof(l->e[0]));
+			l->n = counts[i];
+			fd = hello();
+			send_msg(fd, C_LOOKUP, l, sizeof(*l) + have * sizeof(l->e[0]));
+			expect_closed(fd, "C_LOOKUP with a count that does not match");
+		}
+		/* C_CREATE claiming more pages than it carries. */
+		struct sp_create *cr = (struct sp_create *)buf;
+		cr->n = 2;
+		fd = hello();
+		send_msg(fd, C_CREATE, cr, sizeof(*cr) + PAGE);
+		expect_closed(fd, "C_CREATE with a count that does not match");
+	}
+	/* C_GETSEG of segments that do not exist: an error, never a segment. */
+	{
+		static const uint32_t segs[] = { 1, 7, POOL_MAX_SEGS - 1, POOL_MAX_SEGS, 0xffffffffu };
+		for (unsigned i = 0; i < sizeof(segs) / sizeof(segs[0]); i++) {
+			struct sp_getseg g = { .seg = segs[i] };
+			int fds = 0;
+			ssize_t n;
+			fd = hello();
+			send_msg(fd, C_GETSEG, &g, sizeof(g));
+			n = recv_dgram(fd, 2000, &fds);
+			cases++;
+			TU_CHECK(n >= 0, "C_GETSEG %u: no answer in 2 s", segs[i]);
+			TU_CHECK(!fds, "C_GETSEG %u of no segment passed a descriptor", segs[i]);
+			if (n > 0) {
+				struct sp_ack ack;
+				TU_CHECK(rtype() == D_ACK && n == sizeof(struct sp_hdr) + sizeof(ack),
+					 "C_GETSEG %u: reply type %u", segs[i], (unsigned)rtype());
+				memcpy(&ack, rbuf + sizeof(struct sp_hdr), sizeof(ack));
+				TU_CHECK(ack.err < 0, "C_GETSEG %u: error %d", segs[i], ack.err);
+				printf("C_GETSEG %u: refused with %s, connection kept\n", segs[i],
+				       strerror(-ack.err));
+			} else {
+				printf("C_GETSEG %u: connection closed\n", segs[i]);
+			}
+			close(fd);
+		}
+	}
+	/* Segment 0 exists (A's and B's pages): the same user may read it, but
+	 * no one may change a pool page that others map. */
+	{
+		struct sp_getseg g = { .seg = 0 };
+		union { char b[CMSG_SPACE(sizeof(int))]; struct cmsghdr a; } cb;
+		struct iovec iov = { rbuf, sizeof(rbuf) };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.b,
+				     .msg_controllen = sizeof(cb.b) };
+		char path[64];
+		int sfd = -1, rw;
+		void *m;
+		fd = hello();
+		send_msg(fd, C_GETSEG, &g, sizeof(g));
+		TU_CHECK(recvmsg(fd, &mh, MSG_CMSG_CLOEXEC) > 0 && rtype() == D_SEG &&
+			 CMSG_FIRSTHDR(&mh), "C_GETSEG 0: no segment");
+		memcpy(&sfd, CMSG_DATA(CMSG_FIRSTHDR(&mh)), sizeof(int));
+		TU_CHECK(pwrite(sfd, "x", 1, 0) < 0, "pwrite into the pool worked");
+		m = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, sfd, 0);
+		TU_CHECK(m == MAP_FAILED, "a writable shared mapping of the pool worked");
+		TU_CHECK(fallocate(sfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, PAGE) < 0,
+			 "punching a hole into the pool worked");
+		TU_CHECK(ftruncate(sfd, 0) < 0, "truncating the pool worked");
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", sfd);
+		rw = open(path, O_RDWR | O_CLOEXEC);
+		TU_CHECK(rw < 0 || pwrite(rw, "x", 1, 0) < 0,
+			 "writing the pool through a reopened descriptor worked");
+		if (rw >= 0)
+			close(rw);
+		close(sfd);
+		close(fd);
+		cases++;
+	}
+	/* C_ADOPT of a token that names no connection. */
+	{
+		struct sp_adopt ad = { .token = rnd() };
+		ssize_t n;
+		fd = hello();
+		send_msg(fd, C_ADOPT, &ad, sizeof(ad));
+		n = recv_dgram(fd, 2000, NULL);
+		cases++;
+		TU_CHECK(n == 0 || (n > 0 && rtype() == D_ACK &&
+				    ((struct sp_ack *)(rbuf + sizeof(struct sp_hdr)))->err < 0),
+			 "C_ADOPT of a made-up token was accepted");
+		close(fd);
+	}
+	/* Reply types, and types that do not exist, in a stream. */
+	{
+		static const uint16_t types[] = { D_HELLO, D_BUDGET, D_LOOKUP, D_CREATE, D_SEG,
+						  D_ACK, D_STAT, 0, 11, 99, 107, 0xffff };
+		static const size_t sizes[] = { sizeof(struct sp_hello_r), sizeof(struct sp_budget_r),
+						4, 4, sizeof(struct sp_seg_r), sizeof(struct sp_ack),
+						sizeof(struct sp_stat_r), 8, 8, 8, 8, 8 };
+		memset(buf, 0, sizeof(buf));
+		for (unsigned i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+			fd = i & 1 ? dial() : hello();
+			for (unsigned j = i; j < sizeof(types) / sizeof(types[0]); j++)
+				if (send_msg(fd, types[j], buf, sizes[j]) < 0)
+					break;
+			expect_closed(fd, "a stream of reply or unknown types");
+		}
+	}
+	/* Descriptors passed to the daemon: it must not keep them. */
+	for (int i = 0; i < 20; i++) {
+		union { char b[CMSG_SPACE(3 * sizeof(int))]; struct cmsghdr a; } cb;
+		struct sp_hdr h = { .type = C_HELLO, .len = sizeof(struct sp_hello) };
+		struct sp_hello he = { .version = SP_PROTO_VERSION };
+		struct iovec iov[2] = { { &h, sizeof(h) }, { &he, sizeof(he) } };
+		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2, .msg_control = cb.b,
+				     .msg_controllen = CMSG_SPACE((1 + i % 3) * sizeof(int)) };
+		struct cmsghdr *cm;
+		int pass[3];
+		fd = dial();
+		memset(&cb, 0, sizeof(cb));
+		cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN((1 + i % 3) * sizeof(int));
+		for (int k = 0; k < 3; k++)
+			pass[k] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		memcpy(CMSG_DATA(cm), pass, (1 + i % 3) * sizeof(int));
+		TU_CHECK(sendmsg(fd, &mh, MSG_NOSIGNAL) > 0, "sendmsg with descriptors: %m");
+		for (int k = 0; k < 3; k++)
+			close(pass[k]);
+		recv_dgram(fd, 2000, NULL); /* D_HELLO, or closed */
+		close(fd);
+	}
+}
+
+/* 1000 connections that stop mid-conversation. */
+static void short_conns(void)
+{
+	struct { struct sp_lookup l; struct sp_lookup_ent e[16]; } look;
+	unsigned char create[sizeof(struct sp_create) + 2 * PAGE];
+	struct sp_create *cr = (struct sp_create *)create;
+	struct sp_hello h = { .version = SP_PROTO_VERSION };
+	struct sp_budget b = { .want = 512, .st = { .mergeable = 1 } };
+
+	/* Real hashes of A's pages: stable hits take references for us. */
+	look.l.n = 16;
+	look.l.pad = 0;
+	for (int i = 0; i < 16; i++) {
+		look.e[i].hash = XXH3_64bits(ref + (size_t)(i * 61 % N) * PAGE, PAGE);
+		look.e[i].addr = 0x10000000ull + (uint64_t)i * PAGE;
+	}
+	cr->n = 2;
+	cr->pad = 0;
+	memcpy(cr->data, ref + 3 * PAGE, PAGE);
+	memcpy(cr->data + PAGE, ref + 4 * PAGE, PAGE);
+	for (int i = 0; i < 1000; i++) {
+		int fd = dial();
+		switch (i % 8) {
+		case 0: /* nothing at all */
+			break;
+		case 1: /* a header promising a payload that never comes */
+			send_raw(fd, C_HELLO, sizeof(h), NULL, 0);
+			break;
+		case 2: /* half a hello */
+			send_raw(fd, C_HELLO, sizeof(h), &h, sizeof(h) / 2);
+			break;
+		case 3: /* hello, gone before the reply */
+			send_msg(fd, C_HELLO, &h, sizeof(h));
+			break;
+		case 4: /* lookups that take references, gone before the reply */
+			send_msg(fd, C_HELLO, &h, sizeof(h));
+			send_msg(fd, C_LOOKUP, &look, sizeof(look));
+			break;
+		case 5: /* lookups that take references, reply read, gone without C_UNREF */
+			send_msg(fd, C_HELLO, &h, sizeof(h));
+			recv_dgram(fd, 2000, NULL);
+			send_msg(fd, C_LOOKUP, &look, sizeof(look));
+			recv_dgram(fd, 2000, NULL);
+			/* and half of an unref */
+			send_raw(fd, C_UNREF, 8, "\x01\x00\x00\x00", 4);
+			break;
+		case 6: /* pages of A's content created (a stable hit), then gone */
+			send_msg(fd, C_HELLO, &h, sizeof(h));
+			send_msg(fd, C_CREATE, create, sizeof(create));
+			break;
+		case 7: /* a budget request that says "mergeable", then gone */
+			send_msg(fd, C_HELLO, &h, sizeof(h));
+			send_msg(fd, C_BUDGET, &b, sizeof(b));
+			break;
+		}
+		close(fd);
+	}
+}
+
+int main(void)
+{
+	struct samepage_stat st;
+	int fds0, fds1;
+	pid_t d2;
+	double t0;
+
+	setvbuf(stdout, NULL, _IOLBF, 0); /* nothing pending when we fork */
+	tu_require_merging();
+	tu_private_daemon();
+	alarm(150);
+	signal(SIGPIPE, SIG_IGN);
+	sock_path = getenv("SAMEPAGE_SOCKET");
+	tu_fill(ref, sizeof(ref), SEED);
+
+	tu_spawn(&A, holder, (void *)1);
+	tu_spawn(&B, holder, (void *)1);
+	TU_CHECK(tu_recv(A.rd, &aa, sizeof(aa)) == 0 && tu_recv(B.rd, &ba, sizeof(ba)) == 0,
+		 "A or B died");
+	TU_CHECK(tu_wait(merged2, NULL, 30), "A and B not merged after 30 s");
+	dpid = tu_daemon_pid();
+	TU_CHECK(dpid > 0, "no daemon");
+	usleep(300000);
+	fds0 = daemon_fds();
+	printf("A and B merged; daemon %d has %d descriptors\n", (int)dpid, fds0);
+
+	t0 = tu_now();
+	garbage();
+	printf("%d malformed conversations: the daemon closed each one (%.2f s)\n", closed_ok,
+	       tu_now() - t0);
+	t0 = tu_now();
+	short_conns();
+	printf("1000 connections that stopped mid-conversation (%.2f s)\n", tu_now() - t0);
+
+	TU_CHECK(kill(dpid, 0) == 0, "the daemon died");
+	d2 = tu_daemon_pid();
+	TU_CHECK(d2 == dpid, "the daemon was replaced (%d, was %d)", (int)d2, (int)dpid);
+	/* Closing is asynchronous: give it a moment. */
+	for (int i = 0; i < 40 && (fds1 = daemon_fds()) > fds0; i++)
+		usleep(50000);
+	TU_CHECK(fds1 <= fds0, "the daemon holds %d descriptors, %d before the garbage", fds1,
+		 fds0);
+	TU_CHECK(merged2(NULL), "A and B lost their merge");
+	content_ok(&A, "A", "after the garbage");
+	content_ok(&B, "B", "after the garbage");
+
+	/* A third process merges with them; a fourth merges new content. */
+	tu_spawn(&C, holder, (void *)1);
+	TU_CHECK(tu_recv(C.rd, &ca, sizeof(ca)) == 0, "C died");
+	t0 = tu_now();
+	TU_CHECK(tu_wait(merged3, NULL, 30), "C did not merge with A and B in 30 s");
+	printf("C merged with A and B in %.2f s\n", tu_now() - t0);
+	tu_spawn(&D, holder, (void *)2);
+	TU_CHECK(tu_recv(D.rd, &da, sizeof(da)) == 0, "D died");
+	TU_CHECK(tu_wait(merged_d, NULL, 30), "D's new content did not merge in 30 s");
+	TU_CHECK(merged3(NULL), "A, B and C lost their merge");
+	content_ok(&A, "A", "after D merged new content");
+	content_ok(&B, "B", "after D merged new content");
+	content_ok(&C, "C", "after D merged new content");
+	content_ok(&D, "D", "after merging");
+	TU_CHECK(samepage_stat(&st) == 0, "samepage_stat");
+	printf("pool_pages %llu (want %u), pages_sharing %llu (want %u), processes %llu\n",
+	       (unsigned long long)st.pool_pages, 2 * N, (unsigned long long)st.pages_sharing,
+	       3 * N, (unsigned long long)st.processes);
+	/* A, B, C: N references each on N pages; D: 2N on N pages. Anything
+	 * else is a reference the garbage left behind or took away. */
+	TU_CHECK(st.pool_pages <= 2 * N + 8 && st.pool_pages >= 2 * N - 8,
+		 "pool_pages %llu, want %u", (unsigned long long)st.pool_pages, 2 * N);
+	TU_CHECK(st.pages_sharing + 8 >= 3 * N && st.pages_sharing <= 3 * N + 8,
+		 "pages_sharing %llu, want %u: references of the garbage connections were kept "
+		 "or dropped", (unsigned long long)st.pages_sharing, 3 * N);
+	TU_CHECK(tu_daemon_pid() == dpid, "the daemon changed");
+	struct tu_child *all[] = { &A, &B, &C, &D };
+	for (int i = 0; i < 4; i++) {
+		tu_send(all[i]->wr, "q", 1);
+		TU_CHECK(tu_reap(all[i]) == 0, "process %d exit", i);
+	}
+	return 0;
+}
