@@ -9,33 +9,39 @@
  * slow in a VM). They mark the memory with madvise(MADV_MERGEABLE):
  *   samepage:   madvise() — libsamepage's, which this binary links, exactly
  *               what a program under `samepage run` gets;
- *   kernel KSM: syscall(SYS_madvise) — straight to the kernel, libsamepage
- *               never sees it (and never starts in that process).
+ *   kernel KSM: syscall(SYS_madvise) — straight to the kernel; libsamepage
+ *               never starts in that process.
  *
  * Both mergers get the same budget: samepage's knobs and the kernel's are
  * set to pages_to_scan=100000, sleep_millisecs=0 (kernel: smart_scan=0).
+ * samepage gets a daemon of its own (SAMEPAGE_SOCKET in a fresh directory).
  *
- * Measured, never taken from either implementation's own counters where a
- * ground truth exists:
- *   - wall time from the madvise to "every page of process 0 has the same
- *     page frame as process 1's page at the same offset" (pagemap PFNs);
- *   - CPU spent meanwhile (schedstat, ns): ksmd, or samepaged + every
- *     thread of the two workloads (its scanner threads, mostly); the
- *     workloads' own CPU is counted for the kernel too;
- *   - distinct page frames before and after (memory saved);
- *   - the first write to a merged page: one byte into each of W merged
- *     pages (default 10000), ns per write, then the same pages again
- *     (already private: no fault) as the baseline;
- *   - pool size, VMA count of a workload, bookkeeping memory;
+ * Measured from the outside, never taken from either implementation's own
+ * counters where a ground truth exists:
+ *   - wall time from the madvise until every page of process 0 has the same
+ *     page frame as process 1's page at that offset (pagemap, every 10 ms);
+ *   - CPU spent meanwhile (schedstat, ns): ksmd, or samepaged plus the
+ *     workloads' threads other than main (samepage's scanners); the
+ *     workloads' main threads for both; and the rest of the machine's busy
+ *     time, which tells whether someone else disturbed the run;
+ *   - distinct page frames before and after (the memory saved), the pool
+ *     size, the VMA count of a workload, bookkeeping memory;
+ *   - the first write to a merged page: one byte into each of W merged pages
+ *     per process (default 10000), ns per write, once with the merger paused
+ *     (run=0: the fault alone) and once with it running, each followed by
+ *     the same writes again (the pages are private by then: the baseline);
  *   - that both processes still hold exactly their bytes afterwards.
+ * Each number is the median of R runs (default 3), samepage and kernel
+ * alternating; each run waits (up to --quiet-wait s) for an idle machine.
  *
  * Needs root: page frame numbers in /proc/PID/pagemap, ksmd's schedstat,
  * /sys/kernel/mm/ksm. Kernel KSM is switched on only while measured and
  * always switched off again (run=2, wait for pages_shared=0, run=0; the
- * knobs it changed are restored), also on errors and SIGINT/SIGTERM.
+ * knobs it changed are restored), also on errors and SIGINT/SIGTERM/SIGHUP.
+ * It refuses to touch a kernel KSM that is already on.
  *
- *   build/bench/ksm_compare [--mib S] [--writes W] [--timeout SEC]
- *                           [--only samepage|kernel] [--samepage-default-knobs]
+ *   build/bench/ksm_compare [--mib S] [--writes W] [--repeat R] [--timeout SEC]
+ *       [--quiet-wait SEC] [--only samepage|kernel] [--samepage-default-knobs]
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -384,13 +390,24 @@ static long long sp_status(const char *key)
 	return json_get(out, key);
 }
 
-static void sp_daemon_stop(void)
+/* Stop our daemon and remove its directory. */
+static void sp_teardown(void)
 {
+	char p[128];
+
 	if (sp_daemon > 0) {
 		kill(sp_daemon, SIGTERM);
 		for (int i = 0; i < 100 && kill(sp_daemon, 0) == 0; i++)
 			sleep_ms(10);
 		sp_daemon = 0;
+	}
+	if (sp_dir[0]) {
+		snprintf(p, sizeof(p), "%s/sock", sp_dir);
+		unlink(p);
+		snprintf(p, sizeof(p), "%s/sock.lock", sp_dir);
+		unlink(p);
+		rmdir(sp_dir);
+		sp_dir[0] = 0;
 	}
 }
 
@@ -460,15 +477,7 @@ static void cleanup(void)
 	if (getpid() != owner)
 		return; /* a worker exiting through exit(): not our job */
 	ksm_off();
-	sp_daemon_stop();
-	if (sp_dir[0]) {
-		char p[128];
-		snprintf(p, sizeof(p), "%s/sock", sp_dir);
-		unlink(p);
-		snprintf(p, sizeof(p), "%s/sock.lock", sp_dir);
-		unlink(p);
-		rmdir(sp_dir);
-	}
+	sp_teardown();
 }
 
 static void on_signal(int sig)
@@ -831,7 +840,7 @@ static void finish(struct run *r, struct result *res)
 	for (int i = 0; i < 200 && (res->pool_after_exit = (double)sp_status("pool_pages")) > 0;
 	     i++)
 		sleep_ms(10);
-	sp_daemon_stop();
+	sp_teardown();
 }
 
 static void measure(enum mode mode, const struct opts *o, struct result *res)

@@ -226,7 +226,9 @@ static int pool_page_mapped(const struct lib *l, uint32_t id)
 
 	for (size_t i = 0; i < l->vmas.n; i++) {
 		const struct vma *v = &l->vmas.v[i];
-		if (v->kind == VMA_POOL && v->ino == ino && idx >= v->pgoff &&
+		/* Private mappings only: our read-only shared views of the
+		 * segments map every page and hold nothing. */
+		if (v->kind == VMA_POOL && v->private_ && v->ino == ino && idx >= v->pgoff &&
 		    idx < v->pgoff + (v->end - v->start) / SP_PAGE)
 			return 1;
 	}
