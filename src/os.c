@@ -166,6 +166,9 @@ uintptr_t os_next_present(int pmfd, uintptr_t a, uintptr_t e)
 	struct sp_page_region r;
 	struct sp_pm_scan_arg arg = {
 		.size = sizeof(arg), .start = a, .end = e, .vec = (uintptr_t)&r, .vec_len = 1,
+		/* Stop at the first present page: without a limit the kernel
+		 * extends the region over every present page after it. */
+		.max_pages = 1,
 		.category_anyof_mask = SP_PAGE_IS_PRESENT | SP_PAGE_IS_SWAPPED,
 		.return_mask = SP_PAGE_IS_PRESENT | SP_PAGE_IS_SWAPPED,
 	};

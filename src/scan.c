@@ -667,7 +667,10 @@ static struct area *area_from(struct lib *l, uintptr_t cursor)
 	return NULL;
 }
 
-static void sleep_ms(struct lib *l, uint32_t ms)
+/* Wait ms with l->lock released. A kick (madvise, prctl, scan_now) cuts
+ * short only the rest between passes: waiting for budget ignores it, or a
+ * stale kick would spin on budget requests holding the lock. */
+static void sleep_ms(struct lib *l, uint32_t ms, int kickable)
 {
 	struct timespec ts;
 
@@ -678,7 +681,7 @@ static void sleep_ms(struct lib *l, uint32_t ms)
 		ts.tv_sec++;
 		ts.tv_nsec -= 1000000000;
 	}
-	while (!l->kick && !l->stop &&
+	while (!(kickable && l->kick) && !l->stop &&
 	       pthread_cond_timedwait(&l->wake, &l->lock, &ts) != ETIMEDOUT)
 		;
 }
@@ -709,7 +712,7 @@ static int walk(struct lib *l, struct pass *ps)
 		if (g < 0)
 			return (int)g;
 		if (!g) {
-			sleep_ms(l, wait);
+			sleep_ms(l, wait ? wait : 1, 0);
 			continue; /* areas may have changed while we slept */
 		}
 		a = area_from(l, cursor); /* budget() may have unmerged */
@@ -822,7 +825,7 @@ void *scan_thread(void *arg)
 		int err = scan_pass(l);
 		pthread_mutex_lock(&l->lock);
 		if (!l->kick)
-			sleep_ms(l, err ? 1000 : (uint32_t)l->idle_ms);
+			sleep_ms(l, err ? 1000 : (uint32_t)l->idle_ms, 1);
 		l->kick = 0;
 		pthread_mutex_unlock(&l->lock);
 	}

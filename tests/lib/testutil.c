@@ -44,13 +44,17 @@ const char *tu_bin(const char *name)
 	static char path[PATH_MAX + 64];
 
 	if (!bin_dir[0]) {
-		/* build/tests/integration/NAME → build/bin */
+		/* build/tests/integration/NAME, build/bench/NAME → build/bin:
+		 * the nearest directory above us with bin/samepaged. */
+		char probe[PATH_MAX + 32];
 		ssize_t n = readlink("/proc/self/exe", bin_dir, sizeof(bin_dir) - 1);
 		if (n <= 0)
 			TU_FAIL("readlink /proc/self/exe");
 		bin_dir[n] = 0;
-		for (int i = 0; i < 3; i++)
+		do {
 			*strrchr(bin_dir, '/') = 0;
+			snprintf(probe, sizeof(probe), "%s/bin/samepaged", bin_dir);
+		} while (access(probe, X_OK) != 0 && strrchr(bin_dir, '/') && bin_dir[0]);
 		strcat(bin_dir, "/bin");
 	}
 	snprintf(path, sizeof(path), "%s/%s", bin_dir, name);
