@@ -176,7 +176,7 @@ void client_lost(struct lib *l)
 		struct area *a = &l->areas[i];
 		for (uintptr_t p = a->start; p < a->end; p += SP_PAGE) {
 			struct entry *e = &a->e[(p - a->start) / SP_PAGE];
-			if (e->state == E_MERGED)
+			if (e->state == E_MERGED || e->state == E_COWED)
 				entry_set(l, e, E_NEW);
 		}
 	}

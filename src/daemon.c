@@ -375,11 +375,10 @@ static int on_adopt(struct samepaged *d, struct conn *c, const struct sp_adopt *
 
 static void fill_global(struct samepaged *d, struct sp_global_stats *g)
 {
-	uint64_t rmap = 0;
+	uint64_t rmap = 0, cowed = 0;
 
 	memset(g, 0, sizeof(*g));
 	g->pages_shared = d->pool.pages_used;
-	g->pages_sharing = d->total_refs - d->pool.pages_used;
 	g->pages_unshared = unstable_count(&d->ix);
 	g->pages_scanned = d->pages_scanned;
 	g->full_scans = d->full_scans;
@@ -398,7 +397,11 @@ static void fill_global(struct samepaged *d, struct sp_global_stats *g)
 		g->vma_limited += c->st.vma_limited;
 		g->meta_bytes += map_bytes(&c->refs);
 		rmap += c->st.rmap_items;
+		cowed += c->st.cowed;
 	}
+	/* A reference held by a page written since (E_COWED) shares nothing. */
+	g->pages_sharing = d->total_refs - d->pool.pages_used;
+	g->pages_sharing = g->pages_sharing > cowed ? g->pages_sharing - cowed : 0;
 	g->general_profit = (int64_t)((g->pages_sharing + g->ksm_zero_pages) * SP_PAGE -
 				      (rmap * SP_ENTRY_BYTES + g->meta_bytes));
 }

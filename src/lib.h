@@ -23,11 +23,15 @@
 #include "pool.h"
 #include "proto.h"
 
-/* Per scanned page: kernel KSM's rmap_item, in 16 bytes. */
-enum entry_state { E_NEW, E_HASHED, E_MERGED, E_ZERO };
+/* Per scanned page: kernel KSM's rmap_item, in 16 bytes.
+ * E_COWED: merged, then written; the kernel gave it a private copy inside
+ * the pool mapping. It keeps its reference (the VMA still maps the pool
+ * page: invariant 2) until its whole VMA can be turned back into anonymous
+ * memory without splitting VMAs, or the memory goes. */
+enum entry_state { E_NEW, E_HASHED, E_MERGED, E_ZERO, E_COWED };
 struct entry {
 	uint64_t hash;   /* XXH3 at the last scan */
-	uint32_t pool;   /* E_MERGED: the pool page id whose reference we hold */
+	uint32_t pool;   /* E_MERGED/E_COWED: pool page id we hold a reference to */
 	uint32_t state;
 };
 _Static_assert(sizeof(struct entry) == SP_ENTRY_BYTES, "entry size is part of the counters");
@@ -52,7 +56,7 @@ struct segview {
 };
 
 struct lib_stats {
-	int64_t rmap_items, merging, zero;  /* entries by state, kept live */
+	int64_t rmap_items, merging, zero, cowed; /* entries by state, kept live */
 	uint64_t unshared, volatile_pages;  /* of the last complete pass */
 	uint64_t merge_vmas, vma_limited;
 };

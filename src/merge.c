@@ -266,7 +266,8 @@ static int page_prot(struct lib *l, uintptr_t p)
 
 int entry_mapped(const struct lib *l, const struct entry *e)
 {
-	return e->state == E_MERGED || (e->state == E_ZERO && !l->zero_page_ok);
+	return e->state == E_MERGED || e->state == E_COWED ||
+	       (e->state == E_ZERO && !l->zero_page_ok);
 }
 
 /* Runs of mapped entries (entry_mapped) in [s, e) with one protection, for fn. */
@@ -303,7 +304,7 @@ static void drop_refs(struct lib *l, struct area *a, uintptr_t s, uintptr_t e)
 	for (uintptr_t p = s; p < e; p += SP_PAGE) {
 		struct entry *en = &a->e[(p - a->start) / SP_PAGE];
 		/* Zero-segment pages hold no reference: that file is never reused. */
-		if (en->state == E_MERGED)
+		if ((en->state == E_MERGED || en->state == E_COWED) && en->pool != SP_POOL_NONE)
 			ids[n++] = en->pool;
 		entry_set(l, en, E_NEW);
 		if (n == CHUNK_PAGES) {

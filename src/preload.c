@@ -227,7 +227,7 @@ EXPORT pid_t fork(void)
 		/* Merged-page counters are not inherited (kernel semantics);
 		 * the child's first pass counts its own. */
 		l->st.unshared = l->st.volatile_pages = 0;
-		l->st.rmap_items = l->st.merging = l->st.zero = 0;
+		l->st.rmap_items = l->st.merging = l->st.zero = l->st.cowed = 0;
 		l->recount_pending = 1;
 		if (l->merge_any || l->nranges)
 			lib_start_scanner(l);

@@ -66,6 +66,7 @@ struct sp_hello_r {
 struct sp_proc_stats {
 	uint64_t rmap_items, zero_pages, merging_pages, unshared, volatile_pages;
 	uint64_t merge_vmas, vma_limited;
+	uint64_t cowed;      /* references held by pages written since merging */
 	uint32_t merge_any, mergeable;
 };
 

@@ -43,6 +43,8 @@ void entry_set(struct lib *l, struct entry *e, uint32_t state)
 		l->st.merging--;
 	if (e->state == E_ZERO)
 		l->st.zero--;
+	if (e->state == E_COWED)
+		l->st.cowed--;
 	e->state = state;
 	if (state != E_NEW)
 		l->st.rmap_items++;
@@ -50,6 +52,8 @@ void entry_set(struct lib *l, struct entry *e, uint32_t state)
 		l->st.merging++;
 	if (state == E_ZERO)
 		l->st.zero++;
+	if (state == E_COWED)
+		l->st.cowed++;
 }
 
 /* ---- areas ---- */
@@ -104,7 +108,7 @@ static void forget_entries(struct lib *l, struct area *a, uintptr_t s, uintptr_t
 {
 	for (uintptr_t p = s; p < e; p += SP_PAGE) {
 		struct entry *en = &a->e[(p - a->start) / SP_PAGE];
-		if (en->state == E_MERGED)
+		if ((en->state == E_MERGED || en->state == E_COWED) && en->pool != SP_POOL_NONE)
 			pend_release(l, en->pool);
 		entry_set(l, en, E_NEW);
 	}
@@ -326,9 +330,10 @@ static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, st
 
 	if (!*vc || p >= (*vc)->end || p < (*vc)->start)
 		*vc = os_vma_find(&l->vmas, p);
-	if (e->state == E_MERGED) {
+	if (e->state == E_MERGED || e->state == E_COWED) {
 		/* Written since it was merged: the kernel gave it a private copy. */
-		if (PM_PRESENT(pm) && !PM_FILE(pm) && *vc && (*vc)->kind == VMA_POOL) {
+		if (e->state == E_MERGED && PM_PRESENT(pm) && !PM_FILE(pm) && *vc &&
+		    (*vc)->kind == VMA_POOL) {
 			c->cow[c->ncow++] = p;
 			return;
 		}
@@ -338,9 +343,11 @@ static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, st
 		pend_release(l, e->pool);
 		entry_set(l, e, E_NEW);
 	}
-	if (e->state == E_ZERO && !l->zero_page_ok) {
+	if ((e->state == E_ZERO && !l->zero_page_ok) ||
+	    (e->state == E_COWED && e->pool == SP_POOL_NONE)) {
 		/* From the zero segment: written since (COW) means restore. */
-		if (PM_PRESENT(pm) && !PM_FILE(pm) && *vc && (*vc)->kind == VMA_POOL) {
+		if (e->state == E_ZERO && PM_PRESENT(pm) && !PM_FILE(pm) && *vc &&
+		    (*vc)->kind == VMA_POOL) {
 			c->cow[c->ncow++] = p;
 			return;
 		}
@@ -371,14 +378,40 @@ static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, st
 		c->look[c->nlook++] = (struct sp_lookup_ent){ .hash = h, .addr = p };
 }
 
-static void cow_restore(struct lib *l, struct area *a, struct chunk *c)
+/* Is every page of [s, e) a written copy (E_COWED)? */
+static int all_cowed(const struct area *a, uintptr_t s, uintptr_t e)
 {
-	for (uint32_t i = 0; i < c->ncow;) {
-		uint32_t j = i + 1;
-		while (j < c->ncow && c->cow[j] == c->cow[j - 1] + SP_PAGE)
-			j++;
-		merge_restore(l, a, c->cow[i], c->cow[j - 1] + SP_PAGE);
-		i = j;
+	for (uintptr_t p = s; p < e; p += SP_PAGE)
+		if (a->e[(p - a->start) / SP_PAGE].state != E_COWED)
+			return 0;
+	return 1;
+}
+
+/* Pages written since they were merged. Turning each back into anonymous
+ * memory at once would split its pool VMA in three (an application that
+ * writes every other page of a merged region would run out of
+ * vm.max_map_count); so a written page keeps its reference inside the pool
+ * mapping, and a VMA is restored whole, at no VMA cost, once every page of
+ * it has been written. */
+static void cow_settle(struct lib *l, struct area *a, struct chunk *c)
+{
+	uintptr_t done_end = 0;
+
+	for (uint32_t i = 0; i < c->ncow; i++) {
+		struct entry *e = entry_of(a, c->cow[i]);
+		if (e->state == E_ZERO)
+			e->pool = SP_POOL_NONE; /* zero-segment page: no reference */
+		entry_set(l, e, E_COWED);
+	}
+	for (uint32_t i = 0; i < c->ncow; i++) {
+		struct vma v;
+		uintptr_t p = c->cow[i];
+		if (p < done_end || os_vma_query(l->mapsfd, p, &v))
+			continue;
+		done_end = v.end;
+		if (v.start < a->start || v.end > a->end || !all_cowed(a, v.start, v.end))
+			continue;
+		merge_restore(l, a, v.start, v.end);
 	}
 }
 
@@ -569,7 +602,7 @@ static int scan_chunk(struct lib *l, struct area *a, uintptr_t s, uint32_t n, st
 	c->nlook = c->nzero = c->ncow = c->nm = c->ncreate = 0;
 	for (uint32_t i = 0; i < n; i++)
 		classify(l, a, s + (uintptr_t)i * SP_PAGE, l->pm[i], c, ps, &vc);
-	cow_restore(l, a, c);
+	cow_settle(l, a, c);
 	do_zero(l, a, c, ps);
 	err = do_lookup(l, c, ps);
 	if (!err)
@@ -623,6 +656,7 @@ void lib_fill_stats(struct lib *l, struct sp_proc_stats *st)
 	st->rmap_items = clamp(l->st.rmap_items);
 	st->zero_pages = clamp(l->st.zero);
 	st->merging_pages = clamp(l->st.merging);
+	st->cowed = clamp(l->st.cowed);
 	st->unshared = l->st.unshared;
 	st->volatile_pages = l->st.volatile_pages;
 	st->merge_vmas = l->st.merge_vmas;
@@ -776,13 +810,14 @@ static void debug_pass(struct lib *l, const struct pass *ps, int err)
 /* Counters from the entries themselves (a fork child's first pass). */
 static void recount(struct lib *l)
 {
-	l->st.rmap_items = l->st.merging = l->st.zero = 0;
+	l->st.rmap_items = l->st.merging = l->st.zero = l->st.cowed = 0;
 	for (uint32_t i = 0; i < l->nareas; i++) {
 		struct area *a = &l->areas[i];
 		for (size_t k = 0; k < (a->end - a->start) / SP_PAGE; k++) {
 			l->st.rmap_items += a->e[k].state != E_NEW;
 			l->st.merging += a->e[k].state == E_MERGED;
 			l->st.zero += a->e[k].state == E_ZERO;
+			l->st.cowed += a->e[k].state == E_COWED;
 		}
 	}
 }

@@ -5,9 +5,10 @@
  * Two processes hold the same 8 MiB and mark it mergeable with madvise()
  * (samepage's interposed one). Once merged (frames ≈ half):
  *  - a write in process 0 changes only its own copy: process 1 still reads
- *    its bytes, the written page has a frame of its own, and the scanner
- *    later turns that page back into plain anonymous memory (no longer a
- *    file page, no longer in a pool VMA) and ksm_merging_pages drops by one;
+ *    its bytes, the written page has a frame of its own (a private page, no
+ *    longer a file page), ksm_merging_pages drops by one once the scanner
+ *    sees it, and the process's VMAs are not split for it (the written copy
+ *    stays inside its pool mapping until the whole VMA is written);
  *  - madvise(MADV_UNMERGEABLE) over the whole range returns 0 and, when it
  *    returns, every page has a frame of its own again (2 × pages distinct
  *    frames over both processes), the content is unchanged and no VMA of the
@@ -60,7 +61,7 @@ static void answer(int wr, int ok, int err, int64_t v, const char *why)
 	tu_send(wr, &r, sizeof(r));
 }
 
-struct wait_drop { int64_t want; uintptr_t page; };
+struct wait_drop { int64_t want; uintptr_t page, start, end; int vmas; };
 
 static int dropped(void *arg)
 {
@@ -69,9 +70,9 @@ static int dropped(void *arg)
 
 	if (samepage_stat(&st) || (int64_t)st.ksm_merging_pages != w->want)
 		return 0;
-	/* Plain anonymous again: a private page, outside any pool VMA. */
+	/* A private page, and no VMA split for it. */
 	return !tu_is_file_page(getpid(), w->page) &&
-	       pool_vmas(getpid(), w->page, w->page + PAGE) == 0;
+	       pool_vmas(getpid(), w->start, w->end) == w->vmas;
 }
 
 static int child(int rd, int wr, void *arg)
@@ -80,6 +81,7 @@ static int child(int rd, int wr, void *arg)
 	unsigned char *p = tu_map(LEN), *ref = malloc(LEN);
 	uintptr_t a = (uintptr_t)p;
 	int64_t before = -1;
+	int vmas_before = -1;
 	char cmd;
 
 	if (!ref)
@@ -110,17 +112,19 @@ static int child(int rd, int wr, void *arg)
 				break;
 			}
 			before = (int64_t)st.ksm_merging_pages;
+			vmas_before = pool_vmas(getpid(), a, a + LEN);
 			p[(size_t)WPAGE * PAGE + 100] ^= 0xff;
 			ref[(size_t)WPAGE * PAGE + 100] ^= 0xff;
 			answer(wr, p[(size_t)WPAGE * PAGE + 100] == ref[(size_t)WPAGE * PAGE + 100] &&
 				   !memcmp(p, ref, LEN), 0, before, "write not seen by the writer");
 			break;
-		case 'd': { /* wait for the scanner to restore the written page */
-			struct wait_drop w = { before - 1, a + (uintptr_t)WPAGE * PAGE };
+		case 'd': { /* wait for the scanner to account for the written page */
+			struct wait_drop w = { before - 1, a + (uintptr_t)WPAGE * PAGE, a, a + LEN,
+					       vmas_before };
 			int ok = tu_wait(dropped, &w, 20);
 			samepage_stat(&st);
 			answer(wr, ok, 0, (int64_t)st.ksm_merging_pages,
-			       "written page not turned back into anonymous memory within 20 s");
+			       "written page not accounted as unmerged within 20 s (or VMAs split)");
 			break;
 		}
 		case 'u': { /* MADV_UNMERGEABLE through the interposed madvise() */
@@ -216,7 +220,7 @@ int main(void)
 			 tu_pfn(pids[1], addrs[1] + (uintptr_t)k * PAGE), "neighbour %u unmerged", k);
 	check_content("after the write"); /* process 1 unchanged, process 0 has its write */
 
-	/* The scanner turns the written page back into anonymous memory. */
+	/* The scanner sees the written page: no longer merging, no VMA split. */
 	r = ask(0, 'd');
 	TU_CHECK(r.ok, "process 0: %s (ksm_merging_pages %lld)", r.why, (long long)r.v);
 	r = ask(1, 's');
@@ -225,7 +229,7 @@ int main(void)
 	TU_CHECK(tu_frames(pids, addrs, NPROC, NPAGES) == NPAGES + 1,
 		 "after the write: %zu frames, want %u", tu_frames(pids, addrs, NPROC, NPAGES),
 		 NPAGES + 1);
-	check_content("after the written page was restored");
+	check_content("after the written page was accounted for");
 
 	/* ---- MADV_UNMERGEABLE ---- */
 	r = ask(0, 'u');
