@@ -5,6 +5,7 @@ set -eu
 need=()
 command -v cc >/dev/null || need+=(gcc)
 command -v make >/dev/null || need+=(make)
+[ -e /usr/include/stdio.h ] || need+=(libc6-dev)
 [ -e /usr/include/xxhash.h ] || need+=(libxxhash-dev)
 command -v fuser >/dev/null || need+=(psmisc)
 command -v bc >/dev/null || need+=(bc)
