@@ -43,27 +43,6 @@ extern char **environ;
 /* C's pipe ends, made by main before A exists. */
 static int c_down[2], c_up[2];
 
-/* A counter of the test's daemon, from `samepage status --json` (an
- * observer connection: it holds no memory and no references). */
-static long long cli_stat(const char *key)
-{
-	char cmd[4200], buf[8192], pat[64];
-	size_t n;
-	FILE *f;
-	char *p;
-
-	snprintf(cmd, sizeof(cmd), "%s status --json 2>/dev/null", tu_bin("samepage"));
-	f = popen(cmd, "r");
-	if (!f)
-		return -1;
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	pclose(f);
-	buf[n] = 0;
-	snprintf(pat, sizeof(pat), "\"%s\": ", key);
-	p = strstr(buf, pat);
-	return p ? atoll(p + strlen(pat)) : -1;
-}
-
 static int first_diff(const unsigned char *a, const unsigned char *b, size_t n)
 {
 	for (size_t pg = 0; pg < n / PAGE; pg++)
@@ -401,7 +380,7 @@ static long long want_le;
 static const char *want_key;
 static int stat_le(void *arg)
 {
-	long long v = cli_stat(want_key);
+	long long v = tu_status(want_key);
 
 	(void)arg;
 	return v >= 0 && v <= want_le;
@@ -541,7 +520,7 @@ int main(int argc, char **argv)
 	a_cmd('c');
 
 	/* 5: C exits: its references go, the pool keeps A's new pages only. */
-	pool0 = cli_stat("pool_pages");
+	pool0 = tu_status("pool_pages");
 	printf("pool_pages with C alive: %lld (C maps %zu of them)\n", pool0, c_pool_before);
 	SOFT_CHECK(pool0 >= (long long)(NT + c_pool_before) - 16,
 		   "pool_pages %lld: C's %zu pool pages not counted", pool0, c_pool_before);
@@ -551,13 +530,13 @@ int main(int argc, char **argv)
 	want_key = "pool_pages";
 	want_le = NT + 8;
 	TU_CHECK(tu_wait(stat_le, NULL, 5), "pool_pages %lld 5 s after C exited (want <= %u)",
-		 cli_stat("pool_pages"), NT + 8);
+		 tu_status("pool_pages"), NT + 8);
 	printf("C's references released %.2f s after its exit\n", tu_now() - t0);
 
 	/* 6: D, forked from A, holds a copy of A's references until it execs. */
-	sharing0 = cli_stat("pages_sharing");
+	sharing0 = tu_status("pages_sharing");
 	D = a_cmd('e').d;
-	sharing1 = cli_stat("pages_sharing");
+	sharing1 = tu_status("pages_sharing");
 	printf("pages_sharing before fork %lld, after fork %lld\n", sharing0, sharing1);
 	TU_CHECK(sharing1 >= sharing0 + 2 * (long long)NT - 16,
 		 "D's connection did not take over A's references");
@@ -569,7 +548,7 @@ int main(int argc, char **argv)
 	want_key = "pages_sharing";
 	want_le = sharing0;
 	TU_CHECK(tu_wait(stat_le, NULL, 5), "pages_sharing %lld 5 s after D's exec (want %lld)",
-		 cli_stat("pages_sharing"), sharing0);
+		 tu_status("pages_sharing"), sharing0);
 	TU_CHECK(kill(D, 0) == 0 && d_execed(), "D is gone: exec's release was not what we saw");
 	printf("D's references released %.2f s after exec, D still running\n", tu_now() - t0);
 	a_cmd('c');
@@ -581,7 +560,7 @@ int main(int argc, char **argv)
 	want_key = "pool_pages";
 	want_le = 0;
 	TU_CHECK(tu_wait(stat_le, NULL, 5), "pool_pages %lld 5 s after every holder exited",
-		 cli_stat("pool_pages"));
+		 tu_status("pool_pages"));
 	printf("pool_pages 0 %.2f s after A exited\n", tu_now() - t0);
 	kill(D, SIGKILL);
 
@@ -605,7 +584,7 @@ int main(int argc, char **argv)
 		TU_CHECK(tu_wait(stat_le, NULL, 5), "daemon still counts X");
 		tu_spawn(&Y, unique_holder, (void *)1);
 		TU_CHECK(tu_recv(Y.rd, &n, sizeof(n)) == 0, "Y died");
-		printf("Y: %d of %u pages merged, pool_pages %lld\n", n, NX, cli_stat("pool_pages"));
+		printf("Y: %d of %u pages merged, pool_pages %lld\n", n, NX, tu_status("pool_pages"));
 		SOFT_CHECK(n == 0, "Y's %d pages, whose content no live process shares, were merged "
 			   "into pool pages only Y maps: they matched unstable-index entries left "
 			   "by X, which had exited (the daemon keeps a closed connection's unstable "

@@ -129,24 +129,6 @@ static int vmas(pid_t pid)
 	return n;
 }
 
-static long long cli_stat(const char *key)
-{
-	char cmd[4200], buf[8192], pat[64];
-	size_t n;
-	FILE *f;
-	char *p;
-
-	snprintf(cmd, sizeof(cmd), "%s status --json 2>/dev/null", tu_bin("samepage"));
-	f = popen(cmd, "r");
-	if (!f)
-		return -1;
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	pclose(f);
-	buf[n] = 0;
-	snprintf(pat, sizeof(pat), "\"%s\": ", key);
-	p = strstr(buf, pat);
-	return p ? atoll(p + strlen(pat)) : -1;
-}
 
 static size_t frames(void)
 {
@@ -202,10 +184,10 @@ static int test(void)
 		}
 		usleep(2000);
 	}
-	limited = cli_stat("vma_limited");
+	limited = tu_status("vma_limited");
 	printf("merging stopped after %.1f s: %zu frames for %u pages x 2 (%zu merged); "
 	       "most VMAs: A %d, B %d; vma_limited %lld; merge_vmas %lld\n",
-	       last_change - t0, f, N, 2 * N - f, maxa, maxb, limited, cli_stat("merge_vmas"));
+	       last_change - t0, f, N, 2 * N - f, maxa, maxb, limited, tu_status("merge_vmas"));
 	TU_CHECK(2 * N - f >= (size_t)cap / 4, "only %zu pages merged before merging stopped",
 		 2 * N - f);
 	TU_CHECK(f > N + 8, "all pages merged: no budget needed (runs formed?), test inconclusive");

@@ -123,6 +123,25 @@ int tu_cli(const char *args)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
+long long tu_status(const char *key)
+{
+	char cmd[4200], buf[8192], pat[64];
+	size_t n;
+	FILE *f;
+	char *p;
+
+	snprintf(cmd, sizeof(cmd), "%s status --json 2>/dev/null", tu_bin("samepage"));
+	f = popen(cmd, "r");
+	if (!f)
+		return -1;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	pclose(f);
+	buf[n] = 0;
+	snprintf(pat, sizeof(pat), "\"%s\": ", key);
+	p = strstr(buf, pat);
+	return p ? atoll(p + strlen(pat)) : -1;
+}
+
 void tu_fill(void *p, size_t len, uint64_t seed)
 {
 	uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1, *q = p;

@@ -42,6 +42,9 @@ void tu_private_daemon(void);
 const char *tu_bin(const char *name);
 /* Run `samepage ARGS` with this test's socket; returns its exit status. */
 int tu_cli(const char *args);
+/* A counter or knob of this test's daemon, from `samepage status --json`;
+ * -1 when missing. */
+long long tu_status(const char *key);
 /* PID of the private daemon, or 0. */
 pid_t tu_daemon_pid(void);
 
