@@ -337,8 +337,13 @@ static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, st
 			c->cow[c->ncow++] = p;
 			return;
 		}
-		if (maps_pool_page(l, *vc, p, e->pool))
-			return; /* still merged (perhaps not faulted in, after fork) */
+		if (maps_pool_page(l, *vc, p, e->pool)) {
+			/* Still mapped (a merged page perhaps not faulted in, after
+			 * fork); a written one may now complete its VMA. */
+			if (e->state == E_COWED)
+				c->cow[c->ncow++] = p;
+			return;
+		}
 		/* Replaced behind our back (an unwrapped munmap or mmap). */
 		pend_release(l, e->pool);
 		entry_set(l, e, E_NEW);
@@ -351,8 +356,11 @@ static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, st
 			c->cow[c->ncow++] = p;
 			return;
 		}
-		if (*vc && (*vc)->kind == VMA_POOL)
+		if (*vc && (*vc)->kind == VMA_POOL) {
+			if (e->state == E_COWED)
+				c->cow[c->ncow++] = p;
 			return;
+		}
 		entry_set(l, e, E_NEW); /* replaced behind our back */
 	} else if (e->state == E_ZERO) {
 		if (!(PM_PRESENT(pm) && PM_EXCLUSIVE(pm) && !PM_FILE(pm)))
@@ -387,7 +395,8 @@ static int all_cowed(const struct area *a, uintptr_t s, uintptr_t e)
 	return 1;
 }
 
-/* Pages written since they were merged. Turning each back into anonymous
+/* Pages written since they were merged (c->cow: newly written ones, and
+ * ones written earlier whose VMA may now be complete). Turning each back into anonymous
  * memory at once would split its pool VMA in three (an application that
  * writes every other page of a merged region would run out of
  * vm.max_map_count); so a written page keeps its reference inside the pool
@@ -399,6 +408,8 @@ static void cow_settle(struct lib *l, struct area *a, struct chunk *c)
 
 	for (uint32_t i = 0; i < c->ncow; i++) {
 		struct entry *e = entry_of(a, c->cow[i]);
+		if (e->state == E_COWED)
+			continue; /* written in an earlier pass */
 		if (e->state == E_ZERO)
 			e->pool = SP_POOL_NONE; /* zero-segment page: no reference */
 		entry_set(l, e, E_COWED);

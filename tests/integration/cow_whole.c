@@ -1,0 +1,137 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Written merged pages, to the end: once every page of a merged VMA has
+ * been written, the scanner turns the whole VMA back into anonymous memory
+ * (no pool mapping left in the range, content intact) and drops its
+ * references; once both processes have written everything, the pool is
+ * empty. Before that, written pages neither count as merging nor split
+ * VMAs.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "samepage.h"
+#include "testutil.h"
+
+#define NPAGES 256u
+#define LEN ((size_t)NPAGES * PAGE)
+
+/* Lines of our maps that map the pool inside [s, e). */
+static int pool_vmas(uintptr_t s, uintptr_t e)
+{
+	char line[512];
+	int n = 0;
+	FILE *f = fopen("/proc/self/maps", "r");
+
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned long vs, ve;
+		if (sscanf(line, "%lx-%lx", &vs, &ve) == 2 && vs < e && ve > s &&
+		    strstr(line, "samepage-pool"))
+			n++;
+	}
+	if (f)
+		fclose(f);
+	return n;
+}
+
+struct range { uintptr_t s, e; };
+
+static int restored(void *arg)
+{
+	struct range *r = arg;
+
+	samepage_scan_now();
+	return pool_vmas(r->s, r->e) == 0;
+}
+
+static int pool_empty(void *arg)
+{
+	(void)arg;
+	return tu_status("pool_pages") == 0;
+}
+
+static int child(int rd, int wr, void *arg)
+{
+	unsigned char *p = tu_map(LEN), *ref = malloc(LEN);
+	struct range r = { (uintptr_t)p, (uintptr_t)p + LEN };
+	struct samepage_stat st;
+	char cmd;
+	int ok;
+	(void)arg;
+
+	tu_fill(p, LEN, 99);
+	memcpy(ref, p, LEN);
+	TU_CHECK(madvise(p, LEN, MADV_MERGEABLE) == 0, "madvise");
+	tu_send(wr, &r.s, sizeof(r.s));
+	tu_recv(rd, &cmd, 1); /* merged */
+	TU_CHECK(pool_vmas(r.s, r.e) >= 1, "merged but no pool VMA");
+	int before = pool_vmas(r.s, r.e);
+	/* Every other page first: no VMA split, merging count drops. */
+	for (uint32_t i = 0; i < NPAGES; i += 2)
+		p[(size_t)i * PAGE] = ref[(size_t)i * PAGE] ^= 0x5a;
+	samepage_scan_now();
+	TU_CHECK(samepage_stat(&st) == 0 && st.ksm_merging_pages == NPAGES / 2,
+		 "ksm_merging_pages %llu after writing half, want %u",
+		 (unsigned long long)st.ksm_merging_pages, NPAGES / 2);
+	TU_CHECK(pool_vmas(r.s, r.e) == before, "writes split the pool VMAs: %d, were %d",
+		 pool_vmas(r.s, r.e), before);
+	/* Then the rest: the whole VMA goes back to anonymous memory. */
+	for (uint32_t i = 1; i < NPAGES; i += 2)
+		p[(size_t)i * PAGE] = ref[(size_t)i * PAGE] ^= 0x5a;
+	ok = tu_wait(restored, &r, 20);
+	TU_CHECK(ok, "fully written VMA still maps the pool (%d VMAs)", pool_vmas(r.s, r.e));
+	TU_CHECK(!memcmp(p, ref, LEN), "content after the restore");
+	TU_CHECK(samepage_stat(&st) == 0 && st.ksm_merging_pages == 0 && st.ksm_rmap_items,
+		 "ksm_merging_pages %llu after writing everything",
+		 (unsigned long long)st.ksm_merging_pages);
+	tu_send(wr, "d", 1);
+	tu_recv(rd, &cmd, 1);
+	TU_CHECK(!memcmp(p, ref, LEN), "content at the end");
+	return 0;
+}
+
+static int merged(void *arg)
+{
+	struct tu_child *c = arg;
+	pid_t pids[2] = { c[0].pid, c[1].pid };
+	uintptr_t *a = (uintptr_t *)&c[2];
+
+	return tu_frames(pids, a, 2, NPAGES) == NPAGES;
+}
+
+int main(void)
+{
+	struct tu_child c[3]; /* c[2] holds the two addresses */
+	uintptr_t *a = (uintptr_t *)&c[2];
+	char d;
+
+	tu_require_merging();
+	tu_private_daemon();
+	for (int i = 0; i < 2; i++)
+		tu_spawn(&c[i], child, NULL);
+	for (int i = 0; i < 2; i++)
+		TU_CHECK(tu_recv(c[i].rd, &a[i], sizeof(a[i])) == 0, "child %d died", i);
+	TU_CHECK(tu_wait(merged, c, 30), "not merged within 30 s");
+	TU_CHECK(tu_status("pool_pages") == NPAGES, "pool_pages %lld, want %u",
+		 tu_status("pool_pages"), NPAGES);
+	/* One after the other: the pool keeps its pages while one process
+	 * still maps them, and empties once both wrote everything. */
+	for (int i = 0; i < 2; i++) {
+		tu_send(c[i].wr, "m", 1);
+		TU_CHECK(tu_recv(c[i].rd, &d, 1) == 0, "child %d failed", i);
+		if (i == 0)
+			TU_CHECK(tu_status("pool_pages") == NPAGES,
+				 "pool_pages %lld while the other process maps them all",
+				 tu_status("pool_pages"));
+	}
+	TU_CHECK(tu_wait(pool_empty, NULL, 20), "pool_pages %lld after everything was written",
+		 tu_status("pool_pages"));
+	for (int i = 0; i < 2; i++) {
+		tu_send(c[i].wr, "q", 1);
+		TU_CHECK(tu_reap(&c[i]) == 0, "child %d exit", i);
+	}
+	return 0;
+}
