@@ -136,27 +136,33 @@ static int ranges_add(struct lib *l, uintptr_t s, uintptr_t e)
 	return 0;
 }
 
+/* In place: this runs on the application's stack. */
 static int ranges_remove(struct lib *l, uintptr_t s, uintptr_t e)
 {
-	struct range out[LIB_MAX_RANGES];
-	uint32_t n = 0;
+	struct range *r = l->ranges;
+	uint32_t i = 0, j;
 
-	for (uint32_t i = 0; i < l->nranges; i++) {
-		struct range r = l->ranges[i];
-		if (r.end <= s || r.start >= e) {
-			out[n++] = r;
-			continue;
-		}
-		if (r.start < s)
-			out[n++] = (struct range){ r.start, s };
-		if (r.end > e) {
-			if (n == LIB_MAX_RANGES)
-				return -ENOMEM;
-			out[n++] = (struct range){ e, r.end };
-		}
+	while (i < l->nranges && r[i].end <= s)
+		i++;
+	if (i == l->nranges || r[i].start >= e)
+		return 0;
+	if (r[i].start < s && r[i].end > e) { /* a hole in the middle of one range */
+		if (l->nranges == LIB_MAX_RANGES)
+			return -ENOMEM;
+		memmove(&r[i + 1], &r[i], (l->nranges - i) * sizeof(*r));
+		l->nranges++;
+		r[i].end = s;
+		r[i + 1].start = e;
+		return 0;
 	}
-	memcpy(l->ranges, out, n * sizeof(*out));
-	l->nranges = n;
+	if (r[i].start < s)
+		r[i++].end = s;
+	for (j = i; j < l->nranges && r[j].end <= e; j++)
+		; /* [i, j) lie inside [s, e) */
+	if (j < l->nranges && r[j].start < e)
+		r[j].start = e;
+	memmove(&r[i], &r[j], (l->nranges - j) * sizeof(*r));
+	l->nranges -= j - i;
 	return 0;
 }
 

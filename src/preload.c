@@ -186,16 +186,19 @@ EXPORT void *mremap(void *old, size_t oldlen, size_t len, int flags, ...)
 
 EXPORT pid_t fork(void)
 {
-	static pid_t (*real_fork)(void);
+	static pid_t (*real_fork)(void); /* resolved once; any thread may race to it */
+	pid_t (*rf)(void) = __atomic_load_n(&real_fork, __ATOMIC_ACQUIRE);
 	struct lib *l = lib_peek();
 	uint64_t token = 0;
 	int fd = -1;
 	pid_t pid;
 
-	if (!real_fork)
-		real_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
+	if (!rf) {
+		rf = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
+		__atomic_store_n(&real_fork, rf, __ATOMIC_RELEASE);
+	}
 	if (!l)
-		return real_fork();
+		return rf();
 	pthread_mutex_lock(&l->lock);
 	/* Invariant 2 across fork: the child's connection holds a copy of our
 	 * references before the child exists. Without one, the child's merged
@@ -205,7 +208,7 @@ EXPORT pid_t fork(void)
 		errno = ENOMEM;
 		return -1;
 	}
-	pid = real_fork();
+	pid = rf();
 	if (pid == 0) {
 		pthread_mutex_init(&l->lock, NULL);
 		pthread_cond_init(&l->wake, NULL);
@@ -274,11 +277,9 @@ EXPORT int execve(const char *path, char *const argv[], char *const envp[])
 
 EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
 {
-	static int (*real)(const char *, char *const[], char *const[]);
+	int (*real)(const char *, char *const[], char *const[]) =
+		(int (*)(const char *, char *const[], char *const[]))dlsym(RTLD_NEXT, "execvpe");
 	char *buf[4096];
 
-	if (!real)
-		real = (int (*)(const char *, char *const[], char *const[]))dlsym(RTLD_NEXT,
-										   "execvpe");
 	return real(file, argv, with_merge_env(envp, buf, 4096));
 }
