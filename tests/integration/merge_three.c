@@ -3,7 +3,8 @@
  * Three processes hold the same 16 MiB (plus a private page each) and mark
  * it MADV_MERGEABLE through samepage_madvise(). Merged means: the shared
  * pages of all three are backed by one frame each (pagemap PFNs), every
- * byte is still what each process wrote, and the counters agree.
+ * byte is still what each process wrote, a write is its writer's alone
+ * (COW), and core dumps would include the merged pages.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -31,6 +32,15 @@ static int child(int rd, int wr, void *arg)
 	tu_send(wr, &a, sizeof(a));
 	tu_recv(rd, &cmd, 1); /* parent saw it merged */
 	TU_CHECK(!memcmp(p, ref, NPAGES * PAGE), "content changed by merging");
+	/* Invariant 3: core dumps keep merged pages (private file mappings). */
+	{
+		FILE *f = fopen("/proc/self/coredump_filter", "r");
+		unsigned long filter = 0;
+		TU_CHECK(f && fscanf(f, "%lx", &filter) == 1, "coredump_filter");
+		fclose(f);
+		TU_CHECK(filter & 0x4, "coredump_filter %#lx lacks bit 2 (private file mappings)",
+			 filter);
+	}
 	/* COW: a write to a merged page is ours alone. */
 	p[0] = 0xee;
 	TU_CHECK(p[0] == 0xee && !memcmp(p + 1, ref + 1, NPAGES * PAGE - 1), "COW write");
