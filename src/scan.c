@@ -330,7 +330,7 @@ static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, st
 
 	if (!*vc || p >= (*vc)->end || p < (*vc)->start)
 		*vc = os_vma_find(&l->vmas, p);
-	if (e->state == E_MERGED || e->state == E_COWED) {
+	if (e->state == E_MERGED || (e->state == E_COWED && e->pool != SP_POOL_NONE)) {
 		/* Written since it was merged: the kernel gave it a private copy. */
 		if (e->state == E_MERGED && PM_PRESENT(pm) && !PM_FILE(pm) && *vc &&
 		    (*vc)->kind == VMA_POOL) {
