@@ -16,8 +16,8 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+#include <xxhash.h>
 
-#define TEXT_BYTES (1u << 20)
 #define STACK_BYTES (2u << 20) /* TSan wants ~1 MiB of a given stack */
 
 /* The one pointer to the context; written once under pthread_once. */
@@ -68,6 +68,8 @@ static void lib_create(void)
 	l->max_map_count = os_max_map_count();
 	l->debug = getenv("SAMEPAGE_DEBUG") && *getenv("SAMEPAGE_DEBUG") == '1';
 	l->zero_page_ok = os_has_zero_page(l->pmfd);
+	/* Once, not per page: the arena hands out zeroed memory. */
+	l->zero_hash = XXH3_64bits(l->stack, SP_PAGE);
 	l->uffd = os_uffd_open();
 	if (l->uffd < 0)
 		warn_uffd(l->uffd);

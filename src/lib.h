@@ -65,6 +65,7 @@ struct lib_stats {
 #define LIB_MAX_RANGES 4096
 #define LIB_MAX_PENDING 65536
 #define CHUNK_PAGES 512
+#define TEXT_BYTES (1u << 20)      /* /proc parsing buffer */
 
 struct lib {
 	struct arena arena;        /* this struct and all our memory live in it */
@@ -82,6 +83,7 @@ struct lib {
 	int debug;                 /* SAMEPAGE_DEBUG: a line per pass on stderr */
 	int zero_page_ok;          /* reading dropped memory maps the zero page here */
 	int zero_fd;               /* else zero pages map the daemon's zero segment */
+	uint64_t zero_hash;        /* XXH3 of an all-zero page */
 	uint64_t zero_ino;
 
 	int uffd;                  /* -errno when unavailable */

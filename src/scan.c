@@ -30,7 +30,6 @@
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
-#define TEXT_BYTES (1u << 20)
 #define IDLE_MAX_MS 2000
 
 void entry_set(struct lib *l, struct entry *e, uint32_t state)
@@ -308,13 +307,6 @@ static struct entry *entry_of(struct area *a, uintptr_t p)
 	return &a->e[(p - a->start) / SP_PAGE];
 }
 
-static uint64_t zero_hash(void)
-{
-	static const unsigned char z[SP_PAGE];
-
-	return XXH3_64bits(z, SP_PAGE);
-}
-
 /* Does v (the VMA at p) map pool page id at p? */
 static int maps_pool_page(const struct lib *l, const struct vma *v, uintptr_t p, uint32_t id)
 {
@@ -380,7 +372,7 @@ static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, st
 		ps->changed++;
 		return;
 	}
-	if (l->knobs.v[KNOB_USE_ZERO_PAGES] && h == zero_hash())
+	if (l->knobs.v[KNOB_USE_ZERO_PAGES] && h == l->zero_hash)
 		c->zero[c->nzero++] = p;
 	else
 		c->look[c->nlook++] = (struct sp_lookup_ent){ .hash = h, .addr = p };
