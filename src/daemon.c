@@ -150,6 +150,8 @@ static void conn_close(struct samepaged *d, struct conn *c)
 	close(c->fd);
 	/* Invariant 2: a closed connection (exit, exec) drops its whole set. */
 	refs_release_all(d, c);
+	if (c->rsv_next != c->rsv_end)
+		pool_unreserve(&d->pool, c->rsv_next, c->rsv_end - c->rsv_next);
 	map_del(&d->live, c->id);
 	free(c);
 	if (!d->conns)
@@ -298,6 +300,23 @@ static int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup
 	return reply(c, D_LOOKUP, r, sizeof(*r) + n * sizeof(uint32_t));
 }
 
+#define RESERVE_RUN 512u /* a scan chunk: what one process creates in a row */
+
+/* The next id of c's reservation (consecutive ids: one VMA per run in
+ * every process that maps them), else any free page. */
+static int64_t alloc_for(struct samepaged *d, struct conn *c, const void *data, uint64_t hash)
+{
+	if (c->rsv_next == c->rsv_end) {
+		uint32_t first, got;
+		if (pool_reserve(&d->pool, RESERVE_RUN, &first, &got))
+			return pool_alloc(&d->pool, data, hash);
+		c->rsv_next = first;
+		c->rsv_end = first + got;
+	}
+	pool_alloc_reserved(&d->pool, c->rsv_next, data, hash);
+	return c->rsv_next++;
+}
+
 static uint32_t create_one(struct samepaged *d, struct conn *c, const unsigned char *data)
 {
 	uint64_t hash = XXH3_64bits(data, SP_PAGE); /* never the process's word for it */
@@ -306,7 +325,7 @@ static uint32_t create_one(struct samepaged *d, struct conn *c, const unsigned c
 
 	if (id != SP_POOL_NONE && !memcmp(pool_data(&d->pool, id), data, SP_PAGE))
 		return ref_take(d, c, id) ? SP_POOL_NONE : id;
-	nid = pool_alloc(&d->pool, data, hash);
+	nid = alloc_for(d, c, data, hash);
 	if (nid < 0)
 		return SP_POOL_NONE;
 	if (stable_insert(&d->ix, &d->pool, (uint32_t)nid)) {

@@ -29,6 +29,7 @@ struct conn {
 	int unmerge_pending;  /* `samepage unmerge --pid` for this process */
 	uint64_t last_seen_ns; /* last budget request */
 	struct map refs;      /* pool id → VMA references this process holds */
+	uint32_t rsv_next, rsv_end; /* pool ids set aside for its next creations */
 	struct sp_proc_stats st;
 	struct conn *next;
 };

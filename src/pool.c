@@ -15,6 +15,7 @@
 
 #define SEG_BYTES ((size_t)SEG_PAGES * 4096)
 #define NO_PAGE UINT32_MAX
+#define RESERVED_PAGE (UINT32_MAX - 1) /* pool_page.next of a reserved slot */
 
 int pool_init(struct pool *p)
 {
@@ -64,6 +65,7 @@ static int seg_open(struct pool_seg *s)
 	if (s->pages == MAP_FAILED)
 		goto fail_win;
 	s->used = 0;
+	s->reserved = 0;
 	s->bump = 0;
 	s->free_head = NO_PAGE;
 	return 0;
@@ -115,6 +117,89 @@ static int pick_seg(struct pool *p, uint32_t *out)
 	return 0;
 }
 
+static void fill_page(struct pool *p, struct pool_seg *s, uint32_t idx, const void *data,
+		      uint64_t hash)
+{
+	/* Invariant 2: idx had refs == 0, so no VMA maps it while we rewrite it. */
+	memcpy(s->win + (size_t)idx * 4096, data, 4096);
+	s->pages[idx] = (struct pool_page){ .hash = hash, .refs = 0, .next = NO_PAGE };
+	s->used++;
+	p->pages_used++;
+}
+
+int pool_reserve(struct pool *p, uint32_t n, uint32_t *first, uint32_t *got)
+{
+	uint32_t si = POOL_MAX_SEGS;
+	int err;
+
+	/* The segment with the most never-used pages, so runs stay long. */
+	for (uint32_t i = 0; i < p->nsegs; i++)
+		if (p->segs[i].fd >= 0 && p->segs[i].bump < SEG_PAGES &&
+		    (si == POOL_MAX_SEGS || p->segs[i].bump < p->segs[si].bump))
+			si = i;
+	if (si == POOL_MAX_SEGS || SEG_PAGES - p->segs[si].bump < n) {
+		uint32_t fresh;
+		for (fresh = 0; fresh < p->nsegs && p->segs[fresh].fd >= 0; fresh++)
+			;
+		if (fresh == POOL_MAX_SEGS && si == POOL_MAX_SEGS)
+			return -ENOSPC;
+		if (fresh < POOL_MAX_SEGS) {
+			err = seg_open(&p->segs[fresh]);
+			if (!err) {
+				if (fresh == p->nsegs)
+					p->nsegs++;
+				p->segs_live++;
+				si = fresh;
+			} else if (si == POOL_MAX_SEGS) {
+				return err;
+			}
+		}
+	}
+	struct pool_seg *s = &p->segs[si];
+	*got = SEG_PAGES - s->bump < n ? SEG_PAGES - s->bump : n;
+	*first = si * SEG_PAGES + s->bump;
+	for (uint32_t i = 0; i < *got; i++)
+		s->pages[s->bump + i] = (struct pool_page){ .next = RESERVED_PAGE };
+	s->bump += *got;
+	s->reserved += *got;
+	return 0;
+}
+
+void pool_alloc_reserved(struct pool *p, uint32_t id, const void *data, uint64_t hash)
+{
+	struct pool_seg *s = &p->segs[id / SEG_PAGES];
+
+	s->reserved--;
+	fill_page(p, s, id % SEG_PAGES, data, hash);
+}
+
+static void seg_maybe_close(struct pool *p, uint32_t si)
+{
+	struct pool_seg *s = &p->segs[si];
+
+	/* Keep segment 0 as a warm spare; any other empty segment goes, and the
+	 * kernel frees its memory when the last process mapping closes. */
+	if (s->used || s->reserved || si == 0)
+		return;
+	seg_close(s);
+	p->segs_live--;
+	while (p->nsegs && p->segs[p->nsegs - 1].fd < 0)
+		p->nsegs--;
+}
+
+void pool_unreserve(struct pool *p, uint32_t first, uint32_t n)
+{
+	struct pool_seg *s = &p->segs[first / SEG_PAGES];
+
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t idx = first % SEG_PAGES + i;
+		s->pages[idx] = (struct pool_page){ .next = s->free_head };
+		s->free_head = idx;
+	}
+	s->reserved -= n;
+	seg_maybe_close(p, first / SEG_PAGES);
+}
+
 int64_t pool_alloc(struct pool *p, const void *data, uint64_t hash)
 {
 	uint32_t si, idx;
@@ -130,11 +215,7 @@ int64_t pool_alloc(struct pool *p, const void *data, uint64_t hash)
 	} else {
 		idx = s->bump++;
 	}
-	/* Invariant 2: idx had refs == 0, so no VMA maps it while we rewrite it. */
-	memcpy(s->win + (size_t)idx * 4096, data, 4096);
-	s->pages[idx] = (struct pool_page){ .hash = hash, .refs = 0, .next = NO_PAGE };
-	s->used++;
-	p->pages_used++;
+	fill_page(p, s, idx, data, hash);
 	return (int64_t)si * SEG_PAGES + idx;
 }
 
@@ -148,14 +229,7 @@ void pool_free(struct pool *p, uint32_t id)
 	s->free_head = idx;
 	s->used--;
 	p->pages_used--;
-	/* Keep segment 0 as a warm spare; any other empty segment goes, and the
-	 * kernel frees its memory when the last process mapping closes. */
-	if (!s->used && id / SEG_PAGES != 0) {
-		seg_close(s);
-		p->segs_live--;
-		while (p->nsegs && p->segs[p->nsegs - 1].fd < 0)
-			p->nsegs--;
-	}
+	seg_maybe_close(p, id / SEG_PAGES);
 }
 
 static int page_live(const struct pool_seg *s, uint32_t idx)
@@ -166,6 +240,8 @@ static int page_live(const struct pool_seg *s, uint32_t idx)
 	 * can also be 0, so walk the list only in that rare case. */
 	if (s->pages[idx].hash)
 		return 1;
+	if (s->pages[idx].next == RESERVED_PAGE)
+		return 0;
 	for (uint32_t f = s->free_head; f != NO_PAGE; f = s->pages[f].next)
 		if (f == idx)
 			return 0;

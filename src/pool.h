@@ -37,6 +37,7 @@ struct pool_seg {
 	unsigned char *win;   /* the daemon's writable window */
 	struct pool_page *pages;
 	uint32_t used;        /* pages holding content */
+	uint32_t reserved;    /* pages set aside for one connection's next pages */
 	uint32_t bump;        /* pages [bump, SEG_PAGES) never used yet */
 	uint32_t free_head;   /* freed pages, linked through next */
 };
@@ -52,6 +53,16 @@ int pool_init(struct pool *p);
 void pool_fini(struct pool *p);
 /* Allocate a page, copy data into it, record hash. Id or -ENOMEM/-errno. */
 int64_t pool_alloc(struct pool *p, const void *data, uint64_t hash);
+/* Set aside up to n never-used consecutive ids for one creator, so that
+ * the pages it creates one after the other get consecutive ids: a process
+ * maps a run of consecutive pool pages with one mmap, in one VMA, and two
+ * processes creating at the same time would otherwise interleave their ids.
+ * 0 (with *first and *got) or -errno. */
+int pool_reserve(struct pool *p, uint32_t n, uint32_t *first, uint32_t *got);
+/* Allocate the reserved id, copy data into it. */
+void pool_alloc_reserved(struct pool *p, uint32_t id, const void *data, uint64_t hash);
+/* Give back reserved ids [first, first + n) never allocated. */
+void pool_unreserve(struct pool *p, uint32_t first, uint32_t n);
 /* Return a page whose refs reached 0 (invariant 2: only then) to its
  * segment; may close the segment. */
 void pool_free(struct pool *p, uint32_t id);

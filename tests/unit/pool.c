@@ -365,9 +365,51 @@ static void test_fault(void)
 		 "fault injection child failed (status %#x)", st);
 }
 
+/* Reservations: consecutive ids for one creator, not live until used, and
+ * an empty segment stays while ids in it are reserved. */
+static void test_reserve(void)
+{
+	struct pool *p = new_pool();
+	uint32_t first, got, first2, got2;
+	int64_t a = alloc_seed(p, 1); /* segment 0: the spare */
+
+	TU_CHECK(a == 0, "first id %lld", (long long)a);
+	TU_CHECK(pool_reserve(p, 512, &first, &got) == 0 && got == 512, "reserve 512");
+	TU_CHECK(pool_reserve(p, 512, &first2, &got2) == 0 && got2 == 512, "reserve again");
+	TU_CHECK(first2 >= first + 512 || first2 + 512 <= first, "reservations overlap");
+	TU_CHECK(!pool_page(p, first) && !pool_page(p, first + 511), "reserved slot is live");
+	for (uint32_t i = 0; i < 3; i++) {
+		pool_alloc_reserved(p, first + i, content(100 + i), 100 + i + 1);
+		check_content(p, first + i, 100 + i);
+	}
+	TU_CHECK(p->pages_used == 4, "pages_used %llu", (unsigned long long)p->pages_used);
+	/* interleaved creators still get their own consecutive ids */
+	pool_alloc_reserved(p, first2, content(200), 201);
+	pool_alloc_reserved(p, first + 3, content(103), 104);
+	check_content(p, first + 3, 103);
+	check_content(p, first2, 200);
+	/* unused reserved ids go back to the free list and are reused */
+	pool_unreserve(p, first + 4, 508);
+	pool_unreserve(p, first2 + 1, 511);
+	TU_CHECK(!pool_page(p, first + 4), "unreserved slot is live");
+	/* a segment whose pages are all free but some reserved stays open */
+	uint32_t s3first, s3got;
+	TU_CHECK(pool_reserve(p, SEG_PAGES, &s3first, &s3got) == 0 && s3got == SEG_PAGES,
+		 "reserve a whole segment");
+	uint32_t seg3 = s3first / SEG_PAGES;
+	pool_alloc_reserved(p, s3first, content(300), 301);
+	pool_free(p, s3first);
+	TU_CHECK(pool_seg_fd(p, seg3) >= 0, "segment closed while ids in it are reserved");
+	pool_unreserve(p, s3first + 1, SEG_PAGES - 1);
+	TU_CHECK(pool_seg_fd(p, seg3) == -ENOENT, "empty, unreserved segment not closed");
+	pool_fini(p);
+	free(p);
+}
+
 int main(void)
 {
 	test_basic();
+	test_reserve();
 	test_segments();
 	test_seals();
 	test_fault();
