@@ -27,7 +27,7 @@
  * E_COWED: merged, then written; the kernel gave it a private copy inside
  * the pool mapping. It keeps its reference (the VMA still maps the pool
  * page: invariant 2) until its whole VMA can be turned back into anonymous
- * memory without splitting VMAs, or the memory goes. */
+ * memory without splitting VMAs, the page merges again, or the memory goes. */
 enum entry_state { E_NEW, E_HASHED, E_MERGED, E_ZERO, E_COWED };
 struct entry {
 	uint64_t hash;   /* XXH3 at the last scan */

@@ -331,10 +331,12 @@ static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, st
 		}
 		if (maps_pool_page(l, *vc, p, e->pool)) {
 			/* Still mapped (a merged page perhaps not faulted in, after
-			 * fork); a written one may now complete its VMA. */
-			if (e->state == E_COWED)
-				c->cow[c->ncow++] = p;
-			return;
+			 * fork). A written one may now complete its VMA, and is
+			 * hashed like any page: it may merge again. */
+			if (e->state == E_MERGED)
+				return;
+			c->cow[c->ncow++] = p;
+			goto hash;
 		}
 		/* Replaced behind our back (an unwrapped munmap or mmap). */
 		pend_release(l, e->pool);
@@ -349,9 +351,10 @@ static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, st
 			return;
 		}
 		if (*vc && (*vc)->kind == VMA_POOL) {
-			if (e->state == E_COWED)
-				c->cow[c->ncow++] = p;
-			return;
+			if (e->state != E_COWED)
+				return;
+			c->cow[c->ncow++] = p;
+			goto hash;
 		}
 		entry_set(l, e, E_NEW); /* replaced behind our back */
 	} else if (e->state == E_ZERO) {
@@ -359,6 +362,7 @@ static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, st
 			return; /* still the zero page, or gone */
 		entry_set(l, e, E_NEW);
 	}
+hash:
 	if (!PM_PRESENT(pm))
 		return;
 	if (!*vc || !((*vc)->prot & PROT_READ))
@@ -529,9 +533,17 @@ static void vma_budget_check(struct lib *l, struct chunk *c)
 	c->nm = 0;
 }
 
+/* A written page (E_COWED) merged again: the reference to the pool page it
+ * was a copy of goes, since that page is no longer mapped at this address. */
+static void merged_again(struct entry *e, uint32_t *old, uint32_t *nold)
+{
+	if (e->state == E_COWED && e->pool != SP_POOL_NONE)
+		old[(*nold)++] = e->pool;
+}
+
 static void do_merge(struct lib *l, struct area *a, struct chunk *c, struct pass *ps)
 {
-	uint32_t bad[CHUNK_PAGES], nbad = 0, runs = 0;
+	uint32_t bad[2 * CHUNK_PAGES], nbad = 0, runs = 0;
 
 	vma_budget_check(l, c);
 	if (!c->nm)
@@ -550,6 +562,7 @@ static void do_merge(struct lib *l, struct area *a, struct chunk *c, struct pass
 		    c->m[i - 1].id + 1 != c->m[i].id ||
 		    c->m[i - 1].id / SEG_PAGES != c->m[i].id / SEG_PAGES)
 			runs++;
+		merged_again(e, bad, &nbad);
 		e->pool = c->m[i].id;
 		entry_set(l, e, E_MERGED);
 		ps->merged++;
@@ -586,12 +599,18 @@ static void do_zero(struct lib *l, struct area *a, struct chunk *c, struct pass 
 		keep_long_zero_runs(c);
 	if (!c->nzero)
 		return;
+	uint32_t old[CHUNK_PAGES], nold = 0;
+
 	merge_zero(l, a, c->zero, c->nzero, c->zok);
 	for (uint32_t i = 0; i < c->nzero; i++)
 		if (c->zok[i]) {
-			entry_set(l, entry_of(a, c->zero[i]), E_ZERO);
+			struct entry *e = entry_of(a, c->zero[i]);
+			merged_again(e, old, &nold);
+			entry_set(l, e, E_ZERO);
 			ps->merged++;
 		}
+	if (nold)
+		client_unref(l, old, nold);
 }
 
 static int scan_chunk(struct lib *l, struct area *a, uintptr_t s, uint32_t n, struct pass *ps)

@@ -5,7 +5,7 @@
  * (no pool mapping left in the range, content intact) and drops its
  * references; once both processes have written everything, the pool is
  * empty. Before that, written pages neither count as merging nor split
- * VMAs.
+ * VMAs, and pages written back to their old content merge again.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -47,6 +47,15 @@ static int restored(void *arg)
 	return pool_vmas(r->s, r->e) == 0;
 }
 
+static int remerged(void *arg)
+{
+	struct samepage_stat st;
+	(void)arg;
+
+	samepage_scan_now();
+	return samepage_stat(&st) == 0 && st.ksm_merging_pages == NPAGES;
+}
+
 static int pool_empty(void *arg)
 {
 	(void)arg;
@@ -80,6 +89,15 @@ static int child(int rd, int wr, void *arg)
 		 (unsigned long long)st.ksm_merging_pages, NPAGES / 2);
 	TU_CHECK(pool_vmas(r.s, r.e) == before, "writes split the pool VMAs: %d, were %d",
 		 pool_vmas(r.s, r.e), before);
+	/* Written back to what they were: they merge again, as on kernel KSM. */
+	for (uint32_t i = 0; i < NPAGES; i += 2)
+		p[(size_t)i * PAGE] = ref[(size_t)i * PAGE] ^= x;
+	ok = tu_wait(remerged, NULL, 20);
+	TU_CHECK(ok, "pages written back did not merge again: ksm_merging_pages %llu",
+		 (samepage_stat(&st), (unsigned long long)st.ksm_merging_pages));
+	TU_CHECK(!memcmp(p, ref, LEN), "content after merging again");
+	for (uint32_t i = 0; i < NPAGES; i += 2)
+		p[(size_t)i * PAGE] = ref[(size_t)i * PAGE] ^= x;
 	/* Then the rest: the whole VMA goes back to anonymous memory. */
 	for (uint32_t i = 1; i < NPAGES; i += 2)
 		p[(size_t)i * PAGE] = ref[(size_t)i * PAGE] ^= x;
