@@ -131,9 +131,11 @@ static int call(int fd, uint16_t type, const void *req, uint32_t len, uint16_t w
 		err = sp_recv(fd, buf, m);
 	if (!err && sp_validate(m))
 		err = -EPROTO;
-	if (!err && m->h.type == D_ACK && want != D_ACK) {
+	if (!err && m->h.type == D_ACK) {
 		struct sp_ack a;
 		memcpy(&a, m->p, sizeof(a));
+		if (want == D_ACK)
+			return a.err;
 		return a.err ? a.err : -EPROTO;
 	}
 	return !err && m->h.type != want ? -EPROTO : err;

@@ -10,6 +10,8 @@
  *  - run=0 stops merging (two new identical processes do not merge), run=1
  *    resumes it, run=2 returns only once everything is unmerged (frames
  *    back to 2 × pages the moment it returns) and merging stays stopped;
+ *  - `samepage unmerge --pid PID` unmerges that process only; an unknown
+ *    pid fails cleanly;
  *  - `samepage status --pid 999999` fails cleanly.
  */
 #define _GNU_SOURCE
@@ -144,6 +146,12 @@ static int pool_vmas(pid_t pid)
 	return n;
 }
 
+static int unmerged0(void *arg)
+{
+	(void)arg;
+	return pool_vmas(pids[0]) == 0;
+}
+
 static void contents_ok(const char *when)
 {
 	for (int i = 0; i < NPROC; i++) {
@@ -251,6 +259,23 @@ int main(void)
 	TU_CHECK(r.status == 0, "set run=1: exit %d", r.status);
 	TU_CHECK(tu_wait(merged, NULL, 30), "run=1 after run=2: not merged after 30 s");
 	contents_ok("after merging again");
+
+	/* ---- unmerge one process (merging paused, so it stays visible) ---- */
+	r = cli("set run=0");
+	TU_CHECK(r.status == 0, "set run=0: exit %d", r.status);
+	{
+		char cmd[64];
+		snprintf(cmd, sizeof(cmd), "unmerge --pid %d", (int)pids[0]);
+		r = cli(cmd);
+		TU_CHECK(r.status == 0, "%s: exit %d: %s", cmd, r.status, r.err);
+	}
+	TU_CHECK(tu_wait(unmerged0, NULL, 10), "unmerge --pid: process 0 still maps the pool");
+	TU_CHECK(pool_vmas(pids[1]) > 0, "unmerge --pid of process 0 unmerged process 1 too");
+	contents_ok("after unmerge --pid");
+	r = cli("unmerge --pid 999999");
+	TU_CHECK(r.status != 0 && strlen(r.err) > 0, "unmerge --pid 999999: exit %d", r.status);
+	r = cli("set run=1");
+	TU_CHECK(r.status == 0, "set run=1: exit %d", r.status);
 
 	/* ---- status of a process that is not there ---- */
 	r = cli("status --pid 999999");
