@@ -29,31 +29,10 @@
 
 extern char **environ;
 
+/* SAMEPAGE_FAULT=connect: the daemon is unreachable. */
 static int dial(const char *path)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int fd;
-
-	if (fault_inject("connect"))
-		return -ECONNREFUSED;
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return -ENAMETOOLONG;
-	strcpy(sa.sun_path, path);
-	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	/* The scanner waits for replies holding lib.lock, which the
-	 * application's munmap/madvise wrappers need: a daemon that stops
-	 * answering counts as dead (invariant 5) rather than hanging them. */
-	struct timeval tv = { .tv_sec = 5 };
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int err = -errno;
-		close(fd);
-		return err;
-	}
-	return fd;
+	return fault_inject("connect") ? -ECONNREFUSED : sp_dial(path);
 }
 
 /* samepaged beside us: $SAMEPAGE_DAEMON, else ../bin/samepaged relative to

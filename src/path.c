@@ -7,7 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static int own_private_dir(const char *dir)
@@ -45,4 +48,29 @@ int sp_socket_path(char *buf, size_t len)
 		return err;
 	n = snprintf(buf, len, "%s/sock", dir);
 	return n > 0 && (size_t)n < len ? 0 : -ENAMETOOLONG;
+}
+
+int sp_dial(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	/* The library's scanner waits for replies holding lib.lock, which the
+	 * application's munmap/madvise wrappers need: a daemon that stops
+	 * answering counts as dead (invariant 5) rather than hanging them. */
+	struct timeval tv = { .tv_sec = 5 };
+	int fd;
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	return fd;
 }

@@ -13,5 +13,8 @@
 
 /* Fill buf with the socket path, creating its directory. 0 or -errno. */
 int sp_socket_path(char *buf, size_t len);
+/* Connect a SOCK_SEQPACKET socket to path, with 5 s send and receive
+ * timeouts. The fd, or -errno. */
+int sp_dial(const char *path);
 
 #endif

@@ -59,20 +59,10 @@ static void daemon_bin(char *out, size_t len)
 
 static int dial(void)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int fd, err = sp_socket_path(sa.sun_path, sizeof(sa.sun_path));
+	char path[108];
+	int err = sp_socket_path(path, sizeof(path));
 
-	if (err)
-		return err;
-	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		err = -errno;
-		close(fd);
-		return err;
-	}
-	return fd;
+	return err ? err : sp_dial(path);
 }
 
 static int start_daemon(void)
