@@ -74,21 +74,18 @@ static void unprotect_rest(struct lib *l, uintptr_t s, uintptr_t e, const uint8_
 	}
 }
 
-static int map_run(struct lib *l, struct area *a, struct merge_item *it, uint32_t n, int fd,
-		   uint8_t prot)
+/* Map [addr, addr+len) privately from fd at off, in place of what is there
+ * (frozen and verified by the caller). */
+static int map_file_run(struct area *a, uintptr_t addr, size_t len, uint8_t prot, int fd,
+			off_t off)
 {
-	size_t len = (size_t)n * SP_PAGE;
-	void *r = os_mmap((void *)it[0].addr, len, prot, MAP_PRIVATE | MAP_FIXED, fd,
-			  (off_t)(it[0].id % SEG_PAGES) * SP_PAGE);
-
-	if (r == MAP_FAILED)
+	if (os_mmap((void *)addr, len, prot, MAP_PRIVATE | MAP_FIXED, fd, off) == MAP_FAILED)
 		return -ENOMEM;
 	/* Invariant 3: the replacement keeps the anonymous VMA's attributes. */
-	os_apply_flags(it[0].addr, len, a->vmflags);
-	/* Map the pool pages now, read-only, as kernel KSM leaves its page
-	 * mapped: the application's next read costs no fault. */
-	os_madvise((void *)it[0].addr, len, MADV_POPULATE_READ);
-	(void)l;
+	os_apply_flags(addr, len, a->vmflags);
+	/* Map the pages now, read-only, as kernel KSM leaves its page mapped:
+	 * the application's next read costs no fault. */
+	os_madvise((void *)addr, len, MADV_POPULATE_READ);
 	return 0;
 }
 
@@ -127,7 +124,8 @@ static void merge_span(struct lib *l, struct area *a, struct merge_item *it, uin
 		}
 		while (j < n && continues_run(&it[j - 1], &it[j], prot[j - 1], prot[j]))
 			j++;
-		if (map_run(l, a, &it[i], j - i, fd[i], prot[i]) == 0)
+		if (map_file_run(a, it[i].addr, (size_t)(j - i) * SP_PAGE, prot[i], fd[i],
+				 (off_t)(it[i].id % SEG_PAGES) * SP_PAGE) == 0)
 			memset(done + (it[i].addr - s) / SP_PAGE, 1, j - i);
 		else
 			for (uint32_t k = i; k < j; k++)
@@ -157,8 +155,8 @@ static int is_zero(const void *p)
 
 /* Map runs of verified zero pages of [s, e) from the zero segment: a run of
  * n pages maps offsets [0, n), shared by every run of every process. */
-static void map_zero_runs(struct lib *l, struct area *a, uintptr_t *addr, uint32_t *ok,
-			  const uint8_t *prot, uint32_t n, int zfd, uintptr_t s, uint8_t *done)
+static void map_zero_runs(struct area *a, uintptr_t *addr, uint32_t *ok, const uint8_t *prot,
+			  uint32_t n, int zfd, uintptr_t s, uint8_t *done)
 {
 	for (uint32_t i = 0; i < n;) {
 		uint32_t j = i + 1;
@@ -168,19 +166,13 @@ static void map_zero_runs(struct lib *l, struct area *a, uintptr_t *addr, uint32
 		}
 		while (j < n && ok[j] && addr[j] == addr[j - 1] + SP_PAGE && prot[j] == prot[i])
 			j++;
-		size_t len = (size_t)(j - i) * SP_PAGE;
-		if (os_mmap((void *)addr[i], len, prot[i], MAP_PRIVATE | MAP_FIXED, zfd, 0) ==
-		    MAP_FAILED) {
+		if (map_file_run(a, addr[i], (size_t)(j - i) * SP_PAGE, prot[i], zfd, 0))
 			for (uint32_t k = i; k < j; k++)
 				ok[k] = 0;
-		} else {
-			os_apply_flags(addr[i], len, a->vmflags);
-			os_madvise((void *)addr[i], len, MADV_POPULATE_READ);
+		else
 			memset(done + (addr[i] - s) / SP_PAGE, 1, j - i);
-		}
 		i = j;
 	}
-	(void)l;
 }
 
 static void zero_span(struct lib *l, struct area *a, uintptr_t *addr, uint32_t *ok, uint32_t n,
@@ -203,7 +195,7 @@ static void zero_span(struct lib *l, struct area *a, uintptr_t *addr, uint32_t *
 		for (uint32_t k = 0; k < n; k++)
 			ok[k] = ok[k] && os_madvise((void *)addr[k], SP_PAGE, MADV_DONTNEED) == 0;
 	} else {
-		map_zero_runs(l, a, addr, ok, prot, n, zfd, s, done);
+		map_zero_runs(a, addr, ok, prot, n, zfd, s, done);
 	}
 	unprotect_rest(l, s, e, done);
 	os_uffd_thaw(l->uffd, s, e - s);
