@@ -28,8 +28,9 @@ static int child(int rd, int wr, void *arg)
 	tu_fill(p, NPAGES * PAGE, 42);
 	tu_fill(p + NPAGES * PAGE, PAGE, 1000 + idx); /* one page of its own */
 	memcpy(ref, p, NPAGES * PAGE);
-	TU_CHECK(samepage_madvise(p, (NPAGES + 1) * PAGE, MADV_MERGEABLE) == 0, "madvise");
 	tu_send(wr, &a, sizeof(a));
+	tu_recv(rd, &cmd, 1); /* parent counted the frames before merging */
+	TU_CHECK(samepage_madvise(p, (NPAGES + 1) * PAGE, MADV_MERGEABLE) == 0, "madvise");
 	tu_recv(rd, &cmd, 1); /* parent saw it merged */
 	TU_CHECK(!memcmp(p, ref, NPAGES * PAGE), "content changed by merging");
 	/* Invariant 3: core dumps keep merged pages (private file mappings). */
@@ -75,6 +76,8 @@ int main(void)
 	TU_CHECK(tu_frames(s.pids, s.addrs, NPROC, NPAGES) == NPROC * NPAGES,
 		 "pages shared before merging");
 	t0 = tu_now();
+	for (int i = 0; i < NPROC; i++)
+		tu_send(c[i].wr, "m", 1);
 	TU_CHECK(tu_wait(merged, &s, 60), "not merged after 60 s: %zu frames for %u pages",
 		 tu_frames(s.pids, s.addrs, NPROC, NPAGES), NPAGES);
 	printf("merged %u pages x %d processes in %.2f s\n", NPAGES, NPROC, tu_now() - t0);
