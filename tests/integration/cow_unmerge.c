@@ -88,11 +88,13 @@ static int child(int rd, int wr, void *arg)
 		return 1;
 	tu_fill(p, LEN, 7);
 	memcpy(ref, p, LEN);
+	tu_send(wr, &a, sizeof(a));
+	if (tu_recv(rd, &cmd, 1) || cmd != 'm') /* frames counted before merging */
+		return 1;
 	if (madvise(p, LEN, MADV_MERGEABLE) != 0) {
 		fprintf(stderr, "child %d: madvise(MADV_MERGEABLE): %s\n", idx, strerror(errno));
 		return 1;
 	}
-	tu_send(wr, &a, sizeof(a));
 	while (tu_recv(rd, &cmd, 1) == 0) {
 		struct samepage_stat st;
 		switch (cmd) {
@@ -185,6 +187,8 @@ int main(void)
 		TU_CHECK(tu_recv(c[i].rd, &addrs[i], sizeof(uintptr_t)) == 0, "child %d died", i);
 	TU_CHECK(tu_frames(pids, addrs, NPROC, NPAGES) == NPROC * NPAGES,
 		 "pages shared before merging");
+	for (int i = 0; i < NPROC; i++)
+		tu_send(c[i].wr, "m", 1);
 	TU_CHECK(tu_wait(merged, NULL, 30), "not merged after 30 s: %zu frames for %u pages",
 		 tu_frames(pids, addrs, NPROC, NPAGES), NPAGES);
 	check_content("after merging");
