@@ -131,25 +131,10 @@ static int merged(void *arg)
 	return tu_frames(pids, addrs, NPROC, NPAGES) <= NPAGES + 4;
 }
 
-static int pool_vmas(pid_t pid)
-{
-	char path[64], line[512];
-	int n = 0;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
-	f = fopen(path, "r");
-	while (f && fgets(line, sizeof(line), f))
-		n += strstr(line, "/memfd:samepage-pool") != NULL;
-	if (f)
-		fclose(f);
-	return n;
-}
-
 static int unmerged0(void *arg)
 {
 	(void)arg;
-	return pool_vmas(pids[0]) == 0;
+	return tu_pool_vmas(pids[0], 0, UINTPTR_MAX) == 0;
 }
 
 static void contents_ok(const char *when)
@@ -246,7 +231,7 @@ int main(void)
 		for (int i = 0; i < NPROC; i++) {
 			TU_CHECK(tu_present(pids[i], addrs[i], NPAGES) == NPAGES,
 				 "child %d: pages missing after run=2", i);
-			TU_CHECK(pool_vmas(pids[i]) == 0, "child %d still maps the pool after run=2", i);
+			TU_CHECK(tu_pool_vmas(pids[i], 0, UINTPTR_MAX) == 0, "child %d still maps the pool after run=2", i);
 		}
 	}
 	contents_ok("after run=2");
@@ -270,7 +255,7 @@ int main(void)
 		TU_CHECK(r.status == 0, "%s: exit %d: %s", cmd, r.status, r.err);
 	}
 	TU_CHECK(tu_wait(unmerged0, NULL, 10), "unmerge --pid: process 0 still maps the pool");
-	TU_CHECK(pool_vmas(pids[1]) > 0, "unmerge --pid of process 0 unmerged process 1 too");
+	TU_CHECK(tu_pool_vmas(pids[1], 0, UINTPTR_MAX) > 0, "unmerge --pid of process 0 unmerged process 1 too");
 	contents_ok("after unmerge --pid");
 	r = cli("unmerge --pid 999999");
 	TU_CHECK(r.status != 0 && strlen(r.err) > 0, "unmerge --pid 999999: exit %d", r.status);

@@ -29,28 +29,6 @@
 #define WPAGE 777u   /* the page process 0 writes */
 #define NPROC 2
 
-/* VMAs of pid overlapping [s, e) that map the pool. -1 if maps unreadable. */
-static int pool_vmas(pid_t pid, uintptr_t s, uintptr_t e)
-{
-	char path[64], line[512];
-	FILE *f;
-	int n = 0;
-
-	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
-	f = fopen(path, "r");
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		unsigned long vs, ve;
-		if (sscanf(line, "%lx-%lx", &vs, &ve) != 2)
-			continue;
-		if (vs < e && ve > s && strstr(line, "/memfd:samepage-pool"))
-			n++;
-	}
-	fclose(f);
-	return n;
-}
-
 struct reply { int32_t ok; int32_t err; int64_t v; char why[112]; };
 
 static void answer(int wr, int ok, int err, int64_t v, const char *why)
@@ -72,7 +50,7 @@ static int dropped(void *arg)
 		return 0;
 	/* A private page, and no VMA split for it. */
 	return !tu_is_file_page(getpid(), w->page) &&
-	       pool_vmas(getpid(), w->start, w->end) == w->vmas;
+	       tu_pool_vmas(getpid(), w->start, w->end) == w->vmas;
 }
 
 static int child(int rd, int wr, void *arg)
@@ -114,7 +92,7 @@ static int child(int rd, int wr, void *arg)
 				break;
 			}
 			before = (int64_t)st.ksm_merging_pages;
-			vmas_before = pool_vmas(getpid(), a, a + LEN);
+			vmas_before = tu_pool_vmas(getpid(), a, a + LEN);
 			p[(size_t)WPAGE * PAGE + 100] ^= 0xff;
 			ref[(size_t)WPAGE * PAGE + 100] ^= 0xff;
 			answer(wr, p[(size_t)WPAGE * PAGE + 100] == ref[(size_t)WPAGE * PAGE + 100] &&
@@ -193,7 +171,7 @@ int main(void)
 		 tu_frames(pids, addrs, NPROC, NPAGES), NPAGES);
 	check_content("after merging");
 	for (int i = 0; i < NPROC; i++) {
-		TU_CHECK(pool_vmas(pids[i], addrs[i], addrs[i] + LEN) > 0,
+		TU_CHECK(tu_pool_vmas(pids[i], addrs[i], addrs[i] + LEN) > 0,
 			 "process %d merged but maps no pool VMA", i);
 		TU_CHECK(tu_is_file_page(pids[i], addrs[i] + (uintptr_t)WPAGE * PAGE),
 			 "process %d: merged page is not a pool (file) page", i);
@@ -243,7 +221,7 @@ int main(void)
 	fr = tu_frames(pids, addrs, NPROC, NPAGES);
 	TU_CHECK(fr == 2 * NPAGES, "after process 0's MADV_UNMERGEABLE: %zu frames, want %u", fr,
 		 2 * NPAGES);
-	TU_CHECK(pool_vmas(pids[0], addrs[0], addrs[0] + LEN) == 0,
+	TU_CHECK(tu_pool_vmas(pids[0], addrs[0], addrs[0] + LEN) == 0,
 		 "process 0 still maps the pool after MADV_UNMERGEABLE");
 	for (uint32_t k = 0; k < NPAGES; k += 97)
 		TU_CHECK(!tu_is_file_page(pids[0], addrs[0] + (uintptr_t)k * PAGE),
@@ -258,7 +236,7 @@ int main(void)
 	for (int i = 0; i < NPROC; i++) {
 		TU_CHECK(tu_present(pids[i], addrs[i], NPAGES) == NPAGES,
 			 "process %d: pages not present", i);
-		TU_CHECK(pool_vmas(pids[i], addrs[i], addrs[i] + LEN) == 0,
+		TU_CHECK(tu_pool_vmas(pids[i], addrs[i], addrs[i] + LEN) == 0,
 			 "process %d still maps the pool after MADV_UNMERGEABLE", i);
 	}
 	fr = tu_frames(pids, addrs, NPROC, NPAGES);

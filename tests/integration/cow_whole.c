@@ -19,24 +19,6 @@
 #define NPAGES 256u
 #define LEN ((size_t)NPAGES * PAGE)
 
-/* Lines of our maps that map the pool inside [s, e). */
-static int pool_vmas(uintptr_t s, uintptr_t e)
-{
-	char line[512];
-	int n = 0;
-	FILE *f = fopen("/proc/self/maps", "r");
-
-	while (f && fgets(line, sizeof(line), f)) {
-		unsigned long vs, ve;
-		if (sscanf(line, "%lx-%lx", &vs, &ve) == 2 && vs < e && ve > s &&
-		    strstr(line, "samepage-pool"))
-			n++;
-	}
-	if (f)
-		fclose(f);
-	return n;
-}
-
 struct range { uintptr_t s, e; };
 
 static int restored(void *arg)
@@ -44,7 +26,7 @@ static int restored(void *arg)
 	struct range *r = arg;
 
 	samepage_scan_now();
-	return pool_vmas(r->s, r->e) == 0;
+	return tu_pool_vmas(getpid(), r->s, r->e) == 0;
 }
 
 static int remerged(void *arg)
@@ -78,8 +60,8 @@ static int child(int rd, int wr, void *arg)
 	TU_CHECK(madvise(p, LEN, MADV_MERGEABLE) == 0, "madvise");
 	tu_send(wr, &r.s, sizeof(r.s));
 	tu_recv(rd, &cmd, 1); /* merged */
-	TU_CHECK(pool_vmas(r.s, r.e) >= 1, "merged but no pool VMA");
-	int before = pool_vmas(r.s, r.e);
+	TU_CHECK(tu_pool_vmas(getpid(), r.s, r.e) >= 1, "merged but no pool VMA");
+	int before = tu_pool_vmas(getpid(), r.s, r.e);
 	/* Every other page first: no VMA split, merging count drops. */
 	for (uint32_t i = 0; i < NPAGES; i += 2)
 		p[(size_t)i * PAGE] = ref[(size_t)i * PAGE] ^= x;
@@ -87,8 +69,8 @@ static int child(int rd, int wr, void *arg)
 	TU_CHECK(samepage_stat(&st) == 0 && st.ksm_merging_pages == NPAGES / 2,
 		 "ksm_merging_pages %llu after writing half, want %u",
 		 (unsigned long long)st.ksm_merging_pages, NPAGES / 2);
-	TU_CHECK(pool_vmas(r.s, r.e) == before, "writes split the pool VMAs: %d, were %d",
-		 pool_vmas(r.s, r.e), before);
+	TU_CHECK(tu_pool_vmas(getpid(), r.s, r.e) == before, "writes split the pool VMAs: %d, were %d",
+		 tu_pool_vmas(getpid(), r.s, r.e), before);
 	/* Written back to what they were: they merge again, as on kernel KSM. */
 	for (uint32_t i = 0; i < NPAGES; i += 2)
 		p[(size_t)i * PAGE] = ref[(size_t)i * PAGE] ^= x;
@@ -102,7 +84,7 @@ static int child(int rd, int wr, void *arg)
 	for (uint32_t i = 1; i < NPAGES; i += 2)
 		p[(size_t)i * PAGE] = ref[(size_t)i * PAGE] ^= x;
 	ok = tu_wait(restored, &r, 20);
-	TU_CHECK(ok, "fully written VMA still maps the pool (%d VMAs)", pool_vmas(r.s, r.e));
+	TU_CHECK(ok, "fully written VMA still maps the pool (%d VMAs)", tu_pool_vmas(getpid(), r.s, r.e));
 	TU_CHECK(!memcmp(p, ref, LEN), "content after the restore");
 	TU_CHECK(samepage_stat(&st) == 0 && st.ksm_merging_pages == 0,
 		 "ksm_merging_pages %llu after writing everything",

@@ -115,19 +115,6 @@ static int einval(long r)
 	return r == -1 && errno == EINVAL;
 }
 
-static int count_pool_vmas(void)
-{
-	char line[512];
-	int n = 0;
-	FILE *f = fopen("/proc/self/maps", "r");
-
-	while (f && fgets(line, sizeof(line), f))
-		n += strstr(line, "/memfd:samepage-pool") != NULL;
-	if (f)
-		fclose(f);
-	return n;
-}
-
 static int any_proc(int rd, int wr, void *arg)
 {
 	uintptr_t a[NR];
@@ -191,8 +178,8 @@ static int any_proc(int rd, int wr, void *arg)
 				fprintf(stderr, "PR_GET after SET 0: want 0\n");
 				ok = 0;
 			}
-			if (count_pool_vmas()) {
-				fprintf(stderr, "%d pool VMAs left after SET 0\n", count_pool_vmas());
+			if (tu_pool_vmas(getpid(), 0, UINTPTR_MAX)) {
+				fprintf(stderr, "%d pool VMAs left after SET 0\n", tu_pool_vmas(getpid(), 0, UINTPTR_MAX));
 				ok = 0;
 			}
 			tu_send(wr, &ok, 1);

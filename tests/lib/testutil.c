@@ -245,6 +245,27 @@ size_t tu_present(pid_t pid, uintptr_t addr, size_t npages)
 	return k;
 }
 
+int tu_pool_vmas(pid_t pid, uintptr_t s, uintptr_t e)
+{
+	char path[64], line[512];
+	FILE *f;
+	int n = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long vs, ve;
+		if (sscanf(line, "%lx-%lx", &vs, &ve) != 2)
+			continue;
+		if (vs < e && ve > s && strstr(line, "/memfd:samepage-pool"))
+			n++;
+	}
+	fclose(f);
+	return n;
+}
+
 double tu_now(void)
 {
 	struct timespec ts;

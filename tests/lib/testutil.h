@@ -62,6 +62,10 @@ size_t tu_present(pid_t pid, uintptr_t addr, size_t npages);
 /* pagemap "file page" bit: the page maps a pool page. */
 int tu_is_file_page(pid_t pid, uintptr_t addr);
 
+/* VMAs of pid overlapping [s, e) that map samepage's pool (or its zero
+ * segment); -1 if its maps cannot be read. */
+int tu_pool_vmas(pid_t pid, uintptr_t s, uintptr_t e);
+
 /* Poll fn(arg) every 50 ms until it returns nonzero or timeout_s passes. */
 int tu_wait(int (*fn)(void *), void *arg, int timeout_s);
 double tu_now(void);
