@@ -9,9 +9,9 @@ CFLAGS ?=
 LDFLAGS_BASE = -pthread -Wl,-z,now $(SAN)
 LIBS = -lxxhash -ldl
 
-LIB_SRC = src/api.c src/arena.c src/client.c src/merge.c src/scan.c src/preload.c src/page.c \
+LIB_SRC = src/api.c src/arena.c src/client.c src/merge.c src/scan.c src/preload.c src/page.c src/sort.c \
 	  src/os.c src/proto.c src/path.c src/fault.c src/map.c
-DAEMON_SRC = src/daemon.c src/pool.c src/index.c src/map.c src/proto.c \
+DAEMON_SRC = src/daemon.c src/pool.c src/index.c src/map.c src/refs.c src/proto.c \
 	     src/path.c src/os.c src/fault.c
 CLI_SRC = src/proto.c src/path.c src/os.c src/fault.c
 TEST_LIB = tests/lib/testutil.c
@@ -45,7 +45,7 @@ $(O)/bin/samepage: $(call obj,$(CLI_SRC) tools/samepage.c)
 	$(CC) $(LDFLAGS_BASE) -o $@ $^ $(LIBS)
 
 # Unit tests link the modules they test directly.
-$(O)/tests/unit/%: $(call obj,tests/unit/%.c $(DAEMON_SRC) $(TEST_LIB))
+$(O)/tests/unit/%: $(call obj,tests/unit/%.c $(DAEMON_SRC) src/sort.c $(TEST_LIB))
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_BASE) -o $@ $^ $(LIBS)
 

@@ -48,6 +48,7 @@ static void lib_create(void)
 	pthread_cond_init(&l->wake, NULL);
 	l->sock = -1;
 	l->zero_fd = -1;
+	l->pipe_wr = -1;
 	for (uint32_t i = 0; i < POOL_MAX_SEGS; i++)
 		l->segs[i].fd = -1;
 	l->msg = arena_alloc(ar, SP_MAX_MSG);
@@ -55,6 +56,7 @@ static void lib_create(void)
 	l->pm = arena_alloc(ar, CHUNK_PAGES * sizeof(uint64_t));
 	l->text = arena_alloc(ar, TEXT_BYTES);
 	l->stack = arena_alloc(ar, STACK_BYTES);
+	l->vbuf = arena_alloc(ar, SPAN_MAX_PAGES * SP_PAGE);
 	l->old_areas = arena_alloc(ar, LIB_MAX_AREAS * sizeof(struct area));
 	l->chunk = arena_alloc(ar, scan_chunk_bytes());
 	l->vmas.v = arena_alloc(ar, VMA_SLOTS * sizeof(struct vma));
@@ -62,7 +64,7 @@ static void lib_create(void)
 	l->vmas.fixed = 1;
 	l->pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	l->mapsfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-	if (!l->msg || !l->out || !l->pm || !l->text || !l->stack || !l->old_areas ||
+	if (!l->msg || !l->out || !l->pm || !l->text || !l->stack || !l->vbuf || !l->old_areas ||
 	    !l->chunk || !l->vmas.v || l->pmfd < 0 || l->mapsfd < 0)
 		return; /* the_lib stays NULL: every call says -ENOMEM */
 	l->max_map_count = os_max_map_count();

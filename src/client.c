@@ -16,9 +16,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -71,14 +73,29 @@ static void clean_env(char **out, size_t max)
 static int spawn_daemon(void)
 {
 	char path[PATH_MAX];
-	char *argv[] = { path, "--daemonize", NULL };
+	char sock[108];
+	char *argv[] = { path, "--daemonize", "--socket", sock, NULL };
 	char *env[512];
+	posix_spawnattr_t at;
+	sigset_t none, def;
 	pid_t pid;
 	int err;
 
 	daemon_path(path, sizeof(path));
+	err = sp_socket_path(sock, sizeof(sock));
+	if (err)
+		return err;
 	clean_env(env, sizeof(env) / sizeof(env[0]));
-	err = posix_spawnp(&pid, path, NULL, NULL, argv, env);
+	/* The scanner thread blocks every signal and the application may
+	 * ignore some: the daemon must inherit neither, or SIGTERM misses it. */
+	sigemptyset(&none);
+	sigfillset(&def);
+	posix_spawnattr_init(&at);
+	posix_spawnattr_setsigmask(&at, &none);
+	posix_spawnattr_setsigdefault(&at, &def);
+	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+	err = posix_spawnp(&pid, path, NULL, &at, argv, env);
+	posix_spawnattr_destroy(&at);
 	if (err)
 		return -err;
 	/* --daemonize returns once the socket listens (or the daemon failed). */
@@ -162,11 +179,12 @@ void client_lost(struct lib *l)
 	if (l->zero_fd >= 0)
 		close(l->zero_fd);
 	l->zero_fd = -1;
+	/* It may hold pages a dead daemon never read. */
+	client_forget_pipe(l);
 	for (uint32_t s = 0; s < POOL_MAX_SEGS; s++) {
 		struct segview *v = &l->segs[s];
 		if (v->fd < 0)
 			continue;
-		os_munmap((void *)v->view, (size_t)SEG_PAGES * SP_PAGE);
 		close(v->fd);
 		v->fd = -1;
 		v->refs = 0;
@@ -199,6 +217,101 @@ int client_call(struct lib *l, uint16_t type, const void *req, uint32_t len,
 	    err == -EAGAIN || err == -ETIMEDOUT)
 		client_lost(l);
 	return err;
+}
+
+void client_forget_pipe(struct lib *l)
+{
+	if (l->pipe_wr >= 0)
+		close(l->pipe_wr);
+	l->pipe_wr = -1;
+}
+
+/* The page pipe: as large as fs.pipe-max-size lets us (1 MiB by default),
+ * so one C_CREATE carries up to SP_MAX_CREATE pages. */
+static int open_pipe(struct lib *l)
+{
+	struct sp_pipe p = { 0 };
+	struct sp_msg m;
+	int fds[2], sz, err;
+
+	if (pipe2(fds, O_CLOEXEC) < 0)
+		return -errno;
+	sz = fcntl(fds[1], F_SETPIPE_SZ, (int)(SP_MAX_CREATE * SP_PAGE));
+	if (sz < 0)
+		sz = fcntl(fds[1], F_GETPIPE_SZ);
+	p.pages = sz > 0 ? (uint32_t)sz / SP_PAGE : 0;
+	if (p.pages > SP_MAX_CREATE)
+		p.pages = SP_MAX_CREATE;
+	err = p.pages ? sp_send(l->sock, C_PIPE, &p, sizeof(p), fds[0]) : -EPIPE;
+	close(fds[0]);
+	if (!err)
+		err = sp_recv(l->sock, l->msg, &m);
+	if (!err && (m.h.type != D_ACK || sp_validate(&m)))
+		err = -EPROTO;
+	if (err) {
+		close(fds[1]);
+		client_lost(l);
+		return err;
+	}
+	l->pipe_wr = fds[1];
+	l->pipe_pages = p.pages;
+	return 0;
+}
+
+/* Hand n pages to the pipe without copying them: the daemon reads each once,
+ * into its pool, while we wait for its reply. */
+static int splice_pages(struct lib *l, const struct sp_lookup_ent *e, uint32_t n)
+{
+	struct iovec iov[SP_MAX_CREATE];
+	size_t want = (size_t)n * SP_PAGE, done = 0;
+
+	for (uint32_t i = 0; i < n; i++)
+		iov[i] = (struct iovec){ (void *)e[i].addr, SP_PAGE };
+	while (done < want) {
+		uint32_t first = (uint32_t)(done / SP_PAGE);
+		ssize_t k = vmsplice(l->pipe_wr, iov + first, n - first, 0);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0 || k % SP_PAGE)
+			return k < 0 ? -errno : -EIO;
+		done += (size_t)k;
+	}
+	return 0;
+}
+
+int client_create(struct lib *l, const struct sp_lookup_ent *e, const uint32_t *look,
+		  uint32_t n, uint32_t *ids)
+{
+	struct sp_create *req = (struct sp_create *)l->out;
+	struct sp_msg m;
+	int err = l->pipe_wr < 0 ? open_pipe(l) : 0;
+
+	if (err)
+		return err;
+	for (uint32_t from = 0; from < n;) {
+		uint32_t k = n - from < l->pipe_pages ? n - from : l->pipe_pages;
+		req->n = k;
+		for (uint32_t i = 0; i < k; i++)
+			req->e[i] = (struct sp_create_ent){ .hash = e[from + i].hash,
+							    .look = look[from + i] };
+		err = splice_pages(l, e + from, k);
+		if (err) {
+			client_lost(l);
+			return err;
+		}
+		err = client_call(l, C_CREATE, req, sizeof(*req) + k * sizeof(req->e[0]), D_CREATE,
+				  &m);
+		if (err)
+			return err;
+		const struct sp_ids *r = (const void *)m.p;
+		if (r->n != k) {
+			client_lost(l);
+			return -EPROTO;
+		}
+		memcpy(ids + from, r->id, k * sizeof(uint32_t));
+		from += k;
+	}
+	return 0;
 }
 
 int client_unref(struct lib *l, const uint32_t *ids, uint32_t n)
@@ -267,10 +380,9 @@ static int fetch_seg(struct lib *l, uint32_t seg)
 		return err;
 	if (m.fd < 0)
 		return -EPROTO;
-	v->view = os_mmap(NULL, (size_t)SEG_PAGES * SP_PAGE, PROT_READ, MAP_SHARED, m.fd, 0);
-	if (v->view == MAP_FAILED || fstat(m.fd, &st) < 0) {
+	if (fstat(m.fd, &st) < 0) {
 		close(m.fd);
-		return -ENOMEM;
+		return -EPROTO;
 	}
 	v->fd = m.fd;
 	v->ino = st.st_ino;
@@ -299,16 +411,16 @@ int client_zero_fd(struct lib *l)
 	return m.fd;
 }
 
-const unsigned char *client_pool_view(struct lib *l, uint32_t id, int *fd)
+int client_pool_fd(struct lib *l, uint32_t id)
 {
 	struct segview *v = &l->segs[id / SEG_PAGES];
+	int err;
 
 	if (id / SEG_PAGES >= POOL_MAX_SEGS)
-		return NULL;
-	if (v->fd < 0 && fetch_seg(l, id / SEG_PAGES))
-		return NULL;
-	*fd = v->fd;
-	return v->view + (size_t)(id % SEG_PAGES) * SP_PAGE;
+		return -EINVAL;
+	if (v->fd < 0 && (err = fetch_seg(l, id / SEG_PAGES)))
+		return err;
+	return v->fd;
 }
 
 void client_seg_ref(struct lib *l, uint32_t id, int delta)
@@ -319,7 +431,6 @@ void client_seg_ref(struct lib *l, uint32_t id, int delta)
 	/* Holding a segment's fd with no reference would keep a retired
 	 * segment's memory alive and could alias a new segment of that slot. */
 	if (!v->refs && v->fd >= 0) {
-		os_munmap((void *)v->view, (size_t)SEG_PAGES * SP_PAGE);
 		close(v->fd);
 		v->fd = -1;
 	}

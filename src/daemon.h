@@ -17,6 +17,7 @@
 #include "map.h"
 #include "pool.h"
 #include "proto.h"
+#include "refs.h"
 
 struct conn {
 	int fd;
@@ -28,8 +29,18 @@ struct conn {
 	int pass_done;        /* completed a pass begun in the current generation */
 	int unmerge_pending;  /* `samepage unmerge --pid` for this process */
 	uint64_t last_seen_ns; /* last budget request */
-	struct map refs;      /* pool id → VMA references this process holds */
+	struct refs refs;     /* VMA references this process holds */
 	uint32_t rsv_next, rsv_end; /* pool ids set aside for its next creations */
+	int pipe_fd;          /* C_PIPE: where C_CREATE's page bytes come from */
+	uint32_t pipe_pages;
+	/* For the last C_LOOKUP, by entry: the unstable page it matched
+	 * (conn 0: none), to be told once this process has created the pool page. */
+	struct unstable_item *pairs;
+	uint32_t npairs;
+	/* Merge hints for this process (references already taken for it). */
+	struct sp_hint *hints;
+	uint32_t nhints;
+	struct map hint_at;   /* addr → index in hints */
 	struct sp_proc_stats st;
 	struct conn *next;
 };
@@ -41,7 +52,7 @@ struct samepaged {
 	int zero_fd;          /* an all-zero sealed memfd: see zero_segment() */
 	struct index ix;
 	struct conn *conns;
-	struct map live;      /* ids of open connections (unstable entries name them) */
+	struct map live;      /* id → struct conn * of open connections (unstable entries name them) */
 	uint32_t next_id;
 	struct sp_knobs knobs;
 	uint64_t gen;         /* unstable-index generation */
@@ -52,6 +63,7 @@ struct samepaged {
 	uint64_t idle_since_ns;
 	unsigned char *buf;   /* the reply being built */
 	unsigned char *in;    /* the request being handled */
+	unsigned char *scratch; /* SP_MAX_CREATE pages: C_CREATE bytes of contents already pooled */
 	int stop;
 };
 

@@ -32,10 +32,9 @@ struct unstable_item {
 };
 
 struct index {
-	struct map stable;     /* hash → first pool id of the chain */
-	struct map unstable;   /* hash → slot in items */
-	struct unstable_item *items;
-	uint64_t items_cap, items_len;
+	uint32_t *heads;       /* stable: first pool id of each hash's chain (index.c) */
+	size_t cap, nheads;
+	struct map unstable;   /* hash → the page (connection, address), packed */
 	uint64_t chains, dups; /* stable_node_chains, stable_node_dups */
 };
 
@@ -45,19 +44,23 @@ void index_fini(struct index *ix);
 /* A pool page with this content hash that has fewer than max_sharing refs,
  * or SP_POOL_NONE. */
 uint32_t stable_find(struct index *ix, struct pool *p, uint64_t hash, uint32_t max_sharing);
+/* Does any pool page have this content hash (full chains included)? */
+int stable_has(struct index *ix, struct pool *p, uint64_t hash);
 /* Add a freshly allocated page to its hash's chain. 0 or -ENOMEM. */
 int stable_insert(struct index *ix, struct pool *p, uint32_t id);
 /* Remove a page whose refs reached 0 from its chain. */
 void stable_remove(struct index *ix, struct pool *p, uint32_t id);
 
 /* Offer (conn, addr) with hash. 1: another page with that hash is there
- * (the entry is consumed: the caller turns it into a pool page); 0: now
+ * (the entry is consumed and copied to *matched when not NULL: the caller
+ * turns the offered page into a pool page and tells the other holder); 0: now
  * recorded; -ENOMEM. The same page offered again is not a match, nor is
  * the page of a connection that closed since (alive(ctx, conn) == 0): its
  * entry is replaced, so a process that exited makes nobody create pool
  * pages that only they map. */
 int unstable_offer(struct index *ix, uint64_t hash, uint32_t conn, uint64_t addr,
-		   int (*alive)(void *ctx, uint32_t conn), void *ctx);
+		   int (*alive)(void *ctx, uint32_t conn), void *ctx,
+		   struct unstable_item *matched);
 /* Start a new generation: forget every entry. */
 void unstable_reset(struct index *ix);
 uint64_t unstable_count(const struct index *ix);

@@ -5,7 +5,7 @@
  * scanner never merges: the scanner writes it while pages are frozen.
  *
  * Locking: lib.lock serialises every use of the areas, the entries, the
- * segment views and the daemon connection. The scanner holds it for one
+ * segments held and the daemon connection. The scanner holds it for one
  * chunk of pages at a time (freeze → verify → remap → thaw happens inside),
  * never while sleeping. The interposed mmap/munmap/mremap/madvise/fork take
  * it so that an application's change to its address space never interleaves
@@ -23,17 +23,21 @@
 #include "pool.h"
 #include "proto.h"
 
-/* Per scanned page: kernel KSM's rmap_item, in 16 bytes.
+/* Per scanned page: kernel KSM's rmap_item, in 8 bytes.
  * E_COWED: merged, then written; the kernel gave it a private copy inside
  * the pool mapping. It keeps its reference (the VMA still maps the pool
  * page: invariant 2) until its whole VMA can be turned back into anonymous
  * memory without splitting VMAs, the page merges again, or the memory goes. */
 enum entry_state { E_NEW, E_HASHED, E_MERGED, E_ZERO, E_COWED };
 struct entry {
-	uint64_t hash;   /* XXH3 at the last scan */
+	/* The top bits of the page's XXH3 at the last scan: only to tell
+	 * whether it changed since (kernel KSM keeps a 32-bit checksum); what
+	 * the daemon is asked is always a full 64-bit hash of the page now. */
+	uint32_t state : 3;
+	uint32_t csum : 29;
 	uint32_t pool;   /* E_MERGED/E_COWED: pool page id we hold a reference to */
-	uint32_t state;
 };
+#define ENTRY_CSUM(h) ((uint32_t)((h) >> 35))
 _Static_assert(sizeof(struct entry) == SP_ENTRY_BYTES, "entry size is part of the counters");
 
 /* A range of mergeable memory with one entry per page. */
@@ -48,9 +52,12 @@ struct area {
 struct range { uintptr_t start, end; };
 struct chunk;
 
+/* A pool segment this process holds while it has references into it. It
+ * is never mapped shared to compare pages: in this VM every page a process
+ * maps anew costs a hypervisor fault on first touch (4-6 us, measured),
+ * so pages to compare are read with pread() into one warm buffer. */
 struct segview {
 	int fd;            /* -1: not held */
-	const unsigned char *view; /* read-only shared view, for verifying */
 	uint64_t ino;
 	uint64_t refs;     /* our references into this segment */
 };
@@ -65,6 +72,16 @@ struct lib_stats {
 #define LIB_MAX_RANGES 4096
 #define LIB_MAX_PENDING 65536
 #define CHUNK_PAGES 512
+/* A span is frozen as a whole: an application thread writing any page of
+ * it waits until the span is merged, so spans are bounded. Not too small:
+ * in this VM every change of our page tables (freeze, replace, unfreeze)
+ * makes the hypervisor drop its copies of them, and each page touched
+ * afterwards faults into it once (4-6 us), so the cost per page falls with
+ * the span (scanner CPU for 2 x 128 MiB: 0.57 s at 64 pages, 0.31 s at
+ * 256, no better at 512). At 256 a writer waits at most about a
+ * millisecond, and only if it writes into the span being merged. */
+#define SPAN_MAX_PAGES 256 /* merge.c */
+
 #define TEXT_BYTES (1u << 20)      /* /proc parsing buffer */
 
 struct lib {
@@ -85,6 +102,10 @@ struct lib {
 	int zero_fd;               /* else zero pages map the daemon's zero segment */
 	uint64_t zero_hash;        /* XXH3 of an all-zero page */
 	uint64_t zero_ino;
+
+	int pipe_wr;               /* page pipe to the daemon (C_PIPE), -1: none yet */
+	uint32_t pipe_pages;       /* its capacity */
+	uint32_t hints_waiting;    /* from the last budget reply */
 
 	int uffd;                  /* -errno when unavailable */
 	int pmfd;                  /* /proc/self/pagemap */
@@ -118,6 +139,7 @@ struct lib {
 	uint64_t *pm;              /* CHUNK_PAGES pagemap entries */
 	char *text;                /* /proc parsing */
 	unsigned char *stack;      /* the scanner thread's stack */
+	unsigned char *vbuf;       /* SPAN_MAX_PAGES: pool pages read for comparing */
 };
 
 /* The process's context, created on first use; NULL if that failed. */
@@ -136,8 +158,16 @@ int client_call(struct lib *l, uint16_t type, const void *req, uint32_t len,
 int client_unref(struct lib *l, const uint32_t *ids, uint32_t n);
 /* A new connection that holds a copy of this one's references (fork). */
 int client_fork_conn(struct lib *l, int *fd, uint64_t *token);
-/* The read-only view of a pool page; fetches the segment on first use. */
-const unsigned char *client_pool_view(struct lib *l, uint32_t id, int *fd);
+/* Make pool pages of n pages (page e[i].addr was offered with e[i].hash as
+ * entry look[i] of the last C_LOOKUP); their bytes go through the page
+ * pipe, not copied here. ids[i]: pool id with a reference ours, or
+ * SP_POOL_NONE. */
+int client_create(struct lib *l, const struct sp_lookup_ent *e, const uint32_t *look,
+		  uint32_t n, uint32_t *ids);
+/* The fork child: the page pipe is the parent's. */
+void client_forget_pipe(struct lib *l);
+/* The fd of pool page id's segment, fetched on first use; or -errno. */
+int client_pool_fd(struct lib *l, uint32_t id);
 /* The daemon's all-zero segment (fetched once per connection), or -errno. */
 int client_zero_fd(struct lib *l);
 /* Account for a reference taken (+1) or dropped (-1) into id's segment;

@@ -23,25 +23,38 @@
  * price of briefly blocking writers of the few pages in between. */
 #define SPAN_GAP_PAGES 8
 
-/* Is the page at a still memory we may replace: private, readable, and
- * anonymous or a pool page? Asked of the kernel after the freeze, so a
- * mapping the application replaced since the pass began is not touched. */
-static int replaceable(struct lib *l, uintptr_t a, uint8_t *prot)
-{
-	struct vma v;
-	const struct vma *snap = os_vma_find(&l->vmas, a);
-	int err = os_vma_query(l->mapsfd, a, &v);
+struct vma_cache {
+	struct vma v;     /* the kernel's VMA at the last address asked */
+	int ok;           /* v is replaceable */
+	uintptr_t snap_s, snap_e; /* the snapshot VMA v was judged with */
+};
 
+/* Is the page at a still memory we may replace: private, readable, and
+ * anonymous or a pool page? Asked of the kernel after the freeze (once per
+ * VMA, not per page: the freeze holds while we ask), so a mapping the
+ * application replaced since the pass began is not touched. */
+static int replaceable(struct lib *l, uintptr_t a, uint8_t *prot, struct vma_cache *vc)
+{
+	const struct vma *snap = os_vma_find(&l->vmas, a);
+	int err;
+
+	if (vc->v.end && a >= vc->v.start && a < vc->v.end &&
+	    (snap ? snap->start : 0) == vc->snap_s && (snap ? snap->end : 0) == vc->snap_e)
+		goto done;
+	err = os_vma_query(l->mapsfd, a, &vc->v);
 	if (err == -ENOTTY && snap) {
-		v = *snap;
+		vc->v = *snap;
 		err = 0;
 	}
-	if (err || !v.private_ || !(v.prot & PROT_READ))
-		return 0;
-	if (v.kind != VMA_ANON && !(snap && snap->kind == VMA_POOL))
-		return 0;
-	*prot = v.prot;
-	return 1;
+	vc->snap_s = snap ? snap->start : 0;
+	vc->snap_e = snap ? snap->end : 0;
+	vc->ok = !err && vc->v.private_ && (vc->v.prot & PROT_READ) &&
+		 (vc->v.kind == VMA_ANON || (snap && snap->kind == VMA_POOL));
+	if (err)
+		vc->v.end = 0;
+done:
+	*prot = vc->v.prot;
+	return vc->ok;
 }
 
 static uint32_t span_end(const uintptr_t *addr, uint32_t i, uint32_t n, size_t stride)
@@ -49,7 +62,8 @@ static uint32_t span_end(const uintptr_t *addr, uint32_t i, uint32_t n, size_t s
 	uint32_t j = i + 1;
 
 #define ADDR(k) (*(const uintptr_t *)((const char *)addr + (size_t)(k) * stride))
-	while (j < n && ADDR(j) - ADDR(j - 1) <= SPAN_GAP_PAGES * SP_PAGE)
+	while (j < n && ADDR(j) - ADDR(j - 1) <= SPAN_GAP_PAGES * SP_PAGE &&
+	       ADDR(j) - ADDR(i) < SPAN_MAX_PAGES * SP_PAGE)
 		j++;
 #undef ADDR
 	return j;
@@ -97,25 +111,50 @@ static int continues_run(const struct merge_item *prev, const struct merge_item 
 	       pprot == cprot;
 }
 
+/* Read the pool pages of the span into l->vbuf, one pread per run of
+ * adjacent ones, before anything is frozen: a pool page we hold a
+ * reference to never changes (invariant 2), so writers need not wait for
+ * this. got[i]: item i's bytes are in vbuf page i. */
+static void read_pool_pages(struct lib *l, const struct merge_item *it, const int *fd,
+			    uint32_t n, uint8_t *got)
+{
+	for (uint32_t i = 0; i < n;) {
+		uint32_t j = i + 1;
+		if (fd[i] < 0) {
+			got[i++] = 0;
+			continue;
+		}
+		while (j < n && fd[j] == fd[i] && it[j].id == it[j - 1].id + 1)
+			j++;
+		size_t len = (size_t)(j - i) * SP_PAGE;
+		ssize_t k = pread(fd[i], l->vbuf + (size_t)i * SP_PAGE, len,
+				  (off_t)(it[i].id % SEG_PAGES) * SP_PAGE);
+		memset(got + i, k == (ssize_t)len, j - i);
+		i = j;
+	}
+}
+
 static void merge_span(struct lib *l, struct area *a, struct merge_item *it, uint32_t n)
 {
 	uintptr_t s = it[0].addr, e = it[n - 1].addr + SP_PAGE;
-	uint8_t done[(SPAN_GAP_PAGES + 1) * CHUNK_PAGES];
-	uint8_t prot[CHUNK_PAGES];
-	const unsigned char *view[CHUNK_PAGES];
-	int fd[CHUNK_PAGES];
+	uint8_t done[SPAN_MAX_PAGES];
+	uint8_t prot[SPAN_MAX_PAGES], got[SPAN_MAX_PAGES];
+	int fd[SPAN_MAX_PAGES];
 
 	memset(done, 0, (e - s) / SP_PAGE);
-	/* Segment views first: fetching one is a daemon round trip, not
-	 * something to do while the application's writers are blocked. */
+	/* Segments first: fetching one is a daemon round trip, not something
+	 * to do while the application's writers are blocked. */
 	for (uint32_t i = 0; i < n; i++)
-		view[i] = client_pool_view(l, it[i].id, &fd[i]);
+		fd[i] = client_pool_fd(l, it[i].id);
+	read_pool_pages(l, it, fd, n, got);
 	if (os_uffd_freeze(l->uffd, s, e - s))
 		return;
+	struct vma_cache vc = { 0 };
 	for (uint32_t i = 0; i < n; i++)
 		/* Invariant 1: frozen, and verified equal byte for byte. */
-		it[i].ok = view[i] && replaceable(l, it[i].addr, &prot[i]) &&
-			   page_equal((const void *)it[i].addr, view[i], SP_PAGE);
+		it[i].ok = got[i] && replaceable(l, it[i].addr, &prot[i], &vc) &&
+			   page_equal((const void *)it[i].addr, l->vbuf + (size_t)i * SP_PAGE,
+				      SP_PAGE);
 	for (uint32_t i = 0; i < n;) {
 		uint32_t j = i + 1;
 		if (!it[i].ok) {
@@ -188,8 +227,9 @@ static void zero_span(struct lib *l, struct area *a, uintptr_t *addr, uint32_t *
 		return;
 	}
 	/* Invariant 1: only frozen pages verified all-zero are replaced. */
+	struct vma_cache vc = { 0 };
 	for (uint32_t k = 0; k < n; k++)
-		ok[k] = replaceable(l, addr[k], &prot[k]) && is_zero((void *)addr[k]);
+		ok[k] = replaceable(l, addr[k], &prot[k], &vc) && is_zero((void *)addr[k]);
 	if (zfd < 0) {
 		/* The next read maps the kernel's zero page. */
 		for (uint32_t k = 0; k < n; k++)

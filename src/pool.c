@@ -121,7 +121,8 @@ static void fill_page(struct pool *p, struct pool_seg *s, uint32_t idx, const vo
 		      uint64_t hash)
 {
 	/* Invariant 2: idx had refs == 0, so no VMA maps it while we rewrite it. */
-	memcpy(s->win + (size_t)idx * 4096, data, 4096);
+	if (data)
+		memcpy(s->win + (size_t)idx * 4096, data, 4096);
 	s->pages[idx] = (struct pool_page){ .hash = hash, .refs = 0, .next = NO_PAGE };
 	s->used++;
 	p->pages_used++;
@@ -255,6 +256,11 @@ struct pool_page *pool_page(struct pool *p, uint32_t id)
 	if (si >= p->nsegs || p->segs[si].fd < 0 || !page_live(&p->segs[si], idx))
 		return NULL;
 	return &p->segs[si].pages[idx];
+}
+
+unsigned char *pool_slot(struct pool *p, uint32_t id)
+{
+	return p->segs[id / SEG_PAGES].win + (size_t)(id % SEG_PAGES) * 4096;
 }
 
 const void *pool_data(struct pool *p, uint32_t id)

@@ -23,8 +23,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SEG_PAGES 8192u          /* 32 MiB a segment */
-#define POOL_MAX_SEGS 4096u      /* 128 GiB of pool at most */
+/* 256 MiB a segment: a process maps a run of consecutive pool pages with
+ * one VMA, and runs cannot cross segments, so merging 2 x 512 MiB costs a
+ * handful of VMAs (with 32 MiB segments: dozens). Unused parts of a
+ * segment cost nothing (MAP_NORESERVE window, pages allocated on write). */
+#define SEG_PAGES 65536u
+#define POOL_MAX_SEGS 4096u      /* 1 TiB of pool at most */
 
 struct pool_page {
 	uint64_t hash;  /* XXH3 of the content, computed by the daemon itself */
@@ -51,7 +55,8 @@ struct pool {
 
 int pool_init(struct pool *p);
 void pool_fini(struct pool *p);
-/* Allocate a page, copy data into it, record hash. Id or -ENOMEM/-errno. */
+/* Allocate a page, copy data into it (NULL: the caller writes it through
+ * pool_slot() before anyone can map it), record hash. Id or -ENOMEM/-errno. */
 int64_t pool_alloc(struct pool *p, const void *data, uint64_t hash);
 /* Set aside up to n never-used consecutive ids for one creator, so that
  * the pages it creates one after the other get consecutive ids: a process
@@ -69,6 +74,8 @@ void pool_free(struct pool *p, uint32_t id);
 /* NULL when id does not name a page holding content. */
 struct pool_page *pool_page(struct pool *p, uint32_t id);
 const void *pool_data(struct pool *p, uint32_t id);
+/* The daemon's writable view of a page it just allocated (refs == 0). */
+unsigned char *pool_slot(struct pool *p, uint32_t id);
 /* fd of a live segment, or -ENOENT. */
 int pool_seg_fd(struct pool *p, uint32_t seg);
 

@@ -216,6 +216,8 @@ EXPORT pid_t fork(void)
 			close(l->sock);
 		l->sock = fd;
 		l->token = token;
+		/* The page pipe is the parent's: the child opens its own. */
+		client_forget_pipe(l);
 		/* The parent's userfaultfd belongs to the parent's mm. */
 		if (l->uffd >= 0)
 			close(l->uffd);

@@ -121,8 +121,8 @@ int sp_recv(int sock, void *buf, struct sp_msg *m)
 	if (m->h.len != (size_t)n - sizeof(m->h))
 		goto bad;
 	m->p = (unsigned char *)buf + sizeof(m->h);
-	if (m->fd >= 0 && m->h.type != D_SEG) {
-		close(m->fd); /* only D_SEG carries a descriptor */
+	if (m->fd >= 0 && m->h.type != D_SEG && m->h.type != C_PIPE) {
+		close(m->fd); /* only D_SEG and C_PIPE carry a descriptor */
 		m->fd = -1;
 	}
 	return 0;
@@ -142,7 +142,10 @@ static int layout(uint16_t type, size_t *fixed, size_t *elem)
 	case C_HELLO: *fixed = sizeof(struct sp_hello); break;
 	case C_BUDGET: *fixed = sizeof(struct sp_budget); break;
 	case C_LOOKUP: *fixed = sizeof(struct sp_lookup); *elem = sizeof(struct sp_lookup_ent); break;
-	case C_CREATE: *fixed = sizeof(struct sp_create); *elem = SP_PAGE; break;
+	case C_CREATE: *fixed = sizeof(struct sp_create); *elem = sizeof(struct sp_create_ent); break;
+	case C_PIPE: *fixed = sizeof(struct sp_pipe); break;
+	case C_HINTS: *fixed = sizeof(struct sp_hints_req); break;
+	case D_HINTS: *fixed = sizeof(struct sp_hints); *elem = sizeof(struct sp_hint); break;
 	case C_UNREF: case D_LOOKUP: case D_CREATE:
 		*fixed = sizeof(struct sp_ids); *elem = 4; break;
 	case C_GETSEG: *fixed = sizeof(struct sp_getseg); break;
@@ -165,6 +168,7 @@ static uint32_t max_count(uint16_t type)
 	switch (type) {
 	case C_LOOKUP: case D_LOOKUP: return SP_MAX_LOOKUP;
 	case C_CREATE: case D_CREATE: return SP_MAX_CREATE;
+	case D_HINTS: return SP_MAX_HINTS;
 	default: return SP_MAX_UNREF;
 	}
 }

@@ -25,7 +25,12 @@
  * 72 KiB. */
 #define SP_MAX_MSG (72u << 10)        /* header + payload */
 #define SP_MAX_LOOKUP 4096u           /* hashes in one C_LOOKUP */
-#define SP_MAX_CREATE 16u             /* pages in one C_CREATE */
+/* Pages in one C_CREATE. Their bytes travel through the connection's pipe
+ * (vmsplice: the process copies nothing; the daemon reads them once,
+ * straight into the pool), whose capacity is 1 MiB where the system allows
+ * (fs.pipe-max-size) and 64 KiB at least. */
+#define SP_MAX_CREATE 256u
+#define SP_MAX_HINTS 4096u            /* pages in one D_HINTS */
 #define SP_MAX_UNREF 16384u
 #define SP_POOL_NONE 0xffffffffu      /* lookup: no match, kept in the unstable index */
 #define SP_POOL_CREATE 0xfffffffeu    /* lookup: match in the unstable index, send the page */
@@ -33,8 +38,8 @@
 
 enum sp_msg_type {
 	C_HELLO = 1, C_BUDGET, C_LOOKUP, C_CREATE, C_UNREF, C_GETSEG,
-	C_ADOPT, C_STAT, C_SET, C_UNMERGE,
-	D_HELLO = 100, D_BUDGET, D_LOOKUP, D_CREATE, D_SEG, D_ACK, D_STAT,
+	C_ADOPT, C_STAT, C_SET, C_UNMERGE, C_PIPE, C_HINTS,
+	D_HELLO = 100, D_BUDGET, D_LOOKUP, D_CREATE, D_SEG, D_ACK, D_STAT, D_HINTS,
 };
 
 struct sp_hdr {
@@ -83,14 +88,26 @@ struct sp_budget_r {
 	uint32_t wait_ms;     /* when grant is 0: ask again after this */
 	uint64_t gen;         /* current unstable-index generation */
 	uint32_t unmerge;     /* unmerge everything now (run=2 or `samepage unmerge`) */
-	uint32_t pad;
+	uint32_t hints;       /* merge hints waiting (C_HINTS fetches them) */
 	struct sp_knobs knobs;
 };
 
 struct sp_lookup_ent { uint64_t hash; uint64_t addr; };
 struct sp_lookup { uint32_t n; uint32_t pad; struct sp_lookup_ent e[]; };
 struct sp_ids { uint32_t n; uint32_t id[]; };      /* D_LOOKUP, D_CREATE, C_UNREF */
-struct sp_create { uint32_t n; uint32_t pad; unsigned char data[]; }; /* n pages */
+/* C_CREATE: n pages whose bytes wait in the pipe, in this order. look is
+ * the index, in the connection's last C_LOOKUP, of the entry that got
+ * SP_POOL_CREATE: the daemon then tells the page it matched (a merge hint
+ * for that page's process). */
+struct sp_create_ent { uint64_t hash; uint32_t look; uint32_t pad; };
+struct sp_create { uint32_t n; uint32_t pad; struct sp_create_ent e[]; };
+/* C_PIPE: the read end of the connection's page pipe, in SCM_RIGHTS. */
+struct sp_pipe { uint32_t pages; uint32_t pad; };  /* its capacity */
+/* D_HINTS: pages of ours that another process's page now matches: the pool
+ * page holding that content, with a reference already ours. */
+struct sp_hint { uint64_t addr; uint32_t id; uint32_t pad; };
+struct sp_hints { uint32_t n; uint32_t pad; struct sp_hint e[]; };
+struct sp_hints_req { uint32_t max; uint32_t pad; };
 struct sp_getseg { uint32_t seg; };
 struct sp_seg_r { uint32_t seg; uint32_t pages; };  /* fd in SCM_RIGHTS */
 struct sp_adopt { uint64_t token; };
@@ -116,13 +133,13 @@ struct sp_stat_r {
 };
 
 /* Bytes of bookkeeping per tracked page in the library (kernel: rmap_item). */
-#define SP_ENTRY_BYTES 16
+#define SP_ENTRY_BYTES 8
 
 /* A received message: header + payload in buf, optional fd. */
 struct sp_msg {
 	struct sp_hdr h;
 	unsigned char *p; /* payload, h.len bytes, inside the caller's buffer */
-	int fd;           /* -1 unless SCM_RIGHTS carried one (D_SEG only) */
+	int fd;           /* -1 unless SCM_RIGHTS carried one (D_SEG, C_PIPE only) */
 	pid_t pid;        /* sender's pid from SCM_CREDENTIALS (SO_PASSCRED), or 0 */
 	uid_t uid;        /* sender's uid from SCM_CREDENTIALS, or -1 */
 };

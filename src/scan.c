@@ -4,7 +4,7 @@
  *
  * A pass refreshes which memory is mergeable (areas: eligible VMAs inside
  * the madvised ranges, or all of them under merge-any), then walks it in
- * chunks, spending budget the daemon grants. Per page it keeps a 16-byte
+ * chunks, spending budget the daemon grants. Per page it keeps an 8-byte
  * entry. A present page is hashed; one whose hash did not change since the
  * previous pass is a candidate: all-zero candidates go to the kernel's zero
  * page, the others are offered to the daemon, which answers with a pool
@@ -16,6 +16,7 @@
 #define _GNU_SOURCE
 #include "lib.h"
 #include "page.h"
+#include "sort.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -23,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -281,6 +283,7 @@ struct pass {
 	uint64_t gen;
 	int have_gen;
 	uint64_t volatile_pages, unshared, merged, changed;
+	struct vma fresh;  /* the kernel's VMA, asked when the snapshot is stale */
 };
 
 struct chunk { /* one chunk's work lists; lives in lib, guarded by its lock */
@@ -294,7 +297,10 @@ struct chunk { /* one chunk's work lists; lives in lib, guarded by its lock */
 	struct merge_item m[CHUNK_PAGES];
 	uint32_t nm;
 	struct sp_lookup_ent create[CHUNK_PAGES];
+	uint32_t create_look[CHUNK_PAGES]; /* index in look[] */
+	uint32_t ids[CHUNK_PAGES];
 	uint32_t ncreate;
+	struct sp_hint hint[SP_MAX_HINTS];
 };
 
 size_t scan_chunk_bytes(void)
@@ -322,6 +328,19 @@ static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, st
 
 	if (!*vc || p >= (*vc)->end || p < (*vc)->start)
 		*vc = os_vma_find(&l->vmas, p);
+	if ((e->state == E_MERGED || (e->state == E_COWED && e->pool != SP_POOL_NONE)) &&
+	    !maps_pool_page(l, *vc, p, e->pool)) {
+		/* The snapshot is from the pass start: pages merged since (merge
+		 * hints land anywhere) are in VMAs it does not know. Ask. */
+		if (p < ps->fresh.start || p >= ps->fresh.end) {
+			if (os_vma_query(l->mapsfd, p, &ps->fresh))
+				ps->fresh.end = 0;
+			else if (ps->fresh.ino && ps->fresh.ino == l->segs[e->pool / SEG_PAGES].ino)
+				ps->fresh.kind = VMA_POOL;
+		}
+		if (p >= ps->fresh.start && p < ps->fresh.end)
+			*vc = &ps->fresh;
+	}
 	if (e->state == E_MERGED || (e->state == E_COWED && e->pool != SP_POOL_NONE)) {
 		/* Written since it was merged: the kernel gave it a private copy. */
 		if (e->state == E_MERGED && PM_PRESENT(pm) && !PM_FILE(pm) && *vc &&
@@ -368,10 +387,24 @@ hash:
 	if (!*vc || !((*vc)->prot & PROT_READ))
 		return; /* PROT_NONE stays mergeable but cannot be read */
 	h = XXH3_64bits((const void *)p, SP_PAGE);
-	if (e->state == E_NEW || e->hash != h) {
-		e->hash = h;
-		if (e->state == E_NEW)
-			entry_set(l, e, E_HASHED);
+	if (e->state == E_NEW) {
+		/* First sight: offered at once. Kernel KSM searches its stable
+		 * tree at first sight too, but keeps a page out of its unstable
+		 * tree until a second scan finds it unchanged, because a page
+		 * changing inside that tree corrupts its order; a hash index has
+		 * no order to corrupt, and a page that changed fails the
+		 * byte-for-byte check under the freeze. So two equal pages merge
+		 * in the pass that first sees them, not two or three passes later. */
+		e->csum = ENTRY_CSUM(h);
+		entry_set(l, e, E_HASHED);
+		ps->changed++;
+		/* Fresh all-zero memory is usually about to be written: zero
+		 * pages wait for a second look, as in the kernel. */
+		if (h == l->zero_hash)
+			return;
+	} else if (e->csum != ENTRY_CSUM(h)) {
+		/* Changed since the last pass: volatile, not offered. */
+		e->csum = ENTRY_CSUM(h);
 		ps->volatile_pages++;
 		ps->changed++;
 		return;
@@ -442,6 +475,7 @@ static int do_lookup(struct lib *l, struct chunk *c, struct pass *ps)
 	for (uint32_t i = 0; i < n; i++) {
 		uint32_t id = r->id[i];
 		if (id == SP_POOL_CREATE) {
+			c->create_look[c->ncreate] = i;
 			c->create[c->ncreate++] = c->look[i];
 		} else if (id == SP_POOL_NONE) {
 			ps->unshared++;
@@ -455,57 +489,26 @@ static int do_lookup(struct lib *l, struct chunk *c, struct pass *ps)
 	return 0;
 }
 
-/* Copy the pages to create into the request; a page whose bytes no longer
- * hash as offered changed since, and would only make a pool page that
- * nobody else maps: it is left out. */
-static uint32_t fill_create(struct sp_create *req, const struct chunk *c, uint32_t from,
-			    uint32_t *idx)
-{
-	uint32_t k = 0;
-
-	for (uint32_t i = from; i < c->ncreate && k < SP_MAX_CREATE; i++) {
-		unsigned char *dst = req->data + (size_t)k * SP_PAGE;
-		page_copy(dst, (const void *)c->create[i].addr, SP_PAGE);
-		if (XXH3_64bits(dst, SP_PAGE) == c->create[i].hash)
-			idx[k++] = i;
-	}
-	return k;
-}
-
+/* Pages that matched another in the unstable index become pool pages. A
+ * page changed since it was hashed gets none (the daemon hashes what it
+ * reads); the one it matched then merges on a later pass. */
 static int do_create(struct lib *l, struct chunk *c)
 {
-	struct sp_create *req = (struct sp_create *)l->out;
-	uint32_t idx[SP_MAX_CREATE];
+	int err;
 
-	for (uint32_t from = 0; from < c->ncreate;) {
-		uint32_t k = fill_create(req, c, from, idx), last;
-		struct sp_msg m;
-		int err;
-
-		/* idx[] ends at the last page that fit; continue after the
-		 * last page looked at. */
-		last = k ? idx[k - 1] + 1 : c->ncreate;
-		if (k < SP_MAX_CREATE)
-			last = c->ncreate;
-		from = last;
-		if (!k)
+	if (!c->ncreate)
+		return 0;
+	err = client_create(l, c->create, c->create_look, c->ncreate, c->ids);
+	if (err)
+		return err;
+	for (uint32_t j = 0; j < c->ncreate; j++) {
+		uint32_t id = c->ids[j];
+		if (id == SP_POOL_NONE || id == SP_POOL_CREATE)
 			continue;
-		req->n = k;
-		err = client_call(l, C_CREATE, req, sizeof(*req) + (size_t)k * SP_PAGE, D_CREATE, &m);
-		if (err)
-			return err;
-		const struct sp_ids *r = (const void *)m.p;
-		if (r->n != k)
+		if (id / SEG_PAGES >= POOL_MAX_SEGS)
 			return -EPROTO;
-		for (uint32_t j = 0; j < k; j++) {
-			uint32_t id = r->id[j];
-			if (id == SP_POOL_NONE || id == SP_POOL_CREATE)
-				continue;
-			if (id / SEG_PAGES >= POOL_MAX_SEGS)
-				return -EPROTO;
-			client_seg_ref(l, id, +1);
-			c->m[c->nm++] = (struct merge_item){ .addr = c->create[idx[j]].addr, .id = id };
-		}
+		client_seg_ref(l, id, +1);
+		c->m[c->nm++] = (struct merge_item){ .addr = c->create[j].addr, .id = id };
 	}
 	return 0;
 }
@@ -548,7 +551,7 @@ static void do_merge(struct lib *l, struct area *a, struct chunk *c, struct pass
 	vma_budget_check(l, c);
 	if (!c->nm)
 		return;
-	qsort(c->m, c->nm, sizeof(c->m[0]), by_addr);
+	sort_inplace(c->m, c->nm, sizeof(c->m[0]), by_addr);
 	merge_pages(l, a, c->m, c->nm);
 	for (uint32_t i = 0; i < c->nm; i++) {
 		struct entry *e = entry_of(a, c->m[i].addr);
@@ -570,6 +573,76 @@ static void do_merge(struct lib *l, struct area *a, struct chunk *c, struct pass
 	l->vmas.total += 2 * runs;
 	if (nbad)
 		client_unref(l, bad, nbad);
+}
+
+/* The area holding p, or NULL (areas are sorted and disjoint). */
+static struct area *area_at(struct lib *l, uintptr_t p)
+{
+	uint32_t lo = 0, hi = l->nareas;
+
+	while (lo < hi) {
+		uint32_t mid = (lo + hi) / 2;
+		if (l->areas[mid].end <= p)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < l->nareas && l->areas[lo].start <= p ? &l->areas[lo] : NULL;
+}
+
+static int hint_by_addr(const void *x, const void *y)
+{
+	const struct sp_hint *a = x, *b = y;
+
+	return a->addr < b->addr ? -1 : a->addr > b->addr;
+}
+
+/* Merge hints: pages of ours that another process's page matched in the
+ * unstable index, now pool pages with a reference ours. Merged like any
+ * page (frozen and verified equal: invariant 1); a page since merged,
+ * zeroed, unmapped or changed gives its reference back. */
+static int take_hints(struct lib *l, struct pass *ps)
+{
+	struct chunk *c = l->chunk;
+	struct sp_hints_req q = { .max = SP_MAX_HINTS };
+	uint32_t drop[CHUNK_PAGES], ndrop = 0, n;
+	struct sp_msg m;
+	int err = client_call(l, C_HINTS, &q, sizeof(q), D_HINTS, &m);
+
+	if (err)
+		return err;
+	const struct sp_hints *r = (const void *)m.p;
+	n = r->n;
+	memcpy(c->hint, r->e, n * sizeof(r->e[0]));
+	sort_inplace(c->hint, n, sizeof(c->hint[0]), hint_by_addr);
+	c->nm = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		const struct sp_hint *h = &c->hint[i];
+		struct area *a = area_at(l, (uintptr_t)h->addr);
+		struct entry *e = a ? entry_of(a, (uintptr_t)h->addr) : NULL;
+
+		if (h->id / SEG_PAGES >= POOL_MAX_SEGS)
+			return -EPROTO;
+		client_seg_ref(l, h->id, +1);
+		if (!e || h->addr % SP_PAGE || e->state == E_MERGED || e->state == E_ZERO) {
+			drop[ndrop++] = h->id;
+		} else {
+			c->m[c->nm++] = (struct merge_item){ .addr = h->addr, .id = h->id };
+		}
+		/* One area and one chunk's worth at a time. */
+		struct area *next = i + 1 < n ? area_at(l, (uintptr_t)c->hint[i + 1].addr) : NULL;
+		if (c->nm && (next != a || c->nm == CHUNK_PAGES)) {
+			do_merge(l, a, c, ps);
+			c->nm = 0;
+		}
+		if (ndrop == CHUNK_PAGES) {
+			client_unref(l, drop, ndrop);
+			ndrop = 0;
+		}
+	}
+	if (ndrop)
+		client_unref(l, drop, ndrop);
+	return 0;
 }
 
 /* Without a kernel zero page, a zero page maps the zero segment and costs a
@@ -712,6 +785,7 @@ static int64_t budget(struct lib *l, uint32_t want, int pass_done, struct pass *
 	if (r.unmerge)
 		scan_unmerge(l, 0, UINTPTR_MAX);
 	*wait_ms = r.wait_ms;
+	l->hints_waiting = r.hints;
 	return r.grant;
 }
 
@@ -767,6 +841,11 @@ static int walk(struct lib *l, struct pass *ps)
 		g = budget(l, n, 0, ps, &wait);
 		if (g < 0)
 			return (int)g;
+		if (l->hints_waiting) {
+			int err = take_hints(l, ps);
+			if (err)
+				return err;
+		}
 		if (!g) {
 			sleep_ms(l, wait ? wait : 1, 0);
 			continue; /* areas may have changed while we slept */
@@ -875,6 +954,8 @@ void *scan_thread(void *arg)
 	struct lib *l = arg;
 	sigset_t all;
 
+	/* Named, so that top -H and perf tell our time from the application's. */
+	prctl(PR_SET_NAME, "samepage-scan", 0, 0, 0);
 	/* Application signals go to application threads. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);

@@ -15,10 +15,34 @@
  *    the same content gets the same id), C_LOOKUP finds it through the
  *    stable index and a first/second offer through the unstable index;
  *    C_GETSEG hands over the sealed segment with the page's bytes in it;
+ *  - the page pipe (C_PIPE): only a pipe as large as it claims (1 ..
+ *    SP_MAX_CREATE pages) is accepted, a second one replaces the first (the
+ *    first closed), anything else closes the connection with the descriptor;
+ *    C_CREATE without a pipe, of more pages than the pipe holds, or with
+ *    fewer bytes in the pipe than it announces closes the connection and
+ *    leaves nothing in the pool;
+ *  - C_CREATE reads its pages from the pipe (written or vmspliced), in
+ *    order: several pages in one request each land in the pool with their
+ *    own bytes, the same page twice in one request is one pool page; a page
+ *    whose bytes do not match its claimed hash gets SP_POOL_NONE, takes no
+ *    pool page (nor overwrites the pool page that has the claimed hash) and
+ *    leaves the pipe in step for the next request;
+ *  - merge hints: when B creates the page its C_LOOKUP matched in A's
+ *    unstable entry, A's next D_BUDGET counts the hint, C_HINTS returns A's
+ *    address and the pool id (max honoured, each hint given once), and A
+ *    holds a reference of its own: the page outlives B's references, A's
+ *    C_UNREF (or A closing) frees it; no hint for a create that names no
+ *    matched entry (out of range, an entry that got SP_POOL_NONE, an entry
+ *    of an earlier C_LOOKUP, or the same entry twice), for a page whose bytes
+ *    do not match, or for a process that has gone; A offering its hinted
+ *    page again before fetching the hint gets the hinted page on the
+ *    reference it already holds (the hint then consumed), unless the page
+ *    changed;
  *  - C_UNREF of an id the connection does not hold closes that connection
  *    only: the holder keeps its page and its connection; dropping the last
  *    reference, or closing the holder, frees the page;
- *  - descriptors sent to the daemon with requests are closed, not kept;
+ *  - descriptors sent to the daemon with requests are closed, not kept
+ *    (a C_PIPE's only while the connection lives);
  *  - 2000 random messages (random or valid type, random length 0..4096 or
  *    a near-valid one, random bytes), each on a fresh connection, helloed
  *    or not: each ends exactly as the protocol says (closed, or the right
@@ -38,6 +62,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -52,6 +77,11 @@ static char dir[64], sock_path[128];
 static pid_t dpid, owner;
 static unsigned char rbuf[SP_MAX_MSG];
 static struct sp_knobs defaults;
+
+#define NO_LOOK 0xffffffffu /* C_CREATE entry that names no C_LOOKUP entry */
+/* The write end of each connection's page pipe, by socket fd; -1: none. */
+#define MAXFD 4096
+static int pipes[MAXFD];
 
 static uint64_t rng = 0x2545F4914F6CDD1Dull;
 
@@ -183,6 +213,16 @@ static int connect_hello(void)
 
 	hello(fd, 0);
 	return fd;
+}
+
+/* Close a connection and its page pipe. */
+static void hangup(int fd)
+{
+	TU_CHECK(fd >= 0 && fd < MAXFD, "fd %d", fd);
+	if (pipes[fd] >= 0)
+		close(pipes[fd]);
+	pipes[fd] = -1;
+	close(fd);
 }
 
 static int32_t expect_ack(int fd, const char *what)
@@ -351,21 +391,88 @@ static void test_stat(int g)
 		 (unsigned long long)gstat(g).g.processes);
 }
 
-/* C_CREATE of one page: its id. */
-static uint32_t create(int fd, const void *page)
+/* Send C_PIPE with the read end of a new pipe of at least `cap` pages
+ * claiming `pages`; the write end, or -1 when the pipe could not be made
+ * that large. The caller reads the answer. */
+static int send_pipe(int fd, uint32_t pages, uint32_t cap)
 {
-	struct sp_create c = { .n = 1 };
-	struct sp_msg m;
-	struct sp_ids r;
-	uint32_t id;
+	struct sp_pipe p = { .pages = pages };
+	int pf[2];
 
-	TU_CHECK(sp_sendv(fd, C_CREATE, &c, sizeof(c), page, PAGE) == 0, "send C_CREATE");
+	TU_CHECK(pipe2(pf, O_CLOEXEC) == 0, "pipe: %s", strerror(errno));
+	if (fcntl(pf[1], F_SETPIPE_SZ, (int)(cap * PAGE)) < (int)(cap * PAGE)) {
+		close(pf[0]);
+		close(pf[1]);
+		return -1;
+	}
+	TU_CHECK(sp_send(fd, C_PIPE, &p, sizeof(p), pf[0]) == 0, "send C_PIPE");
+	close(pf[0]);
+	return pf[1];
+}
+
+/* Give fd a page pipe of `pages` pages (replacing any). */
+static void open_pipe(int fd, uint32_t pages)
+{
+	int w = send_pipe(fd, pages, pages);
+	int32_t err;
+
+	TU_CHECK(w >= 0, "no pipe of %u pages", pages);
+	err = expect_ack(fd, "C_PIPE");
+	TU_CHECK(err == 0, "C_PIPE of %u pages refused: %d", pages, err);
+	TU_CHECK(fd < MAXFD, "fd %d", fd);
+	if (pipes[fd] >= 0)
+		close(pipes[fd]);
+	pipes[fd] = w;
+}
+
+static void pipe_write(int fd, const void *p, size_t len)
+{
+	TU_CHECK(pipes[fd] >= 0, "no pipe");
+	TU_CHECK(write(pipes[fd], p, len) == (ssize_t)len, "write %zu bytes to the pipe: %s", len,
+		 strerror(errno));
+}
+
+static int pipe_ready; /* the next create_n finds its bytes in the pipe already */
+
+/* C_CREATE of n pages at `pages` claimed to hash to hash[i] (NULL: their
+ * real hashes), with C_LOOKUP entries look[i] (NULL: none); the ids, one
+ * per page, in ids. The bytes go through the connection's pipe, opened
+ * (16 pages) if it has none. */
+static void create_n(int fd, const unsigned char *pages, uint32_t n, const uint64_t *hash,
+		     const uint32_t *look, uint32_t *ids)
+{
+	struct { struct sp_create c; struct sp_create_ent e[SP_MAX_CREATE]; } q = { .c = { .n = n } };
+	struct sp_msg m;
+	uint32_t rn;
+
+	TU_CHECK(n <= SP_MAX_CREATE, "n %u", n);
+	if (pipes[fd] < 0)
+		open_pipe(fd, 16);
+	for (uint32_t i = 0; i < n; i++)
+		q.e[i] = (struct sp_create_ent){
+			.hash = hash ? hash[i] : XXH3_64bits(pages + (size_t)i * PAGE, PAGE),
+			.look = look ? look[i] : NO_LOOK };
+	if (pipe_ready)
+		pipe_ready = 0; /* the caller put the bytes there (vmsplice) */
+	else
+		pipe_write(fd, pages, (size_t)n * PAGE);
+	send_ok(fd, C_CREATE, &q, (uint32_t)(sizeof(q.c) + n * sizeof(q.e[0])));
 	recv_ok(fd, &m, "create");
 	TU_CHECK(m.h.type == D_CREATE, "create answered with %u", m.h.type);
-	memcpy(&r, m.p, sizeof(r));
-	memcpy(&id, m.p + sizeof(r), sizeof(id));
-	TU_CHECK(r.n == 1 && id != SP_POOL_NONE && id != SP_POOL_CREATE, "create: n %u id %#x",
-		 r.n, id);
+	memcpy(&rn, m.p, 4);
+	TU_CHECK(rn == n, "D_CREATE: %u ids for %u pages", rn, n);
+	memcpy(ids, m.p + 4, (size_t)n * 4);
+	for (uint32_t i = 0; i < n; i++)
+		TU_CHECK(ids[i] != SP_POOL_CREATE, "D_CREATE: SP_POOL_CREATE for page %u", i);
+}
+
+/* C_CREATE of one page with its real hash: its id. */
+static uint32_t create(int fd, const void *page)
+{
+	uint32_t id;
+
+	create_n(fd, page, 1, NULL, NULL, &id);
+	TU_CHECK(id != SP_POOL_NONE, "create: SP_POOL_NONE for a page with its own hash");
 	return id;
 }
 
@@ -457,10 +564,10 @@ static void test_pages(int g)
 	/* b drops a reference it never took: b closes, a is untouched */
 	unref(b, x);
 	TU_CHECK(closed(b), "C_UNREF of an id not held did not close the connection");
-	close(b);
+	hangup(b);
 	unref(b2, 123456);
 	TU_CHECK(closed(b2), "C_UNREF of a nonexistent id did not close the connection");
-	close(b2);
+	hangup(b2);
 	st = gstat(g);
 	TU_CHECK(st.g.pool_pages == 1, "a's page went with b's bad C_UNREF");
 	TU_CHECK(gstat(a).g.pool_pages == 1, "a's connection went with b's");
@@ -471,7 +578,7 @@ static void test_pages(int g)
 	/* dropping it twice closes a */
 	unref(a, x);
 	TU_CHECK(closed(a), "second C_UNREF of the same id did not close the connection");
-	close(a);
+	hangup(a);
 
 	/* a connection that closes drops everything it holds */
 	a = connect_hello();
@@ -483,9 +590,514 @@ static void test_pages(int g)
 	id = create(a, page);
 	TU_CHECK(id == y, "same content, other page");
 	TU_CHECK(gstat(g).g.pool_pages == 2, "two pages");
-	close(a);
+	hangup(a);
 	TU_CHECK(tu_wait(pool_empty, &g, 5), "a closed connection's pages were not freed");
 	TU_CHECK(gstat(g).g.processes == 1, "closed connections still counted");
+}
+
+/* ---- the page pipe, C_CREATE through it, merge hints ---- */
+
+/* Whether pool page id holds `page`: the segment from C_GETSEG on fd, mapped. */
+static int pool_holds(int fd, uint32_t id, const void *page)
+{
+	struct sp_getseg gs = { .seg = id / SEG_PAGES };
+	struct sp_msg m;
+	unsigned char *v;
+	int eq;
+
+	send_ok(fd, C_GETSEG, &gs, sizeof(gs));
+	recv_ok(fd, &m, "getseg");
+	TU_CHECK(m.h.type == D_SEG && m.fd >= 0, "C_GETSEG %u: type %u fd %d", gs.seg, m.h.type,
+		 m.fd);
+	v = mmap(NULL, (size_t)SEG_PAGES * PAGE, PROT_READ, MAP_PRIVATE, m.fd, 0);
+	TU_CHECK(v != MAP_FAILED, "mmap segment: %s", strerror(errno));
+	eq = !memcmp(v + (size_t)(id % SEG_PAGES) * PAGE, page, PAGE);
+	munmap(v, (size_t)SEG_PAGES * PAGE);
+	close(m.fd);
+	return eq;
+}
+
+static void lookup_n(int fd, const uint64_t *hash, const uint64_t *addr, uint32_t n,
+		     uint32_t *ids)
+{
+	struct { struct sp_lookup l; struct sp_lookup_ent e[16]; } q = { .l = { .n = n } };
+	struct sp_msg m;
+	uint32_t rn;
+
+	TU_CHECK(n <= 16, "n");
+	for (uint32_t i = 0; i < n; i++)
+		q.e[i] = (struct sp_lookup_ent){ hash[i], addr[i] };
+	send_ok(fd, C_LOOKUP, &q, (uint32_t)(sizeof(q.l) + n * sizeof(q.e[0])));
+	recv_ok(fd, &m, "lookup");
+	TU_CHECK(m.h.type == D_LOOKUP, "lookup answered with %u", m.h.type);
+	memcpy(&rn, m.p, 4);
+	TU_CHECK(rn == n, "D_LOOKUP: %u ids for %u hashes", rn, n);
+	memcpy(ids, m.p + 4, (size_t)n * 4);
+}
+
+/* D_BUDGET's count of waiting hints. */
+static uint32_t budget_hints(int fd)
+{
+	struct sp_budget b = { .want = 1 };
+	struct sp_budget_r r;
+	struct sp_msg m;
+
+	send_ok(fd, C_BUDGET, &b, sizeof(b));
+	recv_ok(fd, &m, "budget");
+	TU_CHECK(m.h.type == D_BUDGET, "budget answered with %u", m.h.type);
+	memcpy(&r, m.p, sizeof(r));
+	return r.hints;
+}
+
+/* C_HINTS: the hints returned (at most max), into e. */
+static uint32_t fetch_hints(int fd, uint32_t max, struct sp_hint *e, uint32_t room)
+{
+	struct sp_hints_req q = { .max = max };
+	struct sp_msg m;
+	uint32_t n;
+
+	send_ok(fd, C_HINTS, &q, sizeof(q));
+	recv_ok(fd, &m, "hints");
+	TU_CHECK(m.h.type == D_HINTS, "C_HINTS answered with %u", m.h.type);
+	memcpy(&n, m.p, 4);
+	TU_CHECK(n <= max, "D_HINTS: %u hints, asked for at most %u", n, max);
+	TU_CHECK(n <= room, "D_HINTS: %u hints", n);
+	memcpy(e, m.p + sizeof(struct sp_hints), (size_t)n * sizeof(*e));
+	return n;
+}
+
+static uint64_t hash_of(const void *page)
+{
+	return XXH3_64bits(page, PAGE);
+}
+
+static struct sp_stat_r pool_now(int g, uint64_t pages, uint64_t sharing, const char *when)
+{
+	struct sp_stat_r st = gstat(g);
+
+	TU_CHECK(st.g.pool_pages == pages && st.g.pages_sharing == sharing,
+		 "%s: pool_pages %llu (want %llu), pages_sharing %llu (want %llu)", when,
+		 (unsigned long long)st.g.pool_pages, (unsigned long long)pages,
+		 (unsigned long long)st.g.pages_sharing, (unsigned long long)sharing);
+	return st;
+}
+
+/* C_PIPE's checks, and C_CREATE without the bytes it announces. */
+static void test_pipe(int g)
+{
+	static unsigned char pg[4 * PAGE];
+	struct sp_pipe p = { .pages = 4 };
+	struct { struct sp_create c; struct sp_create_ent e[8]; } q;
+	int base = count_fds(dpid), fd, w, sv[2], mfd;
+
+	tu_fill(pg, sizeof(pg), 3131);
+	memset(&q, 0, sizeof(q));
+	for (int i = 0; i < 8; i++)
+		q.e[i] = (struct sp_create_ent){ .hash = hash_of(pg + (i % 4) * PAGE), .look = NO_LOOK };
+
+	/* before C_HELLO */
+	fd = dial();
+	w = send_pipe(fd, 4, 4);
+	TU_CHECK(closed(fd), "C_PIPE before C_HELLO did not close the connection");
+	close(w);
+	close(fd);
+	/* without a descriptor */
+	fd = connect_hello();
+	send_ok(fd, C_PIPE, &p, sizeof(p));
+	TU_CHECK(closed(fd), "C_PIPE without a descriptor did not close the connection");
+	close(fd);
+	/* descriptors that are no pipe */
+	mfd = memfd_create("sp-unit", MFD_CLOEXEC);
+	TU_CHECK(mfd >= 0, "memfd");
+	fd = connect_hello();
+	TU_CHECK(sp_send(fd, C_PIPE, &p, sizeof(p), mfd) == 0, "send");
+	TU_CHECK(closed(fd), "C_PIPE with a memfd did not close the connection");
+	close(fd);
+	close(mfd);
+	TU_CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+	fd = connect_hello();
+	TU_CHECK(sp_send(fd, C_PIPE, &p, sizeof(p), sv[0]) == 0, "send");
+	TU_CHECK(closed(fd), "C_PIPE with a socket did not close the connection");
+	close(fd);
+	close(sv[0]);
+	close(sv[1]);
+	/* sizes: none, more than the pipe holds, more than SP_MAX_CREATE */
+	static const struct { uint32_t pages, cap; } bad[] = {
+		{ 0, 4 }, { 17, 16 }, { 2, 1 }, { 5, 4 }, { SP_MAX_CREATE + 1, SP_MAX_CREATE * 2 },
+		{ 0xffffffffu, 16 }, { 0x100001u, 16 },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		fd = connect_hello();
+		w = send_pipe(fd, bad[i].pages, bad[i].cap);
+		if (w < 0) { /* no pipe that large here */
+			close(fd);
+			continue;
+		}
+		TU_CHECK(closed(fd), "C_PIPE of %u pages on a pipe of %u: connection not closed",
+			 bad[i].pages, bad[i].cap);
+		close(w);
+		close(fd);
+	}
+	gstat(g); /* every close above is handled before this reply */
+	daemon_alive("bad C_PIPE");
+	TU_CHECK(count_fds(dpid) == base, "refused C_PIPEs left %d descriptors in the daemon",
+		 count_fds(dpid) - base);
+
+	/* a good one, then another: the first is closed, the second used */
+	fd = connect_hello();
+	open_pipe(fd, 16);
+	TU_CHECK(count_fds(dpid) == base + 2, "daemon descriptors %d, want %d (socket, pipe)",
+		 count_fds(dpid), base + 2);
+	w = pipes[fd];
+	pipes[fd] = -1;
+	open_pipe(fd, 4);
+	TU_CHECK(count_fds(dpid) == base + 2, "a replaced pipe was kept: %d descriptors, want %d",
+		 count_fds(dpid), base + 2);
+	errno = 0;
+	TU_CHECK(write(w, pg, PAGE) < 0 && errno == EPIPE,
+		 "the replaced pipe still has a reader (write: %s)", strerror(errno));
+	close(w);
+	uint32_t id;
+	create_n(fd, pg, 1, NULL, NULL, &id);
+	TU_CHECK(id != SP_POOL_NONE && pool_holds(fd, id, pg), "create through the second pipe");
+	/* C_CREATE of 0 pages: an empty answer */
+	create_n(fd, pg, 0, NULL, NULL, &id);
+	/* more pages than the pipe holds (all of them in it): closed */
+	pipe_write(fd, pg, 4 * PAGE);
+	q.c.n = 5;
+	send_ok(fd, C_CREATE, &q, sizeof(q.c) + 5 * sizeof(q.e[0]));
+	TU_CHECK(closed(fd), "C_CREATE of 5 pages on a pipe of 4 did not close the connection");
+	hangup(fd);
+	TU_CHECK(tu_wait(pool_empty, &g, 5), "the closed connection's page stayed");
+	/* more pages than the C_PIPE claimed, though the pipe has room and
+	 * holds them all: closed */
+	fd = connect_hello();
+	w = send_pipe(fd, 2, 16);
+	TU_CHECK(w >= 0 && expect_ack(fd, "C_PIPE 2 of 16") == 0, "C_PIPE of 2 pages refused");
+	pipes[fd] = w;
+	pipe_write(fd, pg, 3 * PAGE);
+	q.c.n = 3;
+	send_ok(fd, C_CREATE, &q, sizeof(q.c) + 3 * sizeof(q.e[0]));
+	TU_CHECK(closed(fd), "C_CREATE of 3 pages after C_PIPE of 2 did not close the connection");
+	hangup(fd);
+	TU_CHECK(tu_wait(pool_empty, &g, 5), "a refused C_CREATE left pool pages");
+
+	/* C_CREATE without a pipe */
+	for (uint32_t n = 0; n < 2; n++) {
+		fd = connect_hello();
+		q.c.n = n;
+		send_ok(fd, C_CREATE, &q, (uint32_t)(sizeof(q.c) + n * sizeof(q.e[0])));
+		TU_CHECK(closed(fd), "C_CREATE of %u pages without a pipe: connection not closed", n);
+		close(fd);
+	}
+	/* fewer bytes in the pipe than announced: closed, nothing pooled */
+	static const struct { uint32_t n; size_t bytes; } shortc[] = {
+		{ 1, 0 }, { 1, 100 }, { 1, PAGE - 1 }, { 2, PAGE }, { 2, PAGE + 100 }, { 4, 3 * PAGE },
+	};
+	for (size_t i = 0; i < sizeof(shortc) / sizeof(shortc[0]); i++) {
+		fd = connect_hello();
+		open_pipe(fd, 4);
+		if (shortc[i].bytes)
+			pipe_write(fd, pg, shortc[i].bytes);
+		q.c.n = shortc[i].n;
+		send_ok(fd, C_CREATE, &q, (uint32_t)(sizeof(q.c) + shortc[i].n * sizeof(q.e[0])));
+		TU_CHECK(closed(fd), "C_CREATE of %u pages with %zu bytes in the pipe: not closed",
+			 shortc[i].n, shortc[i].bytes);
+		hangup(fd);
+		TU_CHECK(tu_wait(pool_empty, &g, 5),
+			 "a C_CREATE of %u pages with %zu bytes left %llu pool pages", shortc[i].n,
+			 shortc[i].bytes, (unsigned long long)gstat(g).g.pool_pages);
+	}
+	daemon_alive("short C_CREATE");
+	TU_CHECK(tu_wait(settled, &g, 5), "connections or pages left after the pipe tests");
+	TU_CHECK(count_fds(dpid) == base, "the pipe tests left %d descriptors in the daemon",
+		 count_fds(dpid) - base);
+}
+
+/* C_CREATE through the pipe: the bytes that land in the pool. */
+static void test_create_pipe(int g)
+{
+	static unsigned char pg[8 * PAGE] __attribute__((aligned(4096)));
+	int a = connect_hello(), b = connect_hello();
+	uint32_t ids[8], id;
+	uint64_t hs[8];
+	struct iovec iov[3];
+
+	/* three pages, vmspliced as the library does, in one request */
+	tu_fill(pg, 3 * PAGE, 5001);
+	open_pipe(a, 16);
+	for (int i = 0; i < 3; i++)
+		iov[i] = (struct iovec){ pg + i * PAGE, PAGE };
+	TU_CHECK(vmsplice(pipes[a], iov, 3, 0) == 3 * PAGE, "vmsplice: %s", strerror(errno));
+	pipe_ready = 1;
+	create_n(a, pg, 3, NULL, NULL, ids);
+	TU_CHECK(ids[0] != SP_POOL_NONE && ids[1] != SP_POOL_NONE && ids[2] != SP_POOL_NONE,
+		 "create of 3 pages: %#x %#x %#x", ids[0], ids[1], ids[2]);
+	TU_CHECK(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+		 "3 contents, ids %u %u %u", ids[0], ids[1], ids[2]);
+	for (int i = 0; i < 3; i++)
+		TU_CHECK(pool_holds(b, ids[i], pg + i * PAGE),
+			 "pool page %u does not hold page %d of the request", ids[i], i);
+	pool_now(g, 3, 0, "3 pages created");
+	/* they are in the stable index under their hashes */
+	hs[0] = hash_of(pg + PAGE);
+	lookup_n(b, hs, (uint64_t[]){ 0x5000 }, 1, &id);
+	TU_CHECK(id == ids[1], "stable lookup of a created page: %#x, want %u", id, ids[1]);
+	unref(b, id);
+
+	/* the same new page twice in one request: one pool page, two references */
+	tu_fill(pg + 3 * PAGE, PAGE, 5002);
+	memcpy(pg + 4 * PAGE, pg + 3 * PAGE, PAGE);
+	create_n(a, pg + 3 * PAGE, 2, NULL, NULL, ids + 3);
+	TU_CHECK(ids[3] != SP_POOL_NONE && ids[3] == ids[4], "the same page twice: ids %#x %#x",
+		 ids[3], ids[4]);
+	pool_now(g, 4, 1, "the same page twice in one request");
+	/* a pooled page again: its id */
+	create_n(a, pg, 1, NULL, NULL, &id);
+	TU_CHECK(id == ids[0], "a pooled page created again: %#x, want %u", id, ids[0]);
+	pool_now(g, 4, 2, "a pooled page created again");
+	TU_CHECK(pool_holds(b, ids[3], pg + 3 * PAGE), "the page created twice");
+
+	/* a claimed hash that is not the bytes': SP_POOL_NONE, nothing pooled */
+	tu_fill(pg + 5 * PAGE, PAGE, 5003);
+	hs[0] = hash_of(pg + 5 * PAGE) ^ 1;
+	create_n(a, pg + 5 * PAGE, 1, hs, NULL, &id);
+	TU_CHECK(id == SP_POOL_NONE, "a page with a wrong hash got pool page %#x", id);
+	pool_now(g, 4, 2, "a page with a wrong hash");
+	uint32_t lk[2];
+	lookup_n(b, (uint64_t[]){ hs[0], hs[0] ^ 1 }, (uint64_t[]){ 0x6000, 0x7000 }, 2, lk);
+	TU_CHECK(lk[0] == SP_POOL_NONE && lk[1] == SP_POOL_NONE,
+		 "a refused page is in the stable index (%#x %#x)", lk[0], lk[1]);
+	/* the pipe is still in step: the same page with its hash now lands whole */
+	id = create(a, pg + 5 * PAGE);
+	TU_CHECK(pool_holds(b, id, pg + 5 * PAGE), "the page after a refused one is not its bytes");
+	pool_now(g, 5, 2, "the page created with its hash");
+	/* the hash of a pooled page, other bytes: refused, the pooled page untouched */
+	tu_fill(pg + 6 * PAGE, PAGE, 5004);
+	hs[0] = hash_of(pg);
+	create_n(a, pg + 6 * PAGE, 1, hs, NULL, &id);
+	TU_CHECK(id == SP_POOL_NONE, "bytes claimed to be a pooled page's got %#x", id);
+	TU_CHECK(pool_holds(b, ids[0], pg), "the pooled page was overwritten by other bytes");
+	pool_now(g, 5, 2, "bytes claimed to be a pooled page's");
+	/* a bad page between two good ones: each good one its own bytes */
+	tu_fill(pg + 5 * PAGE, 3 * PAGE, 5005);
+	hs[0] = hash_of(pg + 5 * PAGE);
+	hs[1] = hash_of(pg + 5 * PAGE) + 7;
+	hs[2] = hash_of(pg + 7 * PAGE);
+	create_n(a, pg + 5 * PAGE, 3, hs, NULL, ids + 5);
+	TU_CHECK(ids[5] != SP_POOL_NONE && ids[6] == SP_POOL_NONE && ids[7] != SP_POOL_NONE &&
+		 ids[5] != ids[7], "good, bad, good: %#x %#x %#x", ids[5], ids[6], ids[7]);
+	TU_CHECK(pool_holds(b, ids[5], pg + 5 * PAGE) && pool_holds(b, ids[7], pg + 7 * PAGE),
+		 "good, bad, good: the good pages' bytes differ");
+	pool_now(g, 7, 2, "good, bad, good");
+
+	hangup(a);
+	hangup(b);
+	TU_CHECK(tu_wait(pool_empty, &g, 5), "pages of a closed connection stayed");
+}
+
+static int hint_has(const struct sp_hint *e, uint32_t n, uint64_t addr, uint32_t id)
+{
+	for (uint32_t i = 0; i < n; i++)
+		if (e[i].addr == addr && e[i].id == id)
+			return 1;
+	return 0;
+}
+
+/* The unstable match of two processes: B creates, A is told. */
+static void test_hints(int g)
+{
+	static unsigned char pg[8 * PAGE];
+	static struct sp_hint e[SP_MAX_HINTS];
+	int a = connect_hello(), b = connect_hello(), c;
+	uint32_t ids[4], x, n;
+	uint64_t h[4];
+
+	tu_fill(pg, 8 * PAGE, 7001);
+	for (int i = 0; i < 4; i++)
+		h[i] = hash_of(pg + i * PAGE);
+	/* a connection that never had a hint: none, and none waiting */
+	TU_CHECK(fetch_hints(a, 16, e, SP_MAX_HINTS) == 0, "hints for a new connection");
+	TU_CHECK(budget_hints(a) == 0, "hints waiting for a new connection");
+
+	/* A offers page 1; B offers page 0 and page 1 */
+	lookup_n(a, &h[1], (uint64_t[]){ 0xa000 }, 1, ids);
+	TU_CHECK(ids[0] == SP_POOL_NONE, "A's first offer: %#x", ids[0]);
+	lookup_n(b, h, (uint64_t[]){ 0xb000, 0xb100 }, 2, ids);
+	TU_CHECK(ids[0] == SP_POOL_NONE && ids[1] == SP_POOL_CREATE, "B's offer: %#x %#x", ids[0],
+		 ids[1]);
+	TU_CHECK(budget_hints(a) == 0, "A has a hint before B created the page");
+	create_n(b, pg + PAGE, 1, NULL, (uint32_t[]){ 1 }, &x);
+	TU_CHECK(x != SP_POOL_NONE, "B's create");
+	TU_CHECK(budget_hints(b) == 0, "B got a hint for its own create");
+	TU_CHECK(budget_hints(a) == 1, "A's budget after B created its match: %u hints, want 1",
+		 budget_hints(a));
+	pool_now(g, 1, 1, "B created A's match (A's reference taken)");
+	/* max 0: nothing taken */
+	TU_CHECK(fetch_hints(a, 0, e, SP_MAX_HINTS) == 0, "C_HINTS max 0 returned hints");
+	TU_CHECK(budget_hints(a) == 1, "C_HINTS max 0 took the hint");
+	n = fetch_hints(a, 16, e, SP_MAX_HINTS);
+	TU_CHECK(n == 1 && e[0].addr == 0xa000 && e[0].id == x,
+		 "D_HINTS: n %u addr %#llx id %u, want 1 0xa000 %u", n,
+		 (unsigned long long)(n ? e[0].addr : 0), n ? e[0].id : 0, x);
+	TU_CHECK(budget_hints(a) == 0, "the hint was not taken");
+	TU_CHECK(fetch_hints(a, 16, e, SP_MAX_HINTS) == 0, "a hint given twice");
+	/* B creates it again with the same entry: its id, no second hint */
+	create_n(b, pg + PAGE, 1, NULL, (uint32_t[]){ 1 }, &ids[0]);
+	TU_CHECK(ids[0] == x, "B's second create: %#x, want %u", ids[0], x);
+	TU_CHECK(budget_hints(a) == 0, "a second hint for one match");
+	pool_now(g, 1, 2, "B holds 2, A 1");
+	/* A's reference keeps the page when B drops all of its */
+	unref(b, x);
+	unref(b, x);
+	pool_now(b, 1, 0, "B dropped its references");
+	TU_CHECK(pool_holds(a, x, pg + PAGE), "the page A was hinted lost its bytes");
+	c = connect_hello();
+	lookup_n(c, &h[1], (uint64_t[]){ 0xc000 }, 1, ids);
+	TU_CHECK(ids[0] == x, "the hinted page left the stable index: %#x", ids[0]);
+	unref(c, x);
+	hangup(c);
+	unref(a, x);
+	pool_now(a, 0, 0, "A dropped the hinted reference");
+	/* it was exactly one reference */
+	unref(a, x);
+	TU_CHECK(closed(a), "A dropped a hinted reference twice and was not closed");
+	hangup(a);
+
+	/* A closes with a hint waiting: its reference goes with it */
+	a = connect_hello();
+	lookup_n(a, &h[2], (uint64_t[]){ 0xa200 }, 1, ids);
+	lookup_n(b, &h[2], (uint64_t[]){ 0xb200 }, 1, ids);
+	TU_CHECK(ids[0] == SP_POOL_CREATE, "B's offer of page 2: %#x", ids[0]);
+	create_n(b, pg + 2 * PAGE, 1, NULL, (uint32_t[]){ 0 }, &x);
+	TU_CHECK(x != SP_POOL_NONE, "create page 2");
+	pool_now(g, 1, 1, "page 2 with A's hint");
+	hangup(a);
+	for (int i = 0; i < 100 && gstat(g).g.pages_sharing; i++)
+		usleep(20000);
+	pool_now(g, 1, 0, "A closed with a hint waiting");
+	unref(b, x);
+	pool_now(b, 0, 0, "page 2 unreferenced");
+
+	/* no hint without a matched entry: look out of range, an entry that
+	 * got SP_POOL_NONE, an entry of an earlier C_LOOKUP */
+	a = connect_hello();
+	lookup_n(a, &h[3], (uint64_t[]){ 0xa300 }, 1, ids);
+	lookup_n(b, (uint64_t[]){ hash_of(pg + 4 * PAGE), h[3] }, (uint64_t[]){ 0xb400, 0xb300 },
+		 2, ids);
+	TU_CHECK(ids[0] == SP_POOL_NONE && ids[1] == SP_POOL_CREATE, "offer of page 3: %#x %#x",
+		 ids[0], ids[1]);
+	create_n(b, pg + 3 * PAGE, 1, NULL, (uint32_t[]){ 2 }, &x);
+	create_n(b, pg + 3 * PAGE, 1, NULL, (uint32_t[]){ NO_LOOK }, &ids[2]);
+	create_n(b, pg + 3 * PAGE, 1, NULL, (uint32_t[]){ 0 }, &ids[3]);
+	TU_CHECK(x != SP_POOL_NONE && ids[2] == x && ids[3] == x, "creates of page 3");
+	TU_CHECK(budget_hints(a) == 0, "a hint from a create that named no matched entry");
+	/* entry 1 of the previous C_LOOKUP matched; this one's did not */
+	lookup_n(b, (uint64_t[]){ hash_of(pg + 5 * PAGE), hash_of(pg + 7 * PAGE) },
+		 (uint64_t[]){ 0xb500, 0xb700 }, 2, ids);
+	TU_CHECK(ids[0] == SP_POOL_NONE && ids[1] == SP_POOL_NONE, "new pages matched");
+	create_n(b, pg + 3 * PAGE, 1, NULL, (uint32_t[]){ 1 }, &ids[0]);
+	TU_CHECK(ids[0] == x, "page 3 again");
+	TU_CHECK(budget_hints(a) == 0, "a hint from an entry of an earlier C_LOOKUP");
+	pool_now(g, 1, 3, "page 3, B's 4 references");
+	for (int i = 0; i < 4; i++)
+		unref(b, x);
+	pool_now(b, 0, 0, "page 3 unreferenced");
+
+	/* no hint for bytes that do not match the hash */
+	lookup_n(a, &h[0], (uint64_t[]){ 0xa000 }, 1, ids); /* h[0]: B's entry, matched */
+	TU_CHECK(ids[0] == SP_POOL_CREATE, "A's offer of page 0: %#x", ids[0]);
+	uint64_t hh = h[0];
+	create_n(a, pg + 6 * PAGE, 1, &hh, (uint32_t[]){ 0 }, &x);
+	TU_CHECK(x == SP_POOL_NONE, "other bytes under page 0's hash: %#x", x);
+	TU_CHECK(budget_hints(b) == 0, "a hint for a refused page");
+	pool_now(g, 0, 0, "a refused page");
+
+	/* no hint for a process that has gone */
+	c = connect_hello();
+	lookup_n(c, &h[3], (uint64_t[]){ 0xc300 }, 1, ids);
+	TU_CHECK(ids[0] == SP_POOL_NONE, "C's offer of page 3: %#x", ids[0]);
+	lookup_n(a, &h[3], (uint64_t[]){ 0xa300 }, 1, ids);
+	TU_CHECK(ids[0] == SP_POOL_CREATE, "A's offer of page 3: %#x", ids[0]);
+	hangup(c);
+	for (int i = 0; i < 100 && gstat(g).g.processes != 3; i++)
+		usleep(20000);
+	create_n(a, pg + 3 * PAGE, 1, NULL, (uint32_t[]){ 0 }, &x);
+	TU_CHECK(x != SP_POOL_NONE, "A's create of page 3");
+	pool_now(g, 1, 0, "a hint for a closed connection");
+	unref(a, x);
+	pool_now(a, 0, 0, "page 3 unreferenced");
+
+	/* several hints, fetched in parts; each address with its page */
+	tu_fill(pg, 3 * PAGE, 7002);
+	for (int i = 0; i < 3; i++)
+		h[i] = hash_of(pg + i * PAGE);
+	lookup_n(a, h, (uint64_t[]){ 0x1000, 0x2000, 0x3000 }, 3, ids);
+	lookup_n(b, h, (uint64_t[]){ 0x91000, 0x92000, 0x93000 }, 3, ids);
+	TU_CHECK(ids[0] == SP_POOL_CREATE && ids[1] == SP_POOL_CREATE && ids[2] == SP_POOL_CREATE,
+		 "B's offer of 3 pages");
+	create_n(b, pg, 3, NULL, (uint32_t[]){ 0, 1, 2 }, ids);
+	TU_CHECK(budget_hints(a) == 3, "3 matches: %u hints", budget_hints(a));
+	pool_now(g, 3, 3, "3 hinted pages");
+	n = fetch_hints(a, 2, e, SP_MAX_HINTS);
+	TU_CHECK(n == 2, "C_HINTS max 2: %u", n);
+	TU_CHECK(budget_hints(a) == 1, "after fetching 2 of 3: %u waiting", budget_hints(a));
+	n += fetch_hints(a, SP_MAX_HINTS, e + 2, SP_MAX_HINTS - 2);
+	TU_CHECK(n == 3, "the last hint: %u in all", n);
+	for (int i = 0; i < 3; i++)
+		TU_CHECK(hint_has(e, 3, 0x1000u * (i + 1), ids[i]),
+			 "no hint for address %#x with page %u", 0x1000 * (i + 1), ids[i]);
+	for (int i = 0; i < 3; i++) {
+		unref(a, ids[i]);
+		unref(b, ids[i]);
+	}
+	pool_now(g, 0, 0, "3 hinted pages unreferenced");
+
+	/* one process, the same content at two addresses: hinted to itself */
+	tu_fill(pg, PAGE, 7003);
+	h[0] = hash_of(pg);
+	lookup_n(a, h, (uint64_t[]){ 0x41000 }, 1, ids);
+	lookup_n(a, h, (uint64_t[]){ 0x41000 }, 1, ids);
+	TU_CHECK(ids[0] == SP_POOL_NONE, "the same page offered again matched itself");
+	lookup_n(a, h, (uint64_t[]){ 0x42000 }, 1, ids);
+	TU_CHECK(ids[0] == SP_POOL_CREATE, "the same content at another address: %#x", ids[0]);
+	create_n(a, pg, 1, NULL, (uint32_t[]){ 0 }, &x);
+	n = fetch_hints(a, 16, e, SP_MAX_HINTS);
+	TU_CHECK(n == 1 && e[0].addr == 0x41000 && e[0].id == x, "own hint: n %u", n);
+	pool_now(g, 1, 1, "one process, two references");
+	unref(a, x);
+	unref(a, x);
+	pool_now(a, 0, 0, "own hint unreferenced");
+
+	/* A offers its hinted page again before fetching the hint: the answer
+	 * is the hinted page, on the reference already A's, and the hint is
+	 * gone; a page that changed meanwhile leaves the hint waiting */
+	tu_fill(pg, 3 * PAGE, 7004);
+	for (int i = 0; i < 3; i++)
+		h[i] = hash_of(pg + i * PAGE);
+	lookup_n(a, h, (uint64_t[]){ 0xa600, 0xa700 }, 2, ids);
+	lookup_n(b, h, (uint64_t[]){ 0xb600, 0xb700 }, 2, ids);
+	TU_CHECK(ids[0] == SP_POOL_CREATE && ids[1] == SP_POOL_CREATE, "B's offer: %#x %#x",
+		 ids[0], ids[1]);
+	create_n(b, pg, 2, NULL, (uint32_t[]){ 0, 1 }, ids + 2);
+	TU_CHECK(budget_hints(a) == 2, "2 hints waiting");
+	pool_now(g, 2, 2, "2 hinted pages");
+	lookup_n(a, (uint64_t[]){ h[0], h[2] }, (uint64_t[]){ 0xa600, 0xa700 }, 2, ids);
+	TU_CHECK(ids[0] == ids[2], "A's hinted page offered again: %#x, want the hinted %u",
+		 ids[0], ids[2]);
+	TU_CHECK(ids[1] != ids[3], "A's changed page got the hinted page %u", ids[3]);
+	pool_now(g, 2, 2, "the hinted page claimed by a lookup (no second reference)");
+	n = fetch_hints(a, 16, e, SP_MAX_HINTS);
+	TU_CHECK(n == 1 && e[0].addr == 0xa700 && e[0].id == ids[3],
+		 "after the claim: n %u, want the changed page's hint only", n);
+	unref(a, ids[2]);
+	unref(a, ids[3]);
+	unref(b, ids[2]);
+	unref(b, ids[3]);
+	pool_now(g, 0, 0, "claimed and fetched hints unreferenced");
+	hangup(a);
+	hangup(b);
+	TU_CHECK(tu_wait(settled, &g, 5), "hint tests left pages or connections");
 }
 
 /* Requests that arrive with descriptors: answered, the fds closed. */
@@ -528,7 +1140,12 @@ static size_t fixed_of(uint16_t t, size_t *elem, uint32_t *max)
 	case C_BUDGET: return sizeof(struct sp_budget);
 	case C_LOOKUP: *elem = sizeof(struct sp_lookup_ent); *max = SP_MAX_LOOKUP;
 		return sizeof(struct sp_lookup);
-	case C_CREATE: *elem = SP_PAGE; *max = SP_MAX_CREATE; return sizeof(struct sp_create);
+	case C_CREATE: *elem = sizeof(struct sp_create_ent); *max = SP_MAX_CREATE;
+		return sizeof(struct sp_create);
+	case C_PIPE: return sizeof(struct sp_pipe);
+	case C_HINTS: return sizeof(struct sp_hints_req);
+	case D_HINTS: *elem = sizeof(struct sp_hint); *max = SP_MAX_HINTS;
+		return sizeof(struct sp_hints);
 	case C_UNREF: *elem = 4; *max = SP_MAX_UNREF; return sizeof(struct sp_ids);
 	case C_GETSEG: return sizeof(struct sp_getseg);
 	case C_ADOPT: return sizeof(struct sp_adopt);
@@ -560,8 +1177,10 @@ static int well_formed(uint16_t t, const unsigned char *p, uint32_t len)
 	return n <= max && len == fixed + (size_t)n * elem;
 }
 
-/* What the protocol says must follow: CLOSE, NOREPLY or the reply type. */
-static int expected(uint16_t t, const unsigned char *p, uint32_t len, int helloed)
+/* What the protocol says must follow: CLOSE, NOREPLY or the reply type.
+ * pipe_pages: the capacity of the pipe sent with the message, or -1. */
+static int expected(uint16_t t, const unsigned char *p, uint32_t len, int helloed,
+		    int pipe_pages)
 {
 	uint32_t v, n;
 
@@ -574,7 +1193,12 @@ static int expected(uint16_t t, const unsigned char *p, uint32_t len, int helloe
 	switch (t) {
 	case C_BUDGET: return D_BUDGET;
 	case C_LOOKUP: return D_LOOKUP;
-	case C_CREATE: return D_CREATE;
+	case C_CREATE: return CLOSE; /* no pipe on this connection */
+	case C_PIPE:
+		memcpy(&n, p, 4);
+		return pipe_pages >= 0 && n >= 1 && n <= SP_MAX_CREATE && n <= (uint32_t)pipe_pages ?
+		       D_ACK : CLOSE;
+	case C_HINTS: return D_HINTS; /* none waiting: n 0 */
 	case C_UNREF:
 		memcpy(&n, p, 4);
 		return n ? CLOSE : NOREPLY; /* holds nothing: any id is not its own */
@@ -596,10 +1220,15 @@ static void check_reply(const struct sp_msg *m, int want, uint16_t t, const unsi
 		TU_CHECK(a.err == 0 || a.err == -EINVAL || a.err == -ENOENT || a.err == -ESRCH,
 			 "garbage %ld: D_ACK %d", i, a.err);
 		TU_CHECK(want == D_ACK || a.err < 0, "garbage %ld: D_ACK 0 for type %u", i, t);
+		TU_CHECK(t != C_PIPE || a.err == 0, "garbage %ld: C_PIPE acked %d", i, a.err);
 		return;
 	}
 	TU_CHECK(m->h.type == want, "garbage %ld (type %u): reply %u, want %d", i, t, m->h.type,
 		 want);
+	if (want == D_HINTS) {
+		memcpy(&n, m->p, 4);
+		TU_CHECK(n == 0, "garbage %ld: %u hints for a connection that has none", i, n);
+	}
 	if (want == D_LOOKUP || want == D_CREATE) {
 		uint32_t rn;
 		memcpy(&n, p, 4);
@@ -610,7 +1239,7 @@ static void check_reply(const struct sp_msg *m, int want, uint16_t t, const unsi
 		 m->fd, m->h.type);
 }
 
-/* Large enough for the near-valid C_CREATE of 2 pages. */
+/* Larger than any garbage payload (4096 bytes at most). */
 #define GARBAGE_BUF (3 * 4096)
 
 static void garbage_one(long i, unsigned char *p)
@@ -618,13 +1247,13 @@ static void garbage_one(long i, unsigned char *p)
 	uint16_t t;
 	uint32_t len;
 	unsigned w = (unsigned)(rnd() % 100);
-	int helloed = rnd() % 2, fd, want;
+	int helloed = rnd() % 2, fd, want, pf[2] = { -1, -1 }, pipe_pages = -1;
 	struct sp_msg m;
 
 	if (w < 45)
-		t = (uint16_t)(C_HELLO + rnd() % (C_UNMERGE - C_HELLO + 1));
+		t = (uint16_t)(C_HELLO + rnd() % (C_HINTS - C_HELLO + 1));
 	else if (w < 55)
-		t = (uint16_t)(D_HELLO + rnd() % (D_STAT - D_HELLO + 1));
+		t = (uint16_t)(D_HELLO + rnd() % (D_HINTS - D_HELLO + 1));
 	else
 		t = (uint16_t)rnd();
 	len = (uint32_t)(rnd() % 4097);
@@ -666,16 +1295,33 @@ static void garbage_one(long i, unsigned char *p)
 				uint32_t seg = (uint32_t)(rnd() % 3);
 				memcpy(p, &seg, 4);
 			}
+			if (t == C_PIPE) {
+				uint32_t pages = (uint32_t)(rnd() % 20);
+				memcpy(p, &pages, 4);
+			}
+			if (t == C_HINTS && rnd() % 2) {
+				uint32_t max = (uint32_t)(rnd() % 3);
+				memcpy(p, &max, 4);
+			}
 		}
 	}
-	want = expected(t, p, len, helloed);
+	/* C_PIPE, or now and then another type, with the read end of a pipe */
+	if ((t == C_PIPE && rnd() % 2) || rnd() % 20 == 0) {
+		TU_CHECK(pipe2(pf, O_CLOEXEC) == 0, "pipe");
+		pipe_pages = fcntl(pf[1], F_GETPIPE_SZ) / (int)PAGE;
+	}
+	want = expected(t, p, len, helloed, pipe_pages);
 
 	fd = dial();
 	if (helloed)
 		hello(fd, rnd() % 4 == 0 ? HELLO_OBSERVER : 0);
 	/* The daemon may close before reading a follow-up: send errors are fine. */
-	if (sp_send(fd, t, p, len, -1) < 0 && want != CLOSE)
+	if (sp_send(fd, t, p, len, pf[0]) < 0 && want != CLOSE)
 		TU_FAIL("garbage %ld: send failed", i);
+	if (pf[0] >= 0) {
+		close(pf[0]);
+		close(pf[1]);
+	}
 	if (helloed) {
 		struct sp_statreq s = { 0 };
 		(void)sp_send(fd, C_STAT, &s, sizeof(s), -1);
@@ -764,6 +1410,8 @@ int main(void)
 	signal(SIGPIPE, SIG_IGN);
 	samepaged_default_knobs(&defaults);
 	start_daemon();
+	for (int i = 0; i < MAXFD; i++)
+		pipes[i] = -1;
 	g = dial(); /* the good connection, open through everything */
 	hello(g, 0);
 
@@ -771,6 +1419,9 @@ int main(void)
 	test_set(g);
 	test_stat(g);
 	test_pages(g);
+	test_pipe(g);
+	test_create_pipe(g);
+	test_hints(g);
 	test_fd_passing(g);
 	test_garbage(g);
 	test_hostile_stats(g);

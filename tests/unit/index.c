@@ -151,7 +151,7 @@ static void test_stable_basic(void)
 	check_counts(&ix, p, 0, 0, "empty again");
 	TU_CHECK(stable_find(&ix, p, H, 256) == SP_POOL_NONE, "H found after all removed");
 	TU_CHECK(stable_find(&ix, p, H2, 256) == SP_POOL_NONE, "H2 found after all removed");
-	TU_CHECK(ix.stable.count == 0, "stable map keeps %zu hashes", ix.stable.count);
+	TU_CHECK(ix.nheads == 0, "stable table keeps %zu hashes", ix.nheads);
 
 	index_fini(&ix);
 	pool_fini(p);
@@ -305,44 +305,48 @@ static void test_unstable(void)
 
 	index_init(&ix);
 	TU_CHECK(unstable_count(&ix) == 0, "fresh count");
-	TU_CHECK(unstable_offer(&ix, H, 1, 0x1000, NULL, NULL) == 0, "first offer not recorded");
+	TU_CHECK(unstable_offer(&ix, H, 1, 0x1000, NULL, NULL, NULL) == 0, "first offer not recorded");
 	TU_CHECK(unstable_count(&ix) == 1, "count after record");
-	TU_CHECK(unstable_offer(&ix, H, 1, 0x1000, NULL, NULL) == 0, "same page again is a match");
+	TU_CHECK(unstable_offer(&ix, H, 1, 0x1000, NULL, NULL, NULL) == 0, "same page again is a match");
 	TU_CHECK(unstable_count(&ix) == 1, "count after same page again: %llu",
 		 (unsigned long long)unstable_count(&ix));
 	/* another connection, same address: a match, consumed */
-	TU_CHECK(unstable_offer(&ix, H, 2, 0x1000, NULL, NULL) == 1, "other conn is not a match");
+	TU_CHECK(unstable_offer(&ix, H, 2, 0x1000, NULL, NULL, NULL) == 1, "other conn is not a match");
 	TU_CHECK(unstable_count(&ix) == 0, "match not consumed");
 	/* consumed: the next offer records anew */
-	TU_CHECK(unstable_offer(&ix, H, 2, 0x1000, NULL, NULL) == 0, "offer after consumption");
+	TU_CHECK(unstable_offer(&ix, H, 2, 0x1000, NULL, NULL, NULL) == 0, "offer after consumption");
 	TU_CHECK(unstable_count(&ix) == 1, "count");
 	/* same connection, other address: a match */
-	TU_CHECK(unstable_offer(&ix, H, 2, 0x2000, NULL, NULL) == 1, "other addr is not a match");
+	TU_CHECK(unstable_offer(&ix, H, 2, 0x2000, NULL, NULL, NULL) == 1, "other addr is not a match");
 	TU_CHECK(unstable_count(&ix) == 0, "count");
 	/* different hashes do not match each other */
-	TU_CHECK(unstable_offer(&ix, 1, 1, 0x1000, NULL, NULL) == 0, "hash 1");
-	TU_CHECK(unstable_offer(&ix, 2, 2, 0x1000, NULL, NULL) == 0, "hash 2 matched hash 1");
-	TU_CHECK(unstable_offer(&ix, 0, 3, 0x1000, NULL, NULL) == 0, "hash 0 matched");
+	TU_CHECK(unstable_offer(&ix, 1, 1, 0x1000, NULL, NULL, NULL) == 0, "hash 1");
+	TU_CHECK(unstable_offer(&ix, 2, 2, 0x1000, NULL, NULL, NULL) == 0, "hash 2 matched hash 1");
+	TU_CHECK(unstable_offer(&ix, 0, 3, 0x1000, NULL, NULL, NULL) == 0, "hash 0 matched");
 	TU_CHECK(unstable_count(&ix) == 3, "three hashes recorded");
-	TU_CHECK(unstable_offer(&ix, 0, 4, 0x5000, NULL, NULL) == 1, "hash 0 did not match");
+	TU_CHECK(unstable_offer(&ix, 0, 4, 0x5000, NULL, NULL, NULL) == 1, "hash 0 did not match");
 	/* conn and addr are compared in full */
-	TU_CHECK(unstable_offer(&ix, 77, 5, 0x7000ull << 32, NULL, NULL) == 0, "record high addr");
-	TU_CHECK(unstable_offer(&ix, 77, 5, 0x7000, NULL, NULL) == 1, "addr compared only in its low bits");
-	TU_CHECK(unstable_offer(&ix, 78, 0x10005, 0x7000, NULL, NULL) == 0, "record");
-	TU_CHECK(unstable_offer(&ix, 78, 5, 0x7000, NULL, NULL) == 1, "conn compared only in its low bits");
+	TU_CHECK(unstable_offer(&ix, 77, 5, 0x7000ull << 32, NULL, NULL, NULL) == 0, "record high addr");
+	TU_CHECK(unstable_offer(&ix, 77, 5, 0x7000, NULL, NULL, NULL) == 1, "addr compared only in its low bits");
+	TU_CHECK(unstable_offer(&ix, 78, 0x10005, 0x7000, NULL, NULL, NULL) == 0, "record");
+	TU_CHECK(unstable_offer(&ix, 78, 5, 0x7000, NULL, NULL, NULL) == 1, "conn compared only in its low bits");
 
 	/* an entry whose connection closed is replaced, not matched */
-	TU_CHECK(unstable_offer(&ix, 99, 7, 0x1000, NULL, NULL) == 0, "record conn 7");
-	TU_CHECK(unstable_offer(&ix, 99, 8, 0x2000, only_conn_8, NULL) == 0,
+	TU_CHECK(unstable_offer(&ix, 99, 7, 0x1000, NULL, NULL, NULL) == 0, "record conn 7");
+	TU_CHECK(unstable_offer(&ix, 99, 8, 0x2000, only_conn_8, NULL, NULL) == 0,
 		 "matched the page of a closed connection");
-	TU_CHECK(unstable_offer(&ix, 99, 9, 0x3000, only_conn_8, NULL) == 1,
+	struct unstable_item got = { 0 };
+	TU_CHECK(unstable_offer(&ix, 99, 9, 0x3000, only_conn_8, NULL, &got) == 1,
 		 "the live connection's replacing entry did not match");
+	/* the match names the page it matched: its process gets a merge hint */
+	TU_CHECK(got.conn == 8 && got.addr == 0x2000, "matched item conn %u addr %#llx", got.conn,
+		 (unsigned long long)got.addr);
 
 	/* reset forgets everything */
 	unstable_reset(&ix);
 	TU_CHECK(unstable_count(&ix) == 0, "count after reset");
-	TU_CHECK(unstable_offer(&ix, 1, 9, 0x9000, NULL, NULL) == 0, "hash 1 remembered across a reset");
-	TU_CHECK(unstable_offer(&ix, 2, 9, 0x9000, NULL, NULL) == 0, "hash 2 remembered across a reset");
+	TU_CHECK(unstable_offer(&ix, 1, 9, 0x9000, NULL, NULL, NULL) == 0, "hash 1 remembered across a reset");
+	TU_CHECK(unstable_offer(&ix, 2, 9, 0x9000, NULL, NULL, NULL) == 0, "hash 2 remembered across a reset");
 	TU_CHECK(unstable_count(&ix) == 2, "count");
 	unstable_reset(&ix);
 
@@ -350,34 +354,34 @@ static void test_unstable(void)
 	 * one matched by another connection, then a reset. */
 	enum { N = 20000 };
 	for (uint64_t i = 0; i < N; i++) {
-		TU_CHECK(unstable_offer(&ix, i * 0x9E3779B97F4A7C15ull, 1, i << 12, NULL, NULL) == 0,
+		TU_CHECK(unstable_offer(&ix, i * 0x9E3779B97F4A7C15ull, 1, i << 12, NULL, NULL, NULL) == 0,
 			 "record %llu", (unsigned long long)i);
 		TU_CHECK(unstable_count(&ix) == i + 1, "count %llu", (unsigned long long)i);
 	}
 	for (uint64_t i = 0; i < N; i++)
-		TU_CHECK(unstable_offer(&ix, i * 0x9E3779B97F4A7C15ull, 1, i << 12, NULL, NULL) == 0,
+		TU_CHECK(unstable_offer(&ix, i * 0x9E3779B97F4A7C15ull, 1, i << 12, NULL, NULL, NULL) == 0,
 			 "re-offer %llu matched", (unsigned long long)i);
 	TU_CHECK(unstable_count(&ix) == N, "count after re-offers");
 	for (uint64_t i = 0; i < N; i += 2)
-		TU_CHECK(unstable_offer(&ix, i * 0x9E3779B97F4A7C15ull, 2, i << 12, NULL, NULL) == 1,
+		TU_CHECK(unstable_offer(&ix, i * 0x9E3779B97F4A7C15ull, 2, i << 12, NULL, NULL, NULL) == 1,
 			 "match %llu", (unsigned long long)i);
 	TU_CHECK(unstable_count(&ix) == N / 2, "count after half matched");
 	for (uint64_t i = 1; i < N; i += 2)
-		TU_CHECK(unstable_offer(&ix, i * 0x9E3779B97F4A7C15ull, 1, (i + 1) << 12, NULL, NULL) == 1,
+		TU_CHECK(unstable_offer(&ix, i * 0x9E3779B97F4A7C15ull, 1, (i + 1) << 12, NULL, NULL, NULL) == 1,
 			 "match %llu (same conn, other addr)", (unsigned long long)i);
 	TU_CHECK(unstable_count(&ix) == 0, "count after all matched");
 	/* record/consume cycles on one hash: the count never drifts */
 	for (int i = 0; i < 10000; i++) {
-		TU_CHECK(unstable_offer(&ix, 5, 1, 0x1000, NULL, NULL) == 0, "cycle record");
-		TU_CHECK(unstable_offer(&ix, 5, 2, 0x1000, NULL, NULL) == 1, "cycle match");
+		TU_CHECK(unstable_offer(&ix, 5, 1, 0x1000, NULL, NULL, NULL) == 0, "cycle record");
+		TU_CHECK(unstable_offer(&ix, 5, 2, 0x1000, NULL, NULL, NULL) == 1, "cycle match");
 		TU_CHECK(unstable_count(&ix) == 0, "cycle count");
 	}
 	for (uint64_t i = 0; i < N; i++)
-		TU_CHECK(unstable_offer(&ix, i, 3, 0, NULL, NULL) == 0, "record %llu", (unsigned long long)i);
+		TU_CHECK(unstable_offer(&ix, i, 3, 0, NULL, NULL, NULL) == 0, "record %llu", (unsigned long long)i);
 	unstable_reset(&ix);
 	TU_CHECK(unstable_count(&ix) == 0, "count after big reset");
 	for (uint64_t i = 0; i < N; i += 97)
-		TU_CHECK(unstable_offer(&ix, i, 4, 0, NULL, NULL) == 0, "hash %llu survived reset",
+		TU_CHECK(unstable_offer(&ix, i, 4, 0, NULL, NULL, NULL) == 0, "hash %llu survived reset",
 			 (unsigned long long)i);
 	TU_CHECK(index_bytes(&ix) > 0, "index_bytes");
 	index_fini(&ix);
@@ -404,8 +408,8 @@ static void test_max_hash(void)
 	drop(&ix, p, b);
 	check_counts(&ix, p, 0, 0, "all removed");
 
-	TU_CHECK(unstable_offer(&ix, UINT64_MAX, 1, 0x1000, NULL, NULL) == 0, "record UINT64_MAX");
-	TU_CHECK(unstable_offer(&ix, UINT64_MAX - 1, 2, 0x1000, NULL, NULL) == 0,
+	TU_CHECK(unstable_offer(&ix, UINT64_MAX, 1, 0x1000, NULL, NULL, NULL) == 0, "record UINT64_MAX");
+	TU_CHECK(unstable_offer(&ix, UINT64_MAX - 1, 2, 0x1000, NULL, NULL, NULL) == 0,
 		 "unstable: UINT64_MAX-1 matched UINT64_MAX");
 	index_fini(&ix);
 	pool_fini(p);

@@ -19,7 +19,10 @@
  *    (counted in /proc/self/fd): two fds in one message, two control
  *    messages, more fds than the control buffer holds, an fd with a
  *    malformed frame, and an fd on a message type that never carries one
- *    (only D_SEG does: proto.c's own comment);
+ *    (only D_SEG and C_PIPE do); C_PIPE's pipe end arrives as that pipe;
+ *  - the wire layout: message numbers, the size and field offsets of the
+ *    pipe/create/hint structures and of D_BUDGET's hints, and every counted
+ *    message at its maximum count fits in SP_MAX_MSG;
  *  - knob names, lookup and the range of each knob, and that the daemon's
  *    defaults are in range;
  *  - a fuzz loop: 100k random messages through sp_validate, each compared
@@ -29,6 +32,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,13 +81,16 @@ static const struct layout layouts[] = {
 	{ C_HELLO, sizeof(struct sp_hello), 0, 0 },
 	{ C_BUDGET, sizeof(struct sp_budget), 0, 0 },
 	{ C_LOOKUP, sizeof(struct sp_lookup), sizeof(struct sp_lookup_ent), SP_MAX_LOOKUP },
-	{ C_CREATE, sizeof(struct sp_create), SP_PAGE, SP_MAX_CREATE },
+	/* C_CREATE carries hashes only: the page bytes travel through the pipe */
+	{ C_CREATE, sizeof(struct sp_create), sizeof(struct sp_create_ent), SP_MAX_CREATE },
 	{ C_UNREF, sizeof(struct sp_ids), sizeof(uint32_t), SP_MAX_UNREF },
 	{ C_GETSEG, sizeof(struct sp_getseg), 0, 0 },
 	{ C_ADOPT, sizeof(struct sp_adopt), 0, 0 },
 	{ C_STAT, sizeof(struct sp_statreq), 0, 0 },
 	{ C_SET, sizeof(struct sp_set), 0, 0 },
 	{ C_UNMERGE, sizeof(struct sp_unmerge), 0, 0 },
+	{ C_PIPE, sizeof(struct sp_pipe), 0, 0 },
+	{ C_HINTS, sizeof(struct sp_hints_req), 0, 0 },
 	{ D_HELLO, sizeof(struct sp_hello_r), 0, 0 },
 	{ D_BUDGET, sizeof(struct sp_budget_r), 0, 0 },
 	{ D_LOOKUP, sizeof(struct sp_ids), sizeof(uint32_t), SP_MAX_LOOKUP },
@@ -91,6 +98,7 @@ static const struct layout layouts[] = {
 	{ D_SEG, sizeof(struct sp_seg_r), 0, 0 },
 	{ D_ACK, sizeof(struct sp_ack), 0, 0 },
 	{ D_STAT, sizeof(struct sp_stat_r), 0, 0 },
+	{ D_HINTS, sizeof(struct sp_hints), sizeof(struct sp_hint), SP_MAX_HINTS },
 };
 #define NLAYOUTS (sizeof(layouts) / sizeof(layouts[0]))
 
@@ -147,7 +155,8 @@ static unsigned char *counted(const struct layout *l, uint32_t cnt, uint32_t n, 
 static void test_validate(void)
 {
 	static unsigned char zero[sizeof(struct sp_stat_r) + 16];
-	static const uint16_t unknown[] = { 0, 11, 12, 50, 99, 107, 108, 200, 0x8001, 0xffff };
+	static const uint16_t unknown[] = { 0, C_HINTS + 1, 13, 14, 50, 99, D_HINTS + 1, 108, 109,
+					    200, 0x8001, 0xffff };
 
 	for (size_t i = 0; i < NLAYOUTS; i++) {
 		const struct layout *l = &layouts[i];
@@ -444,10 +453,54 @@ static void test_malformed(void)
 	TU_CHECK(count_fds() == base + 1, "D_SEG's fd not delivered");
 	close(m.fd);
 	expect_good_after(sv);
+	/* C_PIPE: the read end of a pipe, delivered as that pipe */
+	{
+		int pf[2];
+		struct stat s1, s2;
+		struct sp_pipe pp = { .pages = 16 };
 
-	/* LAST (fails today, see report): an fd with a message type that never
-	 * carries one; proto.c says "only where the reply carries one". */
-	static const uint16_t no_fd_types[] = { D_ACK, D_HELLO, C_HELLO, C_STAT, D_LOOKUP };
+		TU_CHECK(pipe2(pf, O_CLOEXEC) == 0, "pipe");
+		TU_CHECK(sp_send(sv[0], C_PIPE, &pp, sizeof(pp), pf[0]) == 0, "send C_PIPE");
+		r = sp_recv(sv[1], rbuf, &m);
+		TU_CHECK(r == 0 && m.h.type == C_PIPE && sp_validate(&m) == 0 &&
+			 !memcmp(m.p, &pp, sizeof(pp)), "C_PIPE: result %d type %u", r, m.h.type);
+		TU_CHECK(m.fd >= 0, "C_PIPE lost its fd");
+		TU_CHECK(fstat(m.fd, &s1) == 0 && fstat(pf[0], &s2) == 0 && S_ISFIFO(s1.st_mode) &&
+			 s1.st_ino == s2.st_ino, "C_PIPE's fd is not the pipe sent");
+		/* it is that pipe: what is written at the other end reads back */
+		TU_CHECK(write(pf[1], "samepage", 8) == 8, "write pipe");
+		char got[8];
+		TU_CHECK(read(m.fd, got, 8) == 8 && !memcmp(got, "samepage", 8),
+			 "C_PIPE's fd does not read the pipe");
+		close(m.fd);
+		close(pf[0]);
+		close(pf[1]);
+		TU_CHECK(count_fds() == base, "C_PIPE round trip leaked");
+		/* a C_PIPE with a malformed frame: its fd is closed */
+		TU_CHECK(pipe2(pf, O_CLOEXEC) == 0, "pipe");
+		h = (struct sp_hdr){ .type = C_PIPE, .len = 100 };
+		memcpy(buf, &h, sizeof(h));
+		raw_send(sv[0], buf, sizeof(h) + sizeof(pp), pf, 1, 1);
+		r = sp_recv(sv[1], rbuf, &m);
+		TU_CHECK(r == -EPROTO && m.fd == -1, "C_PIPE with a bad frame: result %d fd %d", r,
+			 m.fd);
+		/* two fds with C_PIPE (both ends of the pipe): refused, both closed */
+		h.len = sizeof(pp);
+		memcpy(buf, &h, sizeof(h));
+		raw_send(sv[0], buf, sizeof(h) + sizeof(pp), pf, 2, 1);
+		r = sp_recv(sv[1], rbuf, &m);
+		TU_CHECK(r == -EPROTO && m.fd == -1, "C_PIPE with two fds: result %d fd %d", r,
+			 m.fd);
+		close(pf[0]);
+		close(pf[1]);
+		TU_CHECK(count_fds() == base, "bad C_PIPE frames leaked %d", count_fds() - base);
+		expect_good_after(sv);
+	}
+
+	/* An fd with a message type that never carries one (only D_SEG and
+	 * C_PIPE do): sp_recv closes it. */
+	static const uint16_t no_fd_types[] = { D_ACK, D_HELLO, C_HELLO, C_STAT, D_LOOKUP,
+						C_CREATE, C_HINTS, D_HINTS, D_CREATE, D_BUDGET };
 	int leaked = 0;
 	for (size_t i = 0; i < sizeof(no_fd_types) / sizeof(no_fd_types[0]); i++) {
 		const struct layout *l = layout_of(no_fd_types[i]);
@@ -475,6 +528,61 @@ static void test_malformed(void)
 	TU_CHECK(!leaked,
 		 "%d message types that never carry an fd came with one from sp_recv: "
 		 "a caller that only reads the payload leaks it", leaked);
+}
+
+/* The wire format: what a library and a daemon of different builds must
+ * agree on, written down independently of the structures. */
+static void test_wire(void)
+{
+	static const struct { uint16_t type, want; } nums[] = {
+		{ C_HELLO, 1 }, { C_BUDGET, 2 }, { C_LOOKUP, 3 }, { C_CREATE, 4 }, { C_UNREF, 5 },
+		{ C_GETSEG, 6 }, { C_ADOPT, 7 }, { C_STAT, 8 }, { C_SET, 9 }, { C_UNMERGE, 10 },
+		{ C_PIPE, 11 }, { C_HINTS, 12 }, { D_HELLO, 100 }, { D_BUDGET, 101 },
+		{ D_LOOKUP, 102 }, { D_CREATE, 103 }, { D_SEG, 104 }, { D_ACK, 105 },
+		{ D_STAT, 106 }, { D_HINTS, 107 },
+	};
+	static const struct { const char *what; size_t got, want; } sz[] = {
+		{ "sp_create_ent", sizeof(struct sp_create_ent), 16 },
+		{ "sp_create_ent.hash", offsetof(struct sp_create_ent, hash), 0 },
+		{ "sp_create_ent.look", offsetof(struct sp_create_ent, look), 8 },
+		{ "sp_create", sizeof(struct sp_create), 8 },
+		{ "sp_create.e", offsetof(struct sp_create, e), 8 },
+		{ "sp_pipe", sizeof(struct sp_pipe), 8 },
+		{ "sp_pipe.pages", offsetof(struct sp_pipe, pages), 0 },
+		{ "sp_hint", sizeof(struct sp_hint), 16 },
+		{ "sp_hint.addr", offsetof(struct sp_hint, addr), 0 },
+		{ "sp_hint.id", offsetof(struct sp_hint, id), 8 },
+		{ "sp_hints", sizeof(struct sp_hints), 8 },
+		{ "sp_hints.e", offsetof(struct sp_hints, e), 8 },
+		{ "sp_hints_req", sizeof(struct sp_hints_req), 8 },
+		{ "sp_hints_req.max", offsetof(struct sp_hints_req, max), 0 },
+		{ "sp_budget_r.unmerge", offsetof(struct sp_budget_r, unmerge), 16 },
+		{ "sp_budget_r.hints", offsetof(struct sp_budget_r, hints), 20 },
+		{ "sp_budget_r.knobs", offsetof(struct sp_budget_r, knobs), 24 },
+		{ "sp_ids.id", offsetof(struct sp_ids, id), 4 },
+	};
+
+	for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++)
+		TU_CHECK(nums[i].type == nums[i].want, "message number %u, want %u", nums[i].type,
+			 nums[i].want);
+	for (size_t i = 0; i < sizeof(sz) / sizeof(sz[0]); i++)
+		TU_CHECK(sz[i].got == sz[i].want, "%s: %zu, want %zu", sz[i].what, sz[i].got,
+			 sz[i].want);
+	/* every counted message is sendable at its maximum count */
+	for (size_t i = 0; i < NLAYOUTS; i++) {
+		const struct layout *l = &layouts[i];
+		if (!l->elem)
+			continue;
+		uint64_t bytes = sizeof(struct sp_hdr) + l->fixed + (uint64_t)l->max * l->elem;
+		TU_CHECK(bytes <= SP_MAX_MSG, "type %u at its maximum count: %llu bytes > %u",
+			 l->type, (unsigned long long)bytes, SP_MAX_MSG);
+	}
+	/* D_CREATE answers every page of the largest C_CREATE */
+	TU_CHECK(layout_of(D_CREATE)->max >= layout_of(C_CREATE)->max,
+		 "D_CREATE cannot answer a full C_CREATE");
+	/* one C_CREATE's pages fit the largest pipe the library asks for */
+	TU_CHECK((uint64_t)SP_MAX_CREATE * SP_PAGE <= 1u << 20,
+		 "SP_MAX_CREATE pages exceed the default fs.pipe-max-size");
 }
 
 static void test_knobs(void)
@@ -578,7 +686,8 @@ int main(void)
 	test_roundtrip();
 	test_knobs();
 	test_fuzz();
-	test_malformed(); /* last: its final check fails today (fd on a no-fd type) */
+	test_wire();
+	test_malformed();
 	printf("proto: ok\n");
 	return 0;
 }
