@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every test program of a build directory: unit tests, then integration
-# tests. A test exits 0 (pass), 77 (skip, with its reason) or anything else
+# tests, then (plain build only) the small versions of examples/*.sh. A test exits 0 (pass), 77 (skip, with its reason) or anything else
 # (fail). Ends with the summary line "N passed, N failed, N skipped".
 set -u
 O=${1:-build}
@@ -25,6 +25,26 @@ for t in "$O"/tests/unit/* "$O"/tests/integration/*; do
 	   echo "$out" | tail -n 30 | sed 's/^/    /' ;;
 	esac
 done
+# Real programs (QEMU, Redis, Python) under `samepage run`, in the small
+# versions of examples/*.sh, once: the plain build (a sanitizer-built library
+# cannot be preloaded into programs that were not built with it).
+if [ -z "${SAMEPAGE_SAN:-}" ] && [ -z "${SAMEPAGE_NO_EXAMPLES:-}" ]; then
+	for t in examples/*.sh; do
+		[ -x "$t" ] || continue
+		name=${t%.sh}
+		start=$(date +%s.%N)
+		out=$(SAMEPAGE_BUILD="$PWD/$O" timeout "${EXAMPLE_TIMEOUT:-600}" "$t" --small 2>&1)
+		rc=$?
+		secs=$(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)")
+		case $rc in
+		0) pass=$((pass + 1)); echo "PASS $name --small (${secs}s)"
+		   echo "$out" | tail -n 4 | sed 's/^/    /' ;;
+		77) skip=$((skip + 1)); echo "SKIP $name: $(echo "$out" | grep -m1 SKIP)" ;;
+		*) fail=$((fail + 1)); failed+=("$name"); echo "FAIL $name --small (exit $rc, ${secs}s)"
+		   echo "$out" | tail -n 30 | sed 's/^/    /' ;;
+		esac
+	done
+fi
 [ ${#failed[@]} -eq 0 ] || echo "failed: ${failed[*]}"
 echo "${SAMEPAGE_SAN:-plain}: $pass passed, $fail failed, $skip skipped"
 [ -z "${SAMEPAGE_TOTALS:-}" ] || echo "$pass $fail $skip" >>"$SAMEPAGE_TOTALS"
