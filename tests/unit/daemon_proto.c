@@ -921,9 +921,9 @@ static void test_hints(int g)
 	TU_CHECK(budget_hints(a) == 0, "hints waiting for a new connection");
 
 	/* A offers page 1; B offers page 0 and page 1 */
-	lookup_n(a, &h[1], (uint64_t[]){ 0xa000 }, 1, ids);
+	lookup_n(a, &h[1], (uint64_t[]){ 0xa0000 }, 1, ids);
 	TU_CHECK(ids[0] == SP_POOL_NONE, "A's first offer: %#x", ids[0]);
-	lookup_n(b, h, (uint64_t[]){ 0xb000, 0xb100 }, 2, ids);
+	lookup_n(b, h, (uint64_t[]){ 0xb0000, 0xb1000 }, 2, ids);
 	TU_CHECK(ids[0] == SP_POOL_NONE && ids[1] == SP_POOL_CREATE, "B's offer: %#x %#x", ids[0],
 		 ids[1]);
 	TU_CHECK(budget_hints(a) == 0, "A has a hint before B created the page");
@@ -937,8 +937,8 @@ static void test_hints(int g)
 	TU_CHECK(fetch_hints(a, 0, e, SP_MAX_HINTS) == 0, "C_HINTS max 0 returned hints");
 	TU_CHECK(budget_hints(a) == 1, "C_HINTS max 0 took the hint");
 	n = fetch_hints(a, 16, e, SP_MAX_HINTS);
-	TU_CHECK(n == 1 && e[0].addr == 0xa000 && e[0].id == x,
-		 "D_HINTS: n %u addr %#llx id %u, want 1 0xa000 %u", n,
+	TU_CHECK(n == 1 && e[0].addr == 0xa0000 && e[0].id == x,
+		 "D_HINTS: n %u addr %#llx id %u, want 1 0xa0000 %u", n,
 		 (unsigned long long)(n ? e[0].addr : 0), n ? e[0].id : 0, x);
 	TU_CHECK(budget_hints(a) == 0, "the hint was not taken");
 	TU_CHECK(fetch_hints(a, 16, e, SP_MAX_HINTS) == 0, "a hint given twice");
@@ -953,7 +953,7 @@ static void test_hints(int g)
 	pool_now(b, 1, 0, "B dropped its references");
 	TU_CHECK(pool_holds(a, x, pg + PAGE), "the page A was hinted lost its bytes");
 	c = connect_hello();
-	lookup_n(c, &h[1], (uint64_t[]){ 0xc000 }, 1, ids);
+	lookup_n(c, &h[1], (uint64_t[]){ 0xc0000 }, 1, ids);
 	TU_CHECK(ids[0] == x, "the hinted page left the stable index: %#x", ids[0]);
 	unref(c, x);
 	hangup(c);
@@ -966,8 +966,8 @@ static void test_hints(int g)
 
 	/* A closes with a hint waiting: its reference goes with it */
 	a = connect_hello();
-	lookup_n(a, &h[2], (uint64_t[]){ 0xa200 }, 1, ids);
-	lookup_n(b, &h[2], (uint64_t[]){ 0xb200 }, 1, ids);
+	lookup_n(a, &h[2], (uint64_t[]){ 0xa2000 }, 1, ids);
+	lookup_n(b, &h[2], (uint64_t[]){ 0xb2000 }, 1, ids);
 	TU_CHECK(ids[0] == SP_POOL_CREATE, "B's offer of page 2: %#x", ids[0]);
 	create_n(b, pg + 2 * PAGE, 1, NULL, (uint32_t[]){ 0 }, &x);
 	TU_CHECK(x != SP_POOL_NONE, "create page 2");
@@ -982,8 +982,8 @@ static void test_hints(int g)
 	/* no hint without a matched entry: look out of range, an entry that
 	 * got SP_POOL_NONE, an entry of an earlier C_LOOKUP */
 	a = connect_hello();
-	lookup_n(a, &h[3], (uint64_t[]){ 0xa300 }, 1, ids);
-	lookup_n(b, (uint64_t[]){ hash_of(pg + 4 * PAGE), h[3] }, (uint64_t[]){ 0xb400, 0xb300 },
+	lookup_n(a, &h[3], (uint64_t[]){ 0xa3000 }, 1, ids);
+	lookup_n(b, (uint64_t[]){ hash_of(pg + 4 * PAGE), h[3] }, (uint64_t[]){ 0xb4000, 0xb3000 },
 		 2, ids);
 	TU_CHECK(ids[0] == SP_POOL_NONE && ids[1] == SP_POOL_CREATE, "offer of page 3: %#x %#x",
 		 ids[0], ids[1]);
@@ -994,7 +994,7 @@ static void test_hints(int g)
 	TU_CHECK(budget_hints(a) == 0, "a hint from a create that named no matched entry");
 	/* entry 1 of the previous C_LOOKUP matched; this one's did not */
 	lookup_n(b, (uint64_t[]){ hash_of(pg + 5 * PAGE), hash_of(pg + 7 * PAGE) },
-		 (uint64_t[]){ 0xb500, 0xb700 }, 2, ids);
+		 (uint64_t[]){ 0xb5000, 0xb7000 }, 2, ids);
 	TU_CHECK(ids[0] == SP_POOL_NONE && ids[1] == SP_POOL_NONE, "new pages matched");
 	create_n(b, pg + 3 * PAGE, 1, NULL, (uint32_t[]){ 1 }, &ids[0]);
 	TU_CHECK(ids[0] == x, "page 3 again");
@@ -1005,7 +1005,7 @@ static void test_hints(int g)
 	pool_now(b, 0, 0, "page 3 unreferenced");
 
 	/* no hint for bytes that do not match the hash */
-	lookup_n(a, &h[0], (uint64_t[]){ 0xa000 }, 1, ids); /* h[0]: B's entry, matched */
+	lookup_n(a, &h[0], (uint64_t[]){ 0xa0000 }, 1, ids); /* h[0]: B's entry, matched */
 	TU_CHECK(ids[0] == SP_POOL_CREATE, "A's offer of page 0: %#x", ids[0]);
 	uint64_t hh = h[0];
 	create_n(a, pg + 6 * PAGE, 1, &hh, (uint32_t[]){ 0 }, &x);
@@ -1015,9 +1015,9 @@ static void test_hints(int g)
 
 	/* no hint for a process that has gone */
 	c = connect_hello();
-	lookup_n(c, &h[3], (uint64_t[]){ 0xc300 }, 1, ids);
+	lookup_n(c, &h[3], (uint64_t[]){ 0xc3000 }, 1, ids);
 	TU_CHECK(ids[0] == SP_POOL_NONE, "C's offer of page 3: %#x", ids[0]);
-	lookup_n(a, &h[3], (uint64_t[]){ 0xa300 }, 1, ids);
+	lookup_n(a, &h[3], (uint64_t[]){ 0xa3000 }, 1, ids);
 	TU_CHECK(ids[0] == SP_POOL_CREATE, "A's offer of page 3: %#x", ids[0]);
 	hangup(c);
 	for (int i = 0; i < 100 && gstat(g).g.processes != 3; i++)
@@ -1075,20 +1075,20 @@ static void test_hints(int g)
 	tu_fill(pg, 3 * PAGE, 7004);
 	for (int i = 0; i < 3; i++)
 		h[i] = hash_of(pg + i * PAGE);
-	lookup_n(a, h, (uint64_t[]){ 0xa600, 0xa700 }, 2, ids);
-	lookup_n(b, h, (uint64_t[]){ 0xb600, 0xb700 }, 2, ids);
+	lookup_n(a, h, (uint64_t[]){ 0xa6000, 0xa7000 }, 2, ids);
+	lookup_n(b, h, (uint64_t[]){ 0xb6000, 0xb7000 }, 2, ids);
 	TU_CHECK(ids[0] == SP_POOL_CREATE && ids[1] == SP_POOL_CREATE, "B's offer: %#x %#x",
 		 ids[0], ids[1]);
 	create_n(b, pg, 2, NULL, (uint32_t[]){ 0, 1 }, ids + 2);
 	TU_CHECK(budget_hints(a) == 2, "2 hints waiting");
 	pool_now(g, 2, 2, "2 hinted pages");
-	lookup_n(a, (uint64_t[]){ h[0], h[2] }, (uint64_t[]){ 0xa600, 0xa700 }, 2, ids);
+	lookup_n(a, (uint64_t[]){ h[0], h[2] }, (uint64_t[]){ 0xa6000, 0xa7000 }, 2, ids);
 	TU_CHECK(ids[0] == ids[2], "A's hinted page offered again: %#x, want the hinted %u",
 		 ids[0], ids[2]);
 	TU_CHECK(ids[1] != ids[3], "A's changed page got the hinted page %u", ids[3]);
 	pool_now(g, 2, 2, "the hinted page claimed by a lookup (no second reference)");
 	n = fetch_hints(a, 16, e, SP_MAX_HINTS);
-	TU_CHECK(n == 1 && e[0].addr == 0xa700 && e[0].id == ids[3],
+	TU_CHECK(n == 1 && e[0].addr == 0xa7000 && e[0].id == ids[3],
 		 "after the claim: n %u, want the changed page's hint only", n);
 	unref(a, ids[2]);
 	unref(a, ids[3]);
