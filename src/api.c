@@ -57,6 +57,8 @@ static void lib_create(void)
 	l->text = arena_alloc(ar, TEXT_BYTES);
 	l->stack = arena_alloc(ar, STACK_BYTES);
 	l->vbuf = arena_alloc(ar, SPAN_MAX_PAGES * SP_PAGE);
+	l->abuf = arena_alloc(ar, ABUF_PAGES * SP_PAGE);
+	l->zpage = arena_alloc(ar, SP_PAGE);
 	l->old_areas = arena_alloc(ar, LIB_MAX_AREAS * sizeof(struct area));
 	l->chunk = arena_alloc(ar, scan_chunk_bytes());
 	l->vmas.v = arena_alloc(ar, VMA_SLOTS * sizeof(struct vma));
@@ -64,14 +66,14 @@ static void lib_create(void)
 	l->vmas.fixed = 1;
 	l->pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	l->mapsfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-	if (!l->msg || !l->out || !l->pm || !l->text || !l->stack || !l->vbuf || !l->old_areas ||
+	if (!l->msg || !l->out || !l->pm || !l->text || !l->stack || !l->vbuf || !l->abuf || !l->zpage || !l->old_areas ||
 	    !l->chunk || !l->vmas.v || l->pmfd < 0 || l->mapsfd < 0)
 		return; /* the_lib stays NULL: every call says -ENOMEM */
 	l->max_map_count = os_max_map_count();
 	l->debug = getenv("SAMEPAGE_DEBUG") && *getenv("SAMEPAGE_DEBUG") == '1';
 	l->zero_page_ok = os_has_zero_page(l->pmfd);
 	/* Once, not per page: the arena hands out zeroed memory. */
-	l->zero_hash = XXH3_64bits(l->stack, SP_PAGE);
+	l->zero_hash = XXH3_64bits(l->zpage, SP_PAGE);
 	l->uffd = os_uffd_open();
 	if (l->uffd < 0)
 		warn_uffd(l->uffd);

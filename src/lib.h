@@ -81,6 +81,7 @@ struct lib_stats {
  * 256, no better at 512). At 256 a writer waits at most about a
  * millisecond, and only if it writes into the span being merged. */
 #define SPAN_MAX_PAGES 256 /* merge.c */
+#define ABUF_PAGES 32
 
 #define TEXT_BYTES (1u << 20)      /* /proc parsing buffer */
 
@@ -140,6 +141,8 @@ struct lib {
 	char *text;                /* /proc parsing */
 	unsigned char *stack;      /* the scanner thread's stack */
 	unsigned char *vbuf;       /* SPAN_MAX_PAGES: pool pages read for comparing */
+	unsigned char *abuf;       /* ABUF_PAGES: our own pages read for comparing */
+	unsigned char *zpage;      /* a page of zeros, never written */
 };
 
 /* The process's context, created on first use; NULL if that failed. */

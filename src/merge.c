@@ -150,11 +150,19 @@ static void merge_span(struct lib *l, struct area *a, struct merge_item *it, uin
 	if (os_uffd_freeze(l->uffd, s, e - s))
 		return;
 	struct vma_cache vc = { 0 };
-	for (uint32_t i = 0; i < n; i++)
-		/* Invariant 1: frozen, and verified equal byte for byte. */
-		it[i].ok = got[i] && replaceable(l, it[i].addr, &prot[i], &vc) &&
-			   page_equal((const void *)it[i].addr, l->vbuf + (size_t)i * SP_PAGE,
-				      SP_PAGE);
+	for (uint32_t i = 0; i < n; i += ABUF_PAGES) {
+		uint32_t k = n - i < ABUF_PAGES ? n - i : ABUF_PAGES;
+		uint8_t mine[ABUF_PAGES];
+		/* Our pages, read by the kernel: glibc may unmap them behind our
+		 * wrappers even while they are frozen. */
+		os_read_pages(&it[i].addr, sizeof(*it), k, l->abuf, mine);
+		for (uint32_t j = 0; j < k; j++)
+			/* Invariant 1: frozen, and verified equal byte for byte. */
+			it[i + j].ok = got[i + j] && mine[j] &&
+				       replaceable(l, it[i + j].addr, &prot[i + j], &vc) &&
+				       page_equal(l->abuf + (size_t)j * SP_PAGE,
+						  l->vbuf + (size_t)(i + j) * SP_PAGE, SP_PAGE);
+	}
 	for (uint32_t i = 0; i < n;) {
 		uint32_t j = i + 1;
 		if (!it[i].ok) {
@@ -226,10 +234,17 @@ static void zero_span(struct lib *l, struct area *a, uintptr_t *addr, uint32_t *
 		memset(ok, 0, n * sizeof(*ok));
 		return;
 	}
-	/* Invariant 1: only frozen pages verified all-zero are replaced. */
+	/* Invariant 1: only frozen pages verified all-zero are replaced (read
+	 * by the kernel: see merge_span()). */
 	struct vma_cache vc = { 0 };
-	for (uint32_t k = 0; k < n; k++)
-		ok[k] = replaceable(l, addr[k], &prot[k], &vc) && is_zero((void *)addr[k]);
+	for (uint32_t i = 0; i < n; i += ABUF_PAGES) {
+		uint32_t k = n - i < ABUF_PAGES ? n - i : ABUF_PAGES;
+		uint8_t mine[ABUF_PAGES];
+		os_read_pages(&addr[i], sizeof(*addr), k, l->abuf, mine);
+		for (uint32_t j = 0; j < k; j++)
+			ok[i + j] = mine[j] && replaceable(l, addr[i + j], &prot[i + j], &vc) &&
+				    is_zero(l->abuf + (size_t)j * SP_PAGE);
+	}
 	if (zfd < 0) {
 		/* The next read maps the kernel's zero page. */
 		for (uint32_t k = 0; k < n; k++)
@@ -270,8 +285,17 @@ static int to_anon(struct area *a, uintptr_t s, uintptr_t e, uint8_t prot, int c
 
 	if (tmp == MAP_FAILED)
 		return -ENOMEM;
-	if (copy)
-		page_copy(tmp, (const void *)s, len);
+	if (copy) {
+		/* Read by the kernel, a page at a time (see merge_span()). */
+		uint8_t got[256];
+		for (uintptr_t p = s; p < e; p += 256 * SP_PAGE) {
+			uint32_t k = (uint32_t)((e - p) / SP_PAGE < 256 ? (e - p) / SP_PAGE : 256);
+			uintptr_t addr[256];
+			for (uint32_t j = 0; j < k; j++)
+				addr[j] = p + (uintptr_t)j * SP_PAGE;
+			os_read_pages(addr, sizeof(addr[0]), k, (unsigned char *)tmp + (p - s), got);
+		}
+	}
 	if ((prot != (PROT_READ | PROT_WRITE) && mprotect(tmp, len, prot) < 0) ||
 	    os_apply_flags((uintptr_t)tmp, len, a->vmflags) < 0 ||
 	    os_mremap(tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)s) == MAP_FAILED) {

@@ -82,6 +82,15 @@ struct vma_list {
  * mappings of the pool, everything else). buf/buflen: scratch space. */
 int os_read_vmas(struct vma_list *l, char *buf, size_t buflen);
 void os_vmas_free(struct vma_list *l);
+/* Copy n pages of our own memory, page i from addr[i] (an array with
+ * `stride` bytes between elements), into buf page i, without ever faulting:
+ * the application may unmap memory behind our wrappers (glibc's malloc
+ * unmaps and trims through its internal calls), and a plain read of it
+ * would kill the process. got[i]: page i was read. Pages the kernel could
+ * not read (gone, PROT_NONE) are skipped. */
+void os_read_pages(const void *addr, size_t stride, uint32_t n, unsigned char *buf,
+		   uint8_t *got);
+
 /* The VMA containing a, or NULL. l is sorted. */
 const struct vma *os_vma_find(const struct vma_list *l, uintptr_t a);
 

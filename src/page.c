@@ -43,12 +43,3 @@ PLAIN int page_is_zero(const void *p, size_t n)
 	}
 	return 1;
 }
-
-PLAIN void page_copy(void *dst, const void *src, size_t n)
-{
-	uint64_t *d = dst;
-	const uint64_t *s = src;
-
-	for (size_t i = 0; i < n / 8; i++)
-		d[i] = s[i];
-}

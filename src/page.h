@@ -18,7 +18,5 @@
 int page_equal(const void *a, const void *b, size_t n);
 /* 1 when the n bytes at p are all zero. */
 int page_is_zero(const void *p, size_t n);
-/* Copy n bytes (a multiple of 8, 8-aligned). */
-void page_copy(void *dst, const void *src, size_t n);
 
 #endif

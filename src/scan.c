@@ -301,6 +301,7 @@ struct chunk { /* one chunk's work lists; lives in lib, guarded by its lock */
 	uint32_t ids[CHUNK_PAGES];
 	uint32_t ncreate;
 	struct sp_hint hint[SP_MAX_HINTS];
+	uintptr_t tohash[SPAN_MAX_PAGES];
 };
 
 size_t scan_chunk_bytes(void)
@@ -320,11 +321,12 @@ static int maps_pool_page(const struct lib *l, const struct vma *v, uintptr_t p,
 	       v->pgoff + (p - v->start) / SP_PAGE == id % SEG_PAGES;
 }
 
-static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, struct chunk *c,
-		     struct pass *ps, const struct vma **vc)
+/* What page p needs this pass, from its entry and pagemap entry: 1 when it
+ * must be hashed (classify_hashed() goes on from there), else 0. */
+static int classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, struct chunk *c,
+		    struct pass *ps, const struct vma **vc)
 {
 	struct entry *e = entry_of(a, p);
-	uint64_t h;
 
 	if (!*vc || p >= (*vc)->end || p < (*vc)->start)
 		*vc = os_vma_find(&l->vmas, p);
@@ -346,14 +348,14 @@ static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, st
 		if (e->state == E_MERGED && PM_PRESENT(pm) && !PM_FILE(pm) && *vc &&
 		    (*vc)->kind == VMA_POOL) {
 			c->cow[c->ncow++] = p;
-			return;
+			return 0;
 		}
 		if (maps_pool_page(l, *vc, p, e->pool)) {
 			/* Still mapped (a merged page perhaps not faulted in, after
 			 * fork). A written one may now complete its VMA, and is
 			 * hashed like any page: it may merge again. */
 			if (e->state == E_MERGED)
-				return;
+				return 0;
 			c->cow[c->ncow++] = p;
 			goto hash;
 		}
@@ -367,26 +369,34 @@ static void classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, st
 		if (e->state == E_ZERO && PM_PRESENT(pm) && !PM_FILE(pm) && *vc &&
 		    (*vc)->kind == VMA_POOL) {
 			c->cow[c->ncow++] = p;
-			return;
+			return 0;
 		}
 		if (*vc && (*vc)->kind == VMA_POOL) {
 			if (e->state != E_COWED)
-				return;
+				return 0;
 			c->cow[c->ncow++] = p;
 			goto hash;
 		}
 		entry_set(l, e, E_NEW); /* replaced behind our back */
 	} else if (e->state == E_ZERO) {
 		if (!(PM_PRESENT(pm) && PM_EXCLUSIVE(pm) && !PM_FILE(pm)))
-			return; /* still the zero page, or gone */
+			return 0; /* still the zero page, or gone */
 		entry_set(l, e, E_NEW);
 	}
 hash:
 	if (!PM_PRESENT(pm))
-		return;
+		return 0;
 	if (!*vc || !((*vc)->prot & PROT_READ))
-		return; /* PROT_NONE stays mergeable but cannot be read */
-	h = XXH3_64bits((const void *)p, SP_PAGE);
+		return 0; /* PROT_NONE stays mergeable but cannot be read */
+	return 1;
+}
+
+/* Page p hashed to h (from a copy: see os_read_pages()). */
+static void classify_hashed(struct lib *l, struct area *a, uintptr_t p, uint64_t h,
+			    struct chunk *c, struct pass *ps)
+{
+	struct entry *e = entry_of(a, p);
+
 	if (e->state == E_NEW) {
 		/* First sight: offered at once. Kernel KSM searches its stable
 		 * tree at first sight too, but keeps a page out of its unstable
@@ -686,6 +696,22 @@ static void do_zero(struct lib *l, struct area *a, struct chunk *c, struct pass 
 		client_unref(l, old, nold);
 }
 
+/* Hash the k pages in c->tohash from copies: the application may unmap
+ * them behind our wrappers at any moment (glibc's internal munmap), and
+ * reading one that is gone would kill it. Copies also spare us a fault
+ * per page in this VM, where each page table change makes the hypervisor
+ * re-fault every page the process touches next. */
+static void hash_pages(struct lib *l, struct area *a, struct chunk *c, struct pass *ps, uint32_t k)
+{
+	uint8_t got[SPAN_MAX_PAGES];
+
+	os_read_pages(c->tohash, sizeof(c->tohash[0]), k, l->vbuf, got);
+	for (uint32_t j = 0; j < k; j++)
+		if (got[j])
+			classify_hashed(l, a, c->tohash[j],
+					XXH3_64bits(l->vbuf + (size_t)j * SP_PAGE, SP_PAGE), c, ps);
+}
+
 static int scan_chunk(struct lib *l, struct area *a, uintptr_t s, uint32_t n, struct pass *ps)
 {
 	struct chunk *c = l->chunk;
@@ -695,8 +721,15 @@ static int scan_chunk(struct lib *l, struct area *a, uintptr_t s, uint32_t n, st
 	if (err)
 		return err;
 	c->nlook = c->nzero = c->ncow = c->nm = c->ncreate = 0;
-	for (uint32_t i = 0; i < n; i++)
-		classify(l, a, s + (uintptr_t)i * SP_PAGE, l->pm[i], c, ps, &vc);
+	for (uint32_t i = 0, k = 0; i < n; i++) {
+		uintptr_t p = s + (uintptr_t)i * SP_PAGE;
+		if (classify(l, a, p, l->pm[i], c, ps, &vc))
+			c->tohash[k++] = p;
+		if (k && (k == SPAN_MAX_PAGES || i == n - 1)) {
+			hash_pages(l, a, c, ps, k);
+			k = 0;
+		}
+	}
 	cow_settle(l, a, c);
 	do_zero(l, a, c, ps);
 	err = do_lookup(l, c, ps);
