@@ -366,6 +366,13 @@ static int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup
  * every process that maps them), else any free page. */
 static int64_t alloc_for(struct samepaged *d, struct conn *c, const void *data, uint64_t hash)
 {
+	/* Freed pages first: a sealed segment cannot give their memory back,
+	 * so a page written once stays resident until reused (with never-used
+	 * ids only, a workload that rewrites merged memory grew the pool's
+	 * footprint by what it rewrote, every time). Runs from free lists are
+	 * shorter: more VMAs, less memory. */
+	if (d->pool.freed)
+		return pool_alloc(&d->pool, data, hash);
 	if (c->rsv_next == c->rsv_end) {
 		uint32_t first, got;
 		if (pool_reserve(&d->pool, RESERVE_RUN, &first, &got))

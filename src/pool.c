@@ -182,6 +182,7 @@ static void seg_maybe_close(struct pool *p, uint32_t si)
 	 * kernel frees its memory when the last process mapping closes. */
 	if (s->used || s->reserved || si == 0)
 		return;
+	p->freed -= s->bump; /* every page it ever used was free */
 	seg_close(s);
 	p->segs_live--;
 	while (p->nsegs && p->segs[p->nsegs - 1].fd < 0)
@@ -198,6 +199,7 @@ void pool_unreserve(struct pool *p, uint32_t first, uint32_t n)
 		s->free_head = idx;
 	}
 	s->reserved -= n;
+	p->freed += n;
 	seg_maybe_close(p, first / SEG_PAGES);
 }
 
@@ -213,6 +215,7 @@ int64_t pool_alloc(struct pool *p, const void *data, uint64_t hash)
 	if (s->free_head != NO_PAGE) {
 		idx = s->free_head;
 		s->free_head = s->pages[idx].next;
+		p->freed--;
 	} else {
 		idx = s->bump++;
 	}
@@ -230,6 +233,7 @@ void pool_free(struct pool *p, uint32_t id)
 	s->free_head = idx;
 	s->used--;
 	p->pages_used--;
+	p->freed++;
 	seg_maybe_close(p, id / SEG_PAGES);
 }
 

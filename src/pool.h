@@ -50,6 +50,7 @@ struct pool {
 	struct pool_seg segs[POOL_MAX_SEGS];
 	uint32_t nsegs;       /* slots [0, nsegs) may be in use */
 	uint64_t pages_used;
+	uint64_t freed;       /* pages on segments' free lists: written once, reusable */
 	uint32_t segs_live;
 };
 
@@ -58,7 +59,10 @@ void pool_fini(struct pool *p);
 /* Allocate a page, copy data into it (NULL: the caller writes it through
  * pool_slot() before anyone can map it), record hash. Id or -ENOMEM/-errno. */
 int64_t pool_alloc(struct pool *p, const void *data, uint64_t hash);
-/* Set aside up to n never-used consecutive ids for one creator, so that
+/* (The daemon allocates from free lists first while pool.freed > 0: a sealed
+ * segment cannot give a page's memory back, so a freed page is only worth
+ * anything once reused.)
+ * Set aside up to n never-used consecutive ids for one creator, so that
  * the pages it creates one after the other get consecutive ids: a process
  * maps a run of consecutive pool pages with one mmap, in one VMA, and two
  * processes creating at the same time would otherwise interleave their ids.

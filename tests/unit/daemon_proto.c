@@ -11,6 +11,7 @@
  *    applied;
  *  - C_STAT for an unknown pid gets D_ACK -ESRCH, for our own pid a D_STAT
  *    with the process;
+ *  - a freed pool page is reused before a never-used one;
  *  - C_CREATE makes one pool page per content (a second connection creating
  *    the same content gets the same id), C_LOOKUP finds it through the
  *    stable index and a first/second offer through the unstable index;
@@ -1101,6 +1102,38 @@ static void test_hints(int g)
 }
 
 /* Requests that arrive with descriptors: answered, the fds closed. */
+/* A freed pool page is reused before any never-used one: a sealed segment
+ * cannot give a page's memory back, so new content must land on the freed
+ * pages (a workload rewriting merged memory otherwise grew the pool's
+ * footprint by what it rewrote, every time: found with QEMU guests). */
+static void test_reuse(int g)
+{
+	unsigned char pg[8 * PAGE];
+	uint32_t old[8], nw[8];
+	int a = connect_hello();
+
+	tu_fill(pg, sizeof(pg), 9101);
+	create_n(a, pg, 8, NULL, NULL, old);
+	for (int i = 0; i < 8; i++)
+		unref(a, old[i]);
+	pool_now(g, 0, 0, "all 8 freed");
+	tu_fill(pg, sizeof(pg), 9102); /* new content */
+	create_n(a, pg, 8, NULL, NULL, nw);
+	for (int i = 0; i < 8; i++) {
+		int reused = 0;
+		for (int k = 0; k < 8; k++)
+			reused |= nw[i] == old[k];
+		TU_CHECK(reused, "new page %d got id %u, not one of the 8 freed", i, nw[i]);
+		TU_CHECK(pool_holds(g, nw[i], pg + (size_t)i * PAGE), "reused page %d's bytes", i);
+	}
+	for (int i = 0; i < 8; i++)
+		unref(a, nw[i]);
+	pool_now(g, 0, 0, "reused pages freed");
+	hangup(a);
+	/* its connection and pipe closed before the next test counts fds */
+	TU_CHECK(tu_wait(settled, &g, 5), "connection not closed");
+}
+
 static void test_fd_passing(int g)
 {
 	int base = count_fds(dpid), mfd = memfd_create("sp-unit", MFD_CLOEXEC);
@@ -1422,6 +1455,7 @@ int main(void)
 	test_pipe(g);
 	test_create_pipe(g);
 	test_hints(g);
+	test_reuse(g);
 	test_fd_passing(g);
 	test_garbage(g);
 	test_hostile_stats(g);
