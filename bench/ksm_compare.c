@@ -19,18 +19,43 @@
  * Measured from the outside, never taken from either implementation's own
  * counters where a ground truth exists:
  *   - wall time from the madvise until every page of process 0 has the same
- *     page frame as process 1's page at that offset (pagemap, every 10 ms);
+ *     page frame as process 1's page at that offset (pagemap, every 10 ms,
+ *     or 3 times as long as a poll takes if longer);
  *   - CPU spent meanwhile (schedstat, ns): ksmd, or samepaged plus the
  *     workloads' threads other than main (samepage's scanners); the
  *     workloads' main threads for both; and the rest of the machine's busy
- *     time, which tells whether someone else disturbed the run;
+ *     time, which tells whether someone else disturbed the run; and that
+ *     merger CPU (ksmd | samepaged + scanners) per GiB of memory saved;
  *   - distinct page frames before and after (the memory saved), the pool
- *     size, the VMA count of a workload, bookkeeping memory;
+ *     size, the VMA count of a workload;
+ *   - bookkeeping per scanned page: samepage: the daemon's RssAnon growth
+ *     since it started plus the Rss of libsamepage's own memory (its arena)
+ *     in each workload; kernel: its objects counted and multiplied by their
+ *     slab object sizes (rmap_items from /proc/PID/ksm_stat, one stable
+ *     node per KSM page and chain, one mm_slot per process); also as each
+ *     counts it itself ((pages_sharing + ksm_zero_pages) x 4096 -
+ *     general_profit);
  *   - the first write to a merged page: one byte into each of W merged pages
  *     per process (default 10000), ns per write, once with the merger paused
  *     (run=0: the fault alone) and once with it running, each followed by
  *     the same writes again (the pages are private by then: the baseline);
- *   - that both processes still hold exactly their bytes afterwards.
+ *   - that both processes still hold exactly their bytes afterwards;
+ *   - in a second run with fresh processes (the stall run; --no-stall skips
+ *     it): a thread in each workload stores, every --stall-us microseconds
+ *     (default 200), the byte a random page of the merging memory already
+ *     holds at a random offset, timing each store (CLOCK_MONOTONIC), from
+ *     the madvise until 95% of the pages are merged (or twice the main run's
+ *     merge time + 2 s, at most --stall-max-s, default 30). A store to a
+ *     merged page breaks COW (both mergers), so this run's merge time is
+ *     not the one reported: the main run has no such writer. Before each
+ *     store the probe reads the page's pagemap entry (and /proc/kpageflags)
+ *     to tell a page merged already (a file page: samepage's pool; a KSM
+ *     page; the zero page) from one not merged yet: a store to the former
+ *     is the first write to a merged page (its COW fault, measured above
+ *     too), a store to the latter can only wait for merging in progress
+ *     (samepage's freeze, ksmd holding the page). Reported: p50, p99, p99.9
+ *     and maximum over the stores of both processes to pages not merged
+ *     yet, and p50, p99, maximum over all stores.
  * Each number is the median of R runs (default 3), samepage and kernel
  * alternating; each run waits (up to --quiet-wait s) for an idle machine.
  *
@@ -42,455 +67,56 @@
  *
  *   build/bench/ksm_compare [--mib S] [--writes W] [--repeat R] [--timeout SEC]
  *       [--quiet-wait SEC] [--only samepage|kernel] [--samepage-default-knobs]
+ *       [--no-stall] [--stall-us US] [--stall-max-s SEC] [--summary FILE]
  */
-#define _GNU_SOURCE
-#include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
-#include <signal.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
+#include "common.h"
 
-#include "testutil.h"
+#include <pthread.h>
+#include <stdatomic.h>
 
 #define NPROC 2
-#define KSM "/sys/kernel/mm/ksm/"
 #define SEED 0x5eedull
-
-enum mode { M_SAMEPAGE, M_KERNEL };
-static const char *const mode_name[] = { "samepage", "kernel KSM" };
+/* Stores timed per process in the stall run (at 200 us apart: 200 s). */
+#define STALL_MAX (1u << 20)
 
 struct opts {
 	size_t mib, writes;
 	int repeat, timeout_s, quiet_s;
 	int only; /* -1: both */
-	int sp_default_knobs;
+	int sp_default_knobs, stall, stall_us, stall_max_s;
 };
-
-static pid_t owner;
-static volatile sig_atomic_t interrupted;
-static char build_dir[PATH_MAX];
-static char sp_dir[64];
-static pid_t sp_daemon;
-
-/* ---- small helpers ---- */
-
-static void die(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	fprintf(stderr, "ksm_compare: ");
-	vfprintf(stderr, fmt, ap);
-	fprintf(stderr, "\n");
-	va_end(ap);
-	exit(1);
-}
-
-static int read_text(const char *path, char *buf, size_t len)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	n = read(fd, buf, len - 1);
-	close(fd);
-	if (n < 0)
-		return -errno;
-	buf[n] = 0;
-	return 0;
-}
-
-static int write_text(const char *path, const char *s)
-{
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	n = write(fd, s, strlen(s));
-	close(fd);
-	return n == (ssize_t)strlen(s) ? 0 : -errno;
-}
-
-static long long ksm_get(const char *knob)
-{
-	char path[128], buf[64];
-
-	snprintf(path, sizeof(path), KSM "%s", knob);
-	if (read_text(path, buf, sizeof(buf)))
-		return -1;
-	return atoll(buf);
-}
-
-static int ksm_set(const char *knob, long long v)
-{
-	char path[128], buf[32];
-
-	snprintf(path, sizeof(path), KSM "%s", knob);
-	snprintf(buf, sizeof(buf), "%lld", v);
-	return write_text(path, buf);
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
-
-	nanosleep(&ts, NULL);
-}
 
 /* ---- per-page content: page i of every process is the same ---- */
 
 static void fill_page(void *pg, size_t i)
 {
-	uint64_t x = (SEED ^ (i * 0x9E3779B97F4A7C15ull)) | 1, *q = pg;
-
-	for (size_t k = 0; k < PAGE / 8; k++) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		q[k] = x;
-	}
-}
-
-/* ---- CPU time from schedstat (ns, per task) ---- */
-
-static uint64_t task_ns(pid_t pid, pid_t tid)
-{
-	char path[96], buf[128];
-
-	snprintf(path, sizeof(path), "/proc/%d/task/%d/schedstat", (int)pid, (int)tid);
-	return read_text(path, buf, sizeof(buf)) ? 0 : strtoull(buf, NULL, 10);
-}
-
-/* Every live thread of pid; *other: all but the main thread. */
-static uint64_t proc_ns(pid_t pid, uint64_t *other)
-{
-	char path[64];
-	uint64_t all = 0, oth = 0;
-	struct dirent *de;
-	DIR *d;
-
-	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
-	d = opendir(path);
-	if (!d)
-		return 0;
-	while ((de = readdir(d))) {
-		pid_t tid = atoi(de->d_name);
-		if (tid <= 0)
-			continue;
-		uint64_t ns = task_ns(pid, tid);
-		all += ns;
-		if (tid != pid)
-			oth += ns;
-	}
-	closedir(d);
-	if (other)
-		*other = oth;
-	return all;
-}
-
-static int count_threads(pid_t pid)
-{
-	char path[64];
-	struct dirent *de;
-	int n = 0;
-	DIR *d;
-
-	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
-	d = opendir(path);
-	if (!d)
-		return 0;
-	while ((de = readdir(d)))
-		n += atoi(de->d_name) > 0;
-	closedir(d);
-	return n;
-}
-
-static pid_t find_ksmd(void)
-{
-	struct dirent *de;
-	DIR *d = opendir("/proc");
-	pid_t found = 0;
-
-	if (!d)
-		return 0;
-	while (!found && (de = readdir(d))) {
-		char path[64], buf[64];
-		pid_t pid = atoi(de->d_name);
-		if (pid <= 0)
-			continue;
-		snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
-		if (!read_text(path, buf, sizeof(buf)) && !strcmp(buf, "ksmd\n"))
-			found = pid;
-	}
-	closedir(d);
-	return found;
-}
-
-/* The process holding path open: the daemon holds its lock file. */
-static pid_t holder_of(const char *path)
-{
-	struct dirent *de;
-	DIR *d = opendir("/proc");
-	pid_t found = 0;
-
-	if (!d)
-		return 0;
-	while (!found && (de = readdir(d))) {
-		pid_t pid = atoi(de->d_name);
-		char fdir[64];
-		DIR *f;
-		struct dirent *fe;
-		if (pid <= 0)
-			continue;
-		snprintf(fdir, sizeof(fdir), "/proc/%d/fd", (int)pid);
-		f = opendir(fdir);
-		if (!f)
-			continue;
-		while (!found && (fe = readdir(f))) {
-			char link[64 + sizeof(fe->d_name)], target[PATH_MAX];
-			ssize_t n;
-			if (fe->d_name[0] == '.')
-				continue;
-			snprintf(link, sizeof(link), "%s/%s", fdir, fe->d_name);
-			n = readlink(link, target, sizeof(target) - 1);
-			if (n > 0) {
-				target[n] = 0;
-				if (!strcmp(target, path))
-					found = pid;
-			}
-		}
-		closedir(f);
-	}
-	closedir(d);
-	return found;
-}
-
-static long count_vmas(pid_t pid)
-{
-	char path[64], line[512];
-	long n = 0;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
-	f = fopen(path, "r");
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		n += strchr(line, '\n') != NULL;
-	fclose(f);
-	return n;
-}
-
-/* Sum of "Rss:" of the mappings whose maps line contains name. */
-static uint64_t named_rss_kib(pid_t pid, const char *name)
-{
-	char path[64], line[512];
-	uint64_t sum = 0;
-	int in = 0;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/smaps", (int)pid);
-	f = fopen(path, "r");
-	if (!f)
-		return 0;
-	while (fgets(line, sizeof(line), f)) {
-		unsigned long long kb;
-		if (strchr(line, '-') && strchr(line, '-') < strchr(line, ' ') &&
-		    line[0] != ' ' && !strchr(line, ':'))
-			in = strstr(line, name) != NULL;
-		else if (in && sscanf(line, "Rss: %llu kB", &kb) == 1)
-			sum += kb;
-	}
-	fclose(f);
-	return sum;
-}
-
-static uint64_t status_kib(pid_t pid, const char *field)
-{
-	char path[64], line[256];
-	size_t len = strlen(field);
-	uint64_t v = 0;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	f = fopen(path, "r");
-	if (!f)
-		return 0;
-	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, field, len) && line[len] == ':')
-			v = strtoull(line + len + 1, NULL, 10);
-	fclose(f);
-	return v;
-}
-
-static uint64_t ksm_stat_field(pid_t pid, const char *field)
-{
-	char path[64], buf[1024], *p;
-
-	snprintf(path, sizeof(path), "/proc/%d/ksm_stat", (int)pid);
-	if (read_text(path, buf, sizeof(buf)) || !(p = strstr(buf, field)))
-		return 0;
-	return strtoull(p + strlen(field), NULL, 10);
-}
-
-/* ---- samepage: a private daemon and its CLI ---- */
-
-static int sp_cli(const char *args, char *out, size_t outlen)
-{
-	char cmd[PATH_MAX + 256];
-	size_t n = 0;
-	FILE *f;
-
-	snprintf(cmd, sizeof(cmd), "%s/bin/samepage %s", build_dir, args);
-	f = popen(cmd, "r");
-	if (!f)
-		return -errno;
-	if (out) {
-		n = fread(out, 1, outlen - 1, f);
-		out[n] = 0;
-	} else {
-		char sink[512];
-		while (fread(sink, 1, sizeof(sink), f) > 0)
-			;
-	}
-	int st = pclose(f);
-	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -EIO;
-}
-
-static long long json_get(const char *json, const char *key)
-{
-	char pat[64];
-	const char *p;
-
-	snprintf(pat, sizeof(pat), "\"%s\": ", key);
-	p = strstr(json, pat);
-	return p ? atoll(p + strlen(pat)) : -1;
-}
-
-static long long sp_status(const char *key)
-{
-	char out[4096];
-
-	if (sp_cli("status --json 2>/dev/null", out, sizeof(out)))
-		return -1;
-	return json_get(out, key);
-}
-
-/* Stop our daemon and remove its directory. */
-static void sp_teardown(void)
-{
-	char p[128];
-
-	if (sp_daemon > 0) {
-		kill(sp_daemon, SIGTERM);
-		for (int i = 0; i < 100 && kill(sp_daemon, 0) == 0; i++)
-			sleep_ms(10);
-		sp_daemon = 0;
-	}
-	if (sp_dir[0]) {
-		snprintf(p, sizeof(p), "%s/sock", sp_dir);
-		unlink(p);
-		snprintf(p, sizeof(p), "%s/sock.lock", sp_dir);
-		unlink(p);
-		rmdir(sp_dir);
-		sp_dir[0] = 0;
-	}
-}
-
-static void sp_setup(const struct opts *o)
-{
-	char sock[128], lock[160], daemon[PATH_MAX + 32];
-
-	snprintf(sp_dir, sizeof(sp_dir), "/tmp/sp-bench-XXXXXX");
-	if (!mkdtemp(sp_dir))
-		die("mkdtemp: %s", strerror(errno));
-	snprintf(sock, sizeof(sock), "%s/sock", sp_dir);
-	snprintf(daemon, sizeof(daemon), "%s/bin/samepaged", build_dir);
-	setenv("SAMEPAGE_SOCKET", sock, 1);
-	setenv("SAMEPAGE_DAEMON", daemon, 1);
-	/* Starts the daemon too. */
-	if (sp_cli(o->sp_default_knobs ? "set run=1" :
-					 "set pages_to_scan=100000 sleep_millisecs=0", NULL, 0))
-		die("cannot start or configure samepaged");
-	snprintf(lock, sizeof(lock), "%s.lock", sock);
-	sp_daemon = holder_of(lock);
-	if (sp_daemon <= 0)
-		die("cannot find samepaged holding %s", lock);
-}
-
-/* ---- kernel KSM: switched on only while measured ---- */
-
-static const char *const saved_knobs[] = { "pages_to_scan", "sleep_millisecs", "smart_scan" };
-static long long saved[3];
-static int ksm_touched, ksm_on;
-
-static void ksm_off(void)
-{
-	if (ksm_on) {
-		ksm_set("run", 2); /* unmerge everything, then stop */
-		for (int i = 0; i < 6000 && ksm_get("pages_shared") > 0; i++)
-			sleep_ms(10);
-		if (ksm_get("pages_shared") > 0)
-			fprintf(stderr, "ksm_compare: warning: pages_shared still %lld\n",
-				ksm_get("pages_shared"));
-		ksm_set("run", 0);
-		ksm_on = 0;
-	}
-	if (ksm_touched) {
-		for (size_t i = 0; i < 3; i++)
-			if (saved[i] >= 0)
-				ksm_set(saved_knobs[i], saved[i]);
-		ksm_touched = 0;
-	}
-}
-
-static void ksm_setup(void)
-{
-	static const long long want[] = { 100000, 0, 0 };
-
-	if (ksm_get("run") != 0)
-		die("kernel KSM is on (run=%lld): not touching someone else's KSM", ksm_get("run"));
-	for (size_t i = 0; i < 3; i++)
-		saved[i] = ksm_get(saved_knobs[i]);
-	ksm_touched = 1;
-	for (size_t i = 0; i < 3; i++)
-		if (saved[i] >= 0 && ksm_set(saved_knobs[i], want[i]))
-			die("cannot set %s", saved_knobs[i]);
-}
-
-static void cleanup(void)
-{
-	if (getpid() != owner)
-		return; /* a worker exiting through exit(): not our job */
-	ksm_off();
-	sp_teardown();
-}
-
-static void on_signal(int sig)
-{
-	(void)sig;
-	interrupted = 1;
+	fill_seeded(pg, SEED ^ (i * 0x9E3779B97F4A7C15ull));
 }
 
 /* ---- the workload process ---- */
 
-enum { CMD_MADVISE = 'm', CMD_WRITE = 'w', CMD_VERIFY = 'v', CMD_QUIT = 'q' };
+enum {
+	CMD_MADVISE = 'm', CMD_WRITE = 'w', CMD_VERIFY = 'v', CMD_QUIT = 'q',
+	CMD_STALL_STOP = 's'
+};
 
-struct wctx { enum mode mode; size_t npages; int idx; };
+/* Stall samples, in memory shared with the parent (MAP_SHARED: never
+ * merged by either, and read by the parent without copying): ns, with
+ * STALL_MERGED set when the page was merged before the store. */
+#define STALL_MERGED 0x80000000u
+struct stall_buf {
+	uint64_t total;        /* stores made (samples beyond STALL_MAX dropped) */
+	uint32_t n;
+	uint32_t ns[STALL_MAX];
+};
+
+struct wctx {
+	enum mode mode;
+	size_t npages;
+	int idx;
+	struct stall_buf *stall; /* the stall run: probe while merging */
+	int stall_us;
+};
 
 /* The write test: pages first, first+stride, ... (n of them). */
 struct write_q { size_t first, stride, n; };
@@ -529,10 +155,79 @@ static uint64_t verify(const unsigned char *p, size_t npages)
 	return bad;
 }
 
+struct probe {
+	unsigned char *p;
+	size_t npages;
+	struct stall_buf *b;
+	int interval_us, idx;
+	int pmfd, kpfd; /* /proc/self/pagemap, /proc/kpageflags */
+	atomic_int stop;
+};
+
+/* Is the page at v merged now: a file page (samepage's pool or zero
+ * segment), a KSM page or the zero page? Root reads frame numbers. */
+static int page_merged(const struct probe *pr, const volatile unsigned char *v)
+{
+	uint64_t pm, fl;
+
+	if (pread(pr->pmfd, &pm, 8, (off_t)((uintptr_t)v / PAGE * 8)) != 8 || !(pm >> 63))
+		return 0;
+	if ((pm >> 61) & 1) /* PM_FILE */
+		return 1;
+	if (pread(pr->kpfd, &fl, 8, (off_t)((pm & ((1ull << 55) - 1)) * 8)) != 8)
+		return 0;
+	return ((fl >> 21) & 1) || ((fl >> 24) & 1); /* KPF_KSM, KPF_ZERO_PAGE */
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The writing application: a store of the byte already there (the content
+ * stays what verify() expects) into a random page, timed; then a pause, so
+ * that the probe costs little CPU and unmerges few pages. Whatever blocks
+ * the store — a COW fault, a page frozen for merging, ksmd holding the
+ * page — is in the sample. */
+static void *stall_probe(void *arg)
+{
+	struct probe *pr = arg;
+	struct timespec pause = { 0, (long)pr->interval_us * 1000 };
+	uint64_t x = 0x9E3779B97F4A7C15ull * (uint64_t)(pr->idx + 1);
+
+	prctl(PR_SET_NAME, BENCH_THREAD "stall"); /* not counted as a scanner */
+	prctl(PR_SET_TIMERSLACK, 1000);          /* pauses of the stated length */
+	while (!atomic_load_explicit(&pr->stop, memory_order_relaxed)) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		volatile unsigned char *v = pr->p + (x >> 12) % pr->npages * PAGE + (x & (PAGE - 1));
+		/* Outside the timed store; a merge landing in between makes a
+		 * COW count as "not merged yet" (rare, and against both). */
+		uint32_t merged = page_merged(pr, v) ? STALL_MERGED : 0;
+		uint64_t t0 = now_ns();
+		*v = *v;
+		uint64_t dt = now_ns() - t0;
+		if (pr->b->n < STALL_MAX)
+			pr->b->ns[pr->b->n++] = (dt >= STALL_MERGED ? STALL_MERGED - 1 : (uint32_t)dt) |
+						merged;
+		pr->b->total++;
+		nanosleep(&pause, NULL);
+	}
+	return NULL;
+}
+
 static int worker(int rd, int wr, void *arg)
 {
 	const struct wctx *w = arg;
 	size_t len = w->npages * PAGE;
+	struct probe pr = { .npages = w->npages, .b = w->stall, .interval_us = w->stall_us,
+			    .idx = w->idx };
+	pthread_t probe_thread;
+	int probing = 0;
 	unsigned char *p;
 	uintptr_t a;
 	char cmd;
@@ -541,6 +236,13 @@ static int worker(int rd, int wr, void *arg)
 	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED)
 		return 2;
+	pr.p = p;
+	if (w->stall) {
+		pr.pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+		pr.kpfd = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
+		if (pr.pmfd < 0 || pr.kpfd < 0)
+			return 7;
+	}
 	/* 4 KiB pages for both mergers (THP would have to be split first). */
 	syscall(SYS_madvise, p, len, MADV_NOHUGEPAGE);
 	for (size_t i = 0; i < w->npages; i++) /* the first touch, before any timing */
@@ -550,11 +252,26 @@ static int worker(int rd, int wr, void *arg)
 		return 3;
 	while (tu_recv(rd, &cmd, 1) == 0) {
 		if (cmd == CMD_MADVISE) {
+			/* The probe starts first: it sees merging from its start. */
+			if (w->stall && !probing) {
+				if (pthread_create(&probe_thread, NULL, stall_probe, &pr))
+					return 6;
+				probing = 1;
+			}
 			int r = w->mode == M_KERNEL ?
 				(int)syscall(SYS_madvise, p, len, MADV_MERGEABLE) :
 				madvise(p, len, MADV_MERGEABLE); /* libsamepage's */
 			r = r ? -errno : 0;
 			tu_send(wr, &r, sizeof(r));
+		} else if (cmd == CMD_STALL_STOP) {
+			uint64_t total = 0;
+			if (probing) {
+				atomic_store(&pr.stop, 1);
+				pthread_join(probe_thread, NULL);
+				probing = 0;
+				total = w->stall->total;
+			}
+			tu_send(wr, &total, sizeof(total));
 		} else if (cmd == CMD_WRITE) {
 			struct write_q q;
 			struct write_r r;
@@ -623,10 +340,15 @@ static size_t frames(struct run *r)
 #define RESULT_FIELDS(X)                                                       \
 	X(merged_pct) X(merge_s) X(poll_ms) X(cpu_s) X(cpu_merger_s)           \
 	X(cpu_scanner_s) X(cpu_work_s) X(other_cpu_s) X(frames_before)         \
-	X(frames_after) X(book_kib) X(pool_pages) X(merge_vmas)                \
+	X(frames_after) X(book_kib) X(book_base_kib) X(book_self_kib)          \
+	X(pool_pages) X(merge_vmas)                                            \
 	X(vmas_before) X(vmas_merged) X(vmas_written) X(paused_first_ns)       \
 	X(paused_again_ns) X(running_first_ns) X(running_again_ns)             \
-	X(settle_cpu_s) X(pool_after_exit) X(bad)
+	X(settle_cpu_s) X(pool_after_exit) X(bad)                              \
+	X(stall_n) X(stall_s) X(stall_merged_pct) X(stall_p50_us)              \
+	X(stall_p99_us) X(stall_p999_us) X(stall_max_us) X(stall_over50)       \
+	X(stall_cow_n) X(stall_cow_p50_us) X(stall_all_p50_us)                 \
+	X(stall_all_p99_us) X(stall_all_max_us) X(stall_bad) X(ksm_other_pages)
 #define DECLARE(f) double f;
 struct result {
 	RESULT_FIELDS(DECLARE)
@@ -641,27 +363,14 @@ static uint64_t cpu_ns(const struct run *r, pid_t ksmd, uint64_t *merger, uint64
 	uint64_t s = 0, wk = 0;
 
 	for (int k = 0; k < NPROC; k++) {
-		uint64_t other, all = proc_ns(r->c[k].pid, &other);
+		uint64_t other, all = proc_ns(r->c[k].pid, &other, NULL);
 		s += other;
 		wk += all - other;
 	}
-	*merger = r->mode == M_KERNEL ? task_ns(ksmd, ksmd) : proc_ns(sp_daemon, NULL);
+	*merger = r->mode == M_KERNEL ? task_ns(ksmd, ksmd) : proc_ns(sp_daemon, NULL, NULL);
 	*scan = s;
 	*work = wk;
 	return *merger + s + wk;
-}
-
-/* Busy CPU seconds of the whole machine so far (/proc/stat). */
-static double machine_busy_s(void)
-{
-	unsigned long long v[8] = { 0 };
-	char buf[512];
-
-	if (read_text("/proc/stat", buf, sizeof(buf)) ||
-	    sscanf(buf, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
-		   &v[3], &v[4], &v[5], &v[6], &v[7]) != 8)
-		return 0;
-	return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
 }
 
 static void send_cmd(struct run *r, int k, char cmd)
@@ -689,6 +398,31 @@ static void start_workers(struct run *r, struct wctx *w)
 	}
 }
 
+/* Switch the merger on (kernel) and madvise in every worker. */
+static void start_merging(struct run *r)
+{
+	if (r->mode == M_KERNEL)
+		ksm_start();
+	for (int k = 0; k < NPROC; k++)
+		send_cmd(r, k, CMD_MADVISE);
+	for (int k = 0; k < NPROC; k++) {
+		int rc;
+		if (tu_recv(r->c[k].rd, &rc, sizeof(rc)) || rc)
+			die("%s: madvise(MADV_MERGEABLE) in worker %d: %s", mode_name[r->mode], k,
+			    strerror(-rc));
+	}
+}
+
+/* 10 ms between polls, or 3 times as long as the poll took: a pagemap
+ * poll of 2 x 512 MiB takes tens of ms, and polling without a pause would
+ * take a good part of one of this machine's two CPUs from the mergers. */
+static void poll_pause(double poll_s)
+{
+	int ms = (int)(poll_s * 3e3);
+
+	sleep_ms(ms > 10 ? ms : 10);
+}
+
 /* madvise in every worker, then poll page frames until all are shared. */
 static void merge_phase(struct run *r, pid_t ksmd, const struct opts *o, struct result *res)
 {
@@ -699,28 +433,18 @@ static void merge_phase(struct run *r, pid_t ksmd, const struct opts *o, struct 
 
 	t0ns = cpu_ns(r, ksmd, &m0, &s0, &k0);
 	t0 = tu_now();
-	if (r->mode == M_KERNEL) {
-		ksm_on = 1; /* from here on, cleanup switches it off */
-		if (ksm_set("run", 1))
-			die("cannot switch kernel KSM on");
-	}
-	for (int k = 0; k < NPROC; k++)
-		send_cmd(r, k, CMD_MADVISE);
-	for (int k = 0; k < NPROC; k++) {
-		int rc;
-		if (tu_recv(r->c[k].rd, &rc, sizeof(rc)) || rc)
-			die("%s: madvise(MADV_MERGEABLE) in worker %d: %s", mode_name[r->mode], k,
-			    strerror(-rc));
-	}
+	start_merging(r);
 	deadline = t0 + o->timeout_s;
 	while (!interrupted && tu_now() < deadline) {
-		double p0 = tu_now();
+		double p0 = tu_now(), dt;
 		merged = merged_pages(r);
-		polled += tu_now() - p0;
+		dt = tu_now() - p0;
+		polled += dt;
 		polls++;
 		if (merged == r->npages)
 			break;
-		sleep_ms(10);
+		ksm_check();
+		poll_pause(dt);
 	}
 	res->merge_s = tu_now() - t0;
 	t1ns = cpu_ns(r, ksmd, &m1, &s1, &k1);
@@ -750,18 +474,51 @@ static void record_merged(struct run *r, struct result *res)
 	res->frames_after = (double)frames(r);
 	res->vmas_merged = (double)count_vmas(r->c[0].pid);
 	if (r->mode == M_KERNEL) {
-		res->pool_pages = (double)ksm_get("pages_shared");
-		/* struct ksm_rmap_item is 64 bytes on 64-bit; stable nodes not counted. */
-		for (int k = 0; k < NPROC; k++)
-			res->book_kib += ksm_stat_field(r->c[k].pid, "ksm_rmap_items ") * 64 / 1024.0;
+		long rmap_sz = slab_object_size("ksm_rmap_item", 64);
+		long node_sz = slab_object_size("ksm_stable_node", 64);
+		long slot_sz = slab_object_size("ksm_mm_slot", 48);
+		uint64_t rmap = 0, *pfn = malloc(r->npages * NPROC * sizeof(*pfn));
+		size_t n = 0, ksm_pages = 0;
+		pid_t pids[NPROC];
+		double self = 0;
+		if (!pfn)
+			die("malloc");
+		for (int k = 0; k < NPROC; k++) {
+			pids[k] = r->c[k].pid;
+			rmap += ksm_stat_field(pids[k], "ksm_rmap_items ");
+			self += (double)(ksm_stat_field(pids[k], "ksm_merging_pages ") +
+					 ksm_stat_field(pids[k], "ksm_zero_pages ")) * PAGE -
+				(double)(int64_t)ksm_stat_field(pids[k], "ksm_process_profit ");
+			pfns_of(pids[k], r->addr[k], r->npages, pfn, &n);
+		}
+		distinct_frames(pfn, n, &ksm_pages);
+		free(pfn);
+		res->pool_pages = (double)ksm_pages;
+		res->ksm_other_pages = (double)ksm_other_rmap_items(pids, NPROC);
+		/* One rmap_item per scanned page, one stable node per KSM page
+		 * (the workers' KSM frames, from kpageflags: the global
+		 * pages_shared counts other processes' too) and per chain head,
+		 * one mm_slot per process: counted, times the slab object
+		 * sizes. Not counted: slab slack; the unstable tree's nodes live
+		 * inside the rmap_items. */
+		res->book_kib = ((double)rmap * (double)rmap_sz +
+				 (double)(ksm_pages + (uint64_t)ksm_get("stable_node_chains")) *
+					 (double)node_sz +
+				 (double)NPROC * (double)slot_sz) / 1024.0;
+		/* /proc/PID/ksm_stat: profit = saved - rmap_items x its size. */
+		res->book_self_kib = self / 1024.0;
 	} else {
 		res->pool_pages = (double)sp_status("pool_pages");
 		res->merge_vmas = (double)sp_status("merge_vmas");
-		/* The daemon's own memory (not the pool: that is shmem) and the
-		 * library's [anon:samepage] mappings in each workload. */
-		res->book_kib = (double)status_kib(sp_daemon, "RssAnon");
+		/* The daemon's own memory grown since it started idle (not the
+		 * pool: that is shmem) and libsamepage's own memory in each
+		 * workload. */
+		res->book_kib = (double)status_kib(sp_daemon, "RssAnon") - res->book_base_kib;
 		for (int k = 0; k < NPROC; k++)
-			res->book_kib += (double)named_rss_kib(r->c[k].pid, "[anon:samepage");
+			res->book_kib += (double)lib_rss_kib(r->c[k].pid);
+		res->book_self_kib = ((double)(sp_status("pages_sharing") +
+					       sp_status("ksm_zero_pages")) * PAGE -
+				      (double)sp_status("general_profit")) / 1024.0;
 	}
 }
 
@@ -814,16 +571,20 @@ static void write_phase(struct run *r, pid_t ksmd, const struct opts *o, struct 
 	cpu_ns(r, ksmd, &m1, &x, &x);
 	res->settle_cpu_s = (double)(m1 - m0) / 1e9;
 	res->vmas_written = (double)count_vmas(r->c[0].pid);
+	ksm_check();
 }
 
-static void finish(struct run *r, struct result *res)
+/* Verify, stop the workers, stop the merger; the number of bad pages. */
+static double finish(struct run *r, double *pool_after_exit)
 {
+	double bad = 0;
+
 	for (int k = 0; k < NPROC; k++) {
-		uint64_t bad;
+		uint64_t b;
 		send_cmd(r, k, CMD_VERIFY);
-		if (tu_recv(r->c[k].rd, &bad, sizeof(bad)))
+		if (tu_recv(r->c[k].rd, &b, sizeof(b)))
 			die("worker %d died verifying", k);
-		res->bad += (double)bad;
+		bad += (double)b;
 	}
 	for (int k = 0; k < NPROC; k++) {
 		send_cmd(r, k, CMD_QUIT);
@@ -834,55 +595,135 @@ static void finish(struct run *r, struct result *res)
 	}
 	if (r->mode == M_KERNEL) {
 		ksm_off();
-		return;
+		return bad;
 	}
 	/* Every reference died with its connection: the pool must empty. */
-	for (int i = 0; i < 200 && (res->pool_after_exit = (double)sp_status("pool_pages")) > 0;
-	     i++)
+	double left = 0;
+	for (int i = 0; i < 200 && (left = (double)sp_status("pool_pages")) > 0; i++)
 		sleep_ms(10);
+	if (pool_after_exit)
+		*pool_after_exit = left;
 	sp_teardown();
+	return bad;
+}
+
+static pid_t setup_merger(enum mode mode, const struct opts *o)
+{
+	pid_t ksmd = 0;
+
+	if (mode == M_KERNEL) {
+		ksmd = find_ksmd();
+		if (!ksmd)
+			die("no ksmd thread found");
+		ksm_setup(100000, 0);
+	} else {
+		sp_setup(o->sp_default_knobs ? "run=1" : "pages_to_scan=100000 sleep_millisecs=0");
+	}
+	return ksmd;
 }
 
 static void measure(enum mode mode, const struct opts *o, struct result *res)
 {
 	struct wctx w[NPROC];
 	struct run r = { .mode = mode, .npages = o->mib * 256 };
-	pid_t ksmd = 0;
+	pid_t ksmd;
 
-	memset(res, 0, sizeof(*res));
 	for (int k = 0; k < NPROC; k++)
 		w[k] = (struct wctx){ .mode = mode, .npages = r.npages, .idx = k };
-	if (mode == M_KERNEL) {
-		ksmd = find_ksmd();
-		if (!ksmd)
-			die("no ksmd thread found");
-		ksm_setup();
-	} else {
-		sp_setup(o);
-	}
+	ksmd = setup_merger(mode, o);
+	if (mode == M_SAMEPAGE)
+		res->book_base_kib = (double)status_kib(sp_daemon, "RssAnon");
 	start_workers(&r, w);
 	res->frames_before = (double)frames(&r);
 	res->vmas_before = (double)count_vmas(r.c[0].pid);
 	merge_phase(&r, ksmd, o, res);
 	record_merged(&r, res);
 	write_phase(&r, ksmd, o, res);
-	finish(&r, res);
+	res->bad = finish(&r, &res->pool_after_exit);
+}
+
+/* The stall run: fresh workers and merger, the probes writing while the
+ * pages merge (see the header). */
+static void measure_stall(enum mode mode, const struct opts *o, struct result *res)
+{
+	struct wctx w[NPROC];
+	struct run r = { .mode = mode, .npages = o->mib * 256 };
+	struct stall_buf *b[NPROC];
+	size_t merged = 0, n = 0, nu = 0, nc = 0;
+	double t0, deadline;
+	uint32_t *all, *unm, *cow;
+
+	for (int k = 0; k < NPROC; k++) {
+		b[k] = mmap(NULL, sizeof(struct stall_buf), PROT_READ | PROT_WRITE,
+			    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+		if (b[k] == MAP_FAILED)
+			die("mmap: %s", strerror(errno));
+		w[k] = (struct wctx){ .mode = mode, .npages = r.npages, .idx = k, .stall = b[k],
+				      .stall_us = o->stall_us };
+	}
+	setup_merger(mode, o);
+	start_workers(&r, w);
+	t0 = tu_now();
+	start_merging(&r);
+	deadline = t0 + 2 * res->merge_s + 2;
+	if (deadline > t0 + o->stall_max_s)
+		deadline = t0 + o->stall_max_s;
+	while (!interrupted && tu_now() < deadline) {
+		double p0 = tu_now();
+		merged = merged_pages(&r);
+		if (merged * 100 >= r.npages * 95)
+			break;
+		ksm_check();
+		poll_pause(tu_now() - p0);
+	}
+	res->stall_s = tu_now() - t0;
+	res->stall_merged_pct = 100.0 * (double)merged / (double)r.npages;
+	for (int k = 0; k < NPROC; k++) {
+		uint64_t total;
+		send_cmd(&r, k, CMD_STALL_STOP);
+		if (tu_recv(r.c[k].rd, &total, sizeof(total)))
+			die("worker %d died stopping its probe", k);
+	}
+	if (interrupted)
+		die("interrupted");
+	all = malloc(sizeof(*all) * STALL_MAX * NPROC);
+	unm = malloc(sizeof(*unm) * STALL_MAX * NPROC);
+	cow = malloc(sizeof(*cow) * STALL_MAX * NPROC);
+	if (!all || !unm || !cow)
+		die("malloc");
+	for (int k = 0; k < NPROC; k++)
+		for (uint32_t i = 0; i < b[k]->n; i++) {
+			uint32_t ns = b[k]->ns[i] & ~STALL_MERGED;
+			all[n++] = ns;
+			if (b[k]->ns[i] & STALL_MERGED)
+				cow[nc++] = ns;
+			else
+				unm[nu++] = ns;
+		}
+	qsort(all, n, sizeof(*all), cmp_u32);
+	qsort(unm, nu, sizeof(*unm), cmp_u32);
+	qsort(cow, nc, sizeof(*cow), cmp_u32);
+	res->stall_n = (double)n;
+	res->stall_cow_n = (double)nc;
+	res->stall_p50_us = quantile_u32(unm, nu, 0.50) / 1e3;
+	res->stall_p99_us = quantile_u32(unm, nu, 0.99) / 1e3;
+	res->stall_p999_us = quantile_u32(unm, nu, 0.999) / 1e3;
+	res->stall_max_us = nu ? unm[nu - 1] / 1e3 : 0;
+	for (size_t i = 0; i < nu; i++)
+		res->stall_over50 += unm[i] > 50000;
+	res->stall_cow_p50_us = quantile_u32(cow, nc, 0.50) / 1e3;
+	res->stall_all_p50_us = quantile_u32(all, n, 0.50) / 1e3;
+	res->stall_all_p99_us = quantile_u32(all, n, 0.99) / 1e3;
+	res->stall_all_max_us = n ? all[n - 1] / 1e3 : 0;
+	free(all);
+	free(unm);
+	free(cow);
+	res->stall_bad = finish(&r, NULL);
+	for (int k = 0; k < NPROC; k++)
+		munmap(b[k], sizeof(struct stall_buf));
 }
 
 /* ---- report ---- */
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 static void median_result(const struct result *runs, int n, struct result *out)
 {
@@ -896,18 +737,12 @@ static void median_result(const struct result *runs, int n, struct result *out)
 #undef MEDIAN
 }
 
-static void row(const char *name, const char *unit, double sp, double k, int have_sp,
-		int have_k)
+/* Merger CPU (samepaged + scanners | ksmd) per GiB of memory saved. */
+static double cpu_per_gib(const struct result *r)
 {
-	char a[32] = "-", b[32] = "-", c[32] = "-";
+	double gib = (r->frames_before - r->frames_after) / (256.0 * 1024);
 
-	if (have_sp)
-		snprintf(a, sizeof(a), "%.3f", sp);
-	if (have_k)
-		snprintf(b, sizeof(b), "%.3f", k);
-	if (have_sp && have_k && k != 0)
-		snprintf(c, sizeof(c), "%.2f", sp / k);
-	printf("%-36s %-5s | %12s | %12s | %8s\n", name, unit, a, b, c);
+	return gib > 0 ? (r->cpu_merger_s + r->cpu_scanner_s) / gib : 0;
 }
 
 static void report(const struct opts *o, const struct result *s, const struct result *k,
@@ -915,6 +750,8 @@ static void report(const struct opts *o, const struct result *s, const struct re
 {
 	int hs = have[M_SAMEPAGE], hk = have[M_KERNEL];
 	struct write_q q = write_plan(o, o->mib * 256);
+	double pages = (double)NPROC * (double)o->mib * 256;
+	char key[64];
 
 #define ROW(name, unit, expr_s, expr_k) row(name, unit, expr_s, expr_k, hs, hk)
 	printf("\nworkload: %d processes x %zu MiB of identical random pages (%zu pages each); "
@@ -922,9 +759,7 @@ static void report(const struct opts *o, const struct result *s, const struct re
 	       o->repeat > 1 ? "s" : "");
 	printf("budget: pages_to_scan=100000 sleep_millisecs=0 for both%s; kernel smart_scan=0\n",
 	       o->sp_default_knobs ? " (samepage: its default knobs)" : "");
-	printf("%-36s %-5s | %12s | %12s | %8s\n", "metric", "unit", "samepage", "kernel KSM",
-	       "sp/kernel");
-	printf("-------------------------------------------+--------------+--------------+---------\n");
+	table_head();
 	ROW("pages merged (process 0)", "%", s->merged_pct, k->merged_pct);
 	ROW("wall time until merged", "s", s->merge_s, k->merge_s);
 	ROW("merge rate (both processes)", "MiB/s", s->merge_s ? 2.0 * o->mib / s->merge_s : 0,
@@ -933,13 +768,17 @@ static void report(const struct opts *o, const struct result *s, const struct re
 	ROW("  samepaged | ksmd", "s", s->cpu_merger_s, k->cpu_merger_s);
 	ROW("  scanner threads in the workloads", "s", s->cpu_scanner_s, k->cpu_scanner_s);
 	ROW("  workloads' main threads", "s", s->cpu_work_s, k->cpu_work_s);
+	ROW("merger CPU per GiB saved", "s/GiB", cpu_per_gib(s), cpu_per_gib(k));
 	ROW("other CPU use on the machine", "s", s->other_cpu_s, k->other_cpu_s);
 	ROW("distinct frames before", "MiB", s->frames_before / 256, k->frames_before / 256);
 	ROW("distinct frames after", "MiB", s->frames_after / 256, k->frames_after / 256);
 	ROW("memory saved", "MiB", (s->frames_before - s->frames_after) / 256,
 	    (k->frames_before - k->frames_after) / 256);
 	ROW("bookkeeping memory", "MiB", s->book_kib / 1024, k->book_kib / 1024);
-	ROW("pool | pages_shared", "MiB", s->pool_pages / 256, k->pool_pages / 256);
+	ROW("  per scanned page", "B", s->book_kib * 1024 / pages, k->book_kib * 1024 / pages);
+	ROW("  per page, as each counts it", "B", s->book_self_kib * 1024 / pages,
+	    k->book_self_kib * 1024 / pages);
+	ROW("pool | KSM pages of the workloads", "MiB", s->pool_pages / 256, k->pool_pages / 256);
 	ROW("VMAs of worker 0: before", "count", s->vmas_before, k->vmas_before);
 	ROW("  merged", "count", s->vmas_merged, k->vmas_merged);
 	ROW("  1 s after the write tests", "count", s->vmas_written, k->vmas_written);
@@ -950,43 +789,94 @@ static void report(const struct opts *o, const struct result *s, const struct re
 	ROW("  same byte again", "ns", s->running_again_ns, k->running_again_ns);
 	ROW("merger CPU in the 1 s after writes", "s", s->settle_cpu_s, k->settle_cpu_s);
 	ROW("pages differing from expected", "pages", s->bad, k->bad);
+	if (o->stall) {
+		ROW("stall run: stores, page not merged", "count", s->stall_n - s->stall_cow_n,
+		    k->stall_n - k->stall_cow_n);
+		ROW("  p50", "us", s->stall_p50_us, k->stall_p50_us);
+		ROW("  p99", "us", s->stall_p99_us, k->stall_p99_us);
+		ROW("  p99.9", "us", s->stall_p999_us, k->stall_p999_us);
+		ROW("  max", "us", s->stall_max_us, k->stall_max_us);
+		ROW("  over 50 us", "count", s->stall_over50, k->stall_over50);
+		ROW("stores to merged pages (COW)", "count", s->stall_cow_n, k->stall_cow_n);
+		ROW("  p50", "us", s->stall_cow_p50_us, k->stall_cow_p50_us);
+		ROW("all stores: p50", "us", s->stall_all_p50_us, k->stall_all_p50_us);
+		ROW("  p99", "us", s->stall_all_p99_us, k->stall_all_p99_us);
+		ROW("  max", "us", s->stall_all_max_us, k->stall_all_max_us);
+		ROW("  window", "s", s->stall_s, k->stall_s);
+		ROW("  pages merged at its end", "%", s->stall_merged_pct, k->stall_merged_pct);
+		ROW("  pages differing from expected", "pages", s->stall_bad, k->stall_bad);
+	}
 #undef ROW
 	if (hs)
 		printf("samepage: merge_vmas %.0f over both workers; pool pages left after the "
-		       "workloads exited: %.0f\n", s->merge_vmas, s->pool_after_exit);
+		       "workloads exited: %.0f; daemon RssAnon when idle %.0f KiB (not counted)\n",
+		       s->merge_vmas, s->pool_after_exit, s->book_base_kib);
+	printf("bookkeeping: samepage: daemon RssAnon growth + libsamepage's arena Rss in each "
+	       "workload; kernel: (rmap_items x %ld + (KSM pages + stable_node_chains) x %ld "
+	       "+ processes x %ld) B, slab object sizes, slack not counted; \"as each counts it\": "
+	       "(merging + zero pages) x 4096 - profit (samepage: general_profit, with the "
+	       "daemon's meta; kernel: ksm_process_profit of the workloads)\n",
+	       slab_object_size("ksm_rmap_item", 64), slab_object_size("ksm_stable_node", 64),
+	       slab_object_size("ksm_mm_slot", 48));
 	printf("write tests: %zu pages per process and test, every %zu-th page (run=0: even "
 	       "pages, merger paused; run=1: odd pages, merger running), one process at a "
 	       "time, mean of both\n", q.n, q.stride);
+	if (o->stall)
+		printf("stall run: separate processes and merger; each workload's probe thread "
+		       "stores the byte already there into a random page every %d us (timed; the "
+		       "page's state read from pagemap before) from the madvise until 95%% merged (at most 2 x the merge time + 2 s, and %d s); its "
+		       "stores break COW, so its merge time is not the one above\n", o->stall_us,
+		       o->stall_max_s);
 	printf("merged-check: one pagemap poll of both processes took %.2f ms (samepage) / "
-	       "%.2f ms (kernel), every 10 ms\n", hs ? s->poll_ms : 0, hk ? k->poll_ms : 0);
+	       "%.2f ms (kernel), every 10 ms or 3 x that (the time resolution)\n",
+	       hs ? s->poll_ms : 0, hk ? k->poll_ms : 0);
+	if (hk && k->ksm_other_pages > 0)
+		printf("NOTE: kernel KSM also had %.0f MiB of other processes' mergeable memory to "
+		       "scan (rmap_items of other processes): ksmd's CPU and time include it\n",
+		       k->ksm_other_pages / 256);
 	if ((hs && s->merged_pct < 100) || (hk && k->merged_pct < 100))
 		printf("NOTE: not everything merged within %d s in some run\n", o->timeout_s);
-}
 
-/* Other users of this machine distort every number: wait (at most max_s)
- * for a half second in which the machine is busy less than 20% of a CPU. */
-static void wait_quiet(int max_s)
-{
-	double end = tu_now() + max_s;
-
-	while (!interrupted) {
-		double b0 = machine_busy_s(), t0 = tu_now(), busy;
-		sleep_ms(500);
-		busy = (machine_busy_s() - b0) / (tu_now() - t0);
-		if (busy < 0.2)
-			return;
-		if (tu_now() > end) {
-			fprintf(stderr, "ksm_compare: the machine stays busy (%.0f%% of a CPU); "
-					"measuring anyway\n", busy * 100);
-			return;
-		}
+#define SUM(name, expr_s, expr_k)                                     \
+	do {                                                          \
+		snprintf(key, sizeof(key), "cmp%zu.%s", o->mib, name); \
+		summary(key, expr_s, expr_k, hs, hk);                 \
+	} while (0)
+	SUM("merged_pct", s->merged_pct, k->merged_pct);
+	SUM("merge_s", s->merge_s, k->merge_s);
+	SUM("cpu_merger_s", s->cpu_merger_s + s->cpu_scanner_s, k->cpu_merger_s + k->cpu_scanner_s);
+	SUM("cpu_per_gib", cpu_per_gib(s), cpu_per_gib(k));
+	SUM("saved_mib", (s->frames_before - s->frames_after) / 256,
+	    (k->frames_before - k->frames_after) / 256);
+	SUM("book_bytes", s->book_kib * 1024, k->book_kib * 1024);
+	SUM("book_per_page", s->book_kib * 1024 / pages, k->book_kib * 1024 / pages);
+	SUM("pages", pages, pages);
+	SUM("vmas_before", s->vmas_before, k->vmas_before);
+	SUM("vmas_merged", s->vmas_merged, k->vmas_merged);
+	SUM("first_write_paused_ns", s->paused_first_ns, k->paused_first_ns);
+	SUM("first_write_running_ns", s->running_first_ns, k->running_first_ns);
+	SUM("bad", s->bad + s->stall_bad, k->bad + k->stall_bad);
+	SUM("other_cpu_s", s->other_cpu_s, k->other_cpu_s);
+	if (o->stall) {
+		SUM("stall_p50_us", s->stall_p50_us, k->stall_p50_us);
+		SUM("stall_p99_us", s->stall_p99_us, k->stall_p99_us);
+		SUM("stall_max_us", s->stall_max_us, k->stall_max_us);
+		SUM("stall_all_p99_us", s->stall_all_p99_us, k->stall_all_p99_us);
+		SUM("stall_all_max_us", s->stall_all_max_us, k->stall_all_max_us);
+		SUM("stall_cow_p50_us", s->stall_cow_p50_us, k->stall_cow_p50_us);
+		SUM("stall_cow_share", s->stall_n ? s->stall_cow_n / s->stall_n : 0,
+		    k->stall_n ? k->stall_cow_n / k->stall_n : 0);
 	}
+#undef SUM
+	snprintf(key, sizeof(key), "cmp%zu.disturbed", o->mib);
+	report_disturbed(key);
 }
 
 static void usage(void)
 {
 	fprintf(stderr, "usage: ksm_compare [--mib S] [--writes W] [--repeat R] [--timeout SEC] "
-			"[--quiet-wait SEC] [--only samepage|kernel] [--samepage-default-knobs]\n");
+			"[--quiet-wait SEC] [--only samepage|kernel] [--samepage-default-knobs] "
+			"[--no-stall] [--stall-us US] [--stall-max-s SEC] [--summary FILE]\n");
 	exit(2);
 }
 
@@ -1011,41 +901,34 @@ static void parse(int argc, char **argv, struct opts *o)
 				usage();
 		} else if (!strcmp(argv[i], "--samepage-default-knobs"))
 			o->sp_default_knobs = 1;
+		else if (!strcmp(argv[i], "--no-stall"))
+			o->stall = 0;
+		else if (!strcmp(argv[i], "--stall-us") && i + 1 < argc)
+			o->stall_us = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--stall-max-s") && i + 1 < argc)
+			o->stall_max_s = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--summary") && i + 1 < argc)
+			summary_path = argv[++i];
 		else
 			usage();
 	}
 	if (!o->mib || o->mib > (1u << 20) || !o->writes || o->timeout_s <= 0 ||
-	    o->repeat < 1 || o->repeat > 64 || o->quiet_s < 0)
+	    o->repeat < 1 || o->repeat > 64 || o->quiet_s < 0 || o->stall_us < 1 ||
+	    o->stall_us >= 1000000 || o->stall_max_s < 1)
 		usage();
 }
 
 int main(int argc, char **argv)
 {
 	struct opts o = { .mib = 256, .writes = 10000, .repeat = 3, .timeout_s = 120,
-			  .quiet_s = 30, .only = -1 };
-	struct result runs[2][64], med[2];
+			  .quiet_s = 30, .only = -1, .stall = 1, .stall_us = 200,
+			  .stall_max_s = 30 };
+	static struct result runs[2][64];
+	struct result med[2];
 	int have[2] = { 0, 0 };
-	struct sigaction sa = { .sa_handler = on_signal }; /* no SA_RESTART: reads fail */
-	ssize_t n;
 
 	parse(argc, argv, &o);
-	if (geteuid() != 0)
-		tu_skip("needs root (page frames in pagemap, ksmd, /sys/kernel/mm/ksm)");
-	if (access(KSM "run", W_OK) && o.only != M_SAMEPAGE)
-		tu_skip("kernel KSM not available (" KSM "run)");
-	/* build/bench/ksm_compare -> build */
-	n = readlink("/proc/self/exe", build_dir, sizeof(build_dir) - 1);
-	if (n <= 0)
-		die("readlink /proc/self/exe");
-	build_dir[n] = 0;
-	*strrchr(build_dir, '/') = 0;
-	*strrchr(build_dir, '/') = 0;
-	owner = getpid();
-	atexit(cleanup);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGHUP, &sa, NULL);
-	signal(SIGPIPE, SIG_IGN);
+	bench_init(o.only != M_SAMEPAGE);
 
 	/* Alternate the two, so that a change in the machine's load hits both. */
 	for (int i = 0; i < o.repeat; i++)
@@ -1060,6 +943,15 @@ int main(int argc, char **argv)
 					"load %5.2f s, first write %8.0f ns\n", i + 1, mode_name[m],
 				r->merged_pct, r->merge_s, r->cpu_s, r->other_cpu_s,
 				r->paused_first_ns);
+			if (!o.stall)
+				continue;
+			wait_quiet(o.quiet_s);
+			measure_stall((enum mode)m, &o, r);
+			fprintf(stderr, "run %d %-10s: stall run: %.0f stores (%.0f to merged pages) "
+					"in %.2f s (%.1f%% merged); not merged: p50 %.1f us, p99 %.1f us, "
+					"max %.0f us; all: p99 %.1f us\n", i + 1, mode_name[m], r->stall_n,
+				r->stall_cow_n, r->stall_s, r->stall_merged_pct, r->stall_p50_us,
+				r->stall_p99_us, r->stall_max_us, r->stall_all_p99_us);
 		}
 	for (int m = 0; m < 2; m++)
 		if (have[m])

@@ -1,39 +1,180 @@
 #!/usr/bin/env bash
-# samepage against kernel KSM: 2 processes x 64 MiB, then x 256 MiB, each the
-# median of 3 alternating runs (build/bench/ksm_compare; see its header).
+# samepage against kernel KSM, every target of issue 3 in one run, each
+# program measuring both mergers in the same run (see bench/README.md):
+#   ksm_compare  2 x 64 MiB (1 run, no stall run), then 2 x 512 MiB (median
+#                of $REPEAT runs, with the stall run): time, CPU, saving,
+#                bookkeeping, VMAs, first write, stall
+#   mixed        4 x 256 MiB mixed load: saving over time, final saving
+#   steady       2 x 256 MiB, half merged, at pages_to_scan=10000
+#                sleep_millisecs=20: CPU per GiB scanned
+#   hashrate     XXH3 / XXH64 / plain read GB/s of one core
+# then one table: target, samepage, kernel KSM, ratio, wanted, met.
 #
-#   sudo bench/run.sh [ksm_compare options, e.g. --repeat 5 --writes 4096]
+#   sudo bench/run.sh [--quick] [--table SUMMARY]
 #
-# ksm_compare switches kernel KSM off and restores the knobs it changed even
-# on errors and signals; this script does it once more should the program be
-# killed outright (SIGKILL, OOM).
+# --quick: 2 x 256 MiB instead of 512, 1 run, mixed 4 x 128 MiB (checks the
+# pipeline; the targets are stated for the full sizes). --table SUMMARY: only
+# print the table again from the lines a run kept (KEEP_SUMMARY), measuring
+# nothing (with --quick for a quick run's).
+# Environment: REPEAT (default 3), QUIET_WAIT (seconds each run waits at most
+# for an idle machine, default 10), VMA_HANDFUL (VMAs merging may add to a
+# process and still be "a handful", default 32), KEEP_SUMMARY=FILE (keep the
+# raw key/value lines).
+#
+# The programs switch kernel KSM off and restore the knobs they changed even
+# on errors and signals; this script does it once more should one not finish
+# (killed outright: SIGKILL, OOM).
 set -eu
 cd "$(dirname "$0")/.."
+
+big=512 mixed_mib=256 repeat=${REPEAT:-3} table_only=
+if [ "${1:-}" = --quick ]; then
+	big=256 mixed_mib=128 repeat=1
+	shift
+fi
+if [ "${1:-}" = --table ] && [ $# -eq 2 ]; then
+	table_only=$2
+	shift 2
+fi
+[ $# -eq 0 ] || { echo "usage: sudo bench/run.sh [--quick] [--table SUMMARY]" >&2; exit 2; }
+quiet=${QUIET_WAIT:-10}
+handful=${VMA_HANDFUL:-32}
+
+# The table from the summary lines in $1. Ratios are samepage / kernel KSM.
+table() {
+awk -v big="$big" -v mixed="$mixed_mib" -v handful="$handful" '
+function have(key) { return (key in sp) && sp[key] != "-" && (key in kn) && kn[key] != "-" }
+function num(x) { return x + 0 }
+function fmt(x) { return x == "" ? "-" : sprintf(x >= 100 || x <= -100 ? "%.0f" : "%.3g", x) }
+# kind: ratio<= / ratio>= (samepage / kernel), sp<= (samepage alone), info
+function line(label, unit, s, k, kind, thr, wanted,    r, met) {
+	r = (s != "" && k != "" && num(k) != 0) ? num(s) / num(k) : ""
+	met = "-"
+	if (kind == "ratio<=" && r != "") met = r <= thr ? "yes" : "NO"
+	if (kind == "ratio>=" && r != "") met = r >= thr ? "yes" : "NO"
+	if (kind == "sp<=" && s != "") met = num(s) <= thr ? "yes" : "NO"
+	if (kind == "sp>=" && s != "") met = num(s) >= thr ? "yes" : "NO"
+	printf "%-46s %-6s | %9s | %9s | %7s | %-22s | %s\n", label, unit, fmt(s), fmt(k), fmt(r), wanted, met
+}
+function pct(x) { return x == "" ? "" : 100 * x }
+function v(arr, key) { return (key in arr) && arr[key] != "-" ? arr[key] : "" }
+{ sp[$1] = $2; kn[$1] = $3 }
+END {
+	c = "cmp" big "."
+	printf "\n%-46s %-6s | %9s | %9s | %7s | %-22s | %s\n", "target (issue 3)", "unit", "samepage", "kernel", "sp/kern", "wanted", "met"
+	print "----------------------------------------------------------------------------------------------------------------------"
+	line("wall time until 2 x " big " MiB merged", "s", v(sp, c "merge_s"), v(kn, c "merge_s"), "ratio<=", 1/3, "<= 1/3 of kernel")
+	line("mixed 4 x " mixed " MiB: time to 99% of final saving", "s", v(sp, "mixed.t99_s"), v(kn, "mixed.t99_s"), "ratio<=", 1/3, "<= 1/3 of kernel")
+	line("mixed: final saving", "MiB", v(sp, "mixed.final_mib"), v(kn, "mixed.final_mib"), "ratio>=", 1, ">= kernel")
+	line("CPU per GiB merged (2 x " big " MiB)", "s/GiB", v(sp, c "cpu_per_gib"), v(kn, c "cpu_per_gib"), "ratio<=", 0.5, "<= 1/2 of kernel")
+	line("CPU per GiB scanned, steady (10000/20 ms)", "s/GiB", v(sp, "steady.cpu_per_gib"), v(kn, "steady.cpu_per_gib"), "ratio<=", 1, "<= kernel")
+	rd = v(sp, "hash.read_gbs")
+	line("hashing per core: XXH3 (sp) | XXH64 (kernel)", "GB/s", v(sp, "hash.xxh3_gbs"), v(kn, "hash.xxh3_gbs"), "sp>=", 0.8 * rd, sprintf(">= 80%% of read %.1f", rd))
+	# Bookkeeping: what grows with the pages, between the two sizes (fixed
+	# costs cancel); per page at the big size as a second row.
+	s64 = v(sp, "cmp64.book_bytes"); k64 = v(kn, "cmp64.book_bytes"); p64 = v(sp, "cmp64.pages")
+	sb = v(sp, c "book_bytes"); kb = v(kn, c "book_bytes"); pb = v(sp, c "pages")
+	ms = (s64 != "" && sb != "" && pb > p64) ? (sb - s64) / (pb - p64) : ""
+	mk = (k64 != "" && kb != "" && pb > p64) ? (kb - k64) / (pb - p64) : ""
+	line("bookkeeping per scanned page (64 -> " big " MiB)", "B", ms, mk, "sp<=", 16, "<= 16 B")
+	line("  per page at 2 x " big " MiB, fixed costs in", "B", v(sp, c "book_per_page"), v(kn, c "book_per_page"), "info", 0, "")
+	line("first write to a merged page, merger paused", "ns", v(sp, c "first_write_paused_ns"), v(kn, c "first_write_paused_ns"), "ratio<=", 1.1, "<= 1.1 x kernel")
+	line("first write to a merged page, merger running", "ns", v(sp, c "first_write_running_ns"), v(kn, c "first_write_running_ns"), "ratio<=", 1.1, "<= 1.1 x kernel")
+	line("writer stall while merging: p99 (a)", "us", v(sp, c "stall_p99_us"), v(kn, c "stall_p99_us"), "sp<=", 50, "<= 50 us")
+	line("  maximum (a)", "us", v(sp, c "stall_max_us"), v(kn, c "stall_max_us"), "info", 0, "report")
+	line("  p99, all stores (b)", "us", v(sp, c "stall_all_p99_us"), v(kn, c "stall_all_p99_us"), "sp<=", 50, "<= 50 us")
+	line("  maximum, all stores (b)", "us", v(sp, c "stall_all_max_us"), v(kn, c "stall_all_max_us"), "info", 0, "report")
+	line("  share of stores hitting merged pages", "%", pct(v(sp, c "stall_cow_share")), pct(v(kn, c "stall_cow_share")), "info", 0, "")
+	line("  p50 of those (COW faults)", "us", v(sp, c "stall_cow_p50_us"), v(kn, c "stall_cow_p50_us"), "info", 0, "")
+	vs = v(sp, c "vmas_merged") != "" ? v(sp, c "vmas_merged") - v(sp, c "vmas_before") : ""
+	vk = v(kn, c "vmas_merged") != "" ? v(kn, c "vmas_merged") - v(kn, c "vmas_before") : ""
+	line("VMAs added by merging 2 x " big " MiB (per proc)", "count", vs, vk, "sp<=", handful, "a handful (<= " handful ")")
+	print ""
+	line("info: merged (2 x " big " MiB)", "%", v(sp, c "merged_pct"), v(kn, c "merged_pct"), "info", 0, "")
+	line("info: CPU per GiB saved, mixed load", "s/GiB", v(sp, "mixed.cpu_per_gib"), v(kn, "mixed.cpu_per_gib"), "info", 0, "")
+	line("info: mixed, ideal saving", "MiB", v(sp, "mixed.ideal_mib"), v(kn, "mixed.ideal_mib"), "info", 0, "")
+	line("info: steady, pages scanned per second", "pg/s", v(sp, "steady.pages_per_s"), v(kn, "steady.pages_per_s"), "info", 0, "")
+	line("info: steady, merger CPU per second", "s/s", v(sp, "steady.cpu_per_s"), v(kn, "steady.cpu_per_s"), "info", 0, "")
+	line("info: steady, GB scanned per CPU second", "GB/s", v(sp, "steady.gb_per_cpu_s"), v(kn, "steady.gb_per_cpu_s"), "info", 0, "")
+	line("info: wall time until 2 x 64 MiB merged", "s", v(sp, "cmp64.merge_s"), v(kn, "cmp64.merge_s"), "info", 0, "")
+	line("info: other CPU use, 2 x " big " MiB merge", "s", v(sp, c "other_cpu_s"), v(kn, c "other_cpu_s"), "info", 0, "~0: undisturbed")
+	line("info: other CPU use, mixed load", "s", v(sp, "mixed.other_cpu_s"), v(kn, "mixed.other_cpu_s"), "info", 0, "~0: undisturbed")
+	line("info: other CPU use, steady window", "s", v(sp, "steady.other_cpu_s"), v(kn, "steady.other_cpu_s"), "info", 0, "~0: undisturbed")
+	bad = 0; dist = ""; slow = 0
+	for (key in sp) {
+		if (key ~ /\.bad$/) bad += num(sp[key]) + num(kn[key])
+		if (key ~ /\.disturbed$/ && num(kn[key])) dist = dist " " substr(key, 1, index(key, ".") - 1)
+		if (key ~ /\.timed_out$/) slow += num(sp[key]) + num(kn[key])
+	}
+	if (bad) printf "\nFAILURE: %d pages differed from what the workloads wrote (see above)\n", bad
+	if (dist != "") print "\nWARNING: someone else changed kernel KSM during a kernel run of:" dist "; those kernel numbers are not valid"
+	if (slow) print "\nNOTE: the mixed load did not settle within its time limit"
+	if (v(sp, c "merged_pct") != "" && (v(sp, c "merged_pct") < 100 || v(kn, c "merged_pct") < 100)) print "\nNOTE: not everything merged in the 2 x " big " MiB runs"
+	print "\nhashing row: samepage column XXH3_64bits, kernel column XXH64 (kernel KSM'"'"'s checksum), both in user space on one core"
+	print "bookkeeping row: growth between the 2 x 64 MiB and 2 x " big " MiB runs per added page (samepage: daemon RssAnon + libsamepage arena Rss; kernel: rmap_items, stable nodes, mm_slots x slab sizes)"
+	print "CPU per GiB merged: merger CPU (ksmd | samepaged + scanner threads) until merged, per GiB saved (frames before - after)"
+	print "stall rows: a separate run with a probe thread storing into random merging pages every 200 us (ksm_compare header);"
+	print "  (a) stores to pages not merged just before the store (they can only wait for merging in progress),"
+	print "  (b) all stores, including first writes to merged pages (COW faults: the first-write rows)"
+}' "$1"
+}
+
+if [ -n "$table_only" ]; then
+	table "$table_only"
+	exit 0
+fi
+
 [ "$(id -u)" -eq 0 ] || { echo "bench/run.sh: needs root (kernel KSM, page frames)" >&2; exit 1; }
+
+# bench/common.h is not among the Makefile's header dependencies: rebuild
+# the benchmarks it is newer than.
+for c in bench/*.c; do
+	o=build/obj/bench/$(basename "$c" .c).o
+	[ ! -e "$o" ] || [ ! bench/common.h -nt "$o" ] || rm -f "$o"
+done
 make -j2 build/lib/libsamepage.so build/bin/samepaged build/bin/samepage \
-	build/bench/ksm_compare >/dev/null
+	build/bench/ksm_compare build/bench/mixed build/bench/steady build/bench/hashrate >/dev/null
 
 KSM=/sys/kernel/mm/ksm
 knobs="pages_to_scan sleep_millisecs smart_scan"
 declare -A saved
 for k in $knobs; do saved[$k]=$(cat "$KSM/$k"); done
 run0=$(cat "$KSM/run")
+sum=$(mktemp /tmp/sp-bench-summary.XXXXXX)
+# Only when a program did not finish: otherwise each switched kernel KSM off
+# and restored the knobs itself, and a kernel KSM on now is someone else's.
+clean=0
 restore() {
-	if [ "$run0" = 0 ] && [ "$(cat "$KSM/run")" != 0 ]; then
-		echo 2 >"$KSM/run"
-		for _ in $(seq 600); do [ "$(cat "$KSM/pages_shared")" = 0 ] && break; sleep 0.1; done
-		echo 0 >"$KSM/run"
+	if [ "$clean" != 1 ]; then
+		if [ "$run0" = 0 ] && [ "$(cat "$KSM/run")" != 0 ]; then
+			echo 2 >"$KSM/run"
+			for _ in $(seq 600); do [ "$(cat "$KSM/pages_shared")" = 0 ] && break; sleep 0.1; done
+			echo 0 >"$KSM/run"
+		fi
+		for k in $knobs; do
+			[ "$(cat "$KSM/$k")" = "${saved[$k]}" ] || echo "${saved[$k]}" >"$KSM/$k" || true
+		done
 	fi
-	for k in $knobs; do
-		[ "$(cat "$KSM/$k")" = "${saved[$k]}" ] || echo "${saved[$k]}" >"$KSM/$k" || true
-	done
+	if [ -n "${KEEP_SUMMARY:-}" ]; then cp "$sum" "$KEEP_SUMMARY"; fi
+	rm -f "$sum"
 }
 trap restore EXIT
 trap 'exit 130' INT TERM
 
-echo "# $(uname -r), $(nproc) CPUs, $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src include 2>/dev/null || echo '+changes'), $(date -u +%FT%TZ)"
-for mib in 64 256; do
-	echo "\$ build/bench/ksm_compare --mib $mib $*"
-	build/bench/ksm_compare --mib "$mib" "$@"
+start=$(date +%s)
+step() {
 	echo
-done
+	echo "\$ $*    # at $(($(date +%s) - start)) s"
+	"$@" --summary "$sum"
+}
+echo "# $(uname -r), $(nproc) CPUs, $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src include 2>/dev/null || echo '+changes'), $(date -u +%FT%TZ)"
+step build/bench/ksm_compare --mib 64 --repeat 1 --no-stall --quiet-wait "$quiet"
+step build/bench/ksm_compare --mib "$big" --repeat "$repeat" --quiet-wait "$quiet"
+step build/bench/mixed --mib "$mixed_mib" --quiet-wait "$quiet"
+step build/bench/steady --mib 256 --quiet-wait "$quiet"
+step build/bench/hashrate --mib 1024
+clean=1
+echo
+echo "# all in $(($(date +%s) - start)) s"
+
+table "$sum"

@@ -222,12 +222,18 @@ int unstable_offer(struct index *ix, uint64_t hash, uint32_t conn, uint64_t addr
 	return map_put(&ix->unstable, hash, me);
 }
 
-/* Unmatched pages are most of what the index held; its table is freed
- * rather than kept at its largest for the next generation. */
+/* A table that was mostly empty this generation is freed rather than kept
+ * at its largest; a busy one is cleared and kept: freeing and faulting a
+ * table of megabytes back in every generation cost the daemon a tenth of
+ * its time in this VM (TLB flushes, page faults). */
 void unstable_reset(struct index *ix)
 {
-	map_fini(&ix->unstable);
-	map_init(&ix->unstable);
+	if (ix->unstable.count * 8 < ix->unstable.cap) {
+		map_fini(&ix->unstable);
+		map_init(&ix->unstable);
+	} else {
+		map_clear(&ix->unstable);
+	}
 }
 
 uint64_t unstable_count(const struct index *ix)
