@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: unit and integration tests, then the same built with
-# AddressSanitizer+UBSan and with ThreadSanitizer. Installs what is missing.
+# The whole test suite: unit and integration tests and the small versions of
+# examples/*.sh (QEMU, Redis, Python under samepage), then the tests built
+# with AddressSanitizer+UBSan and with ThreadSanitizer. Installs what is
+# missing.
 set -eu
 cd "$(dirname "$0")"
 scripts/deps.sh
