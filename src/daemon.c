@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,6 +170,7 @@ static void conn_close(struct samepaged *d, struct conn *c)
 	if (c->pipe_fd >= 0)
 		close(c->pipe_fd);
 	free(c->pairs);
+	free(c->look_addr);
 	free(c->hints);
 	map_fini(&c->hint_at);
 	free(c);
@@ -325,12 +327,14 @@ static int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup
 
 	if (!c->pairs) {
 		c->pairs = malloc(SP_MAX_LOOKUP * sizeof(*c->pairs));
-		if (!c->pairs)
+		c->look_addr = malloc(SP_MAX_LOOKUP * sizeof(*c->look_addr));
+		if (!c->pairs || !c->look_addr)
 			return -ENOMEM;
 	}
 	c->npairs = n;
 	for (uint32_t i = 0; i < n; i++) {
 		c->pairs[i].conn = 0;
+		c->look_addr[i] = l->e[i].addr;
 		uint64_t hash = l->e[i].hash;
 		uint32_t id = hint_claim(d, c, l->e[i].addr, hash);
 		int err;
@@ -419,6 +423,7 @@ struct create_dst {
 	uint32_t id;    /* new page, or the existing one to compare with */
 	uint8_t fresh;  /* id was allocated for it */
 	uint8_t ok;     /* id allocated or found */
+	uint8_t hinted; /* id is a waiting hint's page: the reference is already c's */
 };
 
 /* Allocate the new pool pages of a batch before the copy, one call per run
@@ -441,7 +446,17 @@ static void create_plan(struct samepaged *d, struct conn *c, const struct sp_cre
 	uint32_t maxs = d->knobs.v[KNOB_MAX_PAGE_SHARING];
 
 	for (uint32_t i = 0; i < cr->n; i++) {
-		uint32_t id = stable_find(&d->ix, &d->pool, cr->e[i].hash, maxs);
+		uint32_t look = cr->e[i].look;
+		/* A hint that arrived after c's lookup, for the same page: its
+		 * pool page is the answer (as in on_lookup). */
+		uint32_t id = look < c->npairs ?
+			      hint_claim(d, c, c->look_addr[look], cr->e[i].hash) : SP_POOL_NONE;
+		if (id != SP_POOL_NONE) {
+			dst[i] = (struct create_dst){ .id = id, .ok = 1, .hinted = 1 };
+			iov[i] = (struct iovec){ d->scratch + (size_t)i * SP_PAGE, SP_PAGE };
+			continue;
+		}
+		id = stable_find(&d->ix, &d->pool, cr->e[i].hash, maxs);
 		int64_t nid = id == SP_POOL_NONE ? alloc_for(d, c, NULL, cr->e[i].hash) : -1;
 
 		dst[i] = (struct create_dst){ .id = id, .ok = id != SP_POOL_NONE };
@@ -484,8 +499,13 @@ static uint32_t create_settle(struct samepaged *d, struct conn *c, const struct 
 		return SP_POOL_NONE;
 	if (!dst->fresh) {
 		id = dst->id;
-		if (memcmp(pool_data(&d->pool, id), iov->iov_base, SP_PAGE))
+		if (memcmp(pool_data(&d->pool, id), iov->iov_base, SP_PAGE)) {
+			if (dst->hinted)
+				ref_drop(d, c, id); /* the claimed hint's reference */
 			return SP_POOL_NONE; /* a hash collision: leave it unmerged */
+		}
+		if (dst->hinted)
+			return id;
 		return ref_take(d, c, id) ? SP_POOL_NONE : id;
 	}
 	pool_page(&d->pool, dst->id)->hash = hash;
@@ -780,14 +800,30 @@ static int listen_on(struct samepaged *d, const char *path)
 	if (bind(d->lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(d->lfd, 128) < 0)
 		return -errno;
 	chmod(path, 0600);
+	struct stat st;
+	if (stat(path, &st) == 0) {
+		d->sock_ino = st.st_ino;
+		d->sock_dev = st.st_dev;
+	}
 	return 0; /* lk stays open (and locked) for the daemon's life */
+}
+
+/* SIGTERM/SIGINT end the loop, so the socket is removed on the way out.
+ * The one piece of state outside struct samepaged: a signal handler has
+ * nowhere else to put it. */
+static volatile sig_atomic_t terminated;
+
+static void on_term(int sig)
+{
+	(void)sig;
+	terminated = 1;
 }
 
 static int loop(struct samepaged *d)
 {
 	struct epoll_event evs[64];
 
-	while (!d->stop) {
+	while (!d->stop && !terminated) {
 		int n = epoll_wait(d->efd, evs, 64, 1000);
 		if (n < 0 && errno != EINTR)
 			return -errno;
@@ -822,6 +858,18 @@ static int zero_segment(void)
 		return err;
 	}
 	return fd;
+}
+
+/* Remove the socket only if it is still ours: a daemon that exits late
+ * (SIGTERM) after its directory was recreated would otherwise unlink its
+ * successor's socket, and every process forking then fails to hand its
+ * references over (fork: ENOMEM), found with Redis's BGSAVE. */
+static void unlink_own(const char *path, const struct samepaged *d)
+{
+	struct stat st;
+
+	if (stat(path, &st) == 0 && st.st_ino == d->sock_ino && st.st_dev == d->sock_dev)
+		unlink(path);
 }
 
 int samepaged_run(const char *path, int idle_exit_s, int ready_fd)
@@ -865,7 +913,10 @@ int samepaged_run(const char *path, int idle_exit_s, int ready_fd)
 	}
 	if (err)
 		return err;
+	struct sigaction sa = { .sa_handler = on_term }; /* no SA_RESTART: wake epoll_wait */
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
 	err = loop(&d);
-	unlink(path);
+	unlink_own(path, &d);
 	return err;
 }

@@ -36,6 +36,7 @@ struct conn {
 	/* For the last C_LOOKUP, by entry: the unstable page it matched
 	 * (conn 0: none), to be told once this process has created the pool page. */
 	struct unstable_item *pairs;
+	uint64_t *look_addr;  /* the addresses of that C_LOOKUP's entries */
 	uint32_t npairs;
 	/* Merge hints for this process (references already taken for it). */
 	struct sp_hint *hints;
@@ -47,6 +48,7 @@ struct conn {
 
 struct samepaged {
 	int lfd, efd;
+	uint64_t sock_ino, sock_dev; /* the socket we bound: removed at exit only if still there */
 	uid_t uid;
 	struct pool pool;
 	int zero_fd;          /* an all-zero sealed memfd: see zero_segment() */

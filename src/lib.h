@@ -131,6 +131,7 @@ struct lib {
 	int kick;                  /* run a pass now */
 	int idle_ms;               /* back-off after quiet passes */
 	int recount_pending;       /* fork child: counters restart at 0 */
+	int first_pass_delay_ms;   /* fork child: wait this long before the first pass */
 
 	/* buffers (lock) */
 	struct area *old_areas;    /* LIB_MAX_AREAS: reconcile's copy */

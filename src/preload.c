@@ -16,6 +16,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -190,7 +191,7 @@ EXPORT pid_t fork(void)
 	pid_t (*rf)(void) = __atomic_load_n(&real_fork, __ATOMIC_ACQUIRE);
 	struct lib *l = lib_peek();
 	uint64_t token = 0;
-	int fd = -1;
+	int fd = -1, ferr;
 	pid_t pid;
 
 	if (!rf) {
@@ -203,7 +204,13 @@ EXPORT pid_t fork(void)
 	/* Invariant 2 across fork: the child's connection holds a copy of our
 	 * references before the child exists. Without one, the child's merged
 	 * pages would have no owner; fail the fork as the kernel would on ENOMEM. */
-	if (l->sock >= 0 && client_fork_conn(l, &fd, &token) < 0) {
+	if (l->sock >= 0 && (ferr = client_fork_conn(l, &fd, &token)) < 0) {
+		if (l->debug) {
+			char b[96];
+			int k = snprintf(b, sizeof(b), "samepage[%d]: fork refused: %d\n", (int)getpid(), ferr);
+			if (k > 0 && write(2, b, (size_t)k) < 0) {
+			}
+		}
 		pthread_mutex_unlock(&l->lock);
 		errno = ENOMEM;
 		return -1;
@@ -234,6 +241,12 @@ EXPORT pid_t fork(void)
 		l->st.unshared = l->st.volatile_pages = 0;
 		l->st.rmap_items = l->st.merging = l->st.zero = l->st.cowed = 0;
 		l->recount_pending = 1;
+		/* Let the child settle first: a fork child often execs or exits
+		 * soon (Redis's BGSAVE writes its dump and exits), and its memory
+		 * is still shared with the parent's; its first pass waits for the
+		 * idle interval instead of competing with it at once. A madvise or
+		 * prctl of its own still starts it at once. */
+		l->first_pass_delay_ms = 2000;
 		if (l->merge_any || l->nranges)
 			lib_start_scanner(l);
 		return 0;

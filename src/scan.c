@@ -386,6 +386,14 @@ static int classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, str
 hash:
 	if (!PM_PRESENT(pm))
 		return 0;
+	/* An anonymous page mapped by another process too is one fork shares
+	 * with its parent or child: merging it saves nothing until one of them
+	 * writes it (kernel KSM finds such a page equal to itself and leaves
+	 * it). Offered, it made a fork child (Redis's BGSAVE) pool the pages it
+	 * shares with its parent, and the parent merge them back: the save ran
+	 * 6 times slower. Once either side writes, the page is its own again. */
+	if (!PM_FILE(pm) && !PM_EXCLUSIVE(pm))
+		return 0;
 	if (!*vc || !((*vc)->prot & PROT_READ))
 		return 0; /* PROT_NONE stays mergeable but cannot be read */
 	return 1;
@@ -992,6 +1000,13 @@ void *scan_thread(void *arg)
 	/* Application signals go to application threads. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	if (l->first_pass_delay_ms) {
+		pthread_mutex_lock(&l->lock);
+		sleep_ms(l, (uint32_t)l->first_pass_delay_ms, 1);
+		l->first_pass_delay_ms = 0;
+		l->kick = 0;
+		pthread_mutex_unlock(&l->lock);
+	}
 	while (!__atomic_load_n(&l->stop, __ATOMIC_ACQUIRE)) {
 		int err = scan_pass(l);
 		pthread_mutex_lock(&l->lock);
