@@ -116,6 +116,30 @@ static inline int ksm_set(const char *knob, long long v)
 	return write_text(path, buf);
 }
 
+/* The options every benchmark takes. 1: argv[*i] was one (its value
+ * consumed), 0: not one of them, -1: a bad value. */
+static inline int common_opt(int argc, char **argv, int *i, int *repeat, int *quiet_s, int *only)
+{
+	const char *o = argv[*i];
+
+	if (*i + 1 >= argc)
+		return 0;
+	if (!strcmp(o, "--repeat"))
+		*repeat = atoi(argv[++*i]);
+	else if (!strcmp(o, "--quiet-wait"))
+		*quiet_s = atoi(argv[++*i]);
+	else if (!strcmp(o, "--summary"))
+		summary_path = argv[++*i];
+	else if (!strcmp(o, "--only")) {
+		++*i;
+		*only = !strcmp(argv[*i], "samepage") ? M_SAMEPAGE :
+			!strcmp(argv[*i], "kernel") ? M_KERNEL : -2;
+		return *only == -2 ? -1 : 1;
+	} else
+		return 0;
+	return 1;
+}
+
 static inline void sleep_ms(int ms)
 {
 	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };

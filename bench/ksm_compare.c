@@ -883,23 +883,18 @@ static void usage(void)
 static void parse(int argc, char **argv, struct opts *o)
 {
 	for (int i = 1; i < argc; i++) {
+		int c = common_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only);
+		if (c < 0)
+			usage();
+		if (c)
+			continue;
 		if (!strcmp(argv[i], "--mib") && i + 1 < argc)
 			o->mib = strtoul(argv[++i], NULL, 10);
 		else if (!strcmp(argv[i], "--writes") && i + 1 < argc)
 			o->writes = strtoul(argv[++i], NULL, 10);
-		else if (!strcmp(argv[i], "--repeat") && i + 1 < argc)
-			o->repeat = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
 			o->timeout_s = atoi(argv[++i]);
-		else if (!strcmp(argv[i], "--quiet-wait") && i + 1 < argc)
-			o->quiet_s = atoi(argv[++i]);
-		else if (!strcmp(argv[i], "--only") && i + 1 < argc) {
-			i++;
-			o->only = !strcmp(argv[i], "samepage") ? M_SAMEPAGE :
-				  !strcmp(argv[i], "kernel") ? M_KERNEL : -2;
-			if (o->only == -2)
-				usage();
-		} else if (!strcmp(argv[i], "--samepage-default-knobs"))
+		else if (!strcmp(argv[i], "--samepage-default-knobs"))
 			o->sp_default_knobs = 1;
 		else if (!strcmp(argv[i], "--no-stall"))
 			o->stall = 0;
@@ -907,8 +902,6 @@ static void parse(int argc, char **argv, struct opts *o)
 			o->stall_us = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--stall-max-s") && i + 1 < argc)
 			o->stall_max_s = atoi(argv[++i]);
-		else if (!strcmp(argv[i], "--summary") && i + 1 < argc)
-			summary_path = argv[++i];
 		else
 			usage();
 	}

@@ -575,6 +575,11 @@ static void usage(void)
 static void parse(int argc, char **argv, struct opts *o)
 {
 	for (int i = 1; i < argc; i++) {
+		int c = common_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only);
+		if (c < 0)
+			usage();
+		if (c)
+			continue;
 		if (!strcmp(argv[i], "--mib") && i + 1 < argc)
 			o->mib = strtoul(argv[++i], NULL, 10);
 		else if (!strcmp(argv[i], "--period-ms") && i + 1 < argc)
@@ -583,20 +588,8 @@ static void parse(int argc, char **argv, struct opts *o)
 			o->settle_s = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--max-s") && i + 1 < argc)
 			o->max_s = atoi(argv[++i]);
-		else if (!strcmp(argv[i], "--repeat") && i + 1 < argc)
-			o->repeat = atoi(argv[++i]);
-		else if (!strcmp(argv[i], "--quiet-wait") && i + 1 < argc)
-			o->quiet_s = atoi(argv[++i]);
-		else if (!strcmp(argv[i], "--only") && i + 1 < argc) {
-			i++;
-			o->only = !strcmp(argv[i], "samepage") ? M_SAMEPAGE :
-				  !strcmp(argv[i], "kernel") ? M_KERNEL : -2;
-			if (o->only == -2)
-				usage();
-		} else if (!strcmp(argv[i], "--series"))
+		else if (!strcmp(argv[i], "--series"))
 			o->series = 1;
-		else if (!strcmp(argv[i], "--summary") && i + 1 < argc)
-			summary_path = argv[++i];
 		else
 			usage();
 	}

@@ -81,7 +81,7 @@ if [ ! -x "$SP" ] || [ ! -x "$MEM" ]; then die "no samepage build in $B"; fi
 ROOT=0
 [ "$(id -u)" -eq 0 ] && ROOT=1
 KSM=/sys/kernel/mm/ksm
-KSM_LOCK=/run/lock/samepage-kernel-ksm.lock   # shared by the examples that use kernel KSM
+KSM_LOCK=/sys/kernel/mm/ksm   # flock on the directory itself, as python.sh: one kernel-KSM user at a time
 KERNEL=0
 if [ "$SMALL" = 0 ]; then
 	if [ "$ROOT" = 1 ] && [ -w "$KSM/run" ]; then KERNEL=1
@@ -400,8 +400,7 @@ run sp
 
 if [ "$KERNEL" = 1 ]; then
 	# One user of kernel KSM at a time on this machine (other examples too).
-	mkdir -p "$(dirname "$KSM_LOCK")"
-	exec 9>"$KSM_LOCK"
+	exec 9<"$KSM_LOCK"
 	flock -w 900 9 || die "kernel KSM: another script holds $KSM_LOCK"
 	[ "$(cat $KSM/run)" = 0 ] || die "kernel KSM is on (run=$(cat $KSM/run)): someone else uses it"
 	for k in pages_to_scan sleep_millisecs; do ksm_saved[$k]=$(cat "$KSM/$k"); done
