@@ -85,8 +85,8 @@ tmp=$(mktemp -d /tmp/samepage-python.XXXXXX)
 export SAMEPAGE_SOCKET=$tmp/sock
 KSM=/sys/kernel/mm/ksm
 KSM_KNOBS=(pages_to_scan=100000 sleep_millisecs=0)
-ksm_saved=()   # "knob=value" to restore
-ksm_touched=0
+# shellcheck source=examples/common.sh
+. "$here/common.sh"
 wpids=()
 
 # ksm_ours RUN: kernel KSM still as we set it (run=RUN and our knobs)?
@@ -96,17 +96,6 @@ ksm_ours() {
 	for kv in "${KSM_KNOBS[@]}"; do [ "$(cat "$KSM/${kv%%=*}")" = "${kv#*=}" ] || return 1; done
 	return 0
 }
-ksm_off() {
-	[ "$ksm_touched" = 1 ] || return 0
-	echo 2 >"$KSM/run" 2>/dev/null || true
-	for _ in $(seq 600); do
-		[ "$(cat "$KSM/pages_shared")" = 0 ] && break
-		sleep 0.1
-	done
-	echo 0 >"$KSM/run" || true
-	for kv in "${ksm_saved[@]}"; do echo "${kv#*=}" >"$KSM/${kv%%=*}" || true; done
-	ksm_touched=0
-}
 stop_workers() {
 	for p in "${wpids[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${wpids[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -115,11 +104,7 @@ stop_workers() {
 cleanup() {
 	stop_workers
 	ksm_off
-	d=$($DEMO mem --daemon "$tmp/sock.lock" 2>/dev/null | awk '{print $4}')
-	if [ -n "$d" ] && [ "$d" -gt 0 ]; then
-		kill "$d" 2>/dev/null || true
-		for _ in $(seq 50); do kill -0 "$d" 2>/dev/null || break; sleep 0.1; done
-	fi
+	stop_daemon
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -350,7 +335,7 @@ if [ "$SMALL" = 0 ] && [ "$(id -u)" -eq 0 ] && [ -w "$KSM/run" ]; then
 		sleep 0.5
 	done
 	[ "$(cat "$KSM/run")" = 0 ] || die "kernel KSM is on ($KSM/run != 0), someone else uses it"
-	for kv in "${KSM_KNOBS[@]}"; do ksm_saved+=("${kv%%=*}=$(cat "$KSM/${kv%%=*}")"); done
+	ksm_borrow "${KSM_KNOBS[@]%%=*}"
 	for attempt in 1 2 3; do
 		run_case kernel
 		[ "$R_INTERFERED" = 1 ] || break

@@ -169,20 +169,8 @@ export SAMEPAGE_SOCKET=$tmp/sock
 KSM=/sys/kernel/mm/ksm
 qpids=()
 cats=()
-ksm_saved=()   # "knob=value" to restore
-ksm_touched=0
-
-ksm_off() {
-	[ "$ksm_touched" = 1 ] || return 0
-	echo 2 >"$KSM/run" 2>/dev/null || true
-	for _ in $(seq 300); do
-		[ "$(cat "$KSM/pages_shared")" = 0 ] && break
-		sleep 0.1
-	done
-	echo 0 >"$KSM/run" || true
-	for kv in "${ksm_saved[@]}"; do echo "${kv#*=}" >"$KSM/${kv%%=*}" || true; done
-	ksm_touched=0
-}
+# shellcheck source=examples/common.sh
+. "$here/common.sh"
 stop_guests() {
 	for p in "${qpids[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${qpids[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -190,14 +178,6 @@ stop_guests() {
 	for p in "${cats[@]}"; do wait "$p" 2>/dev/null || true; done
 	qpids=() cats=()
 	exec 7>&- 8>&-
-}
-stop_daemon() {
-	local d
-	d=$($DEMO mem --daemon "$tmp/sock.lock" 2>/dev/null | awk '{print $4}')
-	if [ -n "$d" ] && [ "$d" -gt 0 ]; then
-		kill "$d" 2>/dev/null || true
-		for _ in $(seq 50); do kill -0 "$d" 2>/dev/null || break; sleep 0.1; done
-	fi
 }
 cleanup() {
 	stop_guests
@@ -446,9 +426,7 @@ ksm_take() {
 	done
 	[ "$(cat "$KSM/run")" = 0 ] ||
 		die "kernel KSM is on (run=$(cat "$KSM/run")): someone else is using it; try again later"
-	ksm_saved=()
-	for kv in "${KSM_KNOBS[@]}"; do ksm_saved+=("${kv%%=*}=$(cat "$KSM/${kv%%=*}")"); done
-	ksm_touched=1
+	ksm_borrow "${KSM_KNOBS[@]%%=*}"
 }
 
 ideal=$((MIB * 1024))                # KiB: one guest's copy of the workload

@@ -71,12 +71,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 B=${SAMEPAGE_BUILD:-$repo/build}
 SP=$B/bin/samepage
-MEM=$B/examples/demo
-if [ ! -x "$SP" ] || [ ! -x "$B/bin/samepaged" ] || [ ! -e "$B/lib/libsamepage.so" ] || [ ! -x "$MEM" ]; then
+DEMO=$B/examples/demo
+if [ ! -x "$SP" ] || [ ! -x "$B/bin/samepaged" ] || [ ! -e "$B/lib/libsamepage.so" ] || [ ! -x "$DEMO" ]; then
 	say "== building samepage (make -j2)"
 	make -C "$repo" -j2 >/dev/null
 fi
-if [ ! -x "$SP" ] || [ ! -x "$MEM" ]; then die "no samepage build in $B"; fi
+if [ ! -x "$SP" ] || [ ! -x "$DEMO" ]; then die "no samepage build in $B"; fi
 
 ROOT=0
 [ "$(id -u)" -eq 0 ] && ROOT=1
@@ -93,18 +93,8 @@ tmp=$(mktemp -d /tmp/samepage-redis.XXXXXX)
 export SAMEPAGE_SOCKET=$tmp/sock
 rpids=()
 loaders=()
-ksm_used=0
-declare -A ksm_saved=()
-ksm_off() {
-	[ "$ksm_used" = 1 ] || return 0
-	echo 2 >"$KSM/run" || true
-	for _ in $(seq 600); do [ "$(cat "$KSM/pages_shared")" = 0 ] && break; sleep 0.1; done
-	echo 0 >"$KSM/run" || true
-	for k in "${!ksm_saved[@]}"; do
-		[ "$(cat "$KSM/$k")" = "${ksm_saved[$k]}" ] || echo "${ksm_saved[$k]}" >"$KSM/$k" || true
-	done
-	ksm_used=0
-}
+# shellcheck source=examples/common.sh
+. "$repo/examples/common.sh"
 stop_all() {
 	for p in "${loaders[@]}" "${rpids[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${loaders[@]}" "${rpids[@]}"; do
@@ -113,11 +103,6 @@ stop_all() {
 	done
 	loaders=()
 	rpids=()
-}
-stop_daemon() { # the private samepage daemon (its pid from the lock file)
-	local d
-	d=$("$MEM" mem --daemon "$tmp/sock.lock" 2>/dev/null | awk '{print $4}') || true
-	if [ -n "$d" ] && [ "$d" -gt 0 ]; then kill "$d" 2>/dev/null || true; fi
 }
 cleanup() {
 	stop_all
@@ -220,8 +205,8 @@ check() {
 MEMOPT=()
 [ "$ROOT" = 1 ] || MEMOPT=(--pss)
 measure() { # -> "PROCS_KIB TOTAL_KIB METHOD": under kernel KSM, no daemon to add
-	if [ "$MODE" = sp ]; then "$MEM" mem "${MEMOPT[@]}" --daemon "$tmp/sock.lock" "${rpids[@]}"
-	else "$MEM" mem "${MEMOPT[@]}" "${rpids[@]}"; fi
+	if [ "$MODE" = sp ]; then "$DEMO" mem "${MEMOPT[@]}" --daemon "$tmp/sock.lock" "${rpids[@]}"
+	else "$DEMO" mem "${MEMOPT[@]}" "${rpids[@]}"; fi
 }
 
 # Read load: redis-benchmark GETs random documents on every server, in rounds,
@@ -403,8 +388,7 @@ if [ "$KERNEL" = 1 ]; then
 	exec 9<"$KSM_LOCK"
 	flock -w 900 9 || die "kernel KSM: another script holds $KSM_LOCK"
 	[ "$(cat $KSM/run)" = 0 ] || die "kernel KSM is on (run=$(cat $KSM/run)): someone else uses it"
-	for k in pages_to_scan sleep_millisecs; do ksm_saved[$k]=$(cat "$KSM/$k"); done
-	ksm_used=1
+	ksm_borrow pages_to_scan sleep_millisecs
 	# The same scan budget as samepage's defaults: 16384 pages per 20 ms.
 	echo 16384 >"$KSM/pages_to_scan"
 	echo 20 >"$KSM/sleep_millisecs"
