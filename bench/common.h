@@ -152,12 +152,8 @@ static inline void fill_seeded(void *pg, uint64_t seed)
 {
 	uint64_t x = seed | 1, *q = pg;
 
-	for (size_t k = 0; k < PAGE / 8; k++) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		q[k] = x;
-	}
+	for (size_t k = 0; k < PAGE / 8; k++)
+		q[k] = tu_xorshift(&x);
 }
 
 /* ---- CPU time from schedstat (ns, per task) ---- */

@@ -201,9 +201,7 @@ static void *stall_probe(void *arg)
 	prctl(PR_SET_NAME, BENCH_THREAD "stall"); /* not counted as a scanner */
 	prctl(PR_SET_TIMERSLACK, 1000);          /* pauses of the stated length */
 	while (!atomic_load_explicit(&pr->stop, memory_order_relaxed)) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
+		tu_xorshift(&x);
 		volatile unsigned char *v = pr->p + (x >> 12) % pr->npages * PAGE + (x & (PAGE - 1));
 		/* Outside the timed store; a merge landing in between makes a
 		 * COW count as "not merged yet" (rare, and against both). */

@@ -214,10 +214,7 @@ static int hello(void)
 static uint64_t rnd_state = 0x9e3779b97f4a7c15ull;
 static uint64_t rnd(void)
 {
-	rnd_state ^= rnd_state << 13;
-	rnd_state ^= rnd_state >> 7;
-	rnd_state ^= rnd_state << 17;
-	return rnd_state;
+	return tu_xorshift(&rnd_state);
 }
 
 /* ---- the daemon, seen from outside ---- */

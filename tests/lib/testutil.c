@@ -142,16 +142,22 @@ long long tu_status(const char *key)
 	return p ? atoll(p + strlen(pat)) : -1;
 }
 
+uint64_t tu_xorshift(uint64_t *state)
+{
+	uint64_t x = *state;
+
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *state = x;
+}
+
 void tu_fill(void *p, size_t len, uint64_t seed)
 {
 	uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1, *q = p;
 
-	for (size_t i = 0; i < len / 8; i++) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		q[i] = x;
-	}
+	for (size_t i = 0; i < len / 8; i++)
+		q[i] = tu_xorshift(&x);
 }
 
 void *tu_map(size_t len)

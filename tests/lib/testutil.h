@@ -48,6 +48,8 @@ long long tu_status(const char *key);
 /* PID of the private daemon, or 0. */
 pid_t tu_daemon_pid(void);
 
+/* One xorshift64 step: the tests' deterministic random numbers. */
+uint64_t tu_xorshift(uint64_t *state);
 /* Fill len bytes with content determined by seed (xorshift). */
 void tu_fill(void *p, size_t len, uint64_t seed);
 /* Anonymous private read-write memory, populated. */

@@ -88,10 +88,7 @@ static uint64_t rng = 0x2545F4914F6CDD1Dull;
 
 static uint64_t rnd(void)
 {
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return rng;
+	return tu_xorshift(&rng);
 }
 
 static void cleanup(void)

@@ -49,10 +49,7 @@ static uint64_t rng = 0x853c49e6748fea9bull;
 
 static uint64_t rnd(void)
 {
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return rng;
+	return tu_xorshift(&rng);
 }
 
 static int count_fds(void)

@@ -28,10 +28,7 @@ static uint64_t rng = 0xC0FFEE1234567ull;
 
 static uint64_t rnd(void)
 {
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return rng;
+	return tu_xorshift(&rng);
 }
 
 static uint32_t id_of(uint32_t k)

@@ -37,10 +37,7 @@ void *malloc(size_t n)
 
 static uint64_t rnd(void)
 {
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return rng;
+	return tu_xorshift(&rng);
 }
 
 struct e16 { uint64_t key; uint64_t payload; };
