@@ -429,11 +429,16 @@ struct create_dst {
 /* Allocate the new pool pages of a batch before the copy, one call per run
  * of adjacent pages: a page fault per page, taken inside the copy, costs
  * several times more (measured here: 9 vs 41 us a page in this VM). */
-static void populate_fresh(const struct iovec *iov, uint32_t n)
+static void populate_fresh(const struct iovec *iov, const struct create_dst *dst, uint32_t n)
 {
 	for (uint32_t i = 0; i < n;) {
 		uint32_t j = i + 1;
-		while (j < n && (char *)iov[j].iov_base == (char *)iov[j - 1].iov_base + SP_PAGE)
+		if (!dst[i].fresh) { /* scratch: populated since its first use */
+			i++;
+			continue;
+		}
+		while (j < n && dst[j].fresh &&
+		       (char *)iov[j].iov_base == (char *)iov[j - 1].iov_base + SP_PAGE)
 			j++;
 		os_madvise(iov[i].iov_base, (size_t)(j - i) * SP_PAGE, MADV_POPULATE_WRITE);
 		i = j;
@@ -466,7 +471,7 @@ static void create_plan(struct samepaged *d, struct conn *c, const struct sp_cre
 				  d->scratch + (size_t)i * SP_PAGE;
 		iov[i].iov_len = SP_PAGE;
 	}
-	populate_fresh(iov, cr->n);
+	populate_fresh(iov, dst, cr->n);
 }
 
 /* Read exactly n pages from the pipe; the process put them there before

@@ -634,9 +634,9 @@ static int take_hints(struct lib *l, struct pass *ps)
 	memcpy(c->hint, r->e, n * sizeof(r->e[0]));
 	sort_inplace(c->hint, n, sizeof(c->hint[0]), hint_by_addr);
 	c->nm = 0;
-	for (uint32_t i = 0; i < n; i++) {
+	struct area *a = n ? area_at(l, (uintptr_t)c->hint[0].addr) : NULL, *next;
+	for (uint32_t i = 0; i < n; i++, a = next) {
 		const struct sp_hint *h = &c->hint[i];
-		struct area *a = area_at(l, (uintptr_t)h->addr);
 		struct entry *e = a ? entry_of(a, (uintptr_t)h->addr) : NULL;
 
 		if (h->id / SEG_PAGES >= POOL_MAX_SEGS)
@@ -648,7 +648,7 @@ static int take_hints(struct lib *l, struct pass *ps)
 			c->m[c->nm++] = (struct merge_item){ .addr = h->addr, .id = h->id };
 		}
 		/* One area and one chunk's worth at a time. */
-		struct area *next = i + 1 < n ? area_at(l, (uintptr_t)c->hint[i + 1].addr) : NULL;
+		next = i + 1 < n ? area_at(l, (uintptr_t)c->hint[i + 1].addr) : NULL;
 		if (c->nm && (next != a || c->nm == CHUNK_PAGES)) {
 			do_merge(l, a, c, ps);
 			c->nm = 0;
