@@ -10,11 +10,11 @@ LDFLAGS_BASE = -pthread -Wl,-z,now $(SAN)
 LIBS = -lxxhash -ldl
 
 LIB_SRC = src/api.c src/arena.c src/client.c src/merge.c src/scan.c src/preload.c src/page.c src/sort.c \
-	  src/os.c src/proto.c src/path.c src/fault.c src/map.c
-DAEMON_SRC = src/daemon.c src/pool.c src/index.c src/map.c src/refs.c src/proto.c \
+	  src/os.c src/proto.c src/path.c src/fault.c src/map.c src/env.c
+DAEMON_SRC = src/daemon.c src/pool.c src/index.c src/map.c src/refs.c src/proto.c src/env.c \
 	     src/path.c src/os.c src/fault.c
-CLI_SRC = src/proto.c src/path.c src/os.c src/fault.c
-TEST_LIB = tests/lib/testutil.c
+CLI_SRC = src/proto.c src/path.c src/os.c src/fault.c src/env.c
+TEST_LIB = tests/lib/testutil.c tests/lib/region.c
 
 UNIT = $(patsubst tests/unit/%.c,$(O)/tests/unit/%,$(wildcard tests/unit/*.c))
 INTEG = $(patsubst tests/integration/%.c,$(O)/tests/integration/%,$(wildcard tests/integration/*.c))

@@ -82,8 +82,19 @@ struct samepage_stat {
 	int ksm_mergeable;
 };
 
-/* Fill *st. -ENOTCONN when no daemon could be reached. */
+/* Fill *st. -ENOTCONN (or another errno from connecting) when no daemon
+ * could be reached; -EAGAIN when the daemon did not answer within 2 s
+ * (it is stopped or busy: it is not given up on, ask again later). */
 SAMEPAGE_API int samepage_stat(struct samepage_stat *st);
+
+/* Merge only with processes of the merge domain name (at most 63 bytes;
+ * NULL or "" is the default domain, one per user). Pages of two domains
+ * never merge and never share a pool segment, so a process cannot time
+ * another domain's pages (README, "Merge domains"). What `samepage run
+ * --domain NAME` and SAMEPAGE_DOMAIN set; inherited across fork() and
+ * exec(). Only before this process has merged anything or reached the
+ * daemon: -EBUSY afterwards; -EINVAL for a longer name. */
+SAMEPAGE_API int samepage_set_domain(const char *name);
 
 /* Run one scan pass over this process's mergeable memory now, instead of
  * waiting for the scanner thread's next turn (tests, benchmarks). */

@@ -15,8 +15,13 @@
 #include <stddef.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <xxhash.h>
+
+#include "env.h"
 
 #define STACK_BYTES (2u << 20) /* TSan wants ~1 MiB of a given stack */
 
@@ -35,6 +40,7 @@ static void warn_uffd(int err)
 }
 
 #define VMA_SLOTS 262144 /* > vm.max_map_count's default 65530 */
+#define STAT_WAIT_MS 2000
 
 static void lib_create(void)
 {
@@ -49,6 +55,12 @@ static void lib_create(void)
 	l->sock = -1;
 	l->zero_fd = -1;
 	l->pipe_wr = -1;
+	l->marker_fd = -1;
+	l->kid_fd = -1;
+	if (sp_env("SAMEPAGE_DOMAIN"))
+		snprintf(l->domain_name, sizeof(l->domain_name), "%s", sp_env("SAMEPAGE_DOMAIN"));
+	l->domain = sp_domain_id(l->domain_name);
+	l->refs_lost = scan_refs_lost;
 	for (uint32_t i = 0; i < POOL_MAX_SEGS; i++)
 		l->segs[i].fd = -1;
 	l->msg = arena_alloc(ar, SP_MAX_MSG);
@@ -59,6 +71,8 @@ static void lib_create(void)
 	l->vbuf = arena_alloc(ar, SPAN_MAX_PAGES * SP_PAGE);
 	l->abuf = arena_alloc(ar, ABUF_PAGES * SP_PAGE);
 	l->zpage = arena_alloc(ar, SP_PAGE);
+	l->out_id = arena_alloc(ar, OUTBOX_MAX * sizeof(uint32_t));
+	l->out_kind = arena_alloc(ar, OUTBOX_MAX);
 	l->old_areas = arena_alloc(ar, LIB_MAX_AREAS * sizeof(struct area));
 	l->chunk = arena_alloc(ar, scan_chunk_bytes());
 	l->vmas.v = arena_alloc(ar, VMA_SLOTS * sizeof(struct vma));
@@ -66,11 +80,11 @@ static void lib_create(void)
 	l->vmas.fixed = 1;
 	l->pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	l->mapsfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-	if (!l->msg || !l->out || !l->pm || !l->text || !l->stack || !l->vbuf || !l->abuf || !l->zpage || !l->old_areas ||
+	if (!l->msg || !l->out || !l->pm || !l->text || !l->stack || !l->vbuf || !l->abuf || !l->zpage || !l->out_id || !l->out_kind || !l->old_areas ||
 	    !l->chunk || !l->vmas.v || l->pmfd < 0 || l->mapsfd < 0)
 		return; /* the_lib stays NULL: every call says -ENOMEM */
 	l->max_map_count = os_max_map_count();
-	l->debug = getenv("SAMEPAGE_DEBUG") && *getenv("SAMEPAGE_DEBUG") == '1';
+	l->debug = sp_env("SAMEPAGE_DEBUG") && *sp_env("SAMEPAGE_DEBUG") == '1';
 	l->zero_page_ok = os_has_zero_page(l->pmfd);
 	/* Once, not per page: the arena hands out zeroed memory. */
 	l->zero_hash = XXH3_64bits(l->zpage, SP_PAGE);
@@ -89,6 +103,15 @@ struct lib *lib_get(void)
 struct lib *lib_peek(void)
 {
 	return __atomic_load_n(&the_lib, __ATOMIC_ACQUIRE);
+}
+
+void lib_lock(struct lib *l)
+{
+	if (pthread_mutex_trylock(&l->lock) == 0)
+		return;
+	__atomic_add_fetch(&l->waiters, 1, __ATOMIC_RELAXED);
+	pthread_mutex_lock(&l->lock);
+	__atomic_sub_fetch(&l->waiters, 1, __ATOMIC_RELAXED);
 }
 
 void lib_kick(struct lib *l)
@@ -207,7 +230,7 @@ int samepage_madvise(void *addr, size_t len, int advice)
 	l = lib_get();
 	if (!l)
 		return -ENOMEM;
-	pthread_mutex_lock(&l->lock);
+	lib_lock(l);
 	gaps = check_mapped(l, s, e);
 	if (gaps && gaps != -ENOMEM) {
 		err = gaps;
@@ -239,12 +262,12 @@ int samepage_set_merge_any(int enable)
 
 	if (!l)
 		return -ENOMEM;
-	pthread_mutex_lock(&l->lock);
+	lib_lock(l);
 	if (enable) {
+		/* Kernel semantics: inherited across exec; the exec wrappers put
+		 * SAMEPAGE_MERGE_ANY=1 into the next image's environment (we
+		 * never write our own: see env.h). */
 		__atomic_store_n(&l->merge_any, 1, __ATOMIC_RELAXED);
-		/* Kernel semantics: inherited across exec, so the next image's
-		 * library must know (exec keeps the environment). */
-		setenv("SAMEPAGE_MERGE_ANY", "1", 1);
 		err = lib_start_scanner(l);
 		if (l->uffd < 0)
 			err = 0; /* warned; the kernel would accept it too */
@@ -253,10 +276,31 @@ int samepage_set_merge_any(int enable)
 		/* As ksm_disable_merge_any(): everything is unmerged. */
 		__atomic_store_n(&l->merge_any, 0, __ATOMIC_RELAXED);
 		l->nranges = 0;
-		unsetenv("SAMEPAGE_MERGE_ANY");
 		err = scan_unmerge(l, 0, UINTPTR_MAX);
 		if (!err)
 			err = scan_refresh(l);
+	}
+	pthread_mutex_unlock(&l->lock);
+	return err;
+}
+
+int samepage_set_domain(const char *name)
+{
+	struct lib *l;
+	int err = 0;
+
+	if (name && strlen(name) >= sizeof(l->domain_name))
+		return -EINVAL;
+	l = lib_get();
+	if (!l)
+		return -ENOMEM;
+	lib_lock(l);
+	/* The domain travels with C_HELLO; pages merged in one stay in it. */
+	if (l->sock >= 0 || l->instance || client_holds_refs(l)) {
+		err = -EBUSY;
+	} else {
+		snprintf(l->domain_name, sizeof(l->domain_name), "%s", name ? name : "");
+		l->domain = sp_domain_id(l->domain_name);
 	}
 	pthread_mutex_unlock(&l->lock);
 	return err;
@@ -295,16 +339,18 @@ int samepage_stat(struct samepage_stat *st)
 	memset(st, 0, sizeof(*st));
 	if (!l)
 		return -ENOMEM;
-	pthread_mutex_lock(&l->lock);
+	lib_lock(l);
 	local_stats(l, st);
-	err = l->sock < 0 ? client_connect(l) : 0;
+	err = client_connect(l);
+	/* The daemon may be stalled: a caller gets -EAGAIN after a while
+	 * rather than waiting with it. */
 	if (!err)
-		err = client_call(l, C_STAT, &q, sizeof(q), D_STAT, &m);
+		err = client_call_fd(l, C_STAT, &q, sizeof(q), -1, D_STAT, &m, STAT_WAIT_MS);
 	if (!err)
 		memcpy(&r, m.p, sizeof(r));
 	pthread_mutex_unlock(&l->lock);
 	if (err)
-		return err == -ENOTCONN ? err : -ENOTCONN;
+		return err;
 	st->pages_shared = r.g.pages_shared;
 	st->pages_sharing = r.g.pages_sharing;
 	st->pages_unshared = r.g.pages_unshared;
@@ -336,7 +382,7 @@ int samepage_scan_now(void)
 		return l->uffd;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += 60;
-	pthread_mutex_lock(&l->lock);
+	lib_lock(l);
 	err = lib_start_scanner(l);
 	/* The pass under way may have begun before the caller's change; the
 	 * one after it has not. */
@@ -352,11 +398,89 @@ int samepage_scan_now(void)
 	return err;
 }
 
+/* ---- fork ---- */
+
+void lib_fork_prepare(struct lib *l, struct fork_kid *k)
+{
+	client_fork_prepare(l, k);
+	k->sync = NULL;
+	if (k->mode != KID_DETACH)
+		return;
+	k->sync = os_mmap(NULL, SP_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (k->sync == MAP_FAILED)
+		k->sync = NULL;
+}
+
+/* KID_DETACH: the child gives back every pool page before it runs; until
+ * it has, none of our references may go (it maps their pages too). */
+static void wait_detached(struct lib *l, struct fork_kid *k, pid_t child)
+{
+	siginfo_t si;
+
+	while (k->sync && !__atomic_load_n(k->sync, __ATOMIC_ACQUIRE)) {
+		struct timespec ts = { 0, 50 * 1000 * 1000 };
+		syscall(SYS_futex, k->sync, FUTEX_WAIT, 0, &ts, NULL, 0);
+		si.si_pid = 0;
+		if (waitid(P_PID, (id_t)child, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid)
+			break; /* it died: it maps nothing now */
+	}
+	if (!k->sync || __atomic_load_n(k->sync, __ATOMIC_ACQUIRE) == 2)
+		l->keep_refs = 1;
+}
+
+void lib_atfork_parent(struct lib *l, struct fork_kid *k, pid_t child)
+{
+	if (child > 0 && k->mode == KID_DETACH)
+		wait_detached(l, k, child);
+	if (k->sync)
+		os_munmap(k->sync, SP_PAGE);
+	client_fork_parent(l, k);
+}
+
+void lib_atfork_child(struct lib *l, struct fork_kid *k)
+{
+	pthread_mutex_init(&l->lock, NULL);
+	pthread_cond_init(&l->wake, NULL);
+	/* The parent's userfaultfd belongs to the parent's mm. */
+	if (l->uffd >= 0)
+		close(l->uffd);
+	l->uffd = os_uffd_open();
+	/* /proc/self/... named the parent when it was opened. */
+	close(l->pmfd);
+	close(l->mapsfd);
+	l->pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	l->mapsfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	if (k->mode == KID_DETACH) {
+		int ok = merge_detach_all(l) == 0;
+		if (k->sync) {
+			__atomic_store_n(k->sync, ok ? 1 : 2, __ATOMIC_RELEASE);
+			syscall(SYS_futex, k->sync, FUTEX_WAKE, 1, NULL, NULL, 0);
+			os_munmap(k->sync, SP_PAGE);
+		}
+	}
+	client_fork_child(l, k);
+	l->scanner_running = 0;
+	l->pass_seq = 0;
+	/* Merged-page counters are not inherited (kernel semantics); the
+	 * child's first pass counts its own. */
+	l->st.unshared = l->st.volatile_pages = 0;
+	l->st.rmap_items = l->st.merging = l->st.zero = l->st.cowed = 0;
+	l->recount_pending = 1;
+	/* Let the child settle first: a fork child often execs or exits soon
+	 * (Redis's BGSAVE writes its dump and exits), and its memory is still
+	 * shared with the parent's; its first pass waits for the idle
+	 * interval instead of competing with it at once. A madvise or prctl
+	 * of its own still starts it at once. */
+	l->first_pass_delay_ms = 2000;
+	if (l->merge_any || l->nranges)
+		lib_start_scanner(l);
+}
+
 /* Under `samepage run --merge-any`, or after prctl() in an image that exec'd
  * us: merging starts with the process. */
 __attribute__((constructor)) static void lib_autostart(void)
 {
-	const char *v = getenv("SAMEPAGE_MERGE_ANY");
+	const char *v = sp_env("SAMEPAGE_MERGE_ANY");
 
 	if (v && *v == '1')
 		samepage_set_merge_any(1);

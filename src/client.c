@@ -1,8 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * client — libsamepage's side of the daemon connection: connecting (and
- * starting the user's daemon when none answers), request/reply calls, the
- * fork hand-over, and the pool segments this process maps.
+ * starting the user's daemon when none answers), request/reply calls that
+ * never give a slow daemon up for dead, the ordered queue of messages that
+ * need no reply, the fork hand-over, and the pool segments this process
+ * maps.
+ *
+ * A daemon may stall for any time (SIGSTOP, the cgroup freezer, a
+ * debugger, a suspended VM). Only the connection closing says it is gone,
+ * and even then the daemon may be alive (it closed us): the next D_HELLO
+ * says whether our references still live there (same instance: the
+ * daemon kept them, since we still map our marker) or died with it.
  */
 #define _GNU_SOURCE
 #include "lib.h"
@@ -11,37 +19,55 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 #include <sys/uio.h>
-#include <sys/un.h>
 #include <sys/wait.h>
+#include <linux/sockios.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "env.h"
 #include "fault.h"
 #include "path.h"
 
 extern char **environ;
 
+enum { OUT_UNREF, OUT_COW };
+
+/* A waiting application thread makes the scanner give way this soon. */
+#define YIELD_MS 20
+/* A C_FORK that cannot be queued (the daemon stalled with a full socket
+ * buffer) is waited for this long, then the child detaches instead. */
+#define FORK_SEND_MS 50
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 /* SAMEPAGE_FAULT=connect: the daemon is unreachable. */
 static int dial(const char *path)
 {
-	return fault_inject("connect") ? -ECONNREFUSED : sp_dial(path);
+	return fault_inject("connect") ? -ECONNREFUSED : sp_dial(path, 0, 1);
 }
 
 /* samepaged beside us: $SAMEPAGE_DAEMON, else ../bin/samepaged relative to
  * this library (build tree and install prefix alike), else $PATH. */
 static void daemon_path(char *buf, size_t len)
 {
-	const char *env = getenv("SAMEPAGE_DAEMON");
+	const char *env = sp_env("SAMEPAGE_DAEMON");
 	Dl_info info;
 
 	if (env && *env) {
@@ -94,7 +120,13 @@ static int spawn_daemon(void)
 	posix_spawnattr_setsigmask(&at, &none);
 	posix_spawnattr_setsigdefault(&at, &def);
 	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-	err = posix_spawnp(&pid, path, NULL, &at, argv, env);
+	/* libc's, not our wrapper: that would put LD_PRELOAD back. */
+	int (*spawnp)(pid_t *, const char *, const posix_spawn_file_actions_t *,
+		      const posix_spawnattr_t *, char *const[], char *const[]) =
+		(int (*)(pid_t *, const char *, const posix_spawn_file_actions_t *,
+			 const posix_spawnattr_t *, char *const[], char *const[]))
+			dlsym(RTLD_NEXT, "posix_spawnp");
+	err = spawnp ? spawnp(&pid, path, NULL, &at, argv, env) : ENOSYS;
 	posix_spawnattr_destroy(&at);
 	if (err)
 		return -err;
@@ -104,21 +136,8 @@ static int spawn_daemon(void)
 	return 0;
 }
 
-static int hello(int fd, unsigned char *buf, struct sp_hello_r *out)
-{
-	struct sp_hello h = { .version = SP_PROTO_VERSION };
-	struct sp_msg m;
-	int err = sp_send(fd, C_HELLO, &h, sizeof(h), -1);
-
-	if (!err)
-		err = sp_recv(fd, buf, &m);
-	if (!err && (m.h.type != D_HELLO || sp_validate(&m)))
-		err = -EPROTO;
-	if (!err)
-		memcpy(out, m.p, sizeof(*out));
-	return err;
-}
-
+/* A connected socket to the user's daemon, started if nobody listens.
+ * -EAGAIN: a daemon listens but its backlog is full (alive, busy). */
 static int dial_or_spawn(void)
 {
 	char path[108];
@@ -135,89 +154,371 @@ static int dial_or_spawn(void)
 	for (int i = 0; i < 100; i++) {
 		struct timespec ts = { 0, 20 * 1000 * 1000 };
 		fd = dial(path);
-		if (fd >= 0)
+		if (fd >= 0 || fd == -EAGAIN)
 			return fd;
 		nanosleep(&ts, NULL);
 	}
 	return fd;
 }
 
-int client_connect(struct lib *l)
-{
-	struct sp_hello_r r;
-	int fd = dial_or_spawn(), err;
+/* ---- the connection ---- */
 
-	if (fd < 0)
-		return fd;
-	err = hello(fd, l->msg, &r);
-	if (err) {
-		close(fd);
-		return err;
-	}
-	l->sock = fd;
-	l->token = r.token;
-	l->knobs = r.knobs;
-	return 0;
-}
-
-/* Invariant 5: the daemon died. Merged pages stay valid (the mappings keep
- * the old pool files alive); we forget our references, which died with it,
- * and treat those pages as ordinary memory that may merge again. */
-void client_lost(struct lib *l)
+/* The connection is gone (closed by the daemon, or unusable). Replies we
+ * waited for will not come; whether our references survive is for the
+ * next D_HELLO to say (on_hello). */
+static void conn_lost(struct lib *l)
 {
 	if (l->sock >= 0)
 		close(l->sock);
 	l->sock = -1;
-	for (uint32_t i = 0; i < l->nareas; i++) {
-		struct area *a = &l->areas[i];
-		for (uintptr_t p = a->start; p < a->end; p += SP_PAGE) {
-			struct entry *e = &a->e[(p - a->start) / SP_PAGE];
-			if (e->state == E_MERGED || e->state == E_COWED)
-				entry_set(l, e, E_NEW);
-		}
-	}
+	l->ready = 0;
+	l->nexpect = 0;
+	client_forget_pipe(l); /* the daemon's end went with the connection */
+}
+
+/* Our references died with the daemon that held them (a new one
+ * answers): merged pages stay valid (our mappings keep the old pool files
+ * alive, and nothing will ever write them again) but are ordinary memory
+ * now, which may merge into the new pool. */
+static void refs_died(struct lib *l)
+{
+	if (l->refs_lost)
+		l->refs_lost(l); /* scan.c: entries forget their pool pages */
 	if (l->zero_fd >= 0)
 		close(l->zero_fd);
 	l->zero_fd = -1;
-	/* It may hold pages a dead daemon never read. */
-	client_forget_pipe(l);
 	for (uint32_t s = 0; s < POOL_MAX_SEGS; s++) {
 		struct segview *v = &l->segs[s];
-		if (v->fd < 0)
-			continue;
-		close(v->fd);
+		if (v->fd >= 0)
+			close(v->fd);
 		v->fd = -1;
 		v->refs = 0;
 	}
-	l->npending = 0;
+	l->seg_refs = 0;
+	l->out_head = l->nout = 0;
+	l->hints_waiting = 0;
+	l->kid_reusable = 0;
 }
 
-int client_call(struct lib *l, uint16_t type, const void *req, uint32_t len,
-		uint16_t want, struct sp_msg *m)
+static int send_hello(struct lib *l)
 {
+	struct sp_hello h = { .version = SP_PROTO_VERSION, .domain = l->domain,
+			      .expect_instance = l->instance };
+	int err;
+
+	if (l->marker_fd < 0 && (err = os_marker_create(&l->marker_fd, &l->marker_addr)) < 0)
+		return err;
+	if (l->hello_forked)
+		h.flags |= HELLO_FORKED;
+	err = sp_sendmsg(l->sock, C_HELLO, &h, sizeof(h), l->marker_fd, MSG_DONTWAIT);
+	if (err)
+		return err;
+	l->expect[l->nexpect++] = (struct expect){ D_HELLO, R_HELLO };
+	return 0;
+}
+
+/* Open a connection and send C_HELLO; its reply is read with the next. */
+static int conn_open(struct lib *l)
+{
+	int fd = dial_or_spawn(), sz = 1 << 20, err;
+	socklen_t len = sizeof(sz);
+
+	if (fd < 0)
+		return fd;
+	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+	if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, &len) == 0)
+		l->sndbuf = sz;
+	l->sock = fd;
+	l->ready = 0;
+	l->nexpect = 0;
+	err = send_hello(l);
+	if (err)
+		conn_lost(l);
+	return err;
+}
+
+/* A fork child shares the marker its parent made with its siblings: once
+ * the daemon has attached the child's own set, it takes a marker of its
+ * own and leaves the shared one, so the siblings' set can go when they
+ * do. Best effort: retried until it is sent. */
+static void own_marker(struct lib *l)
+{
+	int fd;
+	uintptr_t addr;
+
+	if (!l->marker_shared || l->sock < 0 || os_marker_create(&fd, &addr))
+		return;
+	struct sp_fork f = { 0 };
+	if (sp_sendmsg(l->sock, C_MARKER, &f, sizeof(f), fd, MSG_DONTWAIT)) {
+		os_munmap((void *)addr, 4096);
+		close(fd);
+		return;
+	}
+	os_munmap((void *)l->marker_addr, 4096);
+	close(l->marker_fd);
+	l->marker_fd = fd;
+	l->marker_addr = addr;
+	l->marker_shared = 0;
+}
+
+static void on_hello(struct lib *l, const struct sp_hello_r *r)
+{
+	/* Invariant 5: another daemon answers; ours died with our references. */
+	if (l->instance && r->instance != l->instance)
+		refs_died(l);
+	l->instance = r->instance;
+	l->knobs = r->knobs;
+	l->ready = 1;
+	l->hello_forked = 0;
+	own_marker(l);
+}
+
+static void queue(struct lib *l, uint8_t kind, uint32_t id)
+{
+	/* Full (a daemon stalled for long): a reference not dropped only
+	 * keeps its page; a C_COW not sent only skews the counters. */
+	if (l->nout == OUTBOX_MAX)
+		return;
+	l->out_kind[l->nout] = kind;
+	l->out_id[l->nout++] = id;
+}
+
+/* A reply to a request we gave up waiting for: what it brings goes back. */
+static void settle_stale(struct lib *l, uint8_t fate, struct sp_msg *m)
+{
+	if (m->fd >= 0)
+		close(m->fd);
+	if (m->h.type == D_ACK)
+		return;
+	if (fate == R_UNREF) {
+		const struct sp_ids *r = (const void *)m->p;
+		for (uint32_t i = 0; i < r->n; i++)
+			if (r->id[i] != SP_POOL_NONE && r->id[i] != SP_POOL_CREATE)
+				queue(l, OUT_UNREF, r->id[i]);
+	} else if (fate == R_UNREF_HINTS) {
+		const struct sp_hints *r = (const void *)m->p;
+		for (uint32_t i = 0; i < r->n; i++)
+			queue(l, OUT_UNREF, r->e[i].id);
+	}
+}
+
+/* One message arrived for the oldest expected reply. 1: it was the
+ * caller's (in *m), 0: dealt with here, <0: the connection is unusable. */
+static int take_reply(struct lib *l, struct sp_msg *m)
+{
+	struct expect e;
+
+	if (!l->nexpect || sp_validate(m))
+		return -EPROTO;
+	e = l->expect[0];
+	if (m->h.type != e.type && m->h.type != D_ACK)
+		return -EPROTO;
+	l->nexpect--;
+	memmove(l->expect, l->expect + 1, l->nexpect * sizeof(l->expect[0]));
+	if (e.fate == R_MINE)
+		return 1;
+	if (e.fate == R_HELLO) {
+		if (m->h.type != D_HELLO)
+			return -EPROTO;
+		on_hello(l, (const void *)m->p);
+		return 0;
+	}
+	settle_stale(l, e.fate, m);
+	return 0;
+}
+
+/* Read what has arrived, without waiting. 1 when it was the caller's
+ * reply, 0 when nothing more is there, <0 when the connection is gone. */
+static int drain(struct lib *l, struct sp_msg *m)
+{
+	for (;;) {
+		int err = sp_recv(l->sock, l->msg, m);
+		if (err == -EAGAIN)
+			return 0;
+		if (!err)
+			err = take_reply(l, m);
+		if (err)
+			return err;
+	}
+}
+
+static int should_yield(struct lib *l, uint64_t start, uint64_t deadline)
+{
+	uint64_t t = now_ms();
+
+	return (__atomic_load_n(&l->waiters, __ATOMIC_RELAXED) && t - start >= YIELD_MS) ||
+	       (deadline && t >= deadline) || __atomic_load_n(&l->stop, __ATOMIC_RELAXED);
+}
+
+/* Wait for the caller's reply (R_MINE, the newest expected one: 1), or
+ * with m NULL for D_HELLO (0). */
+static int wait_reply(struct lib *l, struct sp_msg *m, int deadline_ms)
+{
+	uint64_t start = now_ms(), deadline = deadline_ms ? start + (uint64_t)deadline_ms : 0;
+	struct sp_msg scratch;
+
+	for (;;) {
+		struct pollfd pf = { .fd = l->sock, .events = POLLIN };
+		int err = drain(l, m ? m : &scratch);
+
+		if (err)
+			return err;
+		if (!m && l->ready)
+			return 0;
+		if (should_yield(l, start, deadline))
+			return -EAGAIN;
+		if (poll(&pf, 1, 10) < 0 && errno != EINTR)
+			return -errno;
+	}
+}
+
+/* Whatever its fate, the reply we stop waiting for is handled when it comes. */
+static uint8_t abandoned_fate(uint16_t want)
+{
+	return want == D_LOOKUP || want == D_CREATE ? R_UNREF :
+	       want == D_HINTS ? R_UNREF_HINTS : R_DROP;
+}
+
+/* Room for one more request: no stale reply outstanding beyond what has
+ * already arrived. A daemon still behind gets no more work piled on. */
+static int can_request(struct lib *l)
+{
+	struct sp_msg m;
 	int err;
 
 	if (l->sock < 0)
 		return -ENOTCONN;
-	err = sp_send(l->sock, type, req, len, -1);
-	if (!err)
-		err = sp_recv(l->sock, l->msg, m);
-	if (!err && sp_validate(m))
+	err = drain(l, &m);
+	if (err == 1)
+		err = -EPROTO; /* nobody was waiting for that one */
+	if (err) {
+		conn_lost(l);
+		return err == -ECONNRESET ? -ENOTCONN : err;
+	}
+	/* Not before D_HELLO: it may say our references are gone. */
+	if (!l->ready || l->nexpect)
+		return -EAGAIN;
+	return 0;
+}
+
+int client_connect(struct lib *l)
+{
+	int err;
+
+	if (l->sock < 0 && (err = conn_open(l)) < 0)
+		return err;
+	if (l->ready)
+		return 0;
+	err = wait_reply(l, NULL, 0);
+	if (err == 1)
 		err = -EPROTO;
-	if (!err && m->h.type == D_ACK && want != D_ACK) {
+	if (err && err != -EAGAIN) {
+		conn_lost(l);
+		return err == -ECONNRESET ? -ENOTCONN : err;
+	}
+	return l->ready ? 0 : -EAGAIN;
+}
+
+int client_call_fd(struct lib *l, uint16_t type, const void *req, uint32_t len, int fd,
+		   uint16_t want, struct sp_msg *m, int deadline_ms)
+{
+	int err = can_request(l);
+
+	if (err)
+		return err;
+	client_flush(l);
+	err = sp_sendmsg(l->sock, type, req, len, fd, MSG_DONTWAIT);
+	if (err) {
+		if (err != -EAGAIN)
+			conn_lost(l);
+		return err == -EAGAIN ? -EAGAIN : -ENOTCONN;
+	}
+	/* What a fork child's copy (C_FORK) was taken from is stale now. */
+	if (type == C_LOOKUP || type == C_CREATE || type == C_HINTS)
+		l->kid_reusable = 0;
+	l->expect[l->nexpect++] = (struct expect){ want, R_MINE };
+	err = wait_reply(l, m, deadline_ms);
+	if (err == -EAGAIN) {
+		l->expect[l->nexpect - 1].fate = abandoned_fate(want);
+		return -EAGAIN;
+	}
+	if (err < 0) {
+		conn_lost(l);
+		return err == -ECONNRESET ? -ENOTCONN : err;
+	}
+	if (m->h.type == D_ACK && want != D_ACK) {
 		struct sp_ack a;
 		memcpy(&a, m->p, sizeof(a));
 		if (m->fd >= 0)
 			close(m->fd);
 		return a.err < 0 ? a.err : -EPROTO;
 	}
-	if (!err && m->h.type != want)
-		err = -EPROTO;
-	if (err == -ECONNRESET || err == -EPIPE || err == -EPROTO || err == -ENOTCONN ||
-	    err == -EAGAIN || err == -ETIMEDOUT)
-		client_lost(l);
-	return err;
+	return 0;
 }
+
+int client_call(struct lib *l, uint16_t type, const void *req, uint32_t len,
+		uint16_t want, struct sp_msg *m)
+{
+	return client_call_fd(l, type, req, len, -1, want, m, 0);
+}
+
+/* ---- messages without a reply ---- */
+
+/* Send queued messages while the daemon takes them, keeping half the
+ * socket buffer free: a C_FORK must always find room. */
+void client_flush(struct lib *l)
+{
+	while (l->sock >= 0 && l->ready && l->out_head < l->nout) {
+		int queued = 0;
+		if (ioctl(l->sock, SIOCOUTQ, &queued) == 0 && queued > l->sndbuf / 2)
+			break;
+		uint8_t kind = l->out_kind[l->out_head];
+		uint32_t k = 0;
+		while (l->out_head + k < l->nout && k < SP_MAX_UNREF &&
+		       l->out_kind[l->out_head + k] == kind)
+			k++;
+		/* struct sp_ids: the count, then the ids straight from the queue. */
+		int err = sp_sendv_flags(l->sock, kind == OUT_COW ? C_COW : C_UNREF, &k, sizeof(k),
+					 l->out_id + l->out_head, k * sizeof(uint32_t),
+					 MSG_DONTWAIT);
+		if (err == -EAGAIN)
+			break;
+		if (err) {
+			conn_lost(l);
+			break;
+		}
+		l->out_head += k;
+	}
+	if (l->out_head == l->nout) {
+		l->out_head = l->nout = 0;
+	} else if (l->out_head > OUTBOX_MAX / 2) {
+		l->nout -= l->out_head;
+		memmove(l->out_id, l->out_id + l->out_head, l->nout * sizeof(uint32_t));
+		memmove(l->out_kind, l->out_kind + l->out_head, l->nout);
+		l->out_head = 0;
+	}
+}
+
+void client_unref(struct lib *l, const uint32_t *ids, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		client_seg_ref(l, ids[i] & ~SP_UNREF_COWED, -1);
+		/* A child of ours may map these pages and hold nothing (it could
+		 * neither get a copy nor detach): ours must stay. */
+		if (!l->keep_refs)
+			queue(l, OUT_UNREF, ids[i]);
+	}
+	client_flush(l);
+}
+
+void client_cow(struct lib *l, const uint32_t *ids, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++)
+		queue(l, OUT_COW, ids[i]);
+	client_flush(l);
+}
+
+/* ---- the page pipe ---- */
 
 void client_forget_pipe(struct lib *l)
 {
@@ -242,24 +543,23 @@ static int open_pipe(struct lib *l)
 	p.pages = sz > 0 ? (uint32_t)sz / SP_PAGE : 0;
 	if (p.pages > SP_MAX_CREATE)
 		p.pages = SP_MAX_CREATE;
-	err = p.pages ? sp_send(l->sock, C_PIPE, &p, sizeof(p), fds[0]) : -EPIPE;
+	err = p.pages ? client_call_fd(l, C_PIPE, &p, sizeof(p), fds[0], D_ACK, &m, 0) : -EPIPE;
 	close(fds[0]);
-	if (!err)
-		err = sp_recv(l->sock, l->msg, &m);
-	if (!err && (m.h.type != D_ACK || sp_validate(&m)))
-		err = -EPROTO;
 	if (err) {
 		close(fds[1]);
-		client_lost(l);
 		return err;
 	}
+	/* Never block on it: a stalled daemon must not stall us. */
+	fcntl(fds[1], F_SETFL, O_NONBLOCK);
 	l->pipe_wr = fds[1];
 	l->pipe_pages = p.pages;
 	return 0;
 }
 
 /* Hand n pages to the pipe without copying them: the daemon reads each once,
- * into its pool, while we wait for its reply. */
+ * into its pool, when it takes the C_CREATE that follows. All or nothing:
+ * pages left in the pipe without their C_CREATE would be read as the next
+ * one's, so a short splice throws the pipe away. */
 static int splice_pages(struct lib *l, const struct sp_lookup_ent *e, uint32_t n)
 {
 	struct iovec iov[SP_MAX_CREATE];
@@ -269,7 +569,7 @@ static int splice_pages(struct lib *l, const struct sp_lookup_ent *e, uint32_t n
 		iov[i] = (struct iovec){ (void *)e[i].addr, SP_PAGE };
 	while (done < want) {
 		uint32_t first = (uint32_t)(done / SP_PAGE);
-		ssize_t k = vmsplice(l->pipe_wr, iov + first, n - first, 0);
+		ssize_t k = vmsplice(l->pipe_wr, iov + first, n - first, SPLICE_F_NONBLOCK);
 		if (k < 0 && errno == EINTR)
 			continue;
 		if (k < 0 && errno == EFAULT) {
@@ -279,8 +579,10 @@ static int splice_pages(struct lib *l, const struct sp_lookup_ent *e, uint32_t n
 			iov[first] = (struct iovec){ l->zpage, SP_PAGE };
 			continue;
 		}
-		if (k <= 0 || k % SP_PAGE)
-			return k < 0 ? -errno : -EIO;
+		if (k <= 0 || k % SP_PAGE) {
+			client_forget_pipe(l);
+			return k < 0 && errno == EAGAIN ? -EAGAIN : -EIO;
+		}
 		done += (size_t)k;
 	}
 	return 0;
@@ -293,87 +595,163 @@ int client_create(struct lib *l, const struct sp_lookup_ent *e, const uint32_t *
 	struct sp_msg m;
 	int err = l->pipe_wr < 0 ? open_pipe(l) : 0;
 
-	if (err)
-		return err;
-	for (uint32_t from = 0; from < n;) {
+	for (uint32_t from = 0; !err && from < n;) {
 		uint32_t k = n - from < l->pipe_pages ? n - from : l->pipe_pages;
+		err = can_request(l);
+		if (err)
+			break;
 		req->n = k;
 		for (uint32_t i = 0; i < k; i++)
 			req->e[i] = (struct sp_create_ent){ .hash = e[from + i].hash,
 							    .look = look[from + i] };
 		err = splice_pages(l, e + from, k);
-		if (err) {
-			client_lost(l);
-			return err;
-		}
+		if (err)
+			break;
 		err = client_call(l, C_CREATE, req, sizeof(*req) + k * sizeof(req->e[0]), D_CREATE,
 				  &m);
-		if (err)
-			return err;
+		if (err) {
+			if (err != -EAGAIN)
+				client_forget_pipe(l);
+			break;
+		}
 		const struct sp_ids *r = (const void *)m.p;
 		if (r->n != k) {
-			client_lost(l);
+			conn_lost(l);
 			return -EPROTO;
 		}
 		memcpy(ids + from, r->id, k * sizeof(uint32_t));
 		from += k;
 	}
-	return 0;
+	return err;
 }
 
-int client_unref(struct lib *l, const uint32_t *ids, uint32_t n)
-{
-	struct sp_ids *u = (struct sp_ids *)l->out;
+/* ---- fork ---- */
 
-	while (n) {
-		uint32_t k = n < SP_MAX_UNREF ? n : SP_MAX_UNREF;
-		int err;
-		u->n = k;
-		memmove(u->id, ids, k * sizeof(uint32_t));
-		for (uint32_t i = 0; i < k; i++)
-			client_seg_ref(l, ids[i], -1);
-		if (l->sock < 0)
-			return -ENOTCONN;
-		err = sp_send(l->sock, C_UNREF, u, sizeof(*u) + k * sizeof(uint32_t), -1);
-		if (err) {
-			client_lost(l);
+int client_holds_refs(const struct lib *l)
+{
+	return l->seg_refs > 0;
+}
+
+/* C_FORK with the children's marker, queued behind what waits in the
+ * outbox, with a short wait for room. 0 or -errno. */
+static int send_fork(struct lib *l, int fd)
+{
+	struct sp_fork f = { 0 };
+	uint64_t until = now_ms() + FORK_SEND_MS;
+	int err;
+
+	client_flush(l);
+	for (;;) {
+		struct pollfd pf = { .fd = l->sock, .events = POLLOUT };
+		err = sp_sendmsg(l->sock, C_FORK, &f, sizeof(f), fd, MSG_DONTWAIT);
+		if (err != -EAGAIN || now_ms() >= until)
 			return err;
-		}
-		ids += k;
-		n -= k;
+		poll(&pf, 1, 5);
 	}
-	return 0;
 }
 
-int client_fork_conn(struct lib *l, int *fdp, uint64_t *token)
+void client_fork_prepare(struct lib *l, struct fork_kid *k)
 {
-	struct sp_adopt a = { .token = l->token };
-	struct sp_hello_r r;
-	struct sp_msg m;
-	struct sp_ack ack;
-	int fd = dial_or_spawn(), err;
+	int err;
 
-	if (fd < 0)
-		return fd;
-	err = hello(fd, l->msg, &r);
-	if (!err)
-		err = sp_send(fd, C_ADOPT, &a, sizeof(a), -1);
-	if (!err)
-		err = sp_recv(fd, l->msg, &m);
-	if (!err && (m.h.type != D_ACK || sp_validate(&m)))
-		err = -EPROTO;
-	if (!err) {
-		memcpy(&ack, m.p, sizeof(ack));
-		err = ack.err;
+	*k = (struct fork_kid){ .mode = KID_NONE, .fd = -1 };
+	if (!client_holds_refs(l))
+		return;
+	k->mode = KID_DETACH;
+	/* The marker of earlier children serves this one too while the copy
+	 * the daemon made for them holds everything we hold (no reference
+	 * came to us since): one C_FORK for a fork storm, none while the
+	 * daemon is stalled. */
+	if (l->kid_fd >= 0 && l->kid_reusable && os_marker_map(l->kid_fd, &k->addr) == 0) {
+		k->mode = KID_MARKER;
+		k->fd = l->kid_fd;
+		return;
 	}
+	if (l->kid_fd >= 0)
+		close(l->kid_fd);
+	l->kid_fd = -1;
+	if (l->sock < 0) {
+		err = conn_open(l);
+		if (err == -ENOENT || err == -ECONNREFUSED) {
+			/* No daemon: the one our references lived in died, and
+			 * nothing will ever reuse its pool pages. */
+			refs_died(l);
+			l->instance = 0;
+			k->mode = KID_NONE;
+			return;
+		}
+		if (err)
+			return;
+	}
+	if (os_marker_create(&k->fd, &k->addr))
+		return;
+	err = send_fork(l, k->fd);
 	if (err) {
-		close(fd);
-		return err;
+		if (err != -EAGAIN)
+			conn_lost(l);
+		os_munmap((void *)k->addr, 4096);
+		close(k->fd);
+		k->fd = -1;
+		return;
 	}
-	*fdp = fd;
-	*token = r.token;
-	return 0;
+	l->kid_fd = k->fd;
+	l->kid_reusable = 1;
+	k->mode = KID_MARKER;
 }
+
+void client_fork_parent(struct lib *l, struct fork_kid *k)
+{
+	(void)l;
+	/* The children map the marker; we keep only its descriptor, for the
+	 * next fork. */
+	if (k->mode == KID_MARKER)
+		os_munmap((void *)k->addr, 4096);
+}
+
+void client_fork_child(struct lib *l, struct fork_kid *k)
+{
+	/* The connection, its pipe and its pending replies are the parent's. */
+	if (l->sock >= 0)
+		close(l->sock);
+	l->sock = -1;
+	l->ready = 0;
+	l->nexpect = 0;
+	l->waiters = 0;
+	client_forget_pipe(l);
+	/* So is the parent's marker: we are not the parent. */
+	if (l->marker_fd >= 0) {
+		os_munmap((void *)l->marker_addr, 4096);
+		close(l->marker_fd);
+	}
+	l->marker_fd = -1;
+	l->marker_addr = 0;
+	l->marker_shared = 0;
+	l->hello_forked = 0;
+	if (k->mode == KID_MARKER) {
+		/* Our references are the copy C_FORK made: the daemon keeps it
+		 * while we (or our siblings) map this marker, and hands it to
+		 * our connection when we say HELLO with it. */
+		l->marker_fd = k->fd;
+		l->marker_addr = k->addr;
+		l->marker_shared = 1;
+		l->hello_forked = 1;
+	} else {
+		if (l->kid_fd >= 0)
+			close(l->kid_fd);
+		l->out_head = l->nout = 0;
+		if (k->mode == KID_DETACH) {
+			/* merge_detach_all() gave every pool page back: nothing
+			 * of the parent's references is ours. */
+			refs_died(l);
+			l->instance = 0;
+		}
+	}
+	l->kid_fd = -1;
+	l->kid_reusable = 0;
+	l->keep_refs = 0;
+}
+
+/* ---- segments ---- */
 
 static int fetch_seg(struct lib *l, uint32_t seg)
 {
@@ -435,6 +813,7 @@ void client_seg_ref(struct lib *l, uint32_t id, int delta)
 	struct segview *v = &l->segs[id / SEG_PAGES];
 
 	v->refs += delta;
+	l->seg_refs += delta;
 	/* Holding a segment's fd with no reference would keep a retired
 	 * segment's memory alive and could alias a new segment of that slot. */
 	if (!v->refs && v->fd >= 0) {

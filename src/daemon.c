@@ -25,10 +25,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <malloc.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -60,56 +62,263 @@ void samepaged_default_knobs(struct sp_knobs *k)
 	k->v[KNOB_MAX_PAGE_SHARING] = 256;
 }
 
+#define HINTS_MAX_ 65536u /* per process; beyond, its page merges on its next pass */
+
 /* ---- references (invariant 2: a pool page lives while any VMA maps it) ---- */
+
+/* A page's reference counts changed by drefs/dcowed: keep the counters that
+ * follow them and free the page once nobody holds it. */
+static void page_adjust(struct samepaged *d, uint32_t id, int64_t drefs, int64_t dcowed)
+{
+	struct pool_page *pg = pool_page(&d->pool, id);
+	uint32_t live0 = pg->refs - pg->cowed, refs0 = pg->refs, live1;
+
+	pg->refs = (uint32_t)((int64_t)pg->refs + drefs);
+	pg->cowed = (uint32_t)((int64_t)pg->cowed + dcowed);
+	d->total_refs = (uint64_t)((int64_t)d->total_refs + drefs);
+	live1 = pg->refs - pg->cowed;
+	d->shared += (live1 > 0) - (live0 > 0);
+	d->sharing += (uint64_t)(live1 > 1 ? live1 - 1 : 0) - (uint64_t)(live0 > 1 ? live0 - 1 : 0);
+	d->written += (pg->refs && !live1) - (refs0 && !live0);
+	if (pg->refs)
+		return;
+	/* Invariant 2: nobody holds a reference, so no VMA maps it. */
+	stable_remove(&d->ix, &d->pool, id);
+	pool_free(&d->pool, id);
+}
 
 static int ref_take(struct samepaged *d, struct conn *c, uint32_t id)
 {
 	int err = refs_add(&c->refs, id);
 
-	if (err)
-		return err;
-	pool_page(&d->pool, id)->refs++;
-	d->total_refs++;
-	return 0;
+	if (!err)
+		page_adjust(d, id, +1, 0);
+	return err;
 }
 
-static void page_unref(struct samepaged *d, uint32_t id, uint32_t count)
+/* One of c's references to id now belongs to a page its process wrote. */
+static void ref_cow(struct samepaged *d, struct conn *c, uint32_t id)
 {
-	struct pool_page *pg = pool_page(&d->pool, id);
-
-	pg->refs -= count;
-	d->total_refs -= count;
-	if (pg->refs)
+	if (refs_count(&c->refs, id) <= refs_count(&c->cowed, id) || refs_add(&c->cowed, id)) {
+		d->unheld_drops++;
 		return;
-	/* Invariant 2: no connection holds a reference, so no VMA maps it. */
-	stable_remove(&d->ix, &d->pool, id);
-	pool_free(&d->pool, id);
+	}
+	page_adjust(d, id, 0, +1);
 }
 
-/* -EPROTO when the process drops a reference it does not hold. */
-static int ref_drop(struct samepaged *d, struct conn *c, uint32_t id)
+/* Drop one of c's references to id, of the kind asked when c holds one,
+ * else of the other: the library and the daemon may disagree about what
+ * a fork copied, never about how many references there are. A reference
+ * c does not hold is not dropped: ignoring it can only keep a page. */
+static void ref_drop(struct samepaged *d, struct conn *c, uint32_t id, int cowed)
 {
-	if (refs_drop(&c->refs, id))
-		return -EPROTO;
-	page_unref(d, id, 1);
-	return 0;
+	uint32_t all = refs_count(&c->refs, id), cw = refs_count(&c->cowed, id);
+
+	if (!all) {
+		d->unheld_drops++;
+		return;
+	}
+	if (cw && (cowed || all == cw)) {
+		refs_drop(&c->cowed, id);
+		refs_drop(&c->refs, id);
+		page_adjust(d, id, -1, -1);
+		return;
+	}
+	refs_drop(&c->refs, id);
+	page_adjust(d, id, -1, 0);
 }
 
-static void refs_release_all(struct samepaged *d, struct conn *c)
+static void set_release(struct samepaged *d, struct conn *c)
 {
 	uint64_t pos = 0;
 	uint32_t id, n;
 
 	while (refs_next(&c->refs, &pos, &id, &n))
-		page_unref(d, id, n);
+		page_adjust(d, id, -(int64_t)n, -(int64_t)refs_count(&c->cowed, id));
 	refs_fini(&c->refs);
+	refs_fini(&c->cowed);
+	refs_init(&c->refs);
+	refs_init(&c->cowed);
+	c->nhints = 0;
+	map_fini(&c->hint_at);
+	map_init(&c->hint_at);
+}
+
+static int hints_reserve(struct conn *c)
+{
+	if (!c->hints)
+		c->hints = malloc(HINTS_MAX_ * sizeof(*c->hints));
+	return c->hints ? 0 : -ENOMEM;
+}
+
+/* A hint from another set: kept unless one for that address waits already
+ * (its reference then goes with the rest of the set). */
+static void hint_add(struct conn *c, const struct sp_hint *h)
+{
+	if (c->nhints >= HINTS_MAX_ || map_get(&c->hint_at, h->addr) || hints_reserve(c) ||
+	    map_put(&c->hint_at, h->addr, c->nhints))
+		return;
+	c->hints[c->nhints++] = *h;
+}
+
+/* dst gets src's references (and waiting hints): taken anew when copy,
+ * else moved (page counts stay). -ENOMEM leaves dst with part of them,
+ * which only keeps pages longer. */
+static int set_merge(struct samepaged *d, struct conn *dst, struct conn *src, int copy)
+{
+	uint64_t pos = 0;
+	uint32_t id, n;
+
+	while (refs_next(&src->refs, &pos, &id, &n)) {
+		uint32_t cw = refs_count(&src->cowed, id);
+		if (refs_add_n(&dst->refs, id, n) || refs_add_n(&dst->cowed, id, cw))
+			return -ENOMEM;
+		if (copy)
+			page_adjust(d, id, n, cw);
+	}
+	for (uint32_t i = 0; i < src->nhints; i++)
+		hint_add(dst, &src->hints[i]);
+	if (!copy) {
+		refs_fini(&src->refs);
+		refs_fini(&src->cowed);
+		refs_init(&src->refs);
+		refs_init(&src->cowed);
+		src->nhints = 0;
+	}
+	return 0;
+}
+
+/* Does anyone still map this marker? Adding F_SEAL_WRITE fails with EBUSY
+ * while any process has it mapped shared and writable (fork children
+ * included; exit and exec unmap it), and once it succeeds nobody ever can
+ * again. Anything else (a marker we cannot judge) counts as mapped: a set
+ * kept too long costs memory, one dropped too early corrupts it. */
+static int marker_mapped(int fd)
+{
+	if (fd < 0)
+		return 0;
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE) == 0)
+		return 0;
+	return 1;
+}
+
+/* A marker as the library makes it: a one-page memfd, writable, no seals. */
+static int marker_take(struct conn *c, int fd)
+{
+	struct stat st;
+	int seals = fcntl(fd, F_GET_SEALS);
+
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || seals != 0 || st.st_size != SP_PAGE ||
+	    (fcntl(fd, F_GETFL) & O_ACCMODE) != O_RDWR)
+		return -EPROTO;
+	if (c->marker_fd >= 0)
+		close(c->marker_fd);
+	c->marker_fd = fd;
+	c->marker_ino = st.st_ino;
+	c->marker_dev = st.st_dev;
+	return 0;
+}
+
+static int same_marker(const struct conn *a, const struct conn *b)
+{
+	return a->marker_fd >= 0 && b->marker_fd >= 0 && a->marker_ino == b->marker_ino &&
+	       a->marker_dev == b->marker_dev && a->domain == b->domain;
+}
+
+static void set_free(struct conn *c)
+{
+	refs_fini(&c->refs);
+	refs_fini(&c->cowed);
+	if (c->marker_fd >= 0)
+		close(c->marker_fd);
+	free(c->pairs);
+	free(c->look_addr);
+	free(c->hints);
+	map_fini(&c->hint_at);
+	free(c);
+}
+
+/* The held sets a connection's process holds: its own earlier
+ * connection's (moved) and its parent's C_FORK copies (copied: siblings
+ * sharing that marker may still come). Number of sets attached. */
+static uint32_t attach_held(struct samepaged *d, struct conn *c)
+{
+	uint32_t n = 0;
+
+	for (struct conn **pp = &d->held; *pp;) {
+		struct conn *h = *pp;
+		if (!same_marker(h, c)) {
+			pp = &h->next;
+			continue;
+		}
+		n++;
+		if (h->kind == SET_FORK) {
+			set_merge(d, c, h, 1);
+			pp = &h->next;
+			continue;
+		}
+		set_merge(d, c, h, 0);
+		*pp = h->next;
+		set_release(d, h); /* what a failed move left */
+		set_free(h);
+	}
+	return n;
+}
+
+static struct conn *live_with_marker(struct samepaged *d, const struct conn *h)
+{
+	for (struct conn *c = d->conns; c; c = c->next)
+		if (c->hello && !c->observer && same_marker(c, h))
+			return c;
+	return NULL;
+}
+
+/* A closed connection's references: kept while its marker is mapped
+ * (invariant 2: the process may still map every page of the set, whatever
+ * it last told us), dropped once nobody maps it (the process exited or
+ * exec'd, and so did every child that shares the marker). */
+static void set_closed(struct samepaged *d, struct conn *c)
+{
+	struct conn *live;
+
+	c->fd = -1;
+	if (!c->refs.total || !marker_mapped(c->marker_fd)) {
+		set_release(d, c);
+		set_free(c);
+		return;
+	}
+	c->kind = SET_OWN;
+	/* Its process connected again before we saw this one close. */
+	live = live_with_marker(d, c);
+	if (live && !set_merge(d, live, c, 0)) {
+		set_release(d, c);
+		set_free(c);
+		return;
+	}
+	c->next = d->held;
+	d->held = c;
+}
+
+/* Held sets whose marker nobody maps any more go. */
+static void sweep_held(struct samepaged *d)
+{
+	for (struct conn **pp = &d->held; *pp;) {
+		struct conn *h = *pp;
+		if (marker_mapped(h->marker_fd)) {
+			pp = &h->next;
+			continue;
+		}
+		*pp = h->next;
+		set_release(d, h);
+		set_free(h);
+	}
 }
 
 /* ---- generations and full scans ---- */
 
 static int conn_scans(const struct conn *c)
 {
-	return c->hello && !c->observer && (c->st.mergeable || c->st.merge_any);
+	return c->hello && !c->observer && !c->parked && (c->st.mergeable || c->st.merge_any);
 }
 
 /* A process silent this long (stopped, or its scanner stuck) is not
@@ -153,6 +362,26 @@ static struct conn *conn_by_id(struct samepaged *d, uint32_t id)
 	return v ? (struct conn *)(uintptr_t)*v : NULL;
 }
 
+/* The index key of content hash h for c: domains mixed in, so that pages
+ * of two domains never meet in either index. */
+static uint64_t key_of(const struct conn *c, uint64_t h)
+{
+	return c->domain ? h ^ XXH3_64bits_withSeed(&c->domain, sizeof(c->domain), 0x5a3e) : h;
+}
+
+/* The daemon keeps nothing for nobody: with no process and no held set
+ * left, the unstable index and scratch memory go back too. */
+static void maybe_idle(struct samepaged *d)
+{
+	if (d->conns || d->held)
+		return;
+	d->idle_since_ns = now_ns();
+	unstable_reset(&d->ix);
+	unstable_reset(&d->ix); /* twice: a mostly empty table is freed */
+	os_madvise(d->scratch, (size_t)SP_MAX_CREATE * SP_PAGE, MADV_DONTNEED);
+	malloc_trim(0);
+}
+
 static void conn_close(struct samepaged *d, struct conn *c)
 {
 	struct conn **pp;
@@ -162,8 +391,9 @@ static void conn_close(struct samepaged *d, struct conn *c)
 	*pp = c->next;
 	epoll_ctl(d->efd, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
-	/* Invariant 2: a closed connection (exit, exec) drops its whole set. */
-	refs_release_all(d, c);
+	if (c->parked)
+		d->nparked--;
+	c->parked = 0;
 	if (c->rsv_next != c->rsv_end)
 		pool_unreserve(&d->pool, c->rsv_next, c->rsv_end - c->rsv_next);
 	map_del(&d->live, c->id);
@@ -171,12 +401,39 @@ static void conn_close(struct samepaged *d, struct conn *c)
 		close(c->pipe_fd);
 	free(c->pairs);
 	free(c->look_addr);
-	free(c->hints);
-	map_fini(&c->hint_at);
-	free(c);
-	if (!d->conns)
-		d->idle_since_ns = now_ns();
+	c->pairs = NULL;
+	c->look_addr = NULL;
+	/* Invariant 2: the set outlives the connection while anyone maps its marker. */
+	set_closed(d, c);
+	maybe_idle(d);
 	maybe_end_generation(d);
+}
+
+struct conn *samepaged_attach(struct samepaged *d, int fd, pid_t pid)
+{
+	struct epoll_event ev = { .events = EPOLLIN };
+	struct conn *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return NULL;
+	c->fd = fd;
+	c->pipe_fd = -1;
+	c->marker_fd = -1;
+	c->id = ++d->next_id;
+	c->pid = pid;
+	refs_init(&c->refs);
+	refs_init(&c->cowed);
+	map_init(&c->hint_at);
+	ev.data.ptr = c;
+	if (map_put(&d->live, c->id, (uintptr_t)c) ||
+	    (d->efd >= 0 && epoll_ctl(d->efd, EPOLL_CTL_ADD, fd, &ev) < 0)) {
+		map_del(&d->live, c->id);
+		set_free(c);
+		return NULL;
+	}
+	c->next = d->conns;
+	d->conns = c;
+	return c;
 }
 
 static void accept_conn(struct samepaged *d)
@@ -184,43 +441,13 @@ static void accept_conn(struct samepaged *d)
 	struct ucred cr;
 	socklen_t len = sizeof(cr);
 	int fd = accept4(d->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-	struct epoll_event ev = { .events = EPOLLIN };
-	struct conn *c;
 
 	if (fd < 0)
 		return;
 	/* Invariant 6: only the daemon's own user shares its pages. */
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 || cr.uid != d->uid) {
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 || cr.uid != d->uid ||
+	    !samepaged_attach(d, fd, cr.pid))
 		close(fd);
-		return;
-	}
-	/* Every message then carries the sender's pid as the kernel sees it:
-	 * a fork child's connection was opened by its parent (C_ADOPT), so
-	 * SO_PEERCRED names the parent until the child speaks. */
-	int on = 1;
-	setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &on, sizeof(on));
-	c = calloc(1, sizeof(*c));
-	if (!c) {
-		close(fd);
-		return;
-	}
-	c->fd = fd;
-	c->pipe_fd = -1;
-	c->id = ++d->next_id;
-	c->pid = cr.pid;
-	refs_init(&c->refs);
-	map_init(&c->hint_at);
-	if (getrandom(&c->token, sizeof(c->token), 0) != sizeof(c->token))
-		c->token = now_ns() ^ ((uint64_t)c->id << 32) ^ (uint64_t)cr.pid;
-	ev.data.ptr = c;
-	if (map_put(&d->live, c->id, (uintptr_t)c) || epoll_ctl(d->efd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-		map_del(&d->live, c->id);
-		close(fd);
-		free(c);
-		return;
-	}
-	c->next = d->conns;
-	d->conns = c;
 }
 
 static int reply(struct conn *c, uint16_t type, const void *p, uint32_t len)
@@ -237,15 +464,92 @@ static int ack(struct conn *c, int err)
 
 /* ---- request handlers: 0, or <0 to close the connection ---- */
 
-static int on_hello(struct samepaged *d, struct conn *c, const struct sp_hello *h)
+static int hello_reply(struct samepaged *d, struct conn *c, uint32_t attached)
 {
-	struct sp_hello_r r = { .token = c->token, .seg_pages = SEG_PAGES, .knobs = d->knobs };
+	struct sp_hello_r r = { .instance = d->instance, .seg_pages = SEG_PAGES,
+				.attached = attached, .knobs = d->knobs };
+
+	return reply(c, D_HELLO, &r, sizeof(r));
+}
+
+static int on_hello(struct samepaged *d, struct conn *c, const struct sp_hello *h,
+		    struct sp_msg *m)
+{
+	uint32_t attached = 0;
+	struct epoll_event ev = { .events = 0, .data.ptr = c };
 
 	if (c->hello || h->version != SP_PROTO_VERSION)
 		return -EPROTO;
 	c->hello = 1;
 	c->observer = !!(h->flags & HELLO_OBSERVER);
-	return reply(c, D_HELLO, &r, sizeof(r));
+	c->domain = h->domain;
+	if (m->fd >= 0 && !c->observer) {
+		if (marker_take(c, m->fd))
+			return -EPROTO;
+		m->fd = -1;
+		attached = attach_held(d, c);
+	}
+	/* A fork child: its parent sent C_FORK before fork(), on its own
+	 * connection; until that is read, this one is not (its requests may
+	 * drop references the copy brings). samepaged_tick() reads everyone
+	 * else's messages, then answers. */
+	if (!attached && (h->flags & HELLO_FORKED) && c->marker_fd >= 0 &&
+	    h->expect_instance == d->instance) {
+		c->parked = 1;
+		d->nparked++;
+		if (d->efd >= 0)
+			epoll_ctl(d->efd, EPOLL_CTL_MOD, c->fd, &ev);
+		return 0;
+	}
+	return hello_reply(d, c, attached);
+}
+
+/* C_FORK: the child about to be forked will map the marker that comes
+ * with it; it gets a copy of c's set now, before it exists (invariant 2). */
+static int on_fork(struct samepaged *d, struct conn *c, struct sp_msg *m)
+{
+	struct conn *f, *live;
+
+	if (c->observer || m->fd < 0)
+		return -EPROTO;
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		return -ENOMEM;
+	f->fd = -1;
+	f->kind = SET_FORK;
+	f->marker_fd = -1;
+	f->domain = c->domain;
+	f->id = ++d->next_id;
+	refs_init(&f->refs);
+	refs_init(&f->cowed);
+	map_init(&f->hint_at);
+	if (marker_take(f, m->fd)) {
+		set_free(f);
+		return -EPROTO;
+	}
+	m->fd = -1;
+	if (set_merge(d, f, c, 1)) {
+		set_release(d, f);
+		set_free(f);
+		return -ENOMEM;
+	}
+	/* A child that connected first (it was parked, or the marker was
+	 * reused) gets its copy now. */
+	live = live_with_marker(d, f);
+	if (live && !live->parked)
+		set_merge(d, live, f, 1);
+	f->next = d->held;
+	d->held = f;
+	return 0;
+}
+
+static int on_marker(struct samepaged *d, struct conn *c, struct sp_msg *m)
+{
+	(void)d;
+	if (c->observer || m->fd < 0 || marker_take(c, m->fd))
+		return -EPROTO;
+	m->fd = -1;
+	return 0;
 }
 
 static void refill(struct samepaged *d)
@@ -300,7 +604,7 @@ static int on_budget(struct samepaged *d, struct conn *c, const struct sp_budget
  * already c's). Without this, a process that offers the page again before
  * it fetched its hints would find the hinted page full (max_page_sharing
  * counts the hint's reference) and make a second pool page of it. */
-static uint32_t hint_claim(struct samepaged *d, struct conn *c, uint64_t addr, uint64_t hash)
+static uint32_t hint_claim(struct samepaged *d, struct conn *c, uint64_t addr, uint64_t key)
 {
 	uint64_t *slot = c->nhints ? map_get(&c->hint_at, addr) : NULL;
 	uint32_t i, id;
@@ -309,7 +613,7 @@ static uint32_t hint_claim(struct samepaged *d, struct conn *c, uint64_t addr, u
 		return SP_POOL_NONE;
 	i = (uint32_t)*slot;
 	id = c->hints[i].id;
-	if (pool_page(&d->pool, id)->hash != hash)
+	if (pool_page(&d->pool, id)->hash != key)
 		return SP_POOL_NONE;
 	map_del(&c->hint_at, addr);
 	if (i != --c->nhints) {
@@ -319,12 +623,25 @@ static uint32_t hint_claim(struct samepaged *d, struct conn *c, uint64_t addr, u
 	return id;
 }
 
+/* A stable page for c: of its domain (a hash collision across domains
+ * must not hand out another domain's page). */
+static uint32_t stable_for(struct samepaged *d, struct conn *c, uint64_t key)
+{
+	uint32_t id = stable_find(&d->ix, &d->pool, key, d->knobs.v[KNOB_MAX_PAGE_SHARING]);
+
+	if (id != SP_POOL_NONE && pool_seg_domain(&d->pool, id / SEG_PAGES) != c->domain)
+		return SP_POOL_NONE;
+	return id;
+}
+
 static int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l)
 {
 	struct sp_ids *r = (struct sp_ids *)d->buf; /* l lives in d->in */
-	uint32_t n = l->n, maxs = d->knobs.v[KNOB_MAX_PAGE_SHARING];
+	uint32_t n = l->n;
 	uint32_t *ids = r->id;
 
+	if (c->observer)
+		return -EPROTO;
 	if (!c->pairs) {
 		c->pairs = malloc(SP_MAX_LOOKUP * sizeof(*c->pairs));
 		c->look_addr = malloc(SP_MAX_LOOKUP * sizeof(*c->look_addr));
@@ -335,28 +652,26 @@ static int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup
 	for (uint32_t i = 0; i < n; i++) {
 		c->pairs[i].conn = 0;
 		c->look_addr[i] = l->e[i].addr;
-		uint64_t hash = l->e[i].hash;
-		uint32_t id = hint_claim(d, c, l->e[i].addr, hash);
+		uint64_t key = key_of(c, l->e[i].hash);
+		uint32_t id = hint_claim(d, c, l->e[i].addr, key);
 		int err;
 
 		if (id != SP_POOL_NONE) {
 			ids[i] = id;
 			continue;
 		}
-		id = stable_find(&d->ix, &d->pool, hash, maxs);
-
+		id = stable_for(d, c, key);
 		if (id != SP_POOL_NONE) {
 			/* The reference is the process's before it maps the page. */
 			err = ref_take(d, c, id);
 			ids[i] = err ? SP_POOL_NONE : id;
 			continue;
 		}
-		if (stable_has(&d->ix, &d->pool, hash)) {
+		if (stable_has(&d->ix, &d->pool, key)) {
 			ids[i] = SP_POOL_CREATE; /* chain full: start a dup */
 			continue;
 		}
-		err = unstable_offer(&d->ix, hash, c->id, l->e[i].addr, conn_alive, d,
-				     &c->pairs[i]);
+		err = unstable_offer(&d->ix, key, c->id, l->e[i].addr, conn_alive, d, &c->pairs[i]);
 		ids[i] = err == 1 ? SP_POOL_CREATE : SP_POOL_NONE;
 	}
 	r->n = n;
@@ -364,11 +679,10 @@ static int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup
 }
 
 #define RESERVE_RUN 512u /* a scan chunk: what one process creates in a row */
-#define HINTS_MAX 65536u /* per process; beyond, its page merges on its next pass */
 
 /* The next id of c's reservation (consecutive ids: one VMA per run in
  * every process that maps them), else any free page. */
-static int64_t alloc_for(struct samepaged *d, struct conn *c, const void *data, uint64_t hash)
+static int64_t alloc_for(struct samepaged *d, struct conn *c, const void *data, uint64_t key)
 {
 	/* Freed pages first: a sealed segment cannot give their memory back,
 	 * so a page written once stays resident until reused (with never-used
@@ -376,15 +690,15 @@ static int64_t alloc_for(struct samepaged *d, struct conn *c, const void *data, 
 	 * footprint by what it rewrote, every time). Runs from free lists are
 	 * shorter: more VMAs, less memory. */
 	if (d->pool.freed)
-		return pool_alloc(&d->pool, data, hash);
+		return pool_alloc_in(&d->pool, c->domain, data, key);
 	if (c->rsv_next == c->rsv_end) {
 		uint32_t first, got;
-		if (pool_reserve(&d->pool, RESERVE_RUN, &first, &got))
-			return pool_alloc(&d->pool, data, hash);
+		if (pool_reserve(&d->pool, c->domain, RESERVE_RUN, &first, &got))
+			return pool_alloc_in(&d->pool, c->domain, data, key);
 		c->rsv_next = first;
 		c->rsv_end = first + got;
 	}
-	pool_alloc_reserved(&d->pool, c->rsv_next, data, hash);
+	pool_alloc_reserved(&d->pool, c->rsv_next, data, key);
 	return c->rsv_next++;
 }
 
@@ -400,18 +714,13 @@ static void hint(struct samepaged *d, struct conn *c, uint32_t look, uint32_t id
 	it = &c->pairs[look];
 	o = conn_by_id(d, it->conn);
 	it->conn = 0;
-	if (!o || o->nhints >= HINTS_MAX || map_get(&o->hint_at, it->addr))
+	if (!o || o->nhints >= HINTS_MAX_ || map_get(&o->hint_at, it->addr) || hints_reserve(o))
 		return;
-	if (!o->hints) {
-		o->hints = malloc(HINTS_MAX * sizeof(*o->hints));
-		if (!o->hints)
-			return;
-	}
 	/* Invariant 2: the reference is o's before o maps the page. */
 	if (ref_take(d, o, id))
 		return;
 	if (map_put(&o->hint_at, it->addr, o->nhints)) {
-		ref_drop(d, o, id);
+		ref_drop(d, o, id, 0);
 		return;
 	}
 	o->hints[o->nhints++] = (struct sp_hint){ .addr = it->addr, .id = id };
@@ -448,21 +757,20 @@ static void populate_fresh(const struct iovec *iov, const struct create_dst *dst
 static void create_plan(struct samepaged *d, struct conn *c, const struct sp_create *cr,
 			struct create_dst *dst, struct iovec *iov)
 {
-	uint32_t maxs = d->knobs.v[KNOB_MAX_PAGE_SHARING];
-
 	for (uint32_t i = 0; i < cr->n; i++) {
 		uint32_t look = cr->e[i].look;
+		uint64_t key = key_of(c, cr->e[i].hash);
 		/* A hint that arrived after c's lookup, for the same page: its
 		 * pool page is the answer (as in on_lookup). */
-		uint32_t id = look < c->npairs ?
-			      hint_claim(d, c, c->look_addr[look], cr->e[i].hash) : SP_POOL_NONE;
+		uint32_t id = look < c->npairs ? hint_claim(d, c, c->look_addr[look], key) :
+						 SP_POOL_NONE;
 		if (id != SP_POOL_NONE) {
 			dst[i] = (struct create_dst){ .id = id, .ok = 1, .hinted = 1 };
 			iov[i] = (struct iovec){ d->scratch + (size_t)i * SP_PAGE, SP_PAGE };
 			continue;
 		}
-		id = stable_find(&d->ix, &d->pool, cr->e[i].hash, maxs);
-		int64_t nid = id == SP_POOL_NONE ? alloc_for(d, c, NULL, cr->e[i].hash) : -1;
+		id = stable_for(d, c, key);
+		int64_t nid = id == SP_POOL_NONE ? alloc_for(d, c, NULL, key) : -1;
 
 		dst[i] = (struct create_dst){ .id = id, .ok = id != SP_POOL_NONE };
 		if (nid >= 0)
@@ -497,8 +805,9 @@ static int create_read(struct conn *c, struct iovec *iov, uint32_t n)
 static uint32_t create_settle(struct samepaged *d, struct conn *c, const struct create_dst *dst,
 			      const struct iovec *iov, uint64_t claimed)
 {
-	uint32_t maxs = d->knobs.v[KNOB_MAX_PAGE_SHARING], id;
 	uint64_t hash = XXH3_64bits(iov->iov_base, SP_PAGE); /* never the process's word for it */
+	uint64_t key = key_of(c, hash);
+	uint32_t id;
 
 	if (!dst->ok)
 		return SP_POOL_NONE;
@@ -506,16 +815,16 @@ static uint32_t create_settle(struct samepaged *d, struct conn *c, const struct 
 		id = dst->id;
 		if (memcmp(pool_data(&d->pool, id), iov->iov_base, SP_PAGE)) {
 			if (dst->hinted)
-				ref_drop(d, c, id); /* the claimed hint's reference */
+				ref_drop(d, c, id, 0); /* the claimed hint's reference */
 			return SP_POOL_NONE; /* a hash collision: leave it unmerged */
 		}
 		if (dst->hinted)
 			return id;
 		return ref_take(d, c, id) ? SP_POOL_NONE : id;
 	}
-	pool_page(&d->pool, dst->id)->hash = hash;
+	pool_page(&d->pool, dst->id)->hash = key;
 	/* An equal page created earlier in this batch, or a changed page. */
-	id = hash == claimed ? stable_find(&d->ix, &d->pool, hash, maxs) : SP_POOL_NONE;
+	id = hash == claimed ? stable_for(d, c, key) : SP_POOL_NONE;
 	if (hash != claimed ||
 	    (id != SP_POOL_NONE && !memcmp(pool_data(&d->pool, id), iov->iov_base, SP_PAGE))) {
 		pool_free(&d->pool, dst->id);
@@ -543,7 +852,7 @@ static int on_create(struct samepaged *d, struct conn *c, const struct sp_create
 	struct iovec iov[SP_MAX_CREATE];
 	int err;
 
-	if (c->pipe_fd < 0 || cr->n > c->pipe_pages)
+	if (c->observer || c->pipe_fd < 0 || cr->n > c->pipe_pages)
 		return -EPROTO;
 	create_plan(d, c, cr, dst, iov);
 	err = create_read(c, iov, cr->n);
@@ -551,6 +860,8 @@ static int on_create(struct samepaged *d, struct conn *c, const struct sp_create
 		if (err) { /* nothing of it was handed out */
 			if (dst[i].fresh)
 				pool_free(&d->pool, dst[i].id);
+			else if (dst[i].hinted)
+				ref_drop(d, c, dst[i].id, 0);
 			continue;
 		}
 		r.id[i] = create_settle(d, c, &dst[i], &iov[i], cr->e[i].hash);
@@ -605,11 +916,15 @@ static int on_hints(struct samepaged *d, struct conn *c, const struct sp_hints_r
 
 static int on_unref(struct samepaged *d, struct conn *c, const struct sp_ids *u)
 {
-	for (uint32_t i = 0; i < u->n; i++) {
-		int err = ref_drop(d, c, u->id[i]);
-		if (err)
-			return err;
-	}
+	for (uint32_t i = 0; i < u->n; i++)
+		ref_drop(d, c, u->id[i] & ~SP_UNREF_COWED, !!(u->id[i] & SP_UNREF_COWED));
+	return 0;
+}
+
+static int on_cow(struct samepaged *d, struct conn *c, const struct sp_ids *u)
+{
+	for (uint32_t i = 0; i < u->n; i++)
+		ref_cow(d, c, u->id[i]);
 	return 0;
 }
 
@@ -618,66 +933,36 @@ static int on_getseg(struct samepaged *d, struct conn *c, const struct sp_getseg
 	struct sp_seg_r r = { .seg = g->seg, .pages = SEG_PAGES };
 	int fd = g->seg == SP_ZERO_SEG ? d->zero_fd : pool_seg_fd(&d->pool, g->seg);
 
+	/* A segment's fd reads every page in it: only its own domain's. */
+	if (fd >= 0 && g->seg != SP_ZERO_SEG && pool_seg_domain(&d->pool, g->seg) != c->domain)
+		fd = -EACCES;
 	if (fd < 0)
 		return ack(c, fd);
 	return sp_send(c->fd, D_SEG, &r, sizeof(r), fd);
 }
 
-static int adopt_hints(struct conn *c, const struct conn *parent)
-{
-	c->hints = malloc(HINTS_MAX * sizeof(*c->hints));
-	if (!c->hints)
-		return -ENOMEM;
-	memcpy(c->hints, parent->hints, parent->nhints * sizeof(*c->hints));
-	c->nhints = parent->nhints;
-	for (uint32_t i = 0; i < c->nhints; i++)
-		if (map_put(&c->hint_at, c->hints[i].addr, i))
-			return -ENOMEM;
-	return 0;
-}
-
-/* Invariant 2 across fork: the child's connection, opened by the parent
- * before fork(), holds a copy of the parent's set before the child exists. */
-static int on_adopt(struct samepaged *d, struct conn *c, const struct sp_adopt *a)
-{
-	struct conn *parent = NULL;
-	uint64_t pos = 0;
-	uint32_t id, n;
-
-	for (struct conn *p = d->conns; p; p = p->next)
-		if (p != c && p->hello && p->token == a->token)
-			parent = p;
-	if (!parent || c->refs.total)
-		return ack(c, -ESRCH);
-	while (refs_next(&parent->refs, &pos, &id, &n)) {
-		for (uint32_t i = 0; i < n; i++)
-			if (ref_take(d, c, id))
-				return -ENOMEM;
-	}
-	/* The parent's waiting hints hold references the child now holds a
-	 * copy of; its pages at those addresses are the parent's too, so it
-	 * gets the hints as well, to merge or give back. */
-	if (parent->nhints && adopt_hints(c, parent))
-		return -ENOMEM;
-	c->st.mergeable = parent->st.mergeable;
-	c->st.merge_any = parent->st.merge_any;
-	return ack(c, 0);
-}
-
 static void fill_global(struct samepaged *d, struct sp_global_stats *g)
 {
-	uint64_t rmap = 0, cowed = 0;
+	uint64_t rmap = 0;
 
 	memset(g, 0, sizeof(*g));
-	g->pages_shared = d->pool.pages_used;
-	g->pages_unshared = unstable_count(&d->ix);
+	g->pages_shared = d->shared;
+	g->pages_sharing = d->sharing;
 	g->pages_scanned = d->pages_scanned;
 	g->full_scans = d->full_scans;
 	g->stable_node_chains = d->ix.chains;
 	g->stable_node_dups = d->ix.dups;
 	g->pool_pages = d->pool.pages_used;
 	g->pool_segments = d->pool.segs_live;
+	g->pool_written = d->written;
+	/* As the kernel's: pages of live processes waiting in the unstable
+	 * index; a process that left takes its own with it. */
+	g->pages_unshared = unstable_count_live(&d->ix, conn_alive, d);
 	g->meta_bytes = index_bytes(&d->ix);
+	for (struct conn *h = d->held; h; h = h->next) {
+		g->held_sets++;
+		g->meta_bytes += refs_bytes(&h->refs) + refs_bytes(&h->cowed);
+	}
 	for (struct conn *c = d->conns; c; c = c->next) {
 		if (c->observer || !c->hello)
 			continue;
@@ -686,13 +971,9 @@ static void fill_global(struct samepaged *d, struct sp_global_stats *g)
 		g->pages_volatile += c->st.volatile_pages;
 		g->merge_vmas += c->st.merge_vmas;
 		g->vma_limited += c->st.vma_limited;
-		g->meta_bytes += refs_bytes(&c->refs);
+		g->meta_bytes += refs_bytes(&c->refs) + refs_bytes(&c->cowed);
 		rmap += c->st.rmap_items;
-		cowed += c->st.cowed;
 	}
-	/* A reference held by a page written since (E_COWED) shares nothing. */
-	g->pages_sharing = d->total_refs - d->pool.pages_used;
-	g->pages_sharing = g->pages_sharing > cowed ? g->pages_sharing - cowed : 0;
 	g->general_profit = (int64_t)((g->pages_sharing + g->ksm_zero_pages) * SP_PAGE -
 				      (rmap * SP_ENTRY_BYTES + g->meta_bytes));
 }
@@ -742,13 +1023,15 @@ static int dispatch(struct samepaged *d, struct conn *c, struct sp_msg *m)
 	if (sp_validate(m) < 0 || (!c->hello && m->h.type != C_HELLO))
 		return -EPROTO;
 	switch (m->h.type) {
-	case C_HELLO: return on_hello(d, c, (const void *)m->p);
+	case C_HELLO: return on_hello(d, c, (const void *)m->p, m);
 	case C_BUDGET: return on_budget(d, c, (const void *)m->p);
 	case C_LOOKUP: return on_lookup(d, c, (const void *)m->p);
 	case C_CREATE: return on_create(d, c, (const void *)m->p);
 	case C_UNREF: return on_unref(d, c, (const void *)m->p);
+	case C_COW: return on_cow(d, c, (const void *)m->p);
 	case C_GETSEG: return on_getseg(d, c, (const void *)m->p);
-	case C_ADOPT: return on_adopt(d, c, (const void *)m->p);
+	case C_FORK: return on_fork(d, c, m);
+	case C_MARKER: return on_marker(d, c, m);
 	case C_STAT: return on_stat(d, c, (const void *)m->p);
 	case C_SET: return on_set(d, c, (const void *)m->p);
 	case C_UNMERGE: return on_unmerge(d, c, (const void *)m->p);
@@ -758,25 +1041,77 @@ static int dispatch(struct samepaged *d, struct conn *c, struct sp_msg *m)
 	}
 }
 
-static void on_readable(struct samepaged *d, struct conn *c)
+int samepaged_serve(struct samepaged *d, struct conn *c)
 {
 	struct sp_msg m;
 
-	for (;;) {
+	while (!c->parked) {
 		int err = sp_recv(c->fd, d->in, &m);
 		if (err == -EAGAIN)
-			return;
-		if (!err && m.pid > 0 && m.uid == d->uid)
-			c->pid = m.pid;
+			return 0;
 		/* Invariant 6: anything malformed closes this connection, nothing else. */
 		err = err ? err : dispatch(d, c, &m);
 		if (m.fd >= 0)
-			close(m.fd); /* only C_PIPE's is kept */
+			close(m.fd); /* kept only by handlers that take it */
 		if (err < 0) {
 			conn_close(d, c);
-			return;
+			return -1;
 		}
 	}
+	return 0;
+}
+
+/* Parked fork children: read every other connection's messages first (the
+ * parent's C_FORK left before the child existed, so it is among them: on
+ * a connection accepted before the child's, since connections queue in
+ * order), then attach and answer. */
+static void resolve_parked(struct samepaged *d)
+{
+	uint32_t ids[1024], n = 0;
+	struct epoll_event ev = { .events = EPOLLIN };
+
+	if (d->lfd >= 0)
+		for (int i = 0; i < 4096; i++) {
+			uint32_t before = d->next_id;
+			accept_conn(d);
+			if (d->next_id == before && errno == EAGAIN)
+				break;
+		}
+	for (struct conn *c = d->conns; c && n < 1024; c = c->next)
+		ids[n++] = c->id;
+	for (uint32_t i = 0; i < n; i++) {
+		struct conn *c = conn_by_id(d, ids[i]);
+		if (c && !c->parked)
+			samepaged_serve(d, c);
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		struct conn *c = conn_by_id(d, ids[i]);
+		if (!c || !c->parked)
+			continue;
+		c->parked = 0;
+		d->nparked--;
+		ev.data.ptr = c;
+		if (d->efd >= 0)
+			epoll_ctl(d->efd, EPOLL_CTL_MOD, c->fd, &ev);
+		if (hello_reply(d, c, attach_held(d, c)) < 0)
+			conn_close(d, c);
+	}
+}
+
+#define SWEEP_NS (250ull * 1000000ull)
+
+void samepaged_tick(struct samepaged *d)
+{
+	uint64_t now = now_ns();
+
+	if (d->nparked)
+		resolve_parked(d);
+	if (d->held && now - d->last_sweep_ns >= SWEEP_NS) {
+		d->last_sweep_ns = now;
+		sweep_held(d);
+		maybe_idle(d);
+	}
+	maybe_end_generation(d);
 }
 
 static int listen_on(struct samepaged *d, const char *path)
@@ -802,7 +1137,7 @@ static int listen_on(struct samepaged *d, const char *path)
 	d->lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (d->lfd < 0)
 		return -errno;
-	if (bind(d->lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(d->lfd, 128) < 0)
+	if (bind(d->lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(d->lfd, 4096) < 0)
 		return -errno;
 	chmod(path, 0600);
 	struct stat st;
@@ -829,17 +1164,18 @@ static int loop(struct samepaged *d)
 	struct epoll_event evs[64];
 
 	while (!d->stop && !terminated) {
-		int n = epoll_wait(d->efd, evs, 64, 1000);
+		/* Held sets are checked a few times a second while there are any. */
+		int n = epoll_wait(d->efd, evs, 64, d->held || d->nparked ? 250 : 1000);
 		if (n < 0 && errno != EINTR)
 			return -errno;
 		for (int i = 0; i < n; i++) {
 			if (evs[i].data.ptr == NULL)
 				accept_conn(d);
 			else
-				on_readable(d, evs[i].data.ptr);
+				samepaged_serve(d, evs[i].data.ptr);
 		}
-		maybe_end_generation(d);
-		if (d->idle_exit_s && !d->conns &&
+		samepaged_tick(d);
+		if (d->idle_exit_s && !d->conns && !d->held &&
 		    now_ns() - d->idle_since_ns > (uint64_t)d->idle_exit_s * 1000000000ull)
 			d->stop = 1;
 	}
@@ -877,33 +1213,93 @@ static void unlink_own(const char *path, const struct samepaged *d)
 		unlink(path);
 }
 
+/* Every process of the user may hold a connection, a marker and a pipe
+ * here: the soft limit on descriptors (1024) would stop the daemon at a
+ * few hundred processes. */
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+int samepaged_init(struct samepaged *d)
+{
+	memset(d, 0, sizeof(*d));
+	d->lfd = d->efd = -1;
+	d->uid = geteuid();
+	d->idle_since_ns = d->last_refill_ns = now_ns();
+	if (getrandom(&d->instance, sizeof(d->instance), 0) != sizeof(d->instance))
+		d->instance = now_ns() ^ ((uint64_t)getpid() << 32);
+	d->instance |= 1; /* never 0: "no daemon" to the library */
+	samepaged_default_knobs(&d->knobs);
+	pool_init(&d->pool);
+	index_init(&d->ix);
+	map_init(&d->live);
+	d->zero_fd = zero_segment();
+	if (d->zero_fd < 0)
+		return d->zero_fd;
+	d->buf = mmap(NULL, 2 * SP_MAX_MSG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		      -1, 0);
+	if (d->buf == MAP_FAILED)
+		return -ENOMEM;
+	d->in = d->buf + SP_MAX_MSG;
+	d->scratch = mmap(NULL, (size_t)SP_MAX_CREATE * SP_PAGE, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (d->scratch == MAP_FAILED)
+		return -ENOMEM;
+	return 0;
+}
+
+void samepaged_fini(struct samepaged *d)
+{
+	while (d->conns)
+		conn_close(d, d->conns);
+	while (d->held) {
+		struct conn *h = d->held;
+		d->held = h->next;
+		set_release(d, h);
+		set_free(h);
+	}
+	pool_fini(&d->pool);
+	index_fini(&d->ix);
+	map_fini(&d->live);
+	if (d->zero_fd >= 0)
+		close(d->zero_fd);
+	munmap(d->buf, 2 * SP_MAX_MSG);
+	munmap(d->scratch, (size_t)SP_MAX_CREATE * SP_PAGE);
+}
+
+int samepaged_check(struct samepaged *d)
+{
+	uint64_t refs = 0;
+
+	for (int pass = 0; pass < 2; pass++)
+		for (struct conn *c = pass ? d->held : d->conns; c; c = c->next) {
+			uint64_t pos = 0;
+			uint32_t id, n;
+			while (refs_next(&c->refs, &pos, &id, &n)) {
+				if (!pool_page(&d->pool, id) || refs_count(&c->cowed, id) > n)
+					return -EUCLEAN;
+				refs += n;
+			}
+		}
+	return refs == d->total_refs ? index_check(&d->ix, &d->pool) : -EUCLEAN;
+}
+
 int samepaged_run(const char *path, int idle_exit_s, int ready_fd)
 {
 	static struct samepaged d; /* the pool's segment table is large */
 	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
-	int err;
+	int err = samepaged_init(&d);
 
-	memset(&d, 0, sizeof(d));
-	d.uid = geteuid();
 	d.idle_exit_s = idle_exit_s;
-	d.idle_since_ns = d.last_refill_ns = now_ns();
-	samepaged_default_knobs(&d.knobs);
-	pool_init(&d.pool);
-	index_init(&d.ix);
-	map_init(&d.live);
-	d.zero_fd = zero_segment();
-	if (d.zero_fd < 0)
-		return d.zero_fd;
-	d.buf = mmap(NULL, 2 * SP_MAX_MSG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		     -1, 0);
-	if (d.buf == MAP_FAILED)
-		return -ENOMEM;
-	d.in = d.buf + SP_MAX_MSG;
-	d.scratch = mmap(NULL, (size_t)SP_MAX_CREATE * SP_PAGE, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (d.scratch == MAP_FAILED)
-		return -ENOMEM;
-	err = listen_on(&d, path);
+	raise_nofile();
+	if (!err)
+		err = listen_on(&d, path);
 	if (!err) {
 		d.efd = epoll_create1(EPOLL_CLOEXEC);
 		if (d.efd < 0 || epoll_ctl(d.efd, EPOLL_CTL_ADD, d.lfd, &ev) < 0)

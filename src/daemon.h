@@ -19,17 +19,34 @@
 #include "proto.h"
 #include "refs.h"
 
+/* A set of pool references and who holds it (invariant 2). A connection's
+ * set is its process's; when the connection closes, the set stays (a held
+ * set, fd -1) for as long as anyone still maps the set's marker — the
+ * process itself, alive and reconnecting, or fork children that were
+ * handed a copy with C_FORK — and goes once nobody does (DESIGN.md, "Who
+ * holds a reference"). */
+enum set_kind {
+	SET_LIVE,  /* a connection's */
+	SET_OWN,   /* a closed connection's: moved to the next connection with its marker */
+	SET_FORK,  /* C_FORK's copy for children: copied to each child that connects */
+};
+
 struct conn {
-	int fd;
+	int fd;               /* -1: a held set */
+	uint8_t kind;         /* enum set_kind */
 	uint32_t id;          /* never reused while the daemon lives */
 	pid_t pid;            /* from SO_PEERCRED, not from the peer's word */
-	uint64_t token;       /* C_ADOPT proof that a child is this process's */
 	int hello;            /* C_HELLO seen */
 	int observer;         /* the CLI: no memory, not waited for */
+	int parked;           /* HELLO_FORKED before its C_FORK set arrived: not read */
 	int pass_done;        /* completed a pass begun in the current generation */
 	int unmerge_pending;  /* `samepage unmerge --pid` for this process */
 	uint64_t last_seen_ns; /* last budget request */
-	struct refs refs;     /* VMA references this process holds */
+	uint64_t domain;      /* merge domain: only pages of one domain ever merge */
+	int marker_fd;        /* the process's marker (-1: none: the set dies with the connection) */
+	uint64_t marker_ino, marker_dev;
+	struct refs refs;     /* every pool reference held */
+	struct refs cowed;    /* of those, the ones whose mapper wrote its copy */
 	uint32_t rsv_next, rsv_end; /* pool ids set aside for its next creations */
 	int pipe_fd;          /* C_PIPE: where C_CREATE's page bytes come from */
 	uint32_t pipe_pages;
@@ -50,17 +67,27 @@ struct samepaged {
 	int lfd, efd;
 	uint64_t sock_ino, sock_dev; /* the socket we bound: removed at exit only if still there */
 	uid_t uid;
+	uint64_t instance;    /* random: tells a process whether its references live here */
 	struct pool pool;
 	int zero_fd;          /* an all-zero sealed memfd: see zero_segment() */
 	struct index ix;
-	struct conn *conns;
+	struct conn *conns;   /* open connections */
+	struct conn *held;    /* held sets (fd -1) */
+	uint32_t nparked;
 	struct map live;      /* id → struct conn * of open connections (unstable entries name them) */
 	uint32_t next_id;
 	struct sp_knobs knobs;
 	uint64_t gen;         /* unstable-index generation */
 	uint64_t full_scans, pages_scanned, total_refs;
+	/* Pool pages by their mappings (refs - cowed), kept as refs change:
+	 * pages_shared counts pages mapped at least once, pages_sharing the
+	 * mappings beyond the first, written the pages only written copies
+	 * still hold (kernel KSM frees those at once; here a VMA still covers
+	 * them until it is restored whole). */
+	uint64_t shared, sharing, written;
+	uint64_t unheld_drops; /* C_UNREF/C_COW of a reference not held: ignored */
 	double tokens;        /* scan budget bucket (pages) */
-	uint64_t last_refill_ns;
+	uint64_t last_refill_ns, last_sweep_ns;
 	int idle_exit_s;      /* exit after this long with no process; 0: never */
 	uint64_t idle_since_ns;
 	unsigned char *buf;   /* the reply being built */
@@ -76,5 +103,17 @@ struct samepaged {
 int samepaged_run(const char *path, int idle_exit_s, int ready_fd);
 /* Default knob values; see README for why. */
 void samepaged_default_knobs(struct sp_knobs *k);
+
+/* The loop's parts, for the protocol fuzzer (fuzz/daemon_msg.c): a daemon
+ * without a socket, connections made from descriptors, one message. */
+int samepaged_init(struct samepaged *d);
+void samepaged_fini(struct samepaged *d);
+struct conn *samepaged_attach(struct samepaged *d, int fd, pid_t pid);
+/* Handle everything readable on c; 0, or -1 when c was closed. */
+int samepaged_serve(struct samepaged *d, struct conn *c);
+/* What the loop does between events: parked hellos, held sets, generations. */
+void samepaged_tick(struct samepaged *d);
+/* Debug check of the reference accounting; 0 or -EUCLEAN. */
+int samepaged_check(struct samepaged *d);
 
 #endif

@@ -6,9 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "env.h"
+
 int fault_inject(const char *point)
 {
-	const char *list = getenv("SAMEPAGE_FAULT");
+	const char *list = sp_env("SAMEPAGE_FAULT");
 	size_t n = strlen(point);
 
 	for (const char *s = list; s && *s; s = strchr(s, ',') ? strchr(s, ',') + 1 : NULL)

@@ -85,17 +85,63 @@ struct lib_stats {
 
 #define TEXT_BYTES (1u << 20)      /* /proc parsing buffer */
 
+/* A reply the library still waits for, oldest first: requests and replies
+ * alternate per connection, so the n-th reply is for the n-th request. */
+enum reply_fate {
+	R_MINE,        /* the caller of client_call() is waiting for it */
+	R_HELLO,       /* D_HELLO: tells which daemon this is */
+	R_DROP,        /* abandoned: nothing to do but close a descriptor */
+	R_UNREF,       /* abandoned D_LOOKUP/D_CREATE: its references go back */
+	R_UNREF_HINTS, /* abandoned D_HINTS: likewise */
+};
+struct expect { uint16_t type; uint8_t fate; };
+#define EXPECT_MAX 16
+#define OUTBOX_MAX 65536
+
+/* How a fork child is covered (client_fork_prepare). */
+struct fork_kid {
+	int mode;          /* KID_NONE: nothing to cover; KID_MARKER: C_FORK sent; KID_DETACH */
+	int fd;            /* the children's marker */
+	uintptr_t addr;    /* mapped here, in parent and child */
+	int *sync;         /* KID_DETACH: shared page the child reports on (1 done, 2 failed) */
+};
+enum { KID_NONE, KID_MARKER, KID_DETACH };
+
 struct lib {
 	struct arena arena;        /* this struct and all our memory live in it */
 	pthread_mutex_t lock;      /* see above */
+	int waiters;               /* application threads waiting for lock (__atomic): a
+				      scanner waiting on a slow daemon gives way to them */
 	pthread_cond_t wake;       /* scanner sleeps on it; kicked by madvise/prctl/scan_now */
 	pthread_t scanner;
 	int scanner_running;
 	int stop;
 
-	/* daemon connection (lock) */
+	/* daemon connection (lock). A connection is never given up on because
+	 * the daemon is slow: only its close says it is gone, and then the
+	 * next D_HELLO says whether our references are still there. */
 	int sock;                  /* -1 when not connected */
-	uint64_t token;
+	int ready;                 /* D_HELLO arrived on sock */
+	uint64_t instance;         /* the daemon our references live in; 0: none */
+	struct expect expect[EXPECT_MAX];
+	uint32_t nexpect;
+	int sndbuf;                /* sock's send buffer: half stays free for C_FORK */
+	uint64_t domain;           /* merge domain (SAMEPAGE_DOMAIN): sp_domain_id(domain_name) */
+	char domain_name[64];
+	int marker_fd;             /* our marker (os_marker_create), -1: none yet */
+	uintptr_t marker_addr;
+	int marker_shared;         /* the marker a fork gave us and our siblings: replaced
+				      by our own once the daemon has attached our set */
+	int hello_forked;          /* our references came by C_FORK: HELLO_FORKED */
+	int kid_fd;                /* marker handed to fork children, reusable while */
+	int kid_reusable;          /* no request that yields references went out since */
+	/* no-reply messages (C_UNREF, C_COW) not sent yet, in order */
+	uint32_t *out_id;
+	uint8_t *out_kind;
+	uint32_t out_head, nout;
+	uint64_t seg_refs;         /* references we hold, all segments */
+	int keep_refs;             /* a fork child could not detach: never drop one again */
+	void (*refs_lost)(struct lib *l); /* the daemon died: scan.c forgets the references */
 	struct sp_knobs knobs;
 	uint64_t gen;
 	int debug;                 /* SAMEPAGE_DEBUG: a line per pass on stderr */
@@ -154,21 +200,50 @@ struct lib *lib_peek(void);
 int lib_start_scanner(struct lib *l);
 void lib_kick(struct lib *l);
 
+/* fork(), in api.c: lock held from prepare to parent/child. */
+void lib_fork_prepare(struct lib *l, struct fork_kid *k);
+void lib_atfork_parent(struct lib *l, struct fork_kid *k, pid_t child);
+void lib_atfork_child(struct lib *l, struct fork_kid *k);
+
+/* Take lib.lock from an application thread (a wrapper, the API): a
+ * scanner waiting on the daemon sees us and gives the lock up. */
+void lib_lock(struct lib *l);
+
 /* client.c (lock held) */
+/* Connect if needed and wait for D_HELLO. -EAGAIN: the daemon is busy
+ * (try later, the connection stays), other -errno: no daemon. */
 int client_connect(struct lib *l);
-void client_lost(struct lib *l);
+/* Send a request and wait for its reply. A daemon that does not answer is
+ * waited for; the wait gives way (-EAGAIN) when an application thread
+ * wants the lock or deadline_ms (0: none) passes, and the reply is dealt
+ * with when it comes (references in it are given back). -ENOTCONN when
+ * the connection is gone, the daemon's own -errno for D_ACK errors. */
 int client_call(struct lib *l, uint16_t type, const void *req, uint32_t len,
 		uint16_t want, struct sp_msg *reply);
-int client_unref(struct lib *l, const uint32_t *ids, uint32_t n);
-/* A new connection that holds a copy of this one's references (fork). */
-int client_fork_conn(struct lib *l, int *fd, uint64_t *token);
+int client_call_fd(struct lib *l, uint16_t type, const void *req, uint32_t len, int fd,
+		   uint16_t want, struct sp_msg *reply, int deadline_ms);
+/* Drop references (id | SP_UNREF_COWED for written ones) / report pages
+ * written (C_COW): queued in order, sent when the daemon takes them. */
+void client_unref(struct lib *l, const uint32_t *ids, uint32_t n);
+void client_cow(struct lib *l, const uint32_t *ids, uint32_t n);
+/* Send what the queue holds, as far as the daemon takes it now. */
+void client_flush(struct lib *l);
+/* Does this process hold pool references (that a fork child would share)? */
+int client_holds_refs(const struct lib *l);
+/* Before fork(): make sure the child's references exist before the child
+ * does (invariant 2), so that nothing the daemon or the parent does later
+ * can free a page the child maps. k->mode KID_DETACH: that could not be
+ * done now, the child must give back every pool page (merge_detach_all)
+ * before it runs. */
+void client_fork_prepare(struct lib *l, struct fork_kid *k);
+void client_fork_parent(struct lib *l, struct fork_kid *k);
+void client_fork_child(struct lib *l, struct fork_kid *k);
 /* Make pool pages of n pages (page e[i].addr was offered with e[i].hash as
  * entry look[i] of the last C_LOOKUP); their bytes go through the page
  * pipe, not copied here. ids[i]: pool id with a reference ours, or
  * SP_POOL_NONE. */
 int client_create(struct lib *l, const struct sp_lookup_ent *e, const uint32_t *look,
 		  uint32_t n, uint32_t *ids);
-/* The fork child: the page pipe is the parent's. */
 void client_forget_pipe(struct lib *l);
 /* The fd of pool page id's segment, fetched on first use; or -errno. */
 int client_pool_fd(struct lib *l, uint32_t id);
@@ -193,6 +268,10 @@ int merge_restore(struct lib *l, struct area *a, uintptr_t s, uintptr_t e);
 /* Discard merged pages of [s, e) for MADV_DONTNEED/FREE: fresh zeroed
  * anonymous pages (invariant 3). */
 int merge_discard(struct lib *l, struct area *a, uintptr_t s, uintptr_t e);
+/* A fork child whose references could not be handed over: every private
+ * mapping of a pool becomes anonymous memory with the same bytes, before
+ * the child runs (it is alone: nothing is frozen). 0 or -errno. */
+int merge_detach_all(struct lib *l);
 
 /* scan.c (lock held unless said) */
 int scan_pass(struct lib *l);               /* lock not held */
@@ -203,6 +282,8 @@ void scan_forget(struct lib *l, uintptr_t s, uintptr_t e);
 /* Unmerge every merged and zero page in [s, e) (MADV_UNMERGEABLE, run=2). */
 int scan_unmerge(struct lib *l, uintptr_t s, uintptr_t e);
 void entry_set(struct lib *l, struct entry *e, uint32_t state);
+/* The daemon our references lived in died (client.c calls it). */
+void scan_refs_lost(struct lib *l);
 /* Is the page a mapping of a samepage file (a pool page, or a zero page
  * from the zero segment) that unmerging must turn back into anonymous? */
 int entry_mapped(const struct lib *l, const struct entry *e);

@@ -361,7 +361,7 @@ static void drop_refs(struct lib *l, struct area *a, uintptr_t s, uintptr_t e)
 		struct entry *en = &a->e[(p - a->start) / SP_PAGE];
 		/* Zero-segment pages hold no reference: that file is never reused. */
 		if ((en->state == E_MERGED || en->state == E_COWED) && en->pool != SP_POOL_NONE)
-			ids[n++] = en->pool;
+			ids[n++] = en->pool | (en->state == E_COWED ? SP_UNREF_COWED : 0);
 		entry_set(l, en, E_NEW);
 		if (n == CHUNK_PAGES) {
 			client_unref(l, ids, n);
@@ -415,4 +415,41 @@ static int discard_run(struct lib *l, struct area *a, uintptr_t s, uintptr_t e, 
 int merge_discard(struct lib *l, struct area *a, uintptr_t s, uintptr_t e)
 {
 	return for_merged_runs(l, a, s, e, discard_run);
+}
+
+/* One private pool mapping becomes anonymous memory with its bytes. The
+ * caller is a fork child alone in its address space (no other thread can
+ * write or unmap), so it is read directly, made readable first if it was
+ * not. */
+static int detach_vma(const struct vma *v)
+{
+	size_t len = v->end - v->start;
+	void *tmp = os_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (tmp == MAP_FAILED)
+		return -ENOMEM;
+	if (!(v->prot & PROT_READ) && mprotect((void *)v->start, len, PROT_READ) < 0)
+		goto fail;
+	memcpy(tmp, (void *)v->start, len);
+	if ((v->prot != (PROT_READ | PROT_WRITE) && mprotect(tmp, len, v->prot) < 0) ||
+	    os_apply_flags((uintptr_t)tmp, len, v->flags & (VF_LOCKED | VF_DONTDUMP | VF_DONTCOPY |
+							    VF_HUGEPAGE | VF_NOHUGEPAGE)) < 0 ||
+	    os_mremap(tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)v->start) == MAP_FAILED)
+		goto fail;
+	return 0;
+fail:
+	os_munmap(tmp, len);
+	return -errno;
+}
+
+int merge_detach_all(struct lib *l)
+{
+	int err = os_read_vmas(&l->vmas, l->text, TEXT_BYTES);
+
+	for (size_t i = 0; !err && i < l->vmas.n; i++) {
+		const struct vma *v = &l->vmas.v[i];
+		if (v->kind == VMA_POOL && v->private_)
+			err = detach_vma(v);
+	}
+	return err;
 }

@@ -454,3 +454,42 @@ void os_read_pages(const void *addr, size_t stride, uint32_t n, unsigned char *b
 	}
 }
 
+
+int os_marker_map(int fd, uintptr_t *addr)
+{
+	void *p = os_mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+	int seals;
+
+	if (p == MAP_FAILED)
+		return -errno;
+	/* Mapped first, then asked: a seal added before our mapping means the
+	 * daemon found the marker unmapped and let its set go; one added after
+	 * cannot be, since our mapping makes sealing fail. */
+	seals = fcntl(fd, F_GET_SEALS);
+	if (seals < 0 || (seals & F_SEAL_WRITE)) {
+		os_munmap(p, 4096);
+		return -EBUSY;
+	}
+	*addr = (uintptr_t)p;
+	return 0;
+}
+
+int os_marker_create(int *fd, uintptr_t *addr)
+{
+	int f = memfd_create("samepage-mark", MFD_CLOEXEC | MFD_ALLOW_SEALING), err;
+
+	if (f < 0)
+		return -errno;
+	if (ftruncate(f, 4096) < 0) {
+		err = -errno;
+		close(f);
+		return err;
+	}
+	err = os_marker_map(f, addr);
+	if (err) {
+		close(f);
+		return err;
+	}
+	*fd = f;
+	return 0;
+}

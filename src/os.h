@@ -113,4 +113,12 @@ int os_has_zero_page(int pmfd);
 /* vm.max_map_count, or 65530. */
 size_t os_max_map_count(void);
 
+/* A marker (DESIGN.md, "Who holds a reference"): a one-page memfd, mapped
+ * shared and never touched. The daemon keeps a process's references while
+ * anyone maps its marker. 0 with *fd and *addr, or -errno. */
+int os_marker_create(int *fd, uintptr_t *addr);
+/* Map marker fd again (for another fork child); -EBUSY when the daemon has
+ * sealed it since, i.e. the references it kept are gone. */
+int os_marker_map(int fd, uintptr_t *addr);
+
 #endif

@@ -13,6 +13,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "env.h"
+
 static int own_private_dir(const char *dir)
 {
 	struct stat st;
@@ -29,12 +31,13 @@ static int own_private_dir(const char *dir)
 /* Read before main(): a program may rewrite its environment later (Redis's
  * setproctitle does clearenv() + setenv() at start) while our scanner
  * thread connects. Unset then, they are read when asked for (a program,
- * or a test, that sets them itself). */
+ * or a test, that sets them itself). Read from environ, not getenv(): see
+ * env.h. */
 static const char *env_sock, *env_xdg;
 __attribute__((constructor)) static void path_env(void)
 {
-	env_sock = getenv("SAMEPAGE_SOCKET");
-	env_xdg = getenv("XDG_RUNTIME_DIR");
+	env_sock = sp_env("SAMEPAGE_SOCKET");
+	env_xdg = sp_env("XDG_RUNTIME_DIR");
 	if (env_sock)
 		env_sock = strdup(env_sock);
 	if (env_xdg)
@@ -43,8 +46,8 @@ __attribute__((constructor)) static void path_env(void)
 
 int sp_socket_path(char *buf, size_t len)
 {
-	const char *env = env_sock ? env_sock : getenv("SAMEPAGE_SOCKET");
-	const char *xdg = env_xdg ? env_xdg : getenv("XDG_RUNTIME_DIR");
+	const char *env = env_sock ? env_sock : sp_env("SAMEPAGE_SOCKET");
+	const char *xdg = env_xdg ? env_xdg : sp_env("XDG_RUNTIME_DIR");
 	char dir[512];
 	int n, err;
 
@@ -65,23 +68,24 @@ int sp_socket_path(char *buf, size_t len)
 	return n > 0 && (size_t)n < len ? 0 : -ENAMETOOLONG;
 }
 
-int sp_dial(const char *path)
+int sp_dial(const char *path, int timeout_s, int nonblock)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	/* The library's scanner waits for replies holding lib.lock, which the
-	 * application's munmap/madvise wrappers need: a daemon that stops
-	 * answering counts as dead (invariant 5) rather than hanging them. */
-	struct timeval tv = { .tv_sec = 5 };
+	struct timeval tv = { .tv_sec = timeout_s };
 	int fd;
 
 	if (strlen(path) >= sizeof(sa.sun_path))
 		return -ENAMETOOLONG;
 	strcpy(sa.sun_path, path);
-	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0);
 	if (fd < 0)
 		return -errno;
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	if (timeout_s > 0) {
+		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	}
+	/* Non-blocking, a Unix socket connects at once or says EAGAIN (its
+	 * listen backlog is full: a daemon that is alive but not accepting). */
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		int err = -errno;
 		close(fd);

@@ -82,20 +82,20 @@ fail_fd:
 	return err;
 }
 
-static int seg_has_room(const struct pool_seg *s)
+static int seg_has_room(const struct pool_seg *s, uint64_t domain)
 {
-	return s->fd >= 0 && (s->free_head != NO_PAGE || s->bump < SEG_PAGES);
+	return s->fd >= 0 && s->domain == domain && (s->free_head != NO_PAGE || s->bump < SEG_PAGES);
 }
 
-/* Lowest segment with room first: packing pages low lets high segments
- * empty out and be closed. */
-static int pick_seg(struct pool *p, uint32_t *out)
+/* Lowest segment of the domain with room first: packing pages low lets
+ * high segments empty out and be closed. */
+static int pick_seg(struct pool *p, uint64_t domain, uint32_t *out)
 {
 	uint32_t hole = POOL_MAX_SEGS;
 	int err;
 
 	for (uint32_t i = 0; i < p->nsegs; i++) {
-		if (seg_has_room(&p->segs[i])) {
+		if (seg_has_room(&p->segs[i], domain)) {
 			*out = i;
 			return 0;
 		}
@@ -110,6 +110,7 @@ static int pick_seg(struct pool *p, uint32_t *out)
 	err = seg_open(&p->segs[hole]);
 	if (err)
 		return err;
+	p->segs[hole].domain = domain;
 	if (hole == p->nsegs)
 		p->nsegs++;
 	p->segs_live++;
@@ -123,19 +124,19 @@ static void fill_page(struct pool *p, struct pool_seg *s, uint32_t idx, const vo
 	/* Invariant 2: idx had refs == 0, so no VMA maps it while we rewrite it. */
 	if (data)
 		memcpy(s->win + (size_t)idx * 4096, data, 4096);
-	s->pages[idx] = (struct pool_page){ .hash = hash, .refs = 0, .next = NO_PAGE };
+	s->pages[idx] = (struct pool_page){ .hash = hash, .next = NO_PAGE };
 	s->used++;
 	p->pages_used++;
 }
 
-int pool_reserve(struct pool *p, uint32_t n, uint32_t *first, uint32_t *got)
+int pool_reserve(struct pool *p, uint64_t domain, uint32_t n, uint32_t *first, uint32_t *got)
 {
 	uint32_t si = POOL_MAX_SEGS;
 	int err;
 
 	/* The segment with the most never-used pages, so runs stay long. */
 	for (uint32_t i = 0; i < p->nsegs; i++)
-		if (p->segs[i].fd >= 0 && p->segs[i].bump < SEG_PAGES &&
+		if (p->segs[i].fd >= 0 && p->segs[i].domain == domain && p->segs[i].bump < SEG_PAGES &&
 		    (si == POOL_MAX_SEGS || p->segs[i].bump < p->segs[si].bump))
 			si = i;
 	if (si == POOL_MAX_SEGS || SEG_PAGES - p->segs[si].bump < n) {
@@ -147,6 +148,7 @@ int pool_reserve(struct pool *p, uint32_t n, uint32_t *first, uint32_t *got)
 		if (fresh < POOL_MAX_SEGS) {
 			err = seg_open(&p->segs[fresh]);
 			if (!err) {
+				p->segs[fresh].domain = domain;
 				if (fresh == p->nsegs)
 					p->nsegs++;
 				p->segs_live++;
@@ -178,9 +180,11 @@ static void seg_maybe_close(struct pool *p, uint32_t si)
 {
 	struct pool_seg *s = &p->segs[si];
 
-	/* Keep segment 0 as a warm spare; any other empty segment goes, and the
-	 * kernel frees its memory when the last process mapping closes. */
-	if (s->used || s->reserved || si == 0)
+	/* Any empty segment goes, segment 0 included (it used to stay as a warm
+	 * spare, and with it up to 256 MiB the daemon kept after every process
+	 * had left); the kernel frees its memory when the last process mapping
+	 * closes. Opening a segment costs a few system calls. */
+	if (s->used || s->reserved)
 		return;
 	p->freed -= s->bump; /* every page it ever used was free */
 	seg_close(s);
@@ -205,9 +209,14 @@ void pool_unreserve(struct pool *p, uint32_t first, uint32_t n)
 
 int64_t pool_alloc(struct pool *p, const void *data, uint64_t hash)
 {
+	return pool_alloc_in(p, 0, data, hash);
+}
+
+int64_t pool_alloc_in(struct pool *p, uint64_t domain, const void *data, uint64_t hash)
+{
 	uint32_t si, idx;
 	struct pool_seg *s;
-	int err = pick_seg(p, &si);
+	int err = pick_seg(p, domain, &si);
 
 	if (err)
 		return err;
@@ -277,4 +286,9 @@ int pool_seg_fd(struct pool *p, uint32_t seg)
 	if (seg >= p->nsegs || p->segs[seg].fd < 0)
 		return -ENOENT;
 	return p->segs[seg].fd;
+}
+
+uint64_t pool_seg_domain(const struct pool *p, uint32_t seg)
+{
+	return seg < p->nsegs && p->segs[seg].fd >= 0 ? p->segs[seg].domain : 0;
 }

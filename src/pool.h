@@ -12,7 +12,8 @@
  * also makes fallocate(PUNCH_HOLE) and MADV_REMOVE fail with EPERM (checked
  * on Linux 6.18), so a sealed file can never give a page's memory back. A
  * freed page is reused for new content; a segment whose pages are all free
- * is closed and its memory returns once no process maps it.
+ * is closed and its memory returns once no process maps it (segment 0 too:
+ * a daemon whose processes have all gone keeps no pool memory).
  *
  * A pool page is named by its id: segment * SEG_PAGES + index.
  * Not thread-safe: owned by the daemon's single event loop.
@@ -31,13 +32,17 @@
 #define POOL_MAX_SEGS 4096u      /* 1 TiB of pool at most */
 
 struct pool_page {
-	uint64_t hash;  /* XXH3 of the content, computed by the daemon itself */
-	uint32_t refs;  /* VMA references, summed over all connections */
+	uint64_t hash;  /* index key: XXH3 of the content (the daemon's own), domain mixed in */
+	uint32_t refs;  /* VMA references, summed over every holder */
+	uint32_t cowed; /* of those, mappings whose process wrote its copy (C_COW) */
 	uint32_t next;  /* next page with the same hash (stable chain), or free-list link */
+	uint32_t pad;
 };
 
 struct pool_seg {
 	int fd;               /* -1: slot not in use */
+	uint64_t domain;      /* merge domain whose pages it holds: a segment's fd
+				 reads every page of it, so domains never share one */
 	unsigned char *win;   /* the daemon's writable window */
 	struct pool_page *pages;
 	uint32_t used;        /* pages holding content */
@@ -56,8 +61,11 @@ struct pool {
 
 int pool_init(struct pool *p);
 void pool_fini(struct pool *p);
-/* Allocate a page, copy data into it (NULL: the caller writes it through
- * pool_slot() before anyone can map it), record hash. Id or -ENOMEM/-errno. */
+/* Allocate a page in a segment of domain, copy data into it (NULL: the
+ * caller writes it through pool_slot() before anyone can map it), record
+ * hash. Id or -ENOMEM/-errno. */
+int64_t pool_alloc_in(struct pool *p, uint64_t domain, const void *data, uint64_t hash);
+/* pool_alloc_in() the default domain 0. */
 int64_t pool_alloc(struct pool *p, const void *data, uint64_t hash);
 /* (The daemon allocates from free lists first while pool.freed > 0: a sealed
  * segment cannot give a page's memory back, so a freed page is only worth
@@ -67,7 +75,7 @@ int64_t pool_alloc(struct pool *p, const void *data, uint64_t hash);
  * maps a run of consecutive pool pages with one mmap, in one VMA, and two
  * processes creating at the same time would otherwise interleave their ids.
  * 0 (with *first and *got) or -errno. */
-int pool_reserve(struct pool *p, uint32_t n, uint32_t *first, uint32_t *got);
+int pool_reserve(struct pool *p, uint64_t domain, uint32_t n, uint32_t *first, uint32_t *got);
 /* Allocate the reserved id, copy data into it. */
 void pool_alloc_reserved(struct pool *p, uint32_t id, const void *data, uint64_t hash);
 /* Give back reserved ids [first, first + n) never allocated. */
@@ -82,5 +90,7 @@ const void *pool_data(struct pool *p, uint32_t id);
 unsigned char *pool_slot(struct pool *p, uint32_t id);
 /* fd of a live segment, or -ENOENT. */
 int pool_seg_fd(struct pool *p, uint32_t seg);
+/* Domain of a live segment (0 for none). */
+uint64_t pool_seg_domain(const struct pool *p, uint32_t seg);
 
 #endif

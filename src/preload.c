@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * preload — kernel-interface compatibility. libsamepage exports madvise,
- * prctl, mmap, munmap, mremap, fork, execve and execvpe, so a program run
+ * prctl, mmap, munmap, mremap, fork, _Fork, the exec family and
+ * posix_spawn, so a program run
  * under `samepage run` (LD_PRELOAD) or linked with the library gets kernel
  * KSM's interface served by samepage, and its own changes to memory we
  * merged keep anonymous-memory semantics.
@@ -24,7 +25,11 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <spawn.h>
 #include <unistd.h>
+
+#include "env.h"
+#include "path.h"
 
 #ifndef PR_SET_MEMORY_MERGE
 #define PR_SET_MEMORY_MERGE 67
@@ -81,7 +86,7 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 	if (l && advice == MADV_REMOVE && e >= s) {
 		/* On private anonymous memory the kernel says EINVAL; on the
 		 * private file mapping of a merged page it would say EACCES. */
-		pthread_mutex_lock(&l->lock);
+		lib_lock(l);
 		r = tracked(l, s, e);
 		pthread_mutex_unlock(&l->lock);
 		if (r)
@@ -90,7 +95,7 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 	if (!l || (advice != MADV_DONTNEED && advice != MADV_FREE &&
 		   advice != MADV_DONTNEED_LOCKED) || e < s)
 		return (int)syscall(SYS_madvise, addr, len, advice);
-	pthread_mutex_lock(&l->lock);
+	lib_lock(l);
 	/* Invariant 3: merged pages first become anonymous zero pages, then
 	 * the kernel applies the advice to plain anonymous memory. */
 	if (!(s & (SP_PAGE - 1)) && tracked(l, s, e))
@@ -132,7 +137,7 @@ EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 	if (!l || !(flags & MAP_FIXED))
 		return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
 	/* Replacing memory we track: never in the middle of a merge. */
-	pthread_mutex_lock(&l->lock);
+	lib_lock(l);
 	r = (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
 	if (r != MAP_FAILED)
 		scan_forget(l, s, s + len);
@@ -151,7 +156,7 @@ EXPORT int munmap(void *addr, size_t len)
 
 	if (!l)
 		return (int)syscall(SYS_munmap, addr, len);
-	pthread_mutex_lock(&l->lock);
+	lib_lock(l);
 	r = (int)syscall(SYS_munmap, addr, len);
 	if (r == 0)
 		scan_forget(l, s, s + len);
@@ -172,7 +177,7 @@ EXPORT void *mremap(void *old, size_t oldlen, size_t len, int flags, ...)
 	}
 	if (!l)
 		return (void *)syscall(SYS_mremap, old, oldlen, len, flags, new_addr);
-	pthread_mutex_lock(&l->lock);
+	lib_lock(l);
 	r = (void *)syscall(SYS_mremap, old, oldlen, len, flags, new_addr);
 	if (r != MAP_FAILED) {
 		/* Moved merged pages keep their pool pages mapped: the pending
@@ -185,116 +190,228 @@ EXPORT void *mremap(void *old, size_t oldlen, size_t len, int flags, ...)
 	return r;
 }
 
-EXPORT pid_t fork(void)
+/* fork() and _Fork(): the child's references exist before the child does
+ * (invariant 2); nothing about that can make the fork fail. */
+static pid_t wrap_fork(pid_t (*rf)(void))
 {
-	static pid_t (*real_fork)(void); /* resolved once; any thread may race to it */
-	pid_t (*rf)(void) = __atomic_load_n(&real_fork, __ATOMIC_ACQUIRE);
 	struct lib *l = lib_peek();
-	uint64_t token = 0;
-	int fd = -1, ferr;
+	struct fork_kid k;
 	pid_t pid;
 
-	if (!rf) {
-		rf = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
-		__atomic_store_n(&real_fork, rf, __ATOMIC_RELEASE);
-	}
 	if (!l)
 		return rf();
-	pthread_mutex_lock(&l->lock);
-	/* Invariant 2 across fork: the child's connection holds a copy of our
-	 * references before the child exists. Without one, the child's merged
-	 * pages would have no owner; fail the fork as the kernel would on ENOMEM. */
-	if (l->sock >= 0 && (ferr = client_fork_conn(l, &fd, &token)) < 0) {
-		if (l->debug) {
-			char b[96];
-			int k = snprintf(b, sizeof(b), "samepage[%d]: fork refused: %d\n", (int)getpid(), ferr);
-			if (k > 0 && write(2, b, (size_t)k) < 0) {
-			}
-		}
-		pthread_mutex_unlock(&l->lock);
-		errno = ENOMEM;
-		return -1;
-	}
+	lib_lock(l);
+	lib_fork_prepare(l, &k);
 	pid = rf();
 	if (pid == 0) {
-		pthread_mutex_init(&l->lock, NULL);
-		pthread_cond_init(&l->wake, NULL);
-		if (l->sock >= 0)
-			close(l->sock);
-		l->sock = fd;
-		l->token = token;
-		/* The page pipe is the parent's: the child opens its own. */
-		client_forget_pipe(l);
-		/* The parent's userfaultfd belongs to the parent's mm. */
-		if (l->uffd >= 0)
-			close(l->uffd);
-		l->uffd = os_uffd_open();
-		/* /proc/self/... named the parent when it was opened. */
-		close(l->pmfd);
-		close(l->mapsfd);
-		l->pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-		l->mapsfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-		l->scanner_running = 0;
-		l->pass_seq = 0;
-		/* Merged-page counters are not inherited (kernel semantics);
-		 * the child's first pass counts its own. */
-		l->st.unshared = l->st.volatile_pages = 0;
-		l->st.rmap_items = l->st.merging = l->st.zero = l->st.cowed = 0;
-		l->recount_pending = 1;
-		/* Let the child settle first: a fork child often execs or exits
-		 * soon (Redis's BGSAVE writes its dump and exits), and its memory
-		 * is still shared with the parent's; its first pass waits for the
-		 * idle interval instead of competing with it at once. A madvise or
-		 * prctl of its own still starts it at once. */
-		l->first_pass_delay_ms = 2000;
-		if (l->merge_any || l->nranges)
-			lib_start_scanner(l);
+		lib_atfork_child(l, &k);
 		return 0;
 	}
-	if (fd >= 0)
-		close(fd);
+	lib_atfork_parent(l, &k, pid);
 	pthread_mutex_unlock(&l->lock);
 	return pid;
 }
 
-/* Merge-any is inherited across exec: keep the variables that carry it in
- * an environment the caller built itself. */
-static char **with_merge_env(char *const envp[], char **buf, size_t max)
+static pid_t (*resolve(pid_t (**slot)(void), const char *name))(void)
+{
+	pid_t (*f)(void) = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+
+	if (!f) {
+		f = (pid_t(*)(void))dlsym(RTLD_NEXT, name);
+		__atomic_store_n(slot, f, __ATOMIC_RELEASE);
+	}
+	return f;
+}
+
+EXPORT pid_t fork(void)
+{
+	static pid_t (*real)(void); /* resolved once; any thread may race to it */
+
+	return wrap_fork(resolve(&real, "fork"));
+}
+
+EXPORT pid_t _Fork(void)
+{
+	static pid_t (*real)(void);
+	pid_t (*f)(void) = resolve(&real, "_Fork");
+
+	if (!f) { /* glibc before 2.34 */
+		errno = ENOSYS;
+		return -1;
+	}
+	return wrap_fork(f);
+}
+
+/* ---- exec: what the next image must inherit ---- */
+
+/* Kernel semantics: merge-any is inherited across exec, and so are the
+ * daemon and the merge domain. An environment the caller built itself
+ * (execve, execle, posix_spawn; `env -i`, clearenv()) gets the variables
+ * that carry them; without merge-any nothing is added. */
+struct exec_env {
+	char *v[4096];
+	char sock[160];
+	char domain[96];
+};
+
+static int has_var(char *const envp[], const char *name, size_t n)
+{
+	for (size_t i = 0; envp && envp[i]; i++)
+		if (!strncmp(envp[i], name, n))
+			return 1;
+	return 0;
+}
+
+static char **with_merge_env(char *const envp[], struct exec_env *b)
 {
 	struct lib *l = lib_peek();
-	const char *pre = getenv("LD_PRELOAD");
+	const char *pre = sp_env("LD_PRELOAD");
+	char path[108];
 	size_t n = 0;
-	int has_any = 0, has_pre = 0;
+	int any;
 
-	if (!l || !l->merge_any)
+	if (!l)
 		return (char **)envp;
-	for (; envp && envp[n] && n + 3 < max; n++) {
-		buf[n] = envp[n];
-		has_any |= !strncmp(envp[n], "SAMEPAGE_MERGE_ANY=", 19);
-		has_pre |= !strncmp(envp[n], "LD_PRELOAD=", 11);
-	}
+	any = __atomic_load_n(&l->merge_any, __ATOMIC_RELAXED);
+	if (!any && !l->domain_name[0])
+		return (char **)envp;
+	for (; envp && envp[n] && n + 6 < sizeof(b->v) / sizeof(b->v[0]); n++)
+		b->v[n] = envp[n];
 	if (envp && envp[n])
 		return (char **)envp; /* too many to copy; leave it as it is */
-	if (!has_any)
-		buf[n++] = "SAMEPAGE_MERGE_ANY=1";
-	if (!has_pre && pre)
-		buf[n++] = (char *)pre - strlen("LD_PRELOAD="); /* environ's own string */
-	buf[n] = NULL;
-	return buf;
+	if (any && !has_var(envp, "SAMEPAGE_MERGE_ANY=", 19))
+		b->v[n++] = "SAMEPAGE_MERGE_ANY=1";
+	if (any && !has_var(envp, "LD_PRELOAD=", 11) && pre)
+		b->v[n++] = (char *)pre - strlen("LD_PRELOAD="); /* environ's own string */
+	/* The same daemon, whatever the new environment says of XDG. */
+	if (!has_var(envp, "SAMEPAGE_SOCKET=", 16) && sp_socket_path(path, sizeof(path)) == 0) {
+		snprintf(b->sock, sizeof(b->sock), "SAMEPAGE_SOCKET=%s", path);
+		b->v[n++] = b->sock;
+	}
+	/* A domain is for life: an image that clears its environment must not
+	 * fall back into the default one. */
+	if (l->domain_name[0]) {
+		for (size_t i = 0; i < n; i++)
+			if (!strncmp(b->v[i], "SAMEPAGE_DOMAIN=", 16))
+				b->v[i] = b->domain;
+		snprintf(b->domain, sizeof(b->domain), "SAMEPAGE_DOMAIN=%s", l->domain_name);
+		if (!has_var(envp, "SAMEPAGE_DOMAIN=", 16))
+			b->v[n++] = b->domain;
+	}
+	b->v[n] = NULL;
+	return b->v;
 }
+
+extern char **environ;
 
 EXPORT int execve(const char *path, char *const argv[], char *const envp[])
 {
-	char *buf[4096];
+	struct exec_env b;
 
-	return (int)syscall(SYS_execve, path, argv, with_merge_env(envp, buf, 4096));
+	return (int)syscall(SYS_execve, path, argv, with_merge_env(envp, &b));
+}
+
+EXPORT int execv(const char *path, char *const argv[])
+{
+	return execve(path, argv, environ);
 }
 
 EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
 {
 	int (*real)(const char *, char *const[], char *const[]) =
 		(int (*)(const char *, char *const[], char *const[]))dlsym(RTLD_NEXT, "execvpe");
-	char *buf[4096];
+	struct exec_env b;
 
-	return real(file, argv, with_merge_env(envp, buf, 4096));
+	return real(file, argv, with_merge_env(envp, &b));
+}
+
+EXPORT int execvp(const char *file, char *const argv[])
+{
+	return execvpe(file, argv, environ);
+}
+
+/* execl, execlp, execle: the arguments into an array, then as above. */
+#define EXECL_MAX 4096
+static int collect_args(const char *arg0, va_list ap, char **argv, char ***envp)
+{
+	int n = 0;
+
+	argv[n++] = (char *)arg0;
+	while (arg0 && n < EXECL_MAX && (argv[n] = va_arg(ap, char *)) != NULL)
+		n++;
+	if (n == EXECL_MAX)
+		return -E2BIG;
+	if (envp)
+		*envp = va_arg(ap, char **);
+	return 0;
+}
+
+EXPORT int execl(const char *path, const char *arg, ...)
+{
+	char *argv[EXECL_MAX + 1];
+	va_list ap;
+	int err;
+
+	va_start(ap, arg);
+	err = collect_args(arg, ap, argv, NULL);
+	va_end(ap);
+	return err ? set_errno(err) : execve(path, argv, environ);
+}
+
+EXPORT int execle(const char *path, const char *arg, ...)
+{
+	char *argv[EXECL_MAX + 1], **envp = NULL;
+	va_list ap;
+	int err;
+
+	va_start(ap, arg);
+	err = collect_args(arg, ap, argv, &envp);
+	va_end(ap);
+	return err ? set_errno(err) : execve(path, argv, envp);
+}
+
+EXPORT int execlp(const char *file, const char *arg, ...)
+{
+	char *argv[EXECL_MAX + 1];
+	va_list ap;
+	int err;
+
+	va_start(ap, arg);
+	err = collect_args(arg, ap, argv, NULL);
+	va_end(ap);
+	return err ? set_errno(err) : execvpe(file, argv, environ);
+}
+
+typedef int (*spawn_fn)(pid_t *, const char *, const posix_spawn_file_actions_t *,
+			const posix_spawnattr_t *, char *const[], char *const[]);
+
+static int spawn(const char *name, pid_t *pid, const char *path,
+		 const posix_spawn_file_actions_t *fa, const posix_spawnattr_t *at,
+		 char *const argv[], char *const envp[])
+{
+	spawn_fn real = (spawn_fn)dlsym(RTLD_NEXT, name);
+	/* Not our own mmap/munmap wrappers: the caller may hold lib.lock. */
+	struct exec_env *b = os_mmap(NULL, sizeof(*b), PROT_READ | PROT_WRITE,
+				     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int err;
+
+	/* The child shares no memory with us after this returns: the
+	 * environment array can go then. */
+	if (b == MAP_FAILED)
+		return real(pid, path, fa, at, argv, envp);
+	err = real(pid, path, fa, at, argv, with_merge_env(envp, b));
+	os_munmap(b, sizeof(*b));
+	return err;
+}
+
+EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
+		       const posix_spawnattr_t *at, char *const argv[], char *const envp[])
+{
+	return spawn("posix_spawn", pid, path, fa, at, argv, envp);
+}
+
+EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
+			const posix_spawnattr_t *at, char *const argv[], char *const envp[])
+{
+	return spawn("posix_spawnp", pid, file, fa, at, argv, envp);
 }

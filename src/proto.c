@@ -8,9 +8,16 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 int sp_sendv(int sock, uint16_t type, const void *a, uint32_t alen,
 	     const void *b, uint32_t blen)
+{
+	return sp_sendv_flags(sock, type, a, alen, b, blen, 0);
+}
+
+int sp_sendv_flags(int sock, uint16_t type, const void *a, uint32_t alen,
+		   const void *b, uint32_t blen, int flags)
 {
 	struct sp_hdr h = { .type = type, .len = alen + blen };
 	struct iovec iov[3] = {
@@ -22,7 +29,7 @@ int sp_sendv(int sock, uint16_t type, const void *a, uint32_t alen,
 	if ((uint64_t)alen + blen + sizeof(h) > SP_MAX_MSG)
 		return -EMSGSIZE;
 	do
-		n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+		n = sendmsg(sock, &mh, MSG_NOSIGNAL | flags);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -errno;
@@ -30,6 +37,11 @@ int sp_sendv(int sock, uint16_t type, const void *a, uint32_t alen,
 }
 
 int sp_send(int sock, uint16_t type, const void *payload, uint32_t len, int fd)
+{
+	return sp_sendmsg(sock, type, payload, len, fd, 0);
+}
+
+int sp_sendmsg(int sock, uint16_t type, const void *payload, uint32_t len, int fd, int flags)
 {
 	struct sp_hdr h = { .type = type, .len = len };
 	struct iovec iov[2] = { { &h, sizeof(h) }, { (void *)payload, len } };
@@ -50,7 +62,7 @@ int sp_send(int sock, uint16_t type, const void *payload, uint32_t len, int fd)
 		memcpy(CMSG_DATA(cm), &fd, sizeof(int));
 	}
 	do
-		n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+		n = sendmsg(sock, &mh, MSG_NOSIGNAL | flags);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -errno;
@@ -121,8 +133,9 @@ int sp_recv(int sock, void *buf, struct sp_msg *m)
 	if (m->h.len != (size_t)n - sizeof(m->h))
 		goto bad;
 	m->p = (unsigned char *)buf + sizeof(m->h);
-	if (m->fd >= 0 && m->h.type != D_SEG && m->h.type != C_PIPE) {
-		close(m->fd); /* only D_SEG and C_PIPE carry a descriptor */
+	if (m->fd >= 0 && m->h.type != D_SEG && m->h.type != C_PIPE && m->h.type != C_HELLO &&
+	    m->h.type != C_FORK && m->h.type != C_MARKER) {
+		close(m->fd); /* only these carry a descriptor */
 		m->fd = -1;
 	}
 	return 0;
@@ -146,10 +159,10 @@ static int layout(uint16_t type, size_t *fixed, size_t *elem)
 	case C_PIPE: *fixed = sizeof(struct sp_pipe); break;
 	case C_HINTS: *fixed = sizeof(struct sp_hints_req); break;
 	case D_HINTS: *fixed = sizeof(struct sp_hints); *elem = sizeof(struct sp_hint); break;
-	case C_UNREF: case D_LOOKUP: case D_CREATE:
+	case C_UNREF: case C_COW: case D_LOOKUP: case D_CREATE:
 		*fixed = sizeof(struct sp_ids); *elem = 4; break;
 	case C_GETSEG: *fixed = sizeof(struct sp_getseg); break;
-	case C_ADOPT: *fixed = sizeof(struct sp_adopt); break;
+	case C_FORK: case C_MARKER: *fixed = sizeof(struct sp_fork); break;
 	case C_STAT: *fixed = sizeof(struct sp_statreq); break;
 	case C_SET: *fixed = sizeof(struct sp_set); break;
 	case C_UNMERGE: *fixed = sizeof(struct sp_unmerge); break;
@@ -216,4 +229,10 @@ int sp_knob_check(int knob, uint64_t v)
 	case KNOB_MAX_PAGE_SHARING: return v >= 2 && v <= 1u << 20 ? 0 : -EINVAL;
 	default: return -EINVAL;
 	}
+}
+
+uint64_t sp_domain_id(const char *name)
+{
+	/* 0 is the default domain; any name, even one hashing to 0, is not. */
+	return name && *name ? XXH3_64bits(name, strlen(name)) | 1 : 0;
 }

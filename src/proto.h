@@ -18,7 +18,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define SP_PROTO_VERSION 1
+#define SP_PROTO_VERSION 2
 #define SP_PAGE 4096u
 /* A SOCK_SEQPACKET message must fit the socket's send buffer whole
  * (net.core.wmem_default, 208 KiB here; EMSGSIZE beyond), so none exceeds
@@ -34,11 +34,13 @@
 #define SP_MAX_UNREF 16384u
 #define SP_POOL_NONE 0xffffffffu      /* lookup: no match, kept in the unstable index */
 #define SP_POOL_CREATE 0xfffffffeu    /* lookup: match in the unstable index, send the page */
+/* C_UNREF: the reference dropped is one its mapper had written (C_COW). */
+#define SP_UNREF_COWED 0x80000000u
 #define SP_ZERO_SEG 0xffffu           /* C_GETSEG: the all-zero segment */
 
 enum sp_msg_type {
 	C_HELLO = 1, C_BUDGET, C_LOOKUP, C_CREATE, C_UNREF, C_GETSEG,
-	C_ADOPT, C_STAT, C_SET, C_UNMERGE, C_PIPE, C_HINTS,
+	C_FORK, C_STAT, C_SET, C_UNMERGE, C_PIPE, C_HINTS, C_COW, C_MARKER,
 	D_HELLO = 100, D_BUDGET, D_LOOKUP, D_CREATE, D_SEG, D_ACK, D_STAT, D_HINTS,
 };
 
@@ -58,12 +60,24 @@ struct sp_knobs {
 };
 
 #define HELLO_OBSERVER 1u /* CLI connection: no memory, not waited for by full scans */
+/* A fork child whose references its parent handed over with C_FORK before
+ * the child existed: its requests wait until that set has arrived. */
+#define HELLO_FORKED 2u
 
-struct sp_hello { uint32_t version; uint32_t flags; };
+/* C_HELLO carries the process's marker in SCM_RIGHTS (DESIGN.md, "Who
+ * holds a reference"): a one-page memfd that the process maps shared and
+ * nothing else does. The references a connection holds outlive it while
+ * the marker is still mapped by anyone. */
+struct sp_hello {
+	uint32_t version;
+	uint32_t flags;
+	uint64_t domain;          /* merge domain (0: the user's default one) */
+	uint64_t expect_instance; /* the daemon the process's references live in, or 0 */
+};
 struct sp_hello_r {
-	uint64_t token;     /* names this connection to C_ADOPT; secret to the process */
+	uint64_t instance;  /* this daemon, random: a successor's differs */
 	uint32_t seg_pages; /* pages per pool segment */
-	uint32_t pad;
+	uint32_t attached;  /* references of an earlier connection (or a fork) now this one's */
 	struct sp_knobs knobs;
 };
 
@@ -94,7 +108,7 @@ struct sp_budget_r {
 
 struct sp_lookup_ent { uint64_t hash; uint64_t addr; };
 struct sp_lookup { uint32_t n; uint32_t pad; struct sp_lookup_ent e[]; };
-struct sp_ids { uint32_t n; uint32_t id[]; };      /* D_LOOKUP, D_CREATE, C_UNREF */
+struct sp_ids { uint32_t n; uint32_t id[]; };      /* D_LOOKUP, D_CREATE, C_UNREF, C_COW */
 /* C_CREATE: n pages whose bytes wait in the pipe, in this order. look is
  * the index, in the connection's last C_LOOKUP, of the entry that got
  * SP_POOL_CREATE: the daemon then tells the page it matched (a merge hint
@@ -110,7 +124,11 @@ struct sp_hints { uint32_t n; uint32_t pad; struct sp_hint e[]; };
 struct sp_hints_req { uint32_t max; uint32_t pad; };
 struct sp_getseg { uint32_t seg; };
 struct sp_seg_r { uint32_t seg; uint32_t pages; };  /* fd in SCM_RIGHTS */
-struct sp_adopt { uint64_t token; };
+/* C_FORK (no reply), before fork(): a copy of the sender's references for
+ * the child about to be forked, which will map the marker in SCM_RIGHTS.
+ * C_MARKER (no reply): from now on the sender's marker is the one in
+ * SCM_RIGHTS (a fork child leaves the marker it shares with its siblings). */
+struct sp_fork { uint32_t pad; };
 struct sp_ack { int32_t err; };
 struct sp_statreq { int32_t pid; };                 /* 0: global only */
 struct sp_set { uint32_t knob; uint32_t pad; uint64_t value; };
@@ -123,6 +141,8 @@ struct sp_global_stats {
 	uint64_t stable_node_chains, stable_node_dups;
 	uint64_t pool_pages, pool_segments, merge_vmas, vma_limited, processes;
 	uint64_t meta_bytes; /* daemon bookkeeping */
+	uint64_t held_sets;  /* reference sets of closed connections still mapped */
+	uint64_t pool_written; /* pool pages kept only for written copies */
 };
 struct sp_stat_r {
 	struct sp_global_stats g;
@@ -145,13 +165,20 @@ struct sp_msg {
 };
 
 int sp_send(int sock, uint16_t type, const void *payload, uint32_t len, int fd);
+/* sp_send with sendmsg flags (MSG_DONTWAIT). */
+int sp_sendmsg(int sock, uint16_t type, const void *payload, uint32_t len, int fd, int flags);
 int sp_sendv(int sock, uint16_t type, const void *a, uint32_t alen,
 	     const void *b, uint32_t blen);
+int sp_sendv_flags(int sock, uint16_t type, const void *a, uint32_t alen,
+		   const void *b, uint32_t blen, int flags);
 /* Receive one message into buf (SP_MAX_MSG bytes). 0, -errno, or -EPROTO
  * for a malformed frame; -ECONNRESET on orderly close. */
 int sp_recv(int sock, void *buf, struct sp_msg *m);
 /* Check a payload against its type's layout; 0 or -EPROTO. */
 int sp_validate(const struct sp_msg *m);
+
+/* The wire id of merge domain name (NULL or "": the default, 0). */
+uint64_t sp_domain_id(const char *name);
 
 const char *sp_knob_name(int knob);
 int sp_knob_lookup(const char *name);

@@ -76,6 +76,24 @@ int refs_add(struct refs *r, uint32_t id)
 	return 0;
 }
 
+int refs_add_n(struct refs *r, uint32_t id, uint32_t n)
+{
+	if (!n)
+		return 0;
+	int err = refs_add(r, id);
+
+	if (err || n == 1)
+		return err;
+	/* The first is the bit; the rest are extras. */
+	uint64_t *x = map_get(&r->extra, id);
+	if (x)
+		*x += n - 1;
+	else if (map_put(&r->extra, id, n - 1))
+		return -ENOMEM;
+	r->total += n - 1;
+	return 0;
+}
+
 int refs_drop(struct refs *r, uint32_t id)
 {
 	struct refs_seg *s = seg_of(r, id);

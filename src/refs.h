@@ -30,6 +30,8 @@ void refs_init(struct refs *r);
 void refs_fini(struct refs *r);
 /* One more reference to id. 0 or -ENOMEM. */
 int refs_add(struct refs *r, uint32_t id);
+/* n more references to id. 0 or -ENOMEM. */
+int refs_add_n(struct refs *r, uint32_t id, uint32_t n);
 /* One reference less; -ENOENT when none is held. */
 int refs_drop(struct refs *r, uint32_t id);
 /* References held to id. */

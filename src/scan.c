@@ -104,15 +104,36 @@ static void pend_release(struct lib *l, uint32_t id)
 		l->pending[l->npending++] = id;
 }
 
+/* The reference an entry holds, as C_UNREF names it. */
+static uint32_t entry_ref(const struct entry *e)
+{
+	return e->pool | (e->state == E_COWED ? SP_UNREF_COWED : 0);
+}
+
 /* Entries of [s, e) leave tracking: merged ones wait in the pending list. */
 static void forget_entries(struct lib *l, struct area *a, uintptr_t s, uintptr_t e)
 {
 	for (uintptr_t p = s; p < e; p += SP_PAGE) {
 		struct entry *en = &a->e[(p - a->start) / SP_PAGE];
 		if ((en->state == E_MERGED || en->state == E_COWED) && en->pool != SP_POOL_NONE)
-			pend_release(l, en->pool);
+			pend_release(l, entry_ref(en));
 		entry_set(l, en, E_NEW);
 	}
+}
+
+/* The daemon that held our references died (client.c): every merged page
+ * is ordinary memory now, mapped from a pool nothing will write again. */
+void scan_refs_lost(struct lib *l)
+{
+	for (uint32_t i = 0; i < l->nareas; i++) {
+		struct area *a = &l->areas[i];
+		for (uintptr_t p = a->start; p < a->end; p += SP_PAGE) {
+			struct entry *e = &a->e[(p - a->start) / SP_PAGE];
+			if (e->state == E_MERGED || e->state == E_COWED)
+				entry_set(l, e, E_NEW);
+		}
+	}
+	l->npending = 0;
 }
 
 void scan_forget(struct lib *l, uintptr_t s, uintptr_t e)
@@ -227,6 +248,7 @@ static int reconcile(struct lib *l)
 
 static int pool_page_mapped(const struct lib *l, uint32_t id)
 {
+	id &= ~SP_UNREF_COWED;
 	uint64_t ino = l->segs[id / SEG_PAGES].ino, idx = id % SEG_PAGES;
 
 	for (size_t i = 0; i < l->vmas.n; i++) {
@@ -360,7 +382,7 @@ static int classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, str
 			goto hash;
 		}
 		/* Replaced behind our back (an unwrapped munmap or mmap). */
-		pend_release(l, e->pool);
+		pend_release(l, entry_ref(e));
 		entry_set(l, e, E_NEW);
 	}
 	if ((e->state == E_ZERO && !l->zero_page_ok) ||
@@ -452,6 +474,7 @@ static int all_cowed(const struct area *a, uintptr_t s, uintptr_t e)
 static void cow_settle(struct lib *l, struct area *a, struct chunk *c)
 {
 	uintptr_t done_end = 0;
+	uint32_t cowed[CHUNK_PAGES], n = 0;
 
 	for (uint32_t i = 0; i < c->ncow; i++) {
 		struct entry *e = entry_of(a, c->cow[i]);
@@ -459,8 +482,14 @@ static void cow_settle(struct lib *l, struct area *a, struct chunk *c)
 			continue; /* written in an earlier pass */
 		if (e->state == E_ZERO)
 			e->pool = SP_POOL_NONE; /* zero-segment page: no reference */
+		else
+			cowed[n++] = e->pool;
 		entry_set(l, e, E_COWED);
 	}
+	/* Invariant 8: the daemon counts a written page's reference apart
+	 * (pages_sharing counts mappings that still read the pool page). */
+	if (n)
+		client_cow(l, cowed, n);
 	for (uint32_t i = 0; i < c->ncow; i++) {
 		struct vma v;
 		uintptr_t p = c->cow[i];
@@ -559,7 +588,7 @@ static void vma_budget_check(struct lib *l, struct chunk *c)
 static void merged_again(struct entry *e, uint32_t *old, uint32_t *nold)
 {
 	if (e->state == E_COWED && e->pool != SP_POOL_NONE)
-		old[(*nold)++] = e->pool;
+		old[(*nold)++] = entry_ref(e);
 }
 
 static void do_merge(struct lib *l, struct area *a, struct chunk *c, struct pass *ps)
@@ -915,11 +944,10 @@ static int pass_locked(struct lib *l, struct pass *ps)
 	uint32_t wait;
 	int err;
 
-	if (l->sock < 0) {
-		err = client_connect(l);
-		if (err)
-			return err;
-	}
+	/* Also waits for D_HELLO, which may say our references died. */
+	err = client_connect(l);
+	if (err)
+		return err;
 	err = scan_refresh(l);
 	if (err)
 		return err;
@@ -928,7 +956,8 @@ static int pass_locked(struct lib *l, struct pass *ps)
 		return err;
 	l->st.volatile_pages = ps->volatile_pages;
 	l->st.unshared = ps->unshared;
-	return (int)budget(l, 0, 1, ps, &wait) < 0 ? -ENOTCONN : 0;
+	int64_t g = budget(l, 0, 1, ps, &wait);
+	return g < 0 ? (int)g : 0;
 }
 
 /* SAMEPAGE_DEBUG=1: one line per pass on stderr. No stdio: an application
@@ -1010,8 +1039,10 @@ void *scan_thread(void *arg)
 	while (!__atomic_load_n(&l->stop, __ATOMIC_ACQUIRE)) {
 		int err = scan_pass(l);
 		pthread_mutex_lock(&l->lock);
+		/* A busy daemon (-EAGAIN) is asked again soon; none at all
+		 * less often. */
 		if (!l->kick)
-			sleep_ms(l, err ? 1000 : (uint32_t)l->idle_ms, 1);
+			sleep_ms(l, err == -EAGAIN ? 200 : err ? 1000 : (uint32_t)l->idle_ms, 1);
 		l->kick = 0;
 		pthread_mutex_unlock(&l->lock);
 	}

@@ -26,7 +26,8 @@ static unsigned char buf[SP_MAX_MSG];
 static void usage(void)
 {
 	fputs("usage:\n"
-	      "  samepage run [--merge-any] -- CMD [ARGS...]   run CMD with merging available\n"
+	      "  samepage run [--merge-any] [--domain NAME] -- CMD [ARGS...]\n"
+	      "                                            run CMD with merging available\n"
 	      "  samepage status [--json] [--pid PID]          counters and knobs (kernel names)\n"
 	      "  samepage set KNOB=VALUE...                    run, pages_to_scan, sleep_millisecs,\n"
 	      "                                                use_zero_pages, max_page_sharing\n"
@@ -62,7 +63,7 @@ static int dial(void)
 	char path[108];
 	int err = sp_socket_path(path, sizeof(path));
 
-	return err ? err : sp_dial(path);
+	return err ? err : sp_dial(path, 10, 0);
 }
 
 static int start_daemon(void)
@@ -160,12 +161,15 @@ static int uffd_check(void)
 static int cmd_run(int argc, char **argv)
 {
 	char dir[PATH_MAX - 64], lib[PATH_MAX], bin[PATH_MAX], pre[2 * PATH_MAX];
-	const char *old = getenv("LD_PRELOAD");
-	int i = 0, any = 0, fd;
+	const char *old = getenv("LD_PRELOAD"), *domain = NULL;
+	char sock[108];
+	int i = 0, any = 0, fd, err;
 
 	for (; i < argc && argv[i][0] == '-'; i++) {
 		if (!strcmp(argv[i], "--merge-any"))
 			any = 1;
+		else if (!strcmp(argv[i], "--domain") && i + 1 < argc && argv[i + 1][0])
+			domain = argv[++i];
 		else if (!strcmp(argv[i], "--")) {
 			i++;
 			break;
@@ -187,10 +191,18 @@ static int cmd_run(int argc, char **argv)
 		return no_daemon(fd);
 	close(fd);
 	snprintf(pre, sizeof(pre), "%s%s%s", lib, old && *old ? ":" : "", old ? old : "");
+	/* The daemon we just reached, by its path: every process below us
+	 * dials this one, whatever their environments later say of XDG. */
+	err = sp_socket_path(sock, sizeof(sock));
+	if (err)
+		return no_daemon(err);
+	setenv("SAMEPAGE_SOCKET", sock, 1);
 	setenv("LD_PRELOAD", pre, 1);
 	setenv("SAMEPAGE_DAEMON", bin, 1);
 	if (any)
 		setenv("SAMEPAGE_MERGE_ANY", "1", 1);
+	if (domain)
+		setenv("SAMEPAGE_DOMAIN", domain, 1);
 	execvp(argv[i], argv + i);
 	fprintf(stderr, "samepage: %s: %s\n", argv[i], strerror(errno));
 	return 127;

@@ -40,6 +40,7 @@
 
 /* sp_socket_path() is internal to libsamepage (hidden): test this copy of
  * the very same source. */
+#include "env.c"
 #include "path.c"
 
 #define N 1024u

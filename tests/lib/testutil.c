@@ -98,6 +98,77 @@ static void kill_daemon(void)
 	}
 }
 
+static char freeze_dir[192], freeze_root[64];
+static int freeze_v1;
+
+static int write_file(const char *dir, const char *name, const char *val)
+{
+	char path[256];
+	FILE *f;
+	int ok;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "w");
+	if (!f)
+		return -1;
+	ok = fputs(val, f) >= 0;
+	return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+static void freeze_cleanup(void)
+{
+	char cg[256], line[64];
+	FILE *f;
+
+	if (!freeze_dir[0])
+		return;
+	write_file(freeze_dir, freeze_v1 ? "freezer.state" : "cgroup.freeze", freeze_v1 ? "THAWED" : "0");
+	/* Anything left in it goes back to the root before the rmdir. */
+	snprintf(cg, sizeof(cg), "%s/cgroup.procs", freeze_dir);
+	f = fopen(cg, "r");
+	while (f && fgets(line, sizeof(line), f))
+		write_file(freeze_root, "cgroup.procs", line);
+	if (f)
+		fclose(f);
+	rmdir(freeze_dir);
+	freeze_dir[0] = 0;
+}
+
+int tu_freeze(pid_t pid, int frozen)
+{
+	char v[32];
+
+	if (!freeze_dir[0]) {
+		static const char *roots[] = { "/sys/fs/cgroup/unified", "/sys/fs/cgroup",
+					       "/sys/fs/cgroup/freezer" };
+		for (unsigned i = 0; i < 3 && !freeze_dir[0]; i++) {
+			char probe[192];
+			snprintf(probe, sizeof(probe), "%s/sp-freeze-%d", roots[i], (int)getpid());
+			if (mkdir(probe, 0755) < 0)
+				continue;
+			freeze_v1 = i == 2;
+			snprintf(v, sizeof(v), "%s", freeze_v1 ? "freezer.state" : "cgroup.freeze");
+			char f[256];
+			snprintf(f, sizeof(f), "%s/%s", probe, v);
+			if (access(f, W_OK) == 0) {
+				snprintf(freeze_dir, sizeof(freeze_dir), "%s", probe);
+				snprintf(freeze_root, sizeof(freeze_root), "%s", roots[i]);
+				atexit(freeze_cleanup);
+			} else {
+				rmdir(probe);
+			}
+		}
+		if (!freeze_dir[0])
+			return -1;
+	}
+	snprintf(v, sizeof(v), "%d", (int)pid);
+	if (write_file(freeze_dir, "cgroup.procs", v))
+		return -1;
+	if (freeze_v1)
+		return write_file(freeze_dir, "freezer.state", frozen ? "FROZEN" : "THAWED");
+	return write_file(freeze_dir, "cgroup.freeze", frozen ? "1" : "0");
+}
+
 void tu_private_daemon(void)
 {
 	char sock[192], owner[32];

@@ -47,6 +47,10 @@ int tu_cli(const char *args);
 long long tu_status(const char *key);
 /* PID of the private daemon, or 0. */
 pid_t tu_daemon_pid(void);
+/* Freeze (1) or thaw (0) pid with the cgroup freezer (v2, else v1): a
+ * stall the process cannot see, unlike SIGSTOP. 0, or -1 where no freezer
+ * is available to us. The cgroup is removed when the test exits. */
+int tu_freeze(pid_t pid, int frozen);
 
 /* One xorshift64 step: the tests' deterministic random numbers. */
 uint64_t tu_xorshift(uint64_t *state);

@@ -82,7 +82,9 @@ static const struct layout layouts[] = {
 	{ C_CREATE, sizeof(struct sp_create), sizeof(struct sp_create_ent), SP_MAX_CREATE },
 	{ C_UNREF, sizeof(struct sp_ids), sizeof(uint32_t), SP_MAX_UNREF },
 	{ C_GETSEG, sizeof(struct sp_getseg), 0, 0 },
-	{ C_ADOPT, sizeof(struct sp_adopt), 0, 0 },
+	{ C_FORK, sizeof(struct sp_fork), 0, 0 },
+	{ C_MARKER, sizeof(struct sp_fork), 0, 0 },
+	{ C_COW, sizeof(struct sp_ids), sizeof(uint32_t), SP_MAX_UNREF },
 	{ C_STAT, sizeof(struct sp_statreq), 0, 0 },
 	{ C_SET, sizeof(struct sp_set), 0, 0 },
 	{ C_UNMERGE, sizeof(struct sp_unmerge), 0, 0 },
@@ -152,7 +154,7 @@ static unsigned char *counted(const struct layout *l, uint32_t cnt, uint32_t n, 
 static void test_validate(void)
 {
 	static unsigned char zero[sizeof(struct sp_stat_r) + 16];
-	static const uint16_t unknown[] = { 0, C_HINTS + 1, 13, 14, 50, 99, D_HINTS + 1, 108, 109,
+	static const uint16_t unknown[] = { 0, C_MARKER + 1, 15, 16, 50, 99, D_HINTS + 1, 108, 109,
 					    200, 0x8001, 0xffff };
 
 	for (size_t i = 0; i < NLAYOUTS; i++) {
@@ -494,9 +496,9 @@ static void test_malformed(void)
 		expect_good_after(sv);
 	}
 
-	/* An fd with a message type that never carries one (only D_SEG and
-	 * C_PIPE do): sp_recv closes it. */
-	static const uint16_t no_fd_types[] = { D_ACK, D_HELLO, C_HELLO, C_STAT, D_LOOKUP,
+	/* An fd with a message type that never carries one (only D_SEG,
+	 * C_PIPE, and a marker with C_HELLO, C_FORK, C_MARKER): sp_recv closes it. */
+	static const uint16_t no_fd_types[] = { D_ACK, D_HELLO, C_COW, C_STAT, D_LOOKUP,
 						C_CREATE, C_HINTS, D_HINTS, D_CREATE, D_BUDGET };
 	int leaked = 0;
 	for (size_t i = 0; i < sizeof(no_fd_types) / sizeof(no_fd_types[0]); i++) {
@@ -533,8 +535,9 @@ static void test_wire(void)
 {
 	static const struct { uint16_t type, want; } nums[] = {
 		{ C_HELLO, 1 }, { C_BUDGET, 2 }, { C_LOOKUP, 3 }, { C_CREATE, 4 }, { C_UNREF, 5 },
-		{ C_GETSEG, 6 }, { C_ADOPT, 7 }, { C_STAT, 8 }, { C_SET, 9 }, { C_UNMERGE, 10 },
-		{ C_PIPE, 11 }, { C_HINTS, 12 }, { D_HELLO, 100 }, { D_BUDGET, 101 },
+		{ C_GETSEG, 6 }, { C_FORK, 7 }, { C_STAT, 8 }, { C_SET, 9 }, { C_UNMERGE, 10 },
+		{ C_PIPE, 11 }, { C_HINTS, 12 }, { C_COW, 13 }, { C_MARKER, 14 },
+		{ D_HELLO, 100 }, { D_BUDGET, 101 },
 		{ D_LOOKUP, 102 }, { D_CREATE, 103 }, { D_SEG, 104 }, { D_ACK, 105 },
 		{ D_STAT, 106 }, { D_HINTS, 107 },
 	};

@@ -1,0 +1,174 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Invariants 2 and 5 under stalls: a daemon that stops answering for a
+ * while (SIGSTOP, the cgroup freezer: a debugger, CPU throttling, a
+ * suspended VM) is waited for, never declared dead, and no reference is
+ * released while a process still maps its pool page.
+ *
+ * A1 and A2 merge the same 16 MiB and keep writing into it (two writer
+ * threads each, 200 writes/s, every write also into a shadow copy in
+ * MAP_SHARED memory, which is never merged). The daemon is then stalled
+ * again and again, at random moments and for a while longer than the
+ * library used to wait for a reply before giving the daemon up; after each
+ * stall two new processes B1 and B2 merge other content, which needs new
+ * pool pages. If A's references had been dropped, the daemon would hand
+ * their pool pages to B, and A's untouched merged pages would read B's
+ * bytes. Every byte of every process is compared with its shadow after
+ * every stall; the same daemon serves throughout; and once everyone has
+ * exited the pool is empty.
+ *
+ * SAMEPAGE_STALLS overrides the stalls: "S:6 F:2" (S: SIGSTOP, F: cgroup
+ * freezer, seconds), or "random:N" for N stalls of 1-30 s of either kind
+ * (bench/stall_soak.sh runs that for hours).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "region.h"
+#include "samepage.h"
+#include "testutil.h"
+
+#define N 4096u /* 16 MiB per process */
+#define MAX_STALLS 1024
+
+struct stall { char how; int secs; };
+
+static int parse_stalls(struct stall *st, uint64_t *rng)
+{
+	const char *env = getenv("SAMEPAGE_STALLS");
+	int n = 0;
+
+	if (!env || !*env)
+		env = "S:6 F:2 S:1";
+	if (!strncmp(env, "random:", 7)) {
+		int want = atoi(env + 7);
+		for (n = 0; n < want && n < MAX_STALLS; n++)
+			st[n] = (struct stall){ tu_xorshift(rng) & 1 ? 'S' : 'F',
+						1 + (int)(tu_xorshift(rng) % 30) };
+		return n;
+	}
+	for (const char *p = env; *p && n < MAX_STALLS;) {
+		while (*p == ' ')
+			p++;
+		if (!*p)
+			break;
+		TU_CHECK((p[0] == 'S' || p[0] == 'F') && p[1] == ':', "bad SAMEPAGE_STALLS: %s", env);
+		st[n++] = (struct stall){ p[0], atoi(p + 2) };
+		while (*p && *p != ' ')
+			p++;
+	}
+	return n;
+}
+
+struct proc {
+	struct tu_child c;
+	struct tu_region_reply r;
+};
+
+static void start(struct proc *p, struct tu_region_spec *spec)
+{
+	tu_spawn(&p->c, tu_region_child, spec);
+	TU_CHECK(tu_recv(p->c.rd, &p->r, sizeof(p->r)) == 0, "child %d did not start", (int)p->c.pid);
+}
+
+static struct proc *pair_of;
+static int pair_merged(void *arg)
+{
+	pid_t pids[2] = { pair_of[0].c.pid, pair_of[1].c.pid };
+	uintptr_t addrs[2] = { pair_of[0].r.addr, pair_of[1].r.addr };
+
+	(void)arg;
+	/* Writers keep a few pages private; the rest share a frame. */
+	return tu_frames(pids, addrs, 2, N) <= N + N / 8;
+}
+
+static void check(struct proc *p, const char *name, const char *when)
+{
+	struct tu_region_reply r;
+
+	TU_CHECK(tu_region_cmd(p->c.wr, p->c.rd, TU_RC_CHECK, 0, &r, 60) == 0,
+		 "%s died or hung %s", name, when);
+	TU_CHECK(r.bad == 0, "%s: %llu of %u pages differ from the shadow %s (first: page %llu)",
+		 name, (unsigned long long)r.bad, N, when, (unsigned long long)r.first_bad);
+}
+
+static void stall(pid_t d, const struct stall *s)
+{
+	if (s->how == 'F' && tu_freeze(d, 1) == 0) {
+		sleep((unsigned)s->secs);
+		TU_CHECK(tu_freeze(d, 0) == 0, "thaw the daemon");
+		return;
+	}
+	TU_CHECK(kill(d, SIGSTOP) == 0, "SIGSTOP the daemon");
+	sleep((unsigned)s->secs);
+	TU_CHECK(kill(d, SIGCONT) == 0, "SIGCONT the daemon");
+}
+
+static int pool_empty(void *arg)
+{
+	(void)arg;
+	return tu_status("pool_pages") == 0;
+}
+
+int main(void)
+{
+	static struct stall st[MAX_STALLS];
+	struct tu_region_spec a_spec = { .pages = N, .seed = 1, .madvise = 1 };
+	struct tu_region_spec b_spec = { .pages = N, .madvise = 1 };
+	struct proc a[2], b[2];
+	uint64_t rng = (uint64_t)getpid() * 2654435761u + 1;
+	struct tu_region_reply r;
+	pid_t d;
+	int n;
+
+	tu_require_merging();
+	tu_private_daemon();
+	n = parse_stalls(st, &rng);
+	start(&a[0], &a_spec);
+	start(&a[1], &a_spec);
+	pair_of = a;
+	TU_CHECK(tu_wait(pair_merged, NULL, 30), "A1 and A2 did not merge");
+	d = tu_daemon_pid();
+	TU_CHECK(d > 0, "no daemon");
+	for (int i = 0; i < 2; i++)
+		TU_CHECK(tu_region_cmd(a[i].c.wr, a[i].c.rd, TU_RC_WRITE, 200, &r, 10) == 0,
+			 "start writers");
+	for (int k = 0; k < n; k++) {
+		char when[96];
+		usleep((useconds_t)(tu_xorshift(&rng) % 500000));
+		stall(d, &st[k]);
+		snprintf(when, sizeof(when), "after stall %d (%s, %d s)", k + 1,
+			 st[k].how == 'S' ? "SIGSTOP" : "cgroup freezer", st[k].secs);
+		b_spec.seed = 1000 + (uint64_t)k;
+		start(&b[0], &b_spec);
+		start(&b[1], &b_spec);
+		pair_of = b;
+		TU_CHECK(tu_wait(pair_merged, NULL, 60), "B1 and B2 did not merge %s", when);
+		check(&a[0], "A1", when);
+		check(&a[1], "A2", when);
+		check(&b[0], "B1", when);
+		check(&b[1], "B2", when);
+		for (int i = 0; i < 2; i++) {
+			tu_region_cmd(b[i].c.wr, b[i].c.rd, TU_RC_QUIT, 0, NULL, 0);
+			TU_CHECK(tu_reap(&b[i].c) == 0, "B%d exit", i + 1);
+		}
+		/* Nobody gave the stalled daemon up for dead and started another. */
+		TU_CHECK(tu_daemon_pid() == d, "the daemon was replaced %s", when);
+		printf("stall %d: %s for %d s, A and B intact\n", k + 1,
+		       st[k].how == 'S' ? "SIGSTOP" : "freezer", st[k].secs);
+		fflush(stdout);
+	}
+	for (int i = 0; i < 2; i++) {
+		check(&a[i], i ? "A2" : "A1", "at the end");
+		tu_region_cmd(a[i].c.wr, a[i].c.rd, TU_RC_QUIT, 0, NULL, 0);
+		TU_CHECK(tu_reap(&a[i].c) == 0, "A%d exit", i + 1);
+	}
+	TU_CHECK(tu_wait(pool_empty, NULL, 20), "pool not empty after every process left: %lld",
+		 tu_status("pool_pages"));
+	printf("PASS: %d stalls, no byte lost, one daemon, pool empty at the end\n", n);
+	return 0;
+}

@@ -1,0 +1,149 @@
+/* SPDX-License-Identifier: MIT */
+/* region — see region.h. */
+#define _GNU_SOURCE
+#include "region.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+void tu_region_init(struct tu_region *r, size_t pages, uint64_t seed)
+{
+	memset(r, 0, sizeof(*r));
+	r->pages = pages;
+	r->mem = tu_map(pages * PAGE);
+	r->shadow = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+			 -1, 0);
+	TU_CHECK(r->shadow != MAP_FAILED, "mmap shadow: %s", strerror(errno));
+	tu_fill(r->mem, pages * PAGE, seed);
+	memcpy(r->shadow, r->mem, pages * PAGE);
+	for (int k = 0; k < TU_REGION_WRITERS; k++)
+		pthread_mutex_init(&r->lock[k], NULL);
+}
+
+struct writer_arg { struct tu_region *r; int k; };
+static struct writer_arg wargs[TU_REGION_WRITERS];
+
+/* Writer k owns pages k, k + n, k + 2n, ...: a write and its shadow copy
+ * are one step under its lock, so a check that holds every lock sees both
+ * equal. */
+static void *writer(void *p)
+{
+	struct writer_arg *a = p;
+	struct tu_region *r = a->r;
+	uint64_t s = 0x9e3779b9ull * (uint64_t)(a->k + 1);
+	size_t own = (r->pages + (size_t)r->nwriters - 1 - (size_t)a->k) / (size_t)r->nwriters;
+	long ns = (long)(1e9 * r->nwriters / r->rate);
+	struct timespec ts = { ns / 1000000000, ns % 1000000000 };
+
+	while (own && !__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
+		size_t page = (size_t)(tu_xorshift(&s) % own) * (size_t)r->nwriters + (size_t)a->k;
+		size_t word = (size_t)(tu_xorshift(&s) % (PAGE / 8));
+		uint64_t v = tu_xorshift(&s);
+		pthread_mutex_lock(&r->lock[a->k]);
+		((volatile uint64_t *)(r->mem + page * PAGE))[word] = v;
+		((uint64_t *)(r->shadow + page * PAGE))[word] = v;
+		pthread_mutex_unlock(&r->lock[a->k]);
+		__atomic_add_fetch(&r->writes, 1, __ATOMIC_RELAXED);
+		nanosleep(&ts, NULL);
+	}
+	return NULL;
+}
+
+void tu_region_write(struct tu_region *r, int n, double rate)
+{
+	if (r->nwriters || n <= 0)
+		return;
+	r->nwriters = n > TU_REGION_WRITERS ? TU_REGION_WRITERS : n;
+	r->rate = rate > 0 ? rate : 1;
+	for (int k = 0; k < r->nwriters; k++) {
+		wargs[k] = (struct writer_arg){ r, k };
+		TU_CHECK(pthread_create(&r->th[k], NULL, writer, &wargs[k]) == 0, "pthread_create");
+	}
+}
+
+void tu_region_stop(struct tu_region *r)
+{
+	__atomic_store_n(&r->stop, 1, __ATOMIC_RELEASE);
+	for (int k = 0; k < r->nwriters; k++)
+		pthread_join(r->th[k], NULL);
+	r->nwriters = 0;
+	r->stop = 0;
+}
+
+size_t tu_region_check(struct tu_region *r, size_t *first)
+{
+	size_t bad = 0;
+
+	for (int k = 0; k < TU_REGION_WRITERS; k++)
+		pthread_mutex_lock(&r->lock[k]);
+	for (size_t pg = 0; pg < r->pages; pg++)
+		if (memcmp(r->mem + pg * PAGE, r->shadow + pg * PAGE, PAGE)) {
+			if (!bad && first)
+				*first = pg;
+			bad++;
+		}
+	for (int k = 0; k < TU_REGION_WRITERS; k++)
+		pthread_mutex_unlock(&r->lock[k]);
+	return bad;
+}
+
+void tu_region_fini(struct tu_region *r)
+{
+	tu_region_stop(r);
+	munmap(r->mem, r->pages * PAGE);
+	munmap(r->shadow, r->pages * PAGE);
+}
+
+int tu_region_child(int rd, int wr, void *arg)
+{
+	const struct tu_region_spec *spec = arg;
+	struct tu_region r;
+	struct tu_region_reply rep = { 0 };
+	char cmd;
+	double rate;
+
+	tu_region_init(&r, spec->pages, spec->seed);
+	if (spec->madvise && madvise(r.mem, r.pages * PAGE, MADV_MERGEABLE))
+		return 2;
+	rep.addr = (uintptr_t)r.mem;
+	tu_send(wr, &rep, sizeof(rep));
+	while (tu_recv(rd, &cmd, 1) == 0 && tu_recv(rd, &rate, sizeof(rate)) == 0) {
+		size_t first = 0;
+		switch (cmd) {
+		case TU_RC_WRITE:
+			tu_region_write(&r, 2, rate);
+			break;
+		case TU_RC_CHECK:
+			rep.bad = tu_region_check(&r, &first);
+			rep.first_bad = first;
+			break;
+		case TU_RC_QUIT:
+			tu_region_stop(&r);
+			return rep.bad ? 1 : 0;
+		default:
+			return 4;
+		}
+		rep.writes = __atomic_load_n(&r.writes, __ATOMIC_RELAXED);
+		tu_send(wr, &rep, sizeof(rep));
+	}
+	return 3;
+}
+
+int tu_region_cmd(int wr, int rd, char cmd, double rate, struct tu_region_reply *out, int secs)
+{
+	struct pollfd pf = { .fd = rd, .events = POLLIN };
+
+	if (tu_send(wr, &cmd, 1) || tu_send(wr, &rate, sizeof(rate)))
+		return -1;
+	if (cmd == TU_RC_QUIT)
+		return 0;
+	if (poll(&pf, 1, secs * 1000) != 1)
+		return -1;
+	return tu_recv(rd, out, sizeof(*out));
+}
