@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and integration tests and the small versions of
 # examples/*.sh (QEMU, Redis, Python under samepage), then the tests built
-# with AddressSanitizer+UBSan and with ThreadSanitizer. Installs what is
-# missing.
+# with AddressSanitizer+UBSan and with ThreadSanitizer, then a short run of
+# the fuzz targets. Installs what is missing.
 set -eu
 cd "$(dirname "$0")"
 scripts/deps.sh
@@ -19,5 +19,14 @@ echo "== tests (ASan+UBSan)"
 SAMEPAGE_SAN=asan tests/run.sh build-asan || status=1
 echo "== tests (TSan)"
 SAMEPAGE_SAN=tsan tests/run.sh build-tsan || status=1
+# A short coverage-guided run of each fuzz target (fuzz/README.md; hours of
+# it belong to `fuzz/run.sh 3600`).
+echo "== fuzz (20 s per target)"
+if FUZZ_NO_MERGE=1 fuzz/run.sh 20; then
+	echo "2 0 0" >>"$SAMEPAGE_TOTALS"
+else
+	echo "0 1 0" >>"$SAMEPAGE_TOTALS"
+	status=1
+fi
 awk '{p+=$1; f+=$2; s+=$3} END {printf "total: %d passed, %d failed, %d skipped\n", p, f, s}' "$SAMEPAGE_TOTALS"
 exit $status

@@ -87,7 +87,7 @@ struct samepage_stat {
  * (it is stopped or busy: it is not given up on, ask again later). */
 SAMEPAGE_API int samepage_stat(struct samepage_stat *st);
 
-/* Merge only with processes of the merge domain name (at most 63 bytes;
+/* Merge only with processes of the merge domain name (at most 255 bytes;
  * NULL or "" is the default domain, one per user). Pages of two domains
  * never merge and never share a pool segment, so a process cannot time
  * another domain's pages (README, "Merge domains"). What `samepage run

@@ -15,9 +15,6 @@
 #include <stddef.h>
 #include <sys/mman.h>
 #include <time.h>
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -29,6 +26,24 @@
 static struct lib *the_lib;
 static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
 
+static void warn_domain(void)
+{
+	fprintf(stderr, "samepage: SAMEPAGE_DOMAIN is longer than %d bytes: merging is off in "
+			"process %d\n", SP_DOMAIN_MAX, (int)getpid());
+}
+
+/* The domain this image was started in (SAMEPAGE_DOMAIN, as inherited). */
+static int lib_inherit_domain(struct lib *l)
+{
+	const char *d = sp_inherited()->domain;
+
+	if (d && strlen(d) > SP_DOMAIN_MAX)
+		return -EINVAL;
+	snprintf(l->domain_name, sizeof(l->domain_name), "%s", d ? d : "");
+	l->domain = sp_domain_id(l->domain_name);
+	return 0;
+}
+
 static void warn_uffd(int err)
 {
 	fprintf(stderr,
@@ -39,16 +54,28 @@ static void warn_uffd(int err)
 		(int)getpid(), strerror(-err));
 }
 
+static void atfork_prepare(void) __attribute__((unused));
+static void atfork_parent(void) __attribute__((unused));
+static void atfork_child(void) __attribute__((unused));
+
 #define VMA_SLOTS 262144 /* > vm.max_map_count's default 65530 */
 #define STAT_WAIT_MS 2000
 
+/* The arena's first chunk: the context and the buffers lib_create takes
+ * (25.3 MiB in power-of-two blocks), and page entries for the first GiB
+ * or so; more grows the arena. */
+#define LIB_ARENA_FIRST (28u << 20)
+
 static void lib_create(void)
 {
-	struct lib *l = arena_create(sizeof(*l), offsetof(struct lib, arena));
+	struct lib *l = arena_create(sizeof(*l), offsetof(struct lib, arena), LIB_ARENA_FIRST);
 	struct arena *ar;
 
-	if (!l)
+	if (!l) {
+		fprintf(stderr, "samepage: no address space for the library's %u MiB in process "
+				"%d (ulimit -v?): merging is off\n", LIB_ARENA_FIRST >> 20, (int)getpid());
 		return;
+	}
 	ar = &l->arena;
 	pthread_mutex_init(&l->lock, NULL);
 	pthread_cond_init(&l->wake, NULL);
@@ -57,9 +84,6 @@ static void lib_create(void)
 	l->pipe_wr = -1;
 	l->marker_fd = -1;
 	l->kid_fd = -1;
-	if (sp_env("SAMEPAGE_DOMAIN"))
-		snprintf(l->domain_name, sizeof(l->domain_name), "%s", sp_env("SAMEPAGE_DOMAIN"));
-	l->domain = sp_domain_id(l->domain_name);
 	l->refs_lost = scan_refs_lost;
 	for (uint32_t i = 0; i < POOL_MAX_SEGS; i++)
 		l->segs[i].fd = -1;
@@ -91,6 +115,19 @@ static void lib_create(void)
 	l->uffd = os_uffd_open();
 	if (l->uffd < 0)
 		warn_uffd(l->uffd);
+	/* Too long a domain name is an error, never cut (two names alike in
+	 * their first bytes would merge): merging stays off, said at start. */
+	if (lib_inherit_domain(l) < 0) {
+		warn_domain();
+		if (l->uffd >= 0)
+			close(l->uffd);
+		l->uffd = -EINVAL;
+	}
+#if !defined(__SANITIZE_THREAD__)
+	/* Not under ThreadSanitizer: its fork interceptor holds its own locks
+	 * while libc runs these handlers, and our lock calls go through it. */
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+#endif
 	the_lib = l;
 }
 
@@ -289,7 +326,7 @@ int samepage_set_domain(const char *name)
 	struct lib *l;
 	int err = 0;
 
-	if (name && strlen(name) >= sizeof(l->domain_name))
+	if (name && strlen(name) > SP_DOMAIN_MAX)
 		return -EINVAL;
 	l = lib_get();
 	if (!l)
@@ -403,37 +440,34 @@ int samepage_scan_now(void)
 void lib_fork_prepare(struct lib *l, struct fork_kid *k)
 {
 	client_fork_prepare(l, k);
-	k->sync = NULL;
-	if (k->mode != KID_DETACH)
-		return;
-	k->sync = os_mmap(NULL, SP_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (k->sync == MAP_FAILED)
-		k->sync = NULL;
+	k->done[0] = k->done[1] = -1;
+	if (k->mode == KID_DETACH && pipe2(k->done, O_CLOEXEC) < 0)
+		k->done[0] = k->done[1] = -1;
 }
 
 /* KID_DETACH: the child gives back every pool page before it runs; until
  * it has, none of our references may go (it maps their pages too). */
-static void wait_detached(struct lib *l, struct fork_kid *k, pid_t child)
+static void wait_detached(struct lib *l, struct fork_kid *k)
 {
-	siginfo_t si;
+	unsigned char st = 0;
 
-	while (k->sync && !__atomic_load_n(k->sync, __ATOMIC_ACQUIRE)) {
-		struct timespec ts = { 0, 50 * 1000 * 1000 };
-		syscall(SYS_futex, k->sync, FUTEX_WAIT, 0, &ts, NULL, 0);
-		si.si_pid = 0;
-		if (waitid(P_PID, (id_t)child, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid)
-			break; /* it died: it maps nothing now */
+	if (k->done[0] < 0) {
+		l->keep_refs = 1; /* we cannot know when it is done */
+		return;
 	}
-	if (!k->sync || __atomic_load_n(k->sync, __ATOMIC_ACQUIRE) == 2)
+	close(k->done[1]);
+	while (read(k->done[0], &st, 1) < 0 && errno == EINTR)
+		;
+	close(k->done[0]);
+	/* No byte: it died, and maps nothing now. */
+	if (st == 2)
 		l->keep_refs = 1;
 }
 
-void lib_atfork_parent(struct lib *l, struct fork_kid *k, pid_t child)
+void lib_atfork_parent(struct lib *l, struct fork_kid *k)
 {
-	if (child > 0 && k->mode == KID_DETACH)
-		wait_detached(l, k, child);
-	if (k->sync)
-		os_munmap(k->sync, SP_PAGE);
+	if (k->mode == KID_DETACH)
+		wait_detached(l, k);
 	client_fork_parent(l, k);
 }
 
@@ -451,14 +485,17 @@ void lib_atfork_child(struct lib *l, struct fork_kid *k)
 	l->pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	l->mapsfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 	if (k->mode == KID_DETACH) {
-		int ok = merge_detach_all(l) == 0;
-		if (k->sync) {
-			__atomic_store_n(k->sync, ok ? 1 : 2, __ATOMIC_RELEASE);
-			syscall(SYS_futex, k->sync, FUTEX_WAKE, 1, NULL, NULL, 0);
-			os_munmap(k->sync, SP_PAGE);
+		unsigned char st = merge_detach_all(l) == 0 ? 1 : 2;
+		if (k->done[1] >= 0 && write(k->done[1], &st, 1) != 1) {
+			/* the parent then counts us as failed or dead: it keeps its references */
+		}
+		if (k->done[0] >= 0) {
+			close(k->done[0]);
+			close(k->done[1]);
 		}
 	}
 	client_fork_child(l, k);
+	l->forking = 0;
 	l->scanner_running = 0;
 	l->pass_seq = 0;
 	/* Merged-page counters are not inherited (kernel semantics); the
@@ -474,6 +511,45 @@ void lib_atfork_child(struct lib *l, struct fork_kid *k)
 	l->first_pass_delay_ms = 2000;
 	if (l->merge_any || l->nranges)
 		lib_start_scanner(l);
+}
+
+/* Forks the wrappers do not see: libc's own (daemon(3)) run these. A fork
+ * through the wrapper runs them too, and they step aside. */
+static int unwrapped(struct lib *l)
+{
+	return l && !(l->forking && pthread_equal(l->forker, pthread_self()));
+}
+
+static void atfork_prepare(void)
+{
+	struct lib *l = lib_peek();
+
+	if (!unwrapped(l))
+		return;
+	lib_lock(l);
+	lib_fork_prepare(l, &l->atfork_kid);
+	l->atfork_active = 1;
+}
+
+static void atfork_parent(void)
+{
+	struct lib *l = lib_peek();
+
+	if (!l || !l->atfork_active || !unwrapped(l))
+		return;
+	l->atfork_active = 0;
+	lib_atfork_parent(l, &l->atfork_kid);
+	pthread_mutex_unlock(&l->lock);
+}
+
+static void atfork_child(void)
+{
+	struct lib *l = lib_peek();
+
+	if (!l || !l->atfork_active || !unwrapped(l))
+		return;
+	l->atfork_active = 0;
+	lib_atfork_child(l, &l->atfork_kid);
 }
 
 /* Under `samepage run --merge-any`, or after prctl() in an image that exec'd

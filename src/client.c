@@ -103,6 +103,7 @@ static int spawn_daemon(void)
 	char *argv[] = { path, "--daemonize", "--socket", sock, NULL };
 	char *env[512];
 	posix_spawnattr_t at;
+	posix_spawn_file_actions_t fa;
 	sigset_t none, def;
 	pid_t pid;
 	int err;
@@ -120,14 +121,20 @@ static int spawn_daemon(void)
 	posix_spawnattr_setsigmask(&at, &none);
 	posix_spawnattr_setsigdefault(&at, &def);
 	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+	/* Nor any descriptor of the application's: a pipe end the daemon kept
+	 * open for its whole life would keep the application's reader from
+	 * ever seeing end of file. */
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addclosefrom_np(&fa, 3);
 	/* libc's, not our wrapper: that would put LD_PRELOAD back. */
 	int (*spawnp)(pid_t *, const char *, const posix_spawn_file_actions_t *,
 		      const posix_spawnattr_t *, char *const[], char *const[]) =
 		(int (*)(pid_t *, const char *, const posix_spawn_file_actions_t *,
 			 const posix_spawnattr_t *, char *const[], char *const[]))
 			dlsym(RTLD_NEXT, "posix_spawnp");
-	err = spawnp ? spawnp(&pid, path, NULL, &at, argv, env) : ENOSYS;
+	err = spawnp ? spawnp(&pid, path, &fa, &at, argv, env) : ENOSYS;
 	posix_spawnattr_destroy(&at);
+	posix_spawn_file_actions_destroy(&fa);
 	if (err)
 		return -err;
 	/* --daemonize returns once the socket listens (or the daemon failed). */
@@ -658,6 +665,10 @@ void client_fork_prepare(struct lib *l, struct fork_kid *k)
 	if (!client_holds_refs(l))
 		return;
 	k->mode = KID_DETACH;
+	/* SAMEPAGE_FAULT=fork: as if C_FORK could not be sent (a stalled
+	 * daemon with a full socket buffer). */
+	if (fault_inject("fork"))
+		return;
 	/* The marker of earlier children serves this one too while the copy
 	 * the daemon made for them holds everything we hold (no reference
 	 * came to us since): one C_FORK for a fork storm, none while the
@@ -685,6 +696,7 @@ void client_fork_prepare(struct lib *l, struct fork_kid *k)
 	}
 	if (os_marker_create(&k->fd, &k->addr))
 		return;
+	/* SAMEPAGE_FAULT=fork: as if the daemon's socket buffer were full. */
 	err = send_fork(l, k->fd);
 	if (err) {
 		if (err != -EAGAIN)

@@ -87,6 +87,27 @@ static void page_adjust(struct samepaged *d, uint32_t id, int64_t drefs, int64_t
 	pool_free(&d->pool, id);
 }
 
+/* Hints waiting for pool page id count among c's references to it: a
+ * C_UNREF must not take those (hint_ids_add(), ref_drop()). */
+static void hint_ids_add(struct conn *c, uint32_t id, int delta)
+{
+	uint64_t *v = map_get(&c->hint_ids, id);
+
+	if (v && (int64_t)*v + delta <= 0)
+		map_del(&c->hint_ids, id);
+	else if (v)
+		*v += (uint64_t)delta;
+	else if (delta > 0)
+		map_put(&c->hint_ids, id, (uint64_t)delta);
+}
+
+static uint32_t hint_ids_of(const struct conn *c, uint32_t id)
+{
+	uint64_t *v = map_get(&c->hint_ids, id);
+
+	return v ? (uint32_t)*v : 0;
+}
+
 static int ref_take(struct samepaged *d, struct conn *c, uint32_t id)
 {
 	int err = refs_add(&c->refs, id);
@@ -114,7 +135,8 @@ static void ref_drop(struct samepaged *d, struct conn *c, uint32_t id, int cowed
 {
 	uint32_t all = refs_count(&c->refs, id), cw = refs_count(&c->cowed, id);
 
-	if (!all) {
+	/* Nor one a waiting hint stands on: c was never told of it. */
+	if (all <= hint_ids_of(c, id)) {
 		d->unheld_drops++;
 		return;
 	}
@@ -142,6 +164,8 @@ static void set_release(struct samepaged *d, struct conn *c)
 	c->nhints = 0;
 	map_fini(&c->hint_at);
 	map_init(&c->hint_at);
+	map_fini(&c->hint_ids);
+	map_init(&c->hint_ids);
 }
 
 static int hints_reserve(struct conn *c)
@@ -159,6 +183,7 @@ static void hint_add(struct conn *c, const struct sp_hint *h)
 	    map_put(&c->hint_at, h->addr, c->nhints))
 		return;
 	c->hints[c->nhints++] = *h;
+	hint_ids_add(c, h->id, +1);
 }
 
 /* dst gets src's references (and waiting hints): taken anew when copy,
@@ -184,6 +209,10 @@ static int set_merge(struct samepaged *d, struct conn *dst, struct conn *src, in
 		refs_init(&src->refs);
 		refs_init(&src->cowed);
 		src->nhints = 0;
+		map_fini(&src->hint_at);
+		map_init(&src->hint_at);
+		map_fini(&src->hint_ids);
+		map_init(&src->hint_ids);
 	}
 	return 0;
 }
@@ -235,6 +264,7 @@ static void set_free(struct conn *c)
 	free(c->look_addr);
 	free(c->hints);
 	map_fini(&c->hint_at);
+	map_fini(&c->hint_ids);
 	free(c);
 }
 
@@ -362,11 +392,24 @@ static struct conn *conn_by_id(struct samepaged *d, uint32_t id)
 	return v ? (struct conn *)(uintptr_t)*v : NULL;
 }
 
-/* The index key of content hash h for c: domains mixed in, so that pages
- * of two domains never meet in either index. */
+/* The index key of content hash h for c: its domain mixed in with a
+ * secret of the daemon's, so that pages of two domains never meet in either
+ * index and no process can compute another domain's keys (with a known
+ * mix, a forged hash probed whether another domain held some content). */
 static uint64_t key_of(const struct conn *c, uint64_t h)
 {
-	return c->domain ? h ^ XXH3_64bits_withSeed(&c->domain, sizeof(c->domain), 0x5a3e) : h;
+	return h ^ c->key_mix;
+}
+
+/* An unstable entry is a partner only while its connection is open and of
+ * the same domain (a key collision across domains is not a match). */
+struct partner { struct samepaged *d; uint64_t domain; };
+static int partner_ok(void *ctx, uint32_t id)
+{
+	const struct partner *p = ctx;
+	struct conn *o = conn_by_id(p->d, id);
+
+	return o && o->domain == p->domain;
 }
 
 /* The daemon keeps nothing for nobody: with no process and no held set
@@ -424,6 +467,7 @@ struct conn *samepaged_attach(struct samepaged *d, int fd, pid_t pid)
 	refs_init(&c->refs);
 	refs_init(&c->cowed);
 	map_init(&c->hint_at);
+	map_init(&c->hint_ids);
 	ev.data.ptr = c;
 	if (map_put(&d->live, c->id, (uintptr_t)c) ||
 	    (d->efd >= 0 && epoll_ctl(d->efd, EPOLL_CTL_ADD, fd, &ev) < 0)) {
@@ -436,18 +480,31 @@ struct conn *samepaged_attach(struct samepaged *d, int fd, pid_t pid)
 	return c;
 }
 
-static void accept_conn(struct samepaged *d)
+/* 1: a connection was taken (or refused), 0: none waits. */
+static int accept_conn(struct samepaged *d)
 {
 	struct ucred cr;
 	socklen_t len = sizeof(cr);
 	int fd = accept4(d->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
+	if (fd < 0 && (errno == EMFILE || errno == ENFILE) && d->spare_fd >= 0) {
+		/* Out of descriptors: take the connection with the spare one and
+		 * close it (its process sees the end and retries later), or the
+		 * listening socket stays readable and the loop spins. */
+		close(d->spare_fd);
+		fd = accept4(d->lfd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd >= 0)
+			close(fd);
+		d->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		return fd >= 0;
+	}
 	if (fd < 0)
-		return;
+		return errno == ECONNABORTED || errno == EINTR;
 	/* Invariant 6: only the daemon's own user shares its pages. */
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 || cr.uid != d->uid ||
 	    !samepaged_attach(d, fd, cr.pid))
 		close(fd);
+	return 1;
 }
 
 static int reply(struct conn *c, uint16_t type, const void *p, uint32_t len)
@@ -483,6 +540,7 @@ static int on_hello(struct samepaged *d, struct conn *c, const struct sp_hello *
 	c->hello = 1;
 	c->observer = !!(h->flags & HELLO_OBSERVER);
 	c->domain = h->domain;
+	c->key_mix = XXH3_64bits_withSeed(&c->domain, sizeof(c->domain), d->salt);
 	if (m->fd >= 0 && !c->observer) {
 		if (marker_take(c, m->fd))
 			return -EPROTO;
@@ -519,15 +577,23 @@ static int on_fork(struct samepaged *d, struct conn *c, struct sp_msg *m)
 	f->kind = SET_FORK;
 	f->marker_fd = -1;
 	f->domain = c->domain;
+	f->key_mix = c->key_mix;
 	f->id = ++d->next_id;
 	refs_init(&f->refs);
 	refs_init(&f->cowed);
 	map_init(&f->hint_at);
+	map_init(&f->hint_ids);
 	if (marker_take(f, m->fd)) {
 		set_free(f);
 		return -EPROTO;
 	}
 	m->fd = -1;
+	/* The children's marker, never the sender's own (its copy would come
+	 * back to it). */
+	if (same_marker(f, c)) {
+		set_free(f);
+		return -EPROTO;
+	}
 	if (set_merge(d, f, c, 1)) {
 		set_release(d, f);
 		set_free(f);
@@ -536,7 +602,7 @@ static int on_fork(struct samepaged *d, struct conn *c, struct sp_msg *m)
 	/* A child that connected first (it was parked, or the marker was
 	 * reused) gets its copy now. */
 	live = live_with_marker(d, f);
-	if (live && !live->parked)
+	if (live && live != c && !live->parked)
 		set_merge(d, live, f, 1);
 	f->next = d->held;
 	d->held = f;
@@ -613,9 +679,13 @@ static uint32_t hint_claim(struct samepaged *d, struct conn *c, uint64_t addr, u
 		return SP_POOL_NONE;
 	i = (uint32_t)*slot;
 	id = c->hints[i].id;
-	if (pool_page(&d->pool, id)->hash != key)
+	/* The hint's reference is c's, unless c dropped it since (a process
+	 * may send anything): then the page may be gone, or someone else's. */
+	if (!refs_count(&c->refs, id) || !pool_page(&d->pool, id) ||
+	    pool_page(&d->pool, id)->hash != key)
 		return SP_POOL_NONE;
 	map_del(&c->hint_at, addr);
+	hint_ids_add(c, id, -1);
 	if (i != --c->nhints) {
 		c->hints[i] = c->hints[c->nhints];
 		*map_get(&c->hint_at, c->hints[i].addr) = i;
@@ -634,9 +704,18 @@ static uint32_t stable_for(struct samepaged *d, struct conn *c, uint64_t key)
 	return id;
 }
 
+/* Has c's domain a pool page of this content, full or not? */
+static int stable_has_in(struct samepaged *d, struct conn *c, uint64_t key)
+{
+	uint32_t id = stable_find(&d->ix, &d->pool, key, UINT32_MAX);
+
+	return id != SP_POOL_NONE && pool_seg_domain(&d->pool, id / SEG_PAGES) == c->domain;
+}
+
 static int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l)
 {
 	struct sp_ids *r = (struct sp_ids *)d->buf; /* l lives in d->in */
+	struct partner me = { d, c->domain };
 	uint32_t n = l->n;
 	uint32_t *ids = r->id;
 
@@ -667,11 +746,12 @@ static int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup
 			ids[i] = err ? SP_POOL_NONE : id;
 			continue;
 		}
-		if (stable_has(&d->ix, &d->pool, key)) {
+		if (stable_has_in(d, c, key)) {
 			ids[i] = SP_POOL_CREATE; /* chain full: start a dup */
 			continue;
 		}
-		err = unstable_offer(&d->ix, key, c->id, l->e[i].addr, conn_alive, d, &c->pairs[i]);
+		err = unstable_offer(&d->ix, key, c->id, l->e[i].addr, partner_ok, &me,
+				     &c->pairs[i]);
 		ids[i] = err == 1 ? SP_POOL_CREATE : SP_POOL_NONE;
 	}
 	r->n = n;
@@ -724,6 +804,7 @@ static void hint(struct samepaged *d, struct conn *c, uint32_t look, uint32_t id
 		return;
 	}
 	o->hints[o->nhints++] = (struct sp_hint){ .addr = it->addr, .id = id };
+	hint_ids_add(o, id, +1);
 }
 
 /* Where page i of a C_CREATE lands: straight into a new pool page, or, when
@@ -905,13 +986,17 @@ static int on_hints(struct samepaged *d, struct conn *c, const struct sp_hints_r
 
 	if (n > SP_MAX_HINTS)
 		n = SP_MAX_HINTS;
-	r->n = n;
 	c->nhints -= n;
-	if (n)
-		memcpy(r->e, c->hints + c->nhints, n * sizeof(r->e[0]));
-	for (uint32_t i = 0; i < n; i++)
-		map_del(&c->hint_at, r->e[i].addr);
-	return reply(c, D_HINTS, r, sizeof(*r) + n * sizeof(r->e[0]));
+	r->n = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		const struct sp_hint *h = &c->hints[c->nhints + i];
+		map_del(&c->hint_at, h->addr);
+		hint_ids_add(c, h->id, -1);
+		/* Only hints whose reference c still holds (see hint_claim()). */
+		if (refs_count(&c->refs, h->id) && pool_page(&d->pool, h->id))
+			r->e[r->n++] = *h;
+	}
+	return reply(c, D_HINTS, r, sizeof(*r) + r->n * sizeof(r->e[0]));
 }
 
 static int on_unref(struct samepaged *d, struct conn *c, const struct sp_ids *u)
@@ -933,8 +1018,10 @@ static int on_getseg(struct samepaged *d, struct conn *c, const struct sp_getseg
 	struct sp_seg_r r = { .seg = g->seg, .pages = SEG_PAGES };
 	int fd = g->seg == SP_ZERO_SEG ? d->zero_fd : pool_seg_fd(&d->pool, g->seg);
 
-	/* A segment's fd reads every page in it: only its own domain's. */
-	if (fd >= 0 && g->seg != SP_ZERO_SEG && pool_seg_domain(&d->pool, g->seg) != c->domain)
+	/* A segment's fd reads every page in it: only to a process that holds
+	 * a page of it (it proved it had that content), of its own domain. */
+	if (fd >= 0 && g->seg != SP_ZERO_SEG &&
+	    (pool_seg_domain(&d->pool, g->seg) != c->domain || !refs_holds_seg(&c->refs, g->seg)))
 		fd = -EACCES;
 	if (fd < 0)
 		return ack(c, fd);
@@ -1070,13 +1157,8 @@ static void resolve_parked(struct samepaged *d)
 	uint32_t ids[1024], n = 0;
 	struct epoll_event ev = { .events = EPOLLIN };
 
-	if (d->lfd >= 0)
-		for (int i = 0; i < 4096; i++) {
-			uint32_t before = d->next_id;
-			accept_conn(d);
-			if (d->next_id == before && errno == EAGAIN)
-				break;
-		}
+	for (int i = 0; d->lfd >= 0 && i < 4096 && accept_conn(d); i++)
+		;
 	for (struct conn *c = d->conns; c && n < 1024; c = c->next)
 		ids[n++] = c->id;
 	for (uint32_t i = 0; i < n; i++) {
@@ -1235,6 +1317,8 @@ int samepaged_init(struct samepaged *d)
 	if (getrandom(&d->instance, sizeof(d->instance), 0) != sizeof(d->instance))
 		d->instance = now_ns() ^ ((uint64_t)getpid() << 32);
 	d->instance |= 1; /* never 0: "no daemon" to the library */
+	if (getrandom(&d->salt, sizeof(d->salt), 0) != sizeof(d->salt))
+		d->salt = now_ns() * 0x9e3779b97f4a7c15ull ^ d->instance;
 	samepaged_default_knobs(&d->knobs);
 	pool_init(&d->pool);
 	index_init(&d->ix);
@@ -1247,6 +1331,7 @@ int samepaged_init(struct samepaged *d)
 	if (d->buf == MAP_FAILED)
 		return -ENOMEM;
 	d->in = d->buf + SP_MAX_MSG;
+	d->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	d->scratch = mmap(NULL, (size_t)SP_MAX_CREATE * SP_PAGE, PROT_READ | PROT_WRITE,
 			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (d->scratch == MAP_FAILED)
@@ -1269,6 +1354,8 @@ void samepaged_fini(struct samepaged *d)
 	map_fini(&d->live);
 	if (d->zero_fd >= 0)
 		close(d->zero_fd);
+	if (d->spare_fd >= 0)
+		close(d->spare_fd);
 	munmap(d->buf, 2 * SP_MAX_MSG);
 	munmap(d->scratch, (size_t)SP_MAX_CREATE * SP_PAGE);
 }

@@ -43,6 +43,7 @@ struct conn {
 	int unmerge_pending;  /* `samepage unmerge --pid` for this process */
 	uint64_t last_seen_ns; /* last budget request */
 	uint64_t domain;      /* merge domain: only pages of one domain ever merge */
+	uint64_t key_mix;     /* XORed into its content hashes: index keys (key_of) */
 	int marker_fd;        /* the process's marker (-1: none: the set dies with the connection) */
 	uint64_t marker_ino, marker_dev;
 	struct refs refs;     /* every pool reference held */
@@ -59,6 +60,7 @@ struct conn {
 	struct sp_hint *hints;
 	uint32_t nhints;
 	struct map hint_at;   /* addr → index in hints */
+	struct map hint_ids;  /* pool id → hints waiting with a reference to it */
 	struct sp_proc_stats st;
 	struct conn *next;
 };
@@ -68,8 +70,10 @@ struct samepaged {
 	uint64_t sock_ino, sock_dev; /* the socket we bound: removed at exit only if still there */
 	uid_t uid;
 	uint64_t instance;    /* random: tells a process whether its references live here */
+	uint64_t salt;        /* random, secret: domains' index keys cannot be forged */
 	struct pool pool;
 	int zero_fd;          /* an all-zero sealed memfd: see zero_segment() */
+	int spare_fd;         /* given up to refuse a connection when out of descriptors */
 	struct index ix;
 	struct conn *conns;   /* open connections */
 	struct conn *held;    /* held sets (fd -1) */

@@ -3,9 +3,40 @@
 #define _GNU_SOURCE
 #include "env.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 extern char **environ;
+
+/* The one piece of state of this module: what the process inherited. */
+static struct sp_inherited inherited;
+
+static const char *keep(const char *name)
+{
+	const char *v = sp_env(name);
+
+	return v ? strdup(v) : NULL;
+}
+
+__attribute__((constructor)) static void inherit(void)
+{
+	const char *any = sp_env("SAMEPAGE_MERGE_ANY");
+
+	inherited.socket = keep("SAMEPAGE_SOCKET");
+	inherited.xdg = keep("XDG_RUNTIME_DIR");
+	inherited.domain = keep("SAMEPAGE_DOMAIN");
+	/* An image that clears its environment (env -i, clearenv()) still
+	 * passes merge-any on, and with it the library that serves it. */
+	const char *pre = sp_env("LD_PRELOAD");
+	if (pre)
+		inherited.preload = strdup(pre - strlen("LD_PRELOAD=")); /* environ's string */
+	inherited.merge_any = any && *any == '1';
+}
+
+const struct sp_inherited *sp_inherited(void)
+{
+	return &inherited;
+}
 
 const char *sp_env(const char *name)
 {

@@ -16,4 +16,20 @@
 /* The value of name in environ now, or NULL. */
 const char *sp_env(const char *name);
 
+/* What this process inherited from the image that exec'd it, read before
+ * main() (a program may rewrite its environment later: Redis's
+ * setproctitle does clearenv() + setenv()). Written once, by a
+ * constructor; NULL for variables that were not set. */
+struct sp_inherited {
+	const char *socket;   /* SAMEPAGE_SOCKET */
+	const char *xdg;      /* XDG_RUNTIME_DIR */
+	const char *domain;   /* SAMEPAGE_DOMAIN */
+	const char *preload;  /* "LD_PRELOAD=...", the whole variable */
+	int merge_any;        /* SAMEPAGE_MERGE_ANY=1 */
+};
+const struct sp_inherited *sp_inherited(void);
+
+/* Longest merge domain name: longer ones are refused, never cut. */
+#define SP_DOMAIN_MAX 255
+
 #endif

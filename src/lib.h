@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "arena.h"
+#include "env.h"
 #include "os.h"
 #include "pool.h"
 #include "proto.h"
@@ -103,7 +104,8 @@ struct fork_kid {
 	int mode;          /* KID_NONE: nothing to cover; KID_MARKER: C_FORK sent; KID_DETACH */
 	int fd;            /* the children's marker */
 	uintptr_t addr;    /* mapped here, in parent and child */
-	int *sync;         /* KID_DETACH: shared page the child reports on (1 done, 2 failed) */
+	int done[2];       /* KID_DETACH: the child writes 1 (detached) or 2 (failed) and
+			      closes; end of file without a byte: it died */
 };
 enum { KID_NONE, KID_MARKER, KID_DETACH };
 
@@ -127,7 +129,7 @@ struct lib {
 	uint32_t nexpect;
 	int sndbuf;                /* sock's send buffer: half stays free for C_FORK */
 	uint64_t domain;           /* merge domain (SAMEPAGE_DOMAIN): sp_domain_id(domain_name) */
-	char domain_name[64];
+	char domain_name[SP_DOMAIN_MAX + 1];
 	int marker_fd;             /* our marker (os_marker_create), -1: none yet */
 	uintptr_t marker_addr;
 	int marker_shared;         /* the marker a fork gave us and our siblings: replaced
@@ -141,6 +143,10 @@ struct lib {
 	uint32_t out_head, nout;
 	uint64_t seg_refs;         /* references we hold, all segments */
 	int keep_refs;             /* a fork child could not detach: never drop one again */
+	pthread_t forker;          /* thread inside the fork() wrapper (forking set) */
+	int forking;
+	struct fork_kid atfork_kid; /* a fork() the wrapper did not see (daemon(3)) */
+	int atfork_active;
 	void (*refs_lost)(struct lib *l); /* the daemon died: scan.c forgets the references */
 	struct sp_knobs knobs;
 	uint64_t gen;
@@ -200,9 +206,11 @@ struct lib *lib_peek(void);
 int lib_start_scanner(struct lib *l);
 void lib_kick(struct lib *l);
 
-/* fork(), in api.c: lock held from prepare to parent/child. */
+/* fork(), in api.c: lock held from prepare to parent/child. The fork()
+ * and _Fork() wrappers call them; pthread_atfork handlers do for forks
+ * made inside libc (daemon(3)), which the wrappers never see. */
 void lib_fork_prepare(struct lib *l, struct fork_kid *k);
-void lib_atfork_parent(struct lib *l, struct fork_kid *k, pid_t child);
+void lib_atfork_parent(struct lib *l, struct fork_kid *k);
 void lib_atfork_child(struct lib *l, struct fork_kid *k);
 
 /* Take lib.lock from an application thread (a wrapper, the API): a

@@ -216,13 +216,34 @@ static int vmas_push(struct vma_list *l, const struct vma *v)
 	return 0;
 }
 
-/* "start-end perms offset dev inode [path]" */
-static void parse_header(const char *s, struct vma *v, int *is_own)
+/* The kernel writes addresses in lowercase hex. */
+static int hex_digit(char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+
+static int header_line(const char *s)
+{
+	/* Header lines start with a hex address; field lines with a capital. */
+	return hex_digit(*s);
+}
+
+/* "start-end perms offset dev inode [path]". -EINVAL for a line the kernel
+ * cannot have written: s may be any text (fuzz/proc_maps.c), and the
+ * list must stay one that os_vma_find() can search. */
+static int parse_header(const char *s, struct vma *v)
 {
 	char *p;
-	unsigned long long start = strtoull(s, &p, 16), end = strtoull(p + 1, &p, 16);
+	unsigned long long start = strtoull(s, &p, 16), end;
 	const char *path;
+	int own;
 
+	if (p[0] != '-' || !hex_digit(p[1]))
+		return -EINVAL;
+	end = strtoull(p + 1, &p, 16);
+	if (start >= end || (start | end) % 4096 || p[0] != ' ' || !p[1] || !p[2] || !p[3] ||
+	    !p[4] || p[5] != ' ')
+		return -EINVAL;
 	memset(v, 0, sizeof(*v));
 	v->start = start;
 	v->end = end;
@@ -239,7 +260,7 @@ static void parse_header(const char *s, struct vma *v, int *is_own)
 	while (*p == ' ')
 		p++;
 	path = p;
-	*is_own = !strncmp(path, "[anon:samepage]", 15);
+	own = !strncmp(path, "[anon:samepage]", 15);
 	if (!strncmp(path, "/memfd:samepage-pool", 20))
 		v->kind = VMA_POOL;
 	else if (v->ino == 0 && (!*path || *path == '\n' || !strncmp(path, "[heap]", 6) ||
@@ -247,27 +268,32 @@ static void parse_header(const char *s, struct vma *v, int *is_own)
 		v->kind = VMA_ANON;
 	else
 		v->kind = VMA_OTHER;
-	if (*is_own)
+	if (own)
 		v->kind = VMA_OTHER; /* samepage's own memory is never merged */
+	return 0;
 }
 
-static int header_line(const char *s)
+/* A VMA is pushed at its header; the field lines after it (VmFlags) amend
+ * the last one, so the text may come a chunk of whole lines at a time. */
+static int parse_line(struct vma_list *l, const char *s)
 {
-	/* Header lines start with a hex address; field lines with a capital. */
-	return (*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f');
-}
-
-static int parse_line(struct vma_list *l, struct vma *cur, int *have, const char *s)
-{
-	int own, err = 0;
+	struct vma v;
+	int err;
 
 	if (header_line(s)) {
-		if (*have)
-			err = vmas_push(l, cur);
-		parse_header(s, cur, &own);
-		*have = 1;
+		err = parse_header(s, &v);
+		if (err)
+			return err;
+		/* The kernel resumes each read() at an address: a VMA that grew
+		 * or merged between two reads shows again, overlapping what came
+		 * before. os_read_vmas() reads again. */
+		if (l->n && v.start < l->v[l->n - 1].end)
+			return -EAGAIN;
 		l->total++;
-	} else if (!strncmp(s, "VmFlags:", 8) && *have) {
+		return vmas_push(l, &v);
+	}
+	if (!strncmp(s, "VmFlags:", 8) && l->n) {
+		struct vma *cur = &l->v[l->n - 1];
 		for (const char *f = s + 8; *f && *f != '\n'; f++)
 			if (f[0] != ' ' && f[1] && f[1] != ' ' && f[1] != '\n' &&
 			    (f == s + 8 || f[-1] == ' ')) {
@@ -275,15 +301,41 @@ static int parse_line(struct vma_list *l, struct vma *cur, int *have, const char
 				f++;
 			}
 	}
+	return 0;
+}
+
+/* What parsing needs of a line: a header's fields and the start of its path
+ * (the kernel pads the fields to 73 columns), or all of VmFlags (3 bytes a
+ * flag). Longer lines are cut: the rest of a path is never looked at. */
+#define LINE_BYTES 512
+
+int os_parse_vmas(struct vma_list *l, const char *text, size_t len)
+{
+	char line[LINE_BYTES];
+	int err = 0;
+
+	for (size_t i = 0; i < len && !err;) {
+		const char *s = text + i, *nl = memchr(s, '\n', len - i);
+		size_t n = nl ? (size_t)(nl - s) : len - i;
+
+		i += n + (nl != NULL);
+		/* Most lines (Rss:, Pss:, ...) say nothing we use: not copied. */
+		if (!header_line(s) && (n < 8 || memcmp(s, "VmFlags:", 8)))
+			continue;
+		n = n < sizeof(line) - 1 ? n : sizeof(line) - 1;
+		memcpy(line, s, n);
+		line[n] = 0;
+		err = parse_line(l, line);
+	}
 	return err;
 }
 
-int os_read_vmas(struct vma_list *l, char *buf, size_t buflen)
+/* One read of the whole file, a buffer of whole lines at a time. */
+static int read_vmas_once(struct vma_list *l, char *buf, size_t buflen)
 {
 	int fd = open("/proc/self/smaps", O_RDONLY | O_CLOEXEC);
 	size_t have_bytes = 0;
-	struct vma cur;
-	int have = 0, err = 0;
+	int err = 0;
 
 	if (fd < 0)
 		return -errno;
@@ -298,21 +350,31 @@ int os_read_vmas(struct vma_list *l, char *buf, size_t buflen)
 			break;
 		}
 		have_bytes += (size_t)r;
-		buf[have_bytes] = 0;
-		char *line = buf, *nl;
-		while ((nl = strchr(line, '\n'))) {
-			*nl = 0;
-			err = err ? err : parse_line(l, &cur, &have, line);
-			line = nl + 1;
-		}
-		have_bytes = strlen(line);
-		memmove(buf, line, have_bytes);
+		/* A line cut by the end of this read waits for the next one. */
+		const char *nl = memrchr(buf, '\n', have_bytes);
+		size_t whole = nl ? (size_t)(nl - buf) + 1 : 0;
+		err = os_parse_vmas(l, buf, whole);
+		if (err)
+			break;
+		have_bytes -= whole;
+		memmove(buf, buf + whole, have_bytes);
 		if (r == 0)
 			break;
 	}
 	close(fd);
-	if (have && !err)
-		err = vmas_push(l, &cur);
+	return err;
+}
+
+/* Reads that a change of the address space made inconsistent (-EAGAIN)
+ * are retried: the window is two read() calls wide, so a few suffice. */
+#define READ_TRIES 4
+
+int os_read_vmas(struct vma_list *l, char *buf, size_t buflen)
+{
+	int err = -EAGAIN;
+
+	for (int i = 0; i < READ_TRIES && err == -EAGAIN; i++)
+		err = read_vmas_once(l, buf, buflen);
 	return err;
 }
 

@@ -81,6 +81,16 @@ struct vma_list {
 /* Read /proc/self/smaps into l (kinds: private anonymous memory, private
  * mappings of the pool, everything else). buf/buflen: scratch space. */
 int os_read_vmas(struct vma_list *l, char *buf, size_t buflen);
+/* Append to l the VMAs that len bytes of smaps text describe (os_read_vmas
+ * feeds it a buffer of whole lines at a time; a last line without '\n'
+ * counts too). Field lines amend the VMA l ends with, so a VMA may span
+ * two calls. Separate from the reading so that fuzz/proc_maps.c can feed
+ * it any text: l only ever gets VMAs with start < end, page-aligned, each
+ * above the one before (os_vma_find() depends on that). -EINVAL for a
+ * header the kernel cannot have written, -EAGAIN for one that overlaps the
+ * VMA before it (the address space changed between two reads),
+ * -ENOSPC/-ENOMEM when l is full. */
+int os_parse_vmas(struct vma_list *l, const char *text, size_t len);
 void os_vmas_free(struct vma_list *l);
 /* Copy n pages of our own memory, page i from addr[i] (an array with
  * `stride` bytes between elements), into buf page i, without ever faulting:

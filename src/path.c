@@ -28,26 +28,13 @@ static int own_private_dir(const char *dir)
 	return 0;
 }
 
-/* Read before main(): a program may rewrite its environment later (Redis's
- * setproctitle does clearenv() + setenv() at start) while our scanner
- * thread connects. Unset then, they are read when asked for (a program,
- * or a test, that sets them itself). Read from environ, not getenv(): see
- * env.h. */
-static const char *env_sock, *env_xdg;
-__attribute__((constructor)) static void path_env(void)
-{
-	env_sock = sp_env("SAMEPAGE_SOCKET");
-	env_xdg = sp_env("XDG_RUNTIME_DIR");
-	if (env_sock)
-		env_sock = strdup(env_sock);
-	if (env_xdg)
-		env_xdg = strdup(env_xdg);
-}
-
 int sp_socket_path(char *buf, size_t len)
 {
-	const char *env = env_sock ? env_sock : sp_env("SAMEPAGE_SOCKET");
-	const char *xdg = env_xdg ? env_xdg : sp_env("XDG_RUNTIME_DIR");
+	/* As inherited (env.h); unset then, as now (a program, or a test,
+	 * that sets them itself). */
+	const struct sp_inherited *in = sp_inherited();
+	const char *env = in->socket ? in->socket : sp_env("SAMEPAGE_SOCKET");
+	const char *xdg = in->xdg ? in->xdg : sp_env("XDG_RUNTIME_DIR");
 	char dir[512];
 	int n, err;
 

@@ -201,13 +201,17 @@ static pid_t wrap_fork(pid_t (*rf)(void))
 	if (!l)
 		return rf();
 	lib_lock(l);
+	/* libc's fork runs pthread_atfork handlers: ours step aside for us. */
+	l->forker = pthread_self();
+	l->forking = 1;
 	lib_fork_prepare(l, &k);
 	pid = rf();
 	if (pid == 0) {
 		lib_atfork_child(l, &k);
 		return 0;
 	}
-	lib_atfork_parent(l, &k, pid);
+	l->forking = 0;
+	lib_atfork_parent(l, &k);
 	pthread_mutex_unlock(&l->lock);
 	return pid;
 }
@@ -251,7 +255,7 @@ EXPORT pid_t _Fork(void)
 struct exec_env {
 	char *v[4096];
 	char sock[160];
-	char domain[96];
+	char domain[SP_DOMAIN_MAX + 32];
 };
 
 static int has_var(char *const envp[], const char *name, size_t n)
@@ -265,15 +269,19 @@ static int has_var(char *const envp[], const char *name, size_t n)
 static char **with_merge_env(char *const envp[], struct exec_env *b)
 {
 	struct lib *l = lib_peek();
-	const char *pre = sp_env("LD_PRELOAD");
+	const struct sp_inherited *in = sp_inherited();
+	const char *cur = sp_env("LD_PRELOAD");
+	/* The whole variable, as now or as the process started with it: env -i
+	 * and clearenv() empty environ before the exec. */
+	char *pre = cur ? (char *)cur - strlen("LD_PRELOAD=") : (char *)in->preload;
+	/* A process that has not used samepage yet (a shell) passes on what
+	 * it inherited; one that has, what it is now. */
+	const char *dom = l ? l->domain_name : in->domain ? in->domain : "";
+	int any = l ? __atomic_load_n(&l->merge_any, __ATOMIC_RELAXED) : in->merge_any;
 	char path[108];
 	size_t n = 0;
-	int any;
 
-	if (!l)
-		return (char **)envp;
-	any = __atomic_load_n(&l->merge_any, __ATOMIC_RELAXED);
-	if (!any && !l->domain_name[0])
+	if (!any && !*dom)
 		return (char **)envp;
 	for (; envp && envp[n] && n + 6 < sizeof(b->v) / sizeof(b->v[0]); n++)
 		b->v[n] = envp[n];
@@ -282,19 +290,19 @@ static char **with_merge_env(char *const envp[], struct exec_env *b)
 	if (any && !has_var(envp, "SAMEPAGE_MERGE_ANY=", 19))
 		b->v[n++] = "SAMEPAGE_MERGE_ANY=1";
 	if (any && !has_var(envp, "LD_PRELOAD=", 11) && pre)
-		b->v[n++] = (char *)pre - strlen("LD_PRELOAD="); /* environ's own string */
+		b->v[n++] = pre;
 	/* The same daemon, whatever the new environment says of XDG. */
 	if (!has_var(envp, "SAMEPAGE_SOCKET=", 16) && sp_socket_path(path, sizeof(path)) == 0) {
 		snprintf(b->sock, sizeof(b->sock), "SAMEPAGE_SOCKET=%s", path);
 		b->v[n++] = b->sock;
 	}
-	/* A domain is for life: an image that clears its environment must not
-	 * fall back into the default one. */
-	if (l->domain_name[0]) {
+	/* A domain is for life: an image that clears or changes its
+	 * environment must not land in the default domain, or in another. */
+	if (*dom && strlen(dom) <= SP_DOMAIN_MAX) {
+		snprintf(b->domain, sizeof(b->domain), "SAMEPAGE_DOMAIN=%s", dom);
 		for (size_t i = 0; i < n; i++)
 			if (!strncmp(b->v[i], "SAMEPAGE_DOMAIN=", 16))
 				b->v[i] = b->domain;
-		snprintf(b->domain, sizeof(b->domain), "SAMEPAGE_DOMAIN=%s", l->domain_name);
 		if (!has_var(envp, "SAMEPAGE_DOMAIN=", 16))
 			b->v[n++] = b->domain;
 	}

@@ -128,6 +128,11 @@ uint32_t refs_count(const struct refs *r, uint32_t id)
 	return 1 + (x ? (uint32_t)*x : 0);
 }
 
+int refs_holds_seg(const struct refs *r, uint32_t seg)
+{
+	return map_get(&r->segs, seg) != NULL;
+}
+
 /* *pos: segment-map position in the high 32 bits, next page in the low. */
 int refs_next(const struct refs *r, uint64_t *pos, uint32_t *id, uint32_t *count)
 {

@@ -36,6 +36,8 @@ int refs_add_n(struct refs *r, uint32_t id, uint32_t n);
 int refs_drop(struct refs *r, uint32_t id);
 /* References held to id. */
 uint32_t refs_count(const struct refs *r, uint32_t id);
+/* Is any page of pool segment seg held? */
+int refs_holds_seg(const struct refs *r, uint32_t seg);
 /* Iterate pool pages held: start with *pos = 0; 0 at the end. */
 int refs_next(const struct refs *r, uint64_t *pos, uint32_t *id, uint32_t *count);
 size_t refs_bytes(const struct refs *r);

@@ -85,9 +85,35 @@ static int eligible(const struct lib *l, const struct vma *v)
 	return v->kind == VMA_ANON || v->kind == VMA_POOL;
 }
 
+/* Said once per process (a fork child says it again). lib.lock is held:
+ * no stdio, no malloc. */
+static void warn_no_room(size_t bytes)
+{
+	static pid_t said;
+	pid_t me = getpid();
+	char buf[320];
+	int n;
+
+	if (said == me)
+		return;
+	said = me;
+	n = snprintf(buf, sizeof(buf),
+		     "samepage: process %d: no address space left for %zu KiB of page tracking: "
+		     "the address space limit (ulimit -v) is reached; merging limited to the "
+		     "memory tracked so far\n",
+		     (int)me, bytes >> 10);
+	if (n > 0 && write(2, buf, (size_t)n) < 0) {
+		/* nowhere to say it */
+	}
+}
+
 static struct entry *entries_alloc(struct lib *l, size_t npages)
 {
-	return arena_alloc(&l->arena, npages * sizeof(struct entry));
+	struct entry *e = arena_alloc(&l->arena, npages * sizeof(struct entry));
+
+	if (!e)
+		warn_no_room(npages * sizeof(struct entry));
+	return e;
 }
 
 static void entries_free(struct lib *l, struct area *a)
@@ -203,6 +229,16 @@ static int next_run(const struct lib *l, size_t *i, uintptr_t *s, uintptr_t *e,
 	return 1;
 }
 
+/* An area whose entries find no room (the address space limit) is left
+ * out, untracked, and the others go on: what fits still merges. */
+static void add_area(struct lib *l, struct area *old, uint32_t nold, uint32_t *j,
+		     uintptr_t s, uintptr_t e, uint32_t flags, uint8_t prot)
+{
+	if (l->nareas < LIB_MAX_AREAS &&
+	    make_area(l, old, nold, j, &l->areas[l->nareas], s, e, flags, prot) == 0)
+		l->nareas++;
+}
+
 static int reconcile(struct lib *l)
 {
 	struct area *old = l->old_areas;
@@ -211,37 +247,30 @@ static int reconcile(struct lib *l)
 	uintptr_t s, e;
 	uint32_t flags;
 	uint8_t prot;
-	int err = 0;
 
 	memcpy(old, l->areas, nold * sizeof(*old));
 	l->nareas = 0;
-	while (!err && next_run(l, &vi, &s, &e, &flags, &prot)) {
+	while (next_run(l, &vi, &s, &e, &flags, &prot)) {
 		if (l->merge_any) {
-			if (l->nareas < LIB_MAX_AREAS)
-				err = make_area(l, old, nold, &j, &l->areas[l->nareas++], s, e,
-						flags, prot);
+			add_area(l, old, nold, &j, s, e, flags, prot);
 			continue;
 		}
 		/* The madvised ranges inside this run; one may span several runs. */
 		while (ri < l->nranges && l->ranges[ri].end <= s)
 			ri++;
-		for (uint32_t k = ri; !err && k < l->nranges && l->ranges[k].start < e; k++) {
+		for (uint32_t k = ri; k < l->nranges && l->ranges[k].start < e; k++) {
 			uintptr_t rs = l->ranges[k].start > s ? l->ranges[k].start : s;
 			uintptr_t re = l->ranges[k].end < e ? l->ranges[k].end : e;
-			if (l->nareas < LIB_MAX_AREAS)
-				err = make_area(l, old, nold, &j, &l->areas[l->nareas++], rs, re,
-						flags, prot);
+			add_area(l, old, nold, &j, rs, re, flags, prot);
 		}
 	}
-	if (err)
-		l->nareas--;
 	for (uint32_t k = 0; k < nold; k++) {
 		if (!old[k].e)
 			continue;
 		forget_entries(l, &old[k], old[k].start, old[k].end);
 		entries_free(l, &old[k]);
 	}
-	return err;
+	return 0;
 }
 
 /* ---- pending references ---- */

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "os.h"
+#include "env.h"
 #include "path.h"
 #include "proto.h"
 
@@ -168,8 +169,13 @@ static int cmd_run(int argc, char **argv)
 	for (; i < argc && argv[i][0] == '-'; i++) {
 		if (!strcmp(argv[i], "--merge-any"))
 			any = 1;
-		else if (!strcmp(argv[i], "--domain") && i + 1 < argc && argv[i + 1][0])
+		else if (!strcmp(argv[i], "--domain") && i + 1 < argc && argv[i + 1][0] &&
+			 strlen(argv[i + 1]) <= SP_DOMAIN_MAX)
 			domain = argv[++i];
+		else if (!strcmp(argv[i], "--domain") && i + 1 < argc) {
+			fprintf(stderr, "samepage: a merge domain is 1 to %d bytes\n", SP_DOMAIN_MAX);
+			return 2;
+		}
 		else if (!strcmp(argv[i], "--")) {
 			i++;
 			break;
@@ -243,6 +249,8 @@ static void print_status(const struct sp_stat_r *r, int json)
 		{ "merge_vmas", (int64_t)g->merge_vmas },
 		{ "vma_limited", (int64_t)g->vma_limited },
 		{ "processes", (int64_t)g->processes },
+		{ "held_sets", (int64_t)g->held_sets },
+		{ "pool_written", (int64_t)g->pool_written },
 	};
 	struct field knobs[KNOB_COUNT];
 	struct field proc[] = {

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -76,6 +77,14 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	/* Started on demand, we inherit whatever address space limit the
+	 * starting program runs under (ulimit -v): the pool's segments need
+	 * more. As far as the hard limit allows. */
+	struct rlimit as;
+	if (getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != as.rlim_max) {
+		as.rlim_cur = as.rlim_max;
+		setrlimit(RLIMIT_AS, &as);
+	}
 	if (detach && (err = daemonize(&ready)) < 0) {
 		fprintf(stderr, "samepaged: %s\n", strerror(-err));
 		return 1;

@@ -589,10 +589,23 @@ static void garbage(void)
 			close(fd);
 		}
 	}
-	/* Segment 0 exists (A's and B's pages): the same user may read it, but
-	 * no one may change a pool page that others map. */
+	/* Segment 0 exists (A's and B's pages): the same user may read it once
+	 * it holds a page of it (a lookup of content A holds gives it one), but
+	 * no one may change a pool page that others map. Without such a page,
+	 * C_GETSEG is refused. */
 	{
 		struct sp_getseg g = { .seg = 0 };
+		static unsigned char first[PAGE];
+		struct { struct sp_lookup l; struct sp_lookup_ent e; } lk = { { .n = 1 }, { 0, 0x1000 } };
+		fd = hello();
+		send_msg(fd, C_GETSEG, &g, sizeof(g));
+		TU_CHECK(recv_dgram(fd, 2000, NULL) > 0 && rtype() == D_ACK &&
+			 ((struct sp_ack *)(rbuf + sizeof(struct sp_hdr)))->err == -EACCES,
+			 "C_GETSEG of a segment it holds no page of was not refused");
+		close(fd);
+		cases++;
+		tu_fill(first, PAGE, SEED);
+		lk.e.hash = XXH3_64bits(first, PAGE);
 		union { char b[CMSG_SPACE(sizeof(int))]; struct cmsghdr a; } cb;
 		struct iovec iov = { rbuf, sizeof(rbuf) };
 		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.b,
@@ -601,6 +614,8 @@ static void garbage(void)
 		int sfd = -1, rw;
 		void *m;
 		fd = hello();
+		send_msg(fd, C_LOOKUP, &lk, sizeof(lk));
+		TU_CHECK(recv_dgram(fd, 2000, NULL) > 0 && rtype() == D_LOOKUP, "lookup of A's page");
 		send_msg(fd, C_GETSEG, &g, sizeof(g));
 		TU_CHECK(recvmsg(fd, &mh, MSG_CMSG_CLOEXEC) > 0 && rtype() == D_SEG &&
 			 CMSG_FIRSTHDR(&mh), "C_GETSEG 0: no segment");

@@ -8,9 +8,14 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "testutil.h"
+
+#include <stdlib.h>
 
 void tu_region_init(struct tu_region *r, size_t pages, uint64_t seed)
 {
@@ -100,6 +105,96 @@ void tu_region_fini(struct tu_region *r)
 	munmap(r->shadow, r->pages * PAGE);
 }
 
+#define MAX_KIDS 64
+static pid_t kids[MAX_KIDS];
+static int kid_pipe[MAX_KIDS], nkids;
+
+/* A fork child: the region as it was at the fork is its truth. */
+static int kid(struct tu_region *r, int rd, int ready)
+{
+	unsigned char *expect = mmap(NULL, r->pages * PAGE, PROT_READ | PROT_WRITE,
+				     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct pollfd pf = { .fd = rd, .events = POLLIN };
+	int bad = 0;
+
+	if (expect == MAP_FAILED)
+		_exit(3);
+	memcpy(expect, r->shadow, r->pages * PAGE);
+	if (write(ready, "r", 1) != 1)
+		_exit(3);
+	close(ready);
+	for (;;) {
+		int last = poll(&pf, 1, 500) != 0;
+		bad |= memcmp(r->mem, expect, r->pages * PAGE) != 0;
+		if (last || bad)
+			break;
+	}
+	_exit(bad);
+}
+
+/* Fork n children while every writer is held: what they inherit equals
+ * the shadow, which each copies before the writers go on. */
+static void fork_kids(struct tu_region *r, int n)
+{
+	for (int i = 0; i < n && nkids < MAX_KIDS; i++) {
+		int p[2], ready[2];
+		char c;
+		TU_CHECK(pipe(p) == 0 && pipe(ready) == 0, "pipe");
+		for (int k = 0; k < TU_REGION_WRITERS; k++)
+			pthread_mutex_lock(&r->lock[k]);
+		pid_t pid = fork();
+		TU_CHECK(pid >= 0, "fork: %s", strerror(errno));
+		if (pid == 0) {
+			close(p[1]);
+			close(ready[0]);
+			kid(r, p[0], ready[1]);
+		}
+		close(p[0]);
+		close(ready[1]);
+		TU_CHECK(read(ready[0], &c, 1) == 1, "fork child died at start");
+		close(ready[0]);
+		for (int k = 0; k < TU_REGION_WRITERS; k++)
+			pthread_mutex_unlock(&r->lock[k]);
+		kids[nkids] = pid;
+		kid_pipe[nkids++] = p[1];
+	}
+}
+
+static uint64_t reap_kids(void)
+{
+	uint64_t bad = 0;
+
+	for (int i = 0; i < nkids; i++)
+		close(kid_pipe[i]);
+	for (int i = 0; i < nkids; i++) {
+		int st;
+		while (waitpid(kids[i], &st, 0) < 0 && errno == EINTR)
+			;
+		bad += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+	}
+	nkids = 0;
+	return bad;
+}
+
+int tu_cut_daemon_conns(void)
+{
+	const char *sock = getenv("SAMEPAGE_SOCKET");
+	int n = 0;
+
+	for (int fd = 3; sock && fd < 1024; fd++) {
+		struct sockaddr_un sa;
+		socklen_t len = sizeof(sa);
+		int type;
+		socklen_t tl = sizeof(type);
+		if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) || type != SOCK_SEQPACKET ||
+		    getpeername(fd, (struct sockaddr *)&sa, &len) || sa.sun_family != AF_UNIX ||
+		    strcmp(sa.sun_path, sock))
+			continue;
+		n += shutdown(fd, SHUT_RDWR) == 0;
+	}
+	return n;
+}
+
 int tu_region_child(int rd, int wr, void *arg)
 {
 	const struct tu_region_spec *spec = arg;
@@ -123,8 +218,23 @@ int tu_region_child(int rd, int wr, void *arg)
 			rep.bad = tu_region_check(&r, &first);
 			rep.first_bad = first;
 			break;
+		case TU_RC_FORK:
+			fork_kids(&r, (int)rate);
+			break;
+		case TU_RC_KIDS:
+			rep.bad = reap_kids();
+			break;
+		case TU_RC_CUT:
+			rep.bad = (uint64_t)tu_cut_daemon_conns();
+			break;
+		case TU_RC_UNMERGE:
+			if (madvise(r.mem, r.pages * PAGE, MADV_UNMERGEABLE) ||
+			    madvise(r.mem, r.pages * PAGE, MADV_MERGEABLE))
+				return 5;
+			break;
 		case TU_RC_QUIT:
 			tu_region_stop(&r);
+			reap_kids();
 			return rep.bad ? 1 : 0;
 		default:
 			return 4;

@@ -32,6 +32,9 @@ struct tu_region {
 
 /* Map pages of memory filled from seed (tu_fill) and its shadow. */
 void tu_region_init(struct tu_region *r, size_t pages, uint64_t seed);
+/* Shut down every connection this process has to the daemon at
+ * SAMEPAGE_SOCKET (the library's, found through /proc/self/fd); how many. */
+int tu_cut_daemon_conns(void);
 /* Start n writers making rate writes per second in all. */
 void tu_region_write(struct tu_region *r, int n, double rate);
 void tu_region_stop(struct tu_region *r);
@@ -40,8 +43,16 @@ void tu_region_stop(struct tu_region *r);
 size_t tu_region_check(struct tu_region *r, size_t *first);
 void tu_region_fini(struct tu_region *r);
 
-/* What a region child is asked (tu_region_cmd) and answers. */
-enum { TU_RC_WRITE = 'w', TU_RC_CHECK = 'v', TU_RC_QUIT = 'q' };
+/* What a region child is asked (tu_region_cmd) and answers.
+ * TU_RC_FORK (arg: how many): fork children that keep the region as it was
+ * at the fork and check it against that copy now and then; TU_RC_KIDS: make
+ * them check once more and exit, reply with how many found a wrong byte
+ * (in bad); TU_RC_UNMERGE: madvise(MADV_UNMERGEABLE) and MADV_MERGEABLE
+ * again, so the child's own references go while its children keep theirs. */
+enum { TU_RC_WRITE = 'w', TU_RC_CHECK = 'v', TU_RC_QUIT = 'q', TU_RC_FORK = 'f',
+       TU_RC_KIDS = 'k', TU_RC_UNMERGE = 'u', TU_RC_CUT = 'c' };
+/* TU_RC_CUT: shut the library's connection to the daemon down under it, as
+ * a daemon that closed it would (both ends see it end); bad = how many. */
 struct tu_region_spec {
 	size_t pages;
 	uint64_t seed;

@@ -194,23 +194,44 @@ int tu_cli(const char *args)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
-long long tu_status(const char *key)
+int tu_status_json(pid_t pid, char *buf, size_t len)
 {
-	char cmd[4200], buf[8192], pat[64];
+	char cmd[PATH_MAX + 128];
 	size_t n;
 	FILE *f;
-	char *p;
+	int st;
 
-	snprintf(cmd, sizeof(cmd), "%s status --json 2>/dev/null", tu_bin("samepage"));
+	if (pid)
+		snprintf(cmd, sizeof(cmd), "%s status --json --pid %d 2>/dev/null",
+			 tu_bin("samepage"), (int)pid);
+	else
+		snprintf(cmd, sizeof(cmd), "%s status --json 2>/dev/null", tu_bin("samepage"));
+	buf[0] = 0;
 	f = popen(cmd, "r");
 	if (!f)
 		return -1;
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	pclose(f);
+	n = fread(buf, 1, len - 1, f);
+	st = pclose(f);
 	buf[n] = 0;
+	return st == 0 && n ? 0 : -1;
+}
+
+long long tu_json_get(const char *json, const char *key)
+{
+	char pat[80];
+	const char *p;
+
 	snprintf(pat, sizeof(pat), "\"%s\": ", key);
-	p = strstr(buf, pat);
+	p = strstr(json, pat);
 	return p ? atoll(p + strlen(pat)) : -1;
+}
+
+long long tu_status(const char *key)
+{
+	char buf[8192];
+
+	tu_status_json(0, buf, sizeof(buf)); /* buf is "" when it failed */
+	return tu_json_get(buf, key);
 }
 
 uint64_t tu_xorshift(uint64_t *state)
@@ -269,6 +290,18 @@ uint64_t tu_pfn(pid_t pid, uintptr_t addr)
 int tu_is_file_page(pid_t pid, uintptr_t addr)
 {
 	return (pagemap_entry(pid, addr) >> 61) & 1;
+}
+
+void tu_pagemap(pid_t pid, uintptr_t addr, size_t npages, uint64_t *out)
+{
+	char path[64];
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || pread(fd, out, npages * 8, (off_t)(addr / PAGE * 8)) != (ssize_t)(npages * 8))
+		TU_FAIL("read %s: %s", path, strerror(errno));
+	close(fd);
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -338,6 +371,54 @@ int tu_pool_vmas(pid_t pid, uintptr_t s, uintptr_t e)
 			continue;
 		if (vs < e && ve > s && strstr(line, "/memfd:samepage-pool"))
 			n++;
+	}
+	fclose(f);
+	return n;
+}
+
+size_t tu_file_pages(pid_t pid, uintptr_t addr, size_t npages)
+{
+	char path[64];
+	uint64_t *e = malloc(npages * 8);
+	size_t n = 0;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || !e ||
+	    pread(fd, e, npages * 8, (off_t)(addr / PAGE * 8)) != (ssize_t)(npages * 8))
+		TU_FAIL("read %s", path);
+	close(fd);
+	for (size_t i = 0; i < npages; i++)
+		n += (e[i] >> 61) & 1;
+	free(e);
+	return n;
+}
+
+int tu_pool_inodes(pid_t pid, unsigned long *ino, int max)
+{
+	char path[64], line[512];
+	FILE *f;
+	int n = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long vs, ve, off, inode;
+		unsigned dmaj, dmin;
+		char perms[8], *name = strstr(line, "/memfd:samepage-pool");
+		int k;
+		/* "/memfd:samepage-pool (deleted)"; "-zero" is the zero segment */
+		if (!name || name[20] != ' ' ||
+		    sscanf(line, "%lx-%lx %7s %lx %x:%x %lu", &vs, &ve, perms, &off, &dmaj, &dmin,
+			   &inode) != 7)
+			continue;
+		for (k = 0; k < n && ino[k] != inode; k++)
+			;
+		if (k == n && n < max)
+			ino[n++] = inode;
 	}
 	fclose(f);
 	return n;

@@ -45,6 +45,13 @@ int tu_cli(const char *args);
 /* A counter or knob of this test's daemon, from `samepage status --json`;
  * -1 when missing. */
 long long tu_status(const char *key);
+/* `samepage status --json` (pid 0) or `samepage status --json --pid PID`
+ * into buf (one line, NUL-terminated): 0, or -1 when it failed (no such
+ * process connected, no daemon). Read keys with tu_json_get(): one CLI run
+ * for several counters, all from the same moment. */
+int tu_status_json(pid_t pid, char *buf, size_t len);
+/* The integer value of "key" in such a line; -1 when missing. */
+long long tu_json_get(const char *json, const char *key);
 /* PID of the private daemon, or 0. */
 pid_t tu_daemon_pid(void);
 /* Freeze (1) or thaw (0) pid with the cgroup freezer (v2, else v1): a
@@ -67,10 +74,20 @@ size_t tu_frames(const pid_t *pids, const uintptr_t *addrs, int nproc, size_t np
 size_t tu_present(pid_t pid, uintptr_t addr, size_t npages);
 /* pagemap "file page" bit: the page maps a pool page. */
 int tu_is_file_page(pid_t pid, uintptr_t addr);
+/* The raw /proc/PID/pagemap entries of npages pages from addr (bit 63
+ * present, 61 file page or shared anonymous, 56 exclusive, 0-54 PFN). */
+void tu_pagemap(pid_t pid, uintptr_t addr, size_t npages, uint64_t *out);
 
 /* VMAs of pid overlapping [s, e) that map samepage's pool (or its zero
  * segment); -1 if its maps cannot be read. */
 int tu_pool_vmas(pid_t pid, uintptr_t s, uintptr_t e);
+/* Pages among npages at addr of pid that map a file page (pagemap bit 61:
+ * for merged memory, a pool page). */
+size_t tu_file_pages(pid_t pid, uintptr_t addr, size_t npages);
+/* Inode numbers of the pool segments pid maps (/memfd:samepage-pool, not
+ * the zero segment), each once, into ino[0..max); how many, -1 if its maps
+ * cannot be read. One segment is one inode in every process. */
+int tu_pool_inodes(pid_t pid, unsigned long *ino, int max);
 
 /* Poll fn(arg) every 50 ms until it returns nonzero or timeout_s passes. */
 int tu_wait(int (*fn)(void *), void *arg, int timeout_s);

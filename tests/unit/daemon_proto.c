@@ -596,14 +596,21 @@ static void test_pages(int g)
 
 /* ---- the page pipe, C_CREATE through it, merge hints ---- */
 
-/* Whether pool page id holds `page`: the segment from C_GETSEG on fd, mapped. */
-static int pool_holds(int fd, uint32_t id, const void *page)
+/* Whether pool page id holds `page`: the segment from C_GETSEG, mapped. A
+ * connection of its own asks, after a lookup of the page's content: the
+ * daemon hands a segment only to a process holding a page of it. */
+static int pool_holds(int unused, uint32_t id, const void *page)
 {
 	struct sp_getseg gs = { .seg = id / SEG_PAGES };
 	struct sp_msg m;
 	unsigned char *v;
-	int eq;
+	int eq, fd = connect_hello();
 
+	(void)unused;
+	if (lookup(fd, XXH3_64bits(page, PAGE), 0x7770000) / SEG_PAGES != gs.seg) {
+		close(fd);
+		return 0; /* no pooled page of this content in that segment */
+	}
 	send_ok(fd, C_GETSEG, &gs, sizeof(gs));
 	recv_ok(fd, &m, "getseg");
 	TU_CHECK(m.h.type == D_SEG && m.fd >= 0, "C_GETSEG %u: type %u fd %d", gs.seg, m.h.type,
@@ -613,6 +620,7 @@ static int pool_holds(int fd, uint32_t id, const void *page)
 	eq = !memcmp(v + (size_t)(id % SEG_PAGES) * PAGE, page, PAGE);
 	munmap(v, (size_t)SEG_PAGES * PAGE);
 	close(m.fd);
+	close(fd);
 	return eq;
 }
 
