@@ -3,17 +3,19 @@
 CC ?= cc
 O ?= build
 SAN ?=
+# -MMD -MP: each object depends on the headers it includes (build/obj/*.d).
 CFLAGS_BASE = -std=c11 -O2 -g -Wall -Wextra -Werror -fPIC -fvisibility=hidden \
-	-Iinclude -Isrc -pthread $(SAN)
+	-Iinclude -Icommon -pthread -MMD -MP $(SAN)
 CFLAGS ?=
 LDFLAGS_BASE = -pthread -Wl,-z,now $(SAN)
 LIBS = -lxxhash -ldl
 
-LIB_SRC = src/api.c src/arena.c src/client.c src/merge.c src/scan.c src/preload.c src/page.c src/sort.c \
-	  src/os.c src/proto.c src/path.c src/fault.c src/map.c src/env.c
-DAEMON_SRC = src/daemon.c src/pool.c src/index.c src/map.c src/refs.c src/proto.c src/env.c \
-	     src/path.c src/os.c src/fault.c
-CLI_SRC = src/proto.c src/path.c src/os.c src/fault.c src/env.c
+# One folder per part (README, "Layout"): common/ is shared by all three
+# programs, lib/ is libsamepage, daemon/ is samepaged, cli/ is samepage.
+COMMON_SRC = $(wildcard common/*.c)
+LIB_SRC = $(wildcard lib/*.c) $(COMMON_SRC)
+DAEMON_SRC = $(filter-out daemon/main.c,$(wildcard daemon/*.c)) $(COMMON_SRC)
+CLI_SRC = $(wildcard cli/*.c) $(COMMON_SRC)
 TEST_LIB = tests/lib/testutil.c tests/lib/region.c
 
 UNIT = $(patsubst tests/unit/%.c,$(O)/tests/unit/%,$(wildcard tests/unit/*.c))
@@ -26,9 +28,14 @@ PROGS = $(patsubst tests/progs/%.c,$(O)/tests/progs/%,$(wildcard tests/progs/*.c
 all: $(O)/lib/libsamepage.so $(O)/bin/samepaged $(O)/bin/samepage $(UNIT) $(INTEG) $(BENCH) \
 	$(EXAMPLES) $(PROGS)
 
-$(O)/obj/%.o: %.c $(wildcard src/*.h include/*.h tests/lib/*.h)
+$(O)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(CFLAGS) -c -o $@ $<
+
+# Each part sees its own headers and common/'s, no other part's.
+$(O)/obj/lib/%.o: CFLAGS += -Ilib
+$(O)/obj/daemon/%.o: CFLAGS += -Idaemon
+$(O)/obj/tests/unit/%.o: CFLAGS += -Idaemon -Ilib -Itests/lib
 
 obj = $(patsubst %.c,$(O)/obj/%.o,$(1))
 
@@ -36,16 +43,16 @@ $(O)/lib/libsamepage.so: $(call obj,$(LIB_SRC))
 	@mkdir -p $(dir $@)
 	$(CC) -shared $(LDFLAGS_BASE) -o $@ $^ $(LIBS)
 
-$(O)/bin/samepaged: $(call obj,$(DAEMON_SRC) tools/samepaged.c)
+$(O)/bin/samepaged: $(call obj,$(DAEMON_SRC) daemon/main.c)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_BASE) -o $@ $^ $(LIBS)
 
-$(O)/bin/samepage: $(call obj,$(CLI_SRC) tools/samepage.c)
+$(O)/bin/samepage: $(call obj,$(CLI_SRC))
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_BASE) -o $@ $^ $(LIBS)
 
 # Unit tests link the modules they test directly.
-$(O)/tests/unit/%: $(call obj,tests/unit/%.c $(DAEMON_SRC) src/sort.c $(TEST_LIB))
+$(O)/tests/unit/%: $(call obj,tests/unit/%.c $(DAEMON_SRC) lib/sort.c $(TEST_LIB))
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_BASE) -o $@ $^ $(LIBS)
 
@@ -83,3 +90,4 @@ clean:
 
 .PHONY: all check check-asan check-tsan check-all clean
 .SECONDARY:
+-include $(shell find $(O)/obj -name '*.d' 2>/dev/null)

@@ -8,7 +8,7 @@
  *   - read:  a plain read of every 64-bit word (8 independent sums, so
  *            the loop is bound by memory, not by an addition chain);
  *   - XXH3:  XXH3_64bits() of every 4 KiB page, what samepage's scanner
- *            computes per page (src/scan.c);
+ *            computes per page (lib/chunk.c);
  *   - XXH64: XXH64() of every page, the function kernel KSM's checksum
  *            uses (mm/ksm.c: xxhash()), built here in user space: its
  *            rate, not ksmd's;

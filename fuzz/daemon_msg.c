@@ -815,7 +815,7 @@ static void op_ids(struct in *in, struct slot *s, uint16_t type)
 		else if (k < 0xf0)
 			id = k & 0x3f; /* low ids of segment 0 */
 		else if (k < 0xf8)
-			id = SEG_PAGES + (k & 7);
+			id = SP_SEG_PAGES + (k & 7);
 		else
 			id = u32(in);
 		if (type == C_UNREF && (b & 0x40) && !(b & 0x80))

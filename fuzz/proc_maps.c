@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * libFuzzer target: the library's parsing of /proc/self/smaps
- * (os_parse_vmas() in src/os.c), on any text.
+ * (os_parse_vmas() in common/os.c), on any text.
  *
  * Checks, beyond "no crash, no out-of-bounds access" (ASan, UBSan):
  *  - the list is one os_vma_find() can search: every VMA page-aligned with
@@ -13,7 +13,7 @@
  *    its buffer), the text gives the same list as in one;
  *  - on text the parser accepts, the result is exactly what the parser
  *    did before it was made callable on a buffer (reference_parse() below:
- *    src/os.c as of b1fb10f, reading NUL-terminated lines in place), for
+ *    common/os.c (then src/os.c) as of b1fb10f, reading NUL-terminated lines in place), for
  *    texts that parser could read within bounds: lines the kernel could
  *    write (under 512 bytes, no NUL byte), ending with '\n'.
  */

@@ -35,10 +35,9 @@ fi
 
 # ---- build ----
 CC=${FUZZ_CC:-clang}
-CFLAGS=(-std=c11 -g -O1 -fno-omit-frame-pointer -Wall -Wextra -Werror -Iinclude -Isrc -pthread
+CFLAGS=(-std=c11 -g -O1 -fno-omit-frame-pointer -Wall -Wextra -Werror -Iinclude -Icommon -Idaemon -pthread
 	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
-DAEMON_SRC=(src/daemon.c src/pool.c src/index.c src/map.c src/refs.c src/proto.c src/env.c
-	src/path.c src/os.c src/fault.c)
+DAEMON_SRC=($(ls daemon/*.c | grep -v daemon/main.c) common/*.c)
 mkdir -p "$B"
 build() { # target, sources and flags
 	local t=$1
@@ -50,7 +49,7 @@ for t in "${targets[@]}"; do
 	case $t in
 	daemon_msg) build daemon_msg "${DAEMON_SRC[@]}" -Wl,--wrap=os_mmap -Wl,--wrap=os_munmap \
 		-lxxhash -ldl ;;
-	proc_maps) build proc_maps src/os.c src/fault.c src/env.c ;;
+	proc_maps) build proc_maps common/os.c common/fault.c common/env.c common/log.c ;;
 	*) echo "fuzz: unknown target $t" >&2; exit 2 ;;
 	esac
 done

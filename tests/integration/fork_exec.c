@@ -4,8 +4,8 @@
  *
  * A and B merge the same 10 MiB (an 8 MiB part M that the fork child reads
  * at every step and a 2 MiB part U it first touches at the very end). A
- * forks C through the fork() wrapper, so C's connection holds a copy of A's
- * pool references. Then, one step at a time, A writes some merged pages, A
+ * forks C through the fork() wrapper, so C holds a copy of A's pool
+ * references (C_FORK, made before C existed). Then, one step at a time, A writes some merged pages, A
  * unmerges its whole range (MADV_UNMERGEABLE), B exits, and A merges NEW
  * content (which needs new pool pages: if C's references had been lost,
  * the daemon would hand C's pool pages out again and C would read foreign
@@ -14,8 +14,8 @@
  * which is what makes them the dangerous ones.
  *
  * Then references go away promptly: C exits (the pool shrinks to A's
- * pages), A forks D which execs /bin/sleep (D's adopted references go at
- * exec while D keeps running), and A exits: pool_pages reaches 0. Last,
+ * pages), A forks D which execs /bin/sleep (D's copy of the references
+ * goes at exec, when nobody maps its marker, while D keeps running), and A exits: pool_pages reaches 0. Last,
  * a process that exits leaves nothing behind in the daemon's unstable
  * index: a process started after it, holding the same unique pages, finds
  * no partner.

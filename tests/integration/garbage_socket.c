@@ -37,7 +37,6 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#include "pool.h"
 #include "proto.h"
 #include "samepage.h"
 #include "testutil.h"
@@ -564,7 +563,7 @@ static void garbage(void)
 	pipe_garbage(buf);
 	/* C_GETSEG of segments that do not exist: an error, never a segment. */
 	{
-		static const uint32_t segs[] = { 1, 7, POOL_MAX_SEGS - 1, POOL_MAX_SEGS, 0xffffffffu };
+		static const uint32_t segs[] = { 1, 7, SP_MAX_SEGS - 1, SP_MAX_SEGS, 0xffffffffu };
 		for (unsigned i = 0; i < sizeof(segs) / sizeof(segs[0]); i++) {
 			struct sp_getseg g = { .seg = segs[i] };
 			int fds = 0;

@@ -11,7 +11,7 @@
  * frames, correct bytes, knobs unchanged, and a third root process merges
  * with them afterwards.
  *
- * Part 2, where the socket lives (src/path.h): without $SAMEPAGE_SOCKET the
+ * Part 2, where the socket lives (common/path.h): without $SAMEPAGE_SOCKET the
  * socket directory is $XDG_RUNTIME_DIR/samepage, created 0700; one that
  * belongs to another user, is open to others, is a symlink or is not a
  * directory is refused with -EPERM, so no one can plant a socket for our

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Unit test of src/arena.h. Proves:
+ * Unit test of lib/arena.h. Proves:
  *  - the first chunk is what was asked (not gigabytes), and holds the head;
  *  - the arena grows by chunks when a block does not fit, each guarded by
  *    PROT_NONE pages (no VMA of the program can fold into it), and
@@ -20,7 +20,7 @@
 #include <sys/resource.h>
 
 #include "../lib/testutil.h"
-#include "../../src/arena.c"
+#include "../../lib/arena.c"
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define SAN_BUILD 1

@@ -291,7 +291,7 @@ static void test_hello(void)
 	struct sp_statreq s = { 0 };
 	char c;
 
-	TU_CHECK(r.seg_pages == SEG_PAGES, "D_HELLO seg_pages %u", r.seg_pages);
+	TU_CHECK(r.seg_pages == SP_SEG_PAGES, "D_HELLO seg_pages %u", r.seg_pages);
 	TU_CHECK(!memcmp(&r.knobs, &defaults, sizeof(defaults)), "D_HELLO knobs not the defaults");
 	/* a second hello closes */
 	send_ok(fd, C_HELLO, &h, sizeof(h));
@@ -542,18 +542,18 @@ static void test_pages(int g)
 	TU_CHECK(gstat(g).g.pages_sharing == 0, "b2's references not dropped");
 
 	/* the segment: sealed, with the page's bytes */
-	struct sp_getseg gs = { .seg = x / SEG_PAGES };
+	struct sp_getseg gs = { .seg = x / SP_SEG_PAGES };
 	send_ok(a, C_GETSEG, &gs, sizeof(gs));
 	recv_ok(a, &m, "getseg");
 	TU_CHECK(m.h.type == D_SEG && m.fd >= 0, "C_GETSEG: type %u fd %d", m.h.type, m.fd);
-	unsigned char *v = mmap(NULL, (size_t)SEG_PAGES * PAGE, PROT_READ, MAP_PRIVATE, m.fd, 0);
+	unsigned char *v = mmap(NULL, (size_t)SP_SEG_PAGES * PAGE, PROT_READ, MAP_PRIVATE, m.fd, 0);
 	TU_CHECK(v != MAP_FAILED, "mmap segment");
-	TU_CHECK(!memcmp(v + (size_t)(x % SEG_PAGES) * PAGE, page, PAGE),
+	TU_CHECK(!memcmp(v + (size_t)(x % SP_SEG_PAGES) * PAGE, page, PAGE),
 		 "pool page differs from what was sent");
 	errno = 0;
 	TU_CHECK(mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, m.fd, 0) == MAP_FAILED &&
 		 errno == EPERM, "segment from the daemon is writable (errno %d)", errno);
-	munmap(v, (size_t)SEG_PAGES * PAGE);
+	munmap(v, (size_t)SP_SEG_PAGES * PAGE);
 	close(m.fd);
 	gs.seg = 77;
 	send_ok(a, C_GETSEG, &gs, sizeof(gs));
@@ -601,13 +601,13 @@ static void test_pages(int g)
  * daemon hands a segment only to a process holding a page of it. */
 static int pool_holds(int unused, uint32_t id, const void *page)
 {
-	struct sp_getseg gs = { .seg = id / SEG_PAGES };
+	struct sp_getseg gs = { .seg = id / SP_SEG_PAGES };
 	struct sp_msg m;
 	unsigned char *v;
 	int eq, fd = connect_hello();
 
 	(void)unused;
-	if (lookup(fd, XXH3_64bits(page, PAGE), 0x7770000) / SEG_PAGES != gs.seg) {
+	if (lookup(fd, XXH3_64bits(page, PAGE), 0x7770000) / SP_SEG_PAGES != gs.seg) {
 		close(fd);
 		return 0; /* no pooled page of this content in that segment */
 	}
@@ -615,10 +615,10 @@ static int pool_holds(int unused, uint32_t id, const void *page)
 	recv_ok(fd, &m, "getseg");
 	TU_CHECK(m.h.type == D_SEG && m.fd >= 0, "C_GETSEG %u: type %u fd %d", gs.seg, m.h.type,
 		 m.fd);
-	v = mmap(NULL, (size_t)SEG_PAGES * PAGE, PROT_READ, MAP_PRIVATE, m.fd, 0);
+	v = mmap(NULL, (size_t)SP_SEG_PAGES * PAGE, PROT_READ, MAP_PRIVATE, m.fd, 0);
 	TU_CHECK(v != MAP_FAILED, "mmap segment: %s", strerror(errno));
-	eq = !memcmp(v + (size_t)(id % SEG_PAGES) * PAGE, page, PAGE);
-	munmap(v, (size_t)SEG_PAGES * PAGE);
+	eq = !memcmp(v + (size_t)(id % SP_SEG_PAGES) * PAGE, page, PAGE);
+	munmap(v, (size_t)SP_SEG_PAGES * PAGE);
 	close(m.fd);
 	close(fd);
 	return eq;

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Unit test of src/index.h, on a real pool (pages from pool_alloc, refs set
+ * Unit test of daemon/index.h, on a real pool (pages from pool_alloc, refs set
  * by hand as the daemon's ref_take does). Proves:
  *  - stable_find returns a page of the hash with refs < max_sharing, skips
  *    pages at or over it, and says SP_POOL_NONE for unknown hashes or full

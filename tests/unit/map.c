@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Unit test of src/map.h (open addressing, linear probing, backward-shift
+ * Unit test of daemon/map.h (open addressing, linear probing, backward-shift
  * deletion). Proves:
  *  - insert / get / overwrite / delete, and that an absent key is absent;
  *  - deleting inside a probe run (forced with keys that share a home slot,

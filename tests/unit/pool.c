@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Unit test of src/pool.h. Proves:
+ * Unit test of daemon/pool.h. Proves:
  *  - pool_alloc copies the page and records its hash, refs 0; ids come from
  *    the lowest segment with room (segment 0 first, segment 1 only once 0
  *    is full, back to 0 as soon as it has a free page);
@@ -99,9 +99,9 @@ static void test_basic(void)
 
 	/* never allocated: past the bump pointer, in an unopened segment, far out */
 	TU_CHECK(!pool_page(p, 3), "pool_page(3) never allocated");
-	TU_CHECK(!pool_page(p, SEG_PAGES - 1), "pool_page(last of seg 0) never allocated");
-	TU_CHECK(!pool_page(p, SEG_PAGES), "pool_page in segment 1, never opened");
-	TU_CHECK(!pool_page(p, 5 * SEG_PAGES + 7), "pool_page in segment 5");
+	TU_CHECK(!pool_page(p, SP_SEG_PAGES - 1), "pool_page(last of seg 0) never allocated");
+	TU_CHECK(!pool_page(p, SP_SEG_PAGES), "pool_page in segment 1, never opened");
+	TU_CHECK(!pool_page(p, 5 * SP_SEG_PAGES + 7), "pool_page in segment 5");
 	TU_CHECK(!pool_page(p, UINT32_MAX), "pool_page(UINT32_MAX)");
 	TU_CHECK(pool_seg_fd(p, 1) == -ENOENT && pool_seg_fd(p, UINT32_MAX) == -ENOENT,
 		 "pool_seg_fd of unopened segments");
@@ -169,21 +169,21 @@ static void test_segments(void)
 	int64_t id;
 	int fd0, fd1, fd2;
 
-	for (uint32_t i = 0; i < SEG_PAGES; i++) {
+	for (uint32_t i = 0; i < SP_SEG_PAGES; i++) {
 		id = pool_alloc(p, content(i), i + 1);
 		TU_CHECK(id == i, "filling seg 0: id %lld, want %u", (long long)id, i);
 	}
 	TU_CHECK(pool_seg_fd(p, 1) == -ENOENT, "segment 1 opened before 0 was full");
 	id = alloc_seed(p, 100000);
-	TU_CHECK(id == SEG_PAGES, "first id past a full seg 0: %lld", (long long)id);
+	TU_CHECK(id == SP_SEG_PAGES, "first id past a full seg 0: %lld", (long long)id);
 	fd0 = pool_seg_fd(p, 0);
 	fd1 = pool_seg_fd(p, 1);
 	TU_CHECK(fd1 >= 0 && fd1 != fd0, "segment 1 fd %d", fd1);
 	TU_CHECK(p->segs_live == 2 && p->nsegs == 2, "segs_live %u nsegs %u", p->segs_live,
 		 p->nsegs);
-	check_content(p, SEG_PAGES, 100000);
+	check_content(p, SP_SEG_PAGES, 100000);
 	id = alloc_seed(p, 100001);
-	TU_CHECK(id == SEG_PAGES + 1, "second id in seg 1: %lld", (long long)id);
+	TU_CHECK(id == SP_SEG_PAGES + 1, "second id in seg 1: %lld", (long long)id);
 
 	/* A free page in segment 0 is taken before segment 1's fresh ones. */
 	pool_free(p, 77);
@@ -191,68 +191,68 @@ static void test_segments(void)
 	TU_CHECK(id == 77, "seg 0 had room at 77, alloc gave %lld", (long long)id);
 	check_content(p, 77, 100002);
 	check_content(p, 76, 76);
-	check_content(p, SEG_PAGES - 1, SEG_PAGES - 1);
+	check_content(p, SP_SEG_PAGES - 1, SP_SEG_PAGES - 1);
 
 	/* Empty segment 1: it closes. */
-	pool_free(p, SEG_PAGES);
+	pool_free(p, SP_SEG_PAGES);
 	TU_CHECK(pool_seg_fd(p, 1) == fd1 && fd_open(fd1), "segment 1 closed while in use");
-	check_content(p, SEG_PAGES + 1, 100001);
-	pool_free(p, SEG_PAGES + 1);
+	check_content(p, SP_SEG_PAGES + 1, 100001);
+	pool_free(p, SP_SEG_PAGES + 1);
 	errno = 0;
 	TU_CHECK(fcntl(fd1, F_GETFD) < 0 && errno == EBADF,
 		 "emptied segment 1's memfd %d still open (errno %d)", fd1, errno);
 	TU_CHECK(pool_seg_fd(p, 1) == -ENOENT, "pool_seg_fd(1) = %d after close",
 		 pool_seg_fd(p, 1));
-	TU_CHECK(!pool_page(p, SEG_PAGES) && !pool_page(p, SEG_PAGES + 1),
+	TU_CHECK(!pool_page(p, SP_SEG_PAGES) && !pool_page(p, SP_SEG_PAGES + 1),
 		 "pages of a closed segment still live");
 	TU_CHECK(p->segs_live == 1, "segs_live %u after closing seg 1", p->segs_live);
 	TU_CHECK(pool_seg_fd(p, 0) == fd0, "segment 0 changed");
 
 	/* Needed again: segment 1 comes back with a fresh memfd. */
 	id = alloc_seed(p, 200000);
-	TU_CHECK(id == SEG_PAGES, "seg 1 reopened at %lld", (long long)id);
+	TU_CHECK(id == SP_SEG_PAGES, "seg 1 reopened at %lld", (long long)id);
 	fd1 = pool_seg_fd(p, 1);
 	TU_CHECK(fd1 >= 0 && fd_open(fd1), "reopened segment 1 has no fd");
-	check_content(p, SEG_PAGES, 200000);
-	TU_CHECK(!pool_page(p, SEG_PAGES + 1), "reopened segment has a stale page");
+	check_content(p, SP_SEG_PAGES, 200000);
+	TU_CHECK(!pool_page(p, SP_SEG_PAGES + 1), "reopened segment has a stale page");
 
 	/* Fill seg 1 and start seg 2, then empty seg 1 in the middle: it closes
 	 * while 2 lives on; allocation continues in the lowest live segment. */
-	for (uint32_t i = 1; i < SEG_PAGES; i++) {
+	for (uint32_t i = 1; i < SP_SEG_PAGES; i++) {
 		id = pool_alloc(p, content(300000 + i), 300001 + i);
-		TU_CHECK(id == SEG_PAGES + i, "filling seg 1: %lld", (long long)id);
+		TU_CHECK(id == SP_SEG_PAGES + i, "filling seg 1: %lld", (long long)id);
 	}
 	id = alloc_seed(p, 400000);
-	TU_CHECK(id == 2 * SEG_PAGES, "first id of seg 2: %lld", (long long)id);
+	TU_CHECK(id == 2 * SP_SEG_PAGES, "first id of seg 2: %lld", (long long)id);
 	fd2 = pool_seg_fd(p, 2);
 	TU_CHECK(fd2 >= 0 && p->segs_live == 3, "seg 2 fd %d, segs_live %u", fd2, p->segs_live);
-	for (uint32_t i = 0; i < SEG_PAGES; i++)
-		pool_free(p, SEG_PAGES + i);
+	for (uint32_t i = 0; i < SP_SEG_PAGES; i++)
+		pool_free(p, SP_SEG_PAGES + i);
 	TU_CHECK(pool_seg_fd(p, 1) == -ENOENT && !fd_open(fd1), "seg 1 not closed");
 	TU_CHECK(pool_seg_fd(p, 2) == fd2, "seg 2 disturbed by seg 1 closing");
-	check_content(p, 2 * SEG_PAGES, 400000);
+	check_content(p, 2 * SP_SEG_PAGES, 400000);
 	check_content(p, 0, 0);
 	TU_CHECK(p->segs_live == 2, "segs_live %u", p->segs_live);
-	TU_CHECK(p->pages_used == SEG_PAGES + 1, "pages_used %llu",
+	TU_CHECK(p->pages_used == SP_SEG_PAGES + 1, "pages_used %llu",
 		 (unsigned long long)p->pages_used);
 	/* seg 0 is full and seg 1 closed: a page goes to seg 1 or 2, never to a
 	 * fourth segment. */
 	id = alloc_seed(p, 450000);
-	TU_CHECK(id >= SEG_PAGES && id < 3 * SEG_PAGES, "alloc beside a closed seg 1: %lld",
+	TU_CHECK(id >= SP_SEG_PAGES && id < 3 * SP_SEG_PAGES, "alloc beside a closed seg 1: %lld",
 		 (long long)id);
 	check_content(p, (uint32_t)id, 450000);
 	TU_CHECK(pool_seg_fd(p, 3) == -ENOENT, "a fourth segment was opened");
 	pool_free(p, (uint32_t)id);
-	if (id < 2 * SEG_PAGES)
+	if (id < 2 * SP_SEG_PAGES)
 		TU_CHECK(pool_seg_fd(p, 1) == -ENOENT, "reopened seg 1 not closed again");
 	/* Emptying the highest segment closes it too. */
-	pool_free(p, 2 * SEG_PAGES);
+	pool_free(p, 2 * SP_SEG_PAGES);
 	TU_CHECK(pool_seg_fd(p, 2) == -ENOENT && !fd_open(fd2), "seg 2 not closed");
-	TU_CHECK(!pool_page(p, 2 * SEG_PAGES), "page of closed seg 2 live");
+	TU_CHECK(!pool_page(p, 2 * SP_SEG_PAGES), "page of closed seg 2 live");
 	TU_CHECK(p->segs_live == 1, "segs_live %u", p->segs_live);
 	/* seg 0 still full: the next page goes to a (re)opened segment */
 	id = alloc_seed(p, 500000);
-	TU_CHECK(id == SEG_PAGES, "alloc with seg 0 full and 1, 2 closed gave %lld",
+	TU_CHECK(id == SP_SEG_PAGES, "alloc with seg 0 full and 1, 2 closed gave %lld",
 		 (long long)id);
 	check_content(p, (uint32_t)id, 500000);
 
@@ -301,7 +301,7 @@ static void test_seals(void)
 	TU_CHECK(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, PAGE) < 0,
 		 "fallocate(PUNCH_HOLE) on the sealed pool succeeded");
 	TU_CHECK(ftruncate(fd, 0) < 0, "ftruncate(0) of the sealed pool succeeded");
-	TU_CHECK(ftruncate(fd, (off_t)SEG_PAGES * PAGE * 2) < 0, "ftruncate grow succeeded");
+	TU_CHECK(ftruncate(fd, (off_t)SP_SEG_PAGES * PAGE * 2) < 0, "ftruncate grow succeeded");
 	errno = 0;
 	TU_CHECK(fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE) < 0 && errno == EPERM,
 		 "F_ADD_SEALS after F_SEAL_SEAL: errno %d", errno);
@@ -395,13 +395,13 @@ static void test_reserve(void)
 	TU_CHECK(!pool_page(p, first + 4), "unreserved slot is live");
 	/* a segment whose pages are all free but some reserved stays open */
 	uint32_t s3first, s3got;
-	TU_CHECK(pool_reserve(p, 0, SEG_PAGES, &s3first, &s3got) == 0 && s3got == SEG_PAGES,
+	TU_CHECK(pool_reserve(p, 0, SP_SEG_PAGES, &s3first, &s3got) == 0 && s3got == SP_SEG_PAGES,
 		 "reserve a whole segment");
-	uint32_t seg3 = s3first / SEG_PAGES;
+	uint32_t seg3 = s3first / SP_SEG_PAGES;
 	pool_alloc_reserved(p, s3first, content(300), 301);
 	pool_free(p, s3first);
 	TU_CHECK(pool_seg_fd(p, seg3) >= 0, "segment closed while ids in it are reserved");
-	pool_unreserve(p, s3first + 1, SEG_PAGES - 1);
+	pool_unreserve(p, s3first + 1, SP_SEG_PAGES - 1);
 	TU_CHECK(pool_seg_fd(p, seg3) == -ENOENT, "empty, unreserved segment not closed");
 	pool_fini(p);
 	free(p);

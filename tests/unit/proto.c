@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Unit test of src/proto.h, the wire format. Proves:
+ * Unit test of common/proto.h, the wire format. Proves:
  *  - sp_validate accepts every well-formed message type (counted ones with
  *    0, 1 and the maximum count) and rejects an unknown type, a fixed part
  *    one byte short or long, a count over the type's maximum, a count that
@@ -290,7 +290,7 @@ static void test_roundtrip(void)
 	/* fd passing */
 	mfd = memfd_create("proto-test", MFD_CLOEXEC);
 	TU_CHECK(mfd >= 0, "memfd_create");
-	struct sp_seg_r seg = { .seg = 3, .pages = SEG_PAGES };
+	struct sp_seg_r seg = { .seg = 3, .pages = SP_SEG_PAGES };
 	TU_CHECK(sp_send(sv[1], D_SEG, &seg, sizeof(seg), mfd) == 0, "sp_send with fd");
 	TU_CHECK(sp_recv(sv[0], rbuf, &m) == 0, "sp_recv with fd");
 	TU_CHECK(m.h.type == D_SEG && sp_validate(&m) == 0 && !memcmp(m.p, &seg, sizeof(seg)),

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Unit test of src/refs.h, a connection's pool references. Proves, with a
+ * Unit test of daemon/refs.h, a connection's pool references. Proves, with a
  * 300k-operation randomized differential test against a plain array of
  * counts (ids drawn from three segments, clustered as real merges are, with
  * repeats so extra references beyond the first are common):
@@ -22,7 +22,7 @@
 #include "refs.h"
 
 #define SPAN 3000u /* ids used per segment */
-static const uint32_t segbase[3] = { 0, 7 * SEG_PAGES, 4095u * SEG_PAGES };
+static const uint32_t segbase[3] = { 0, 7 * SP_SEG_PAGES, 4095u * SP_SEG_PAGES };
 static uint32_t want[3 * SPAN];
 static uint64_t rng = 0xC0FFEE1234567ull;
 
@@ -33,7 +33,7 @@ static uint64_t rnd(void)
 
 static uint32_t id_of(uint32_t k)
 {
-	return segbase[k / SPAN] + (k % SPAN) * 7 % SEG_PAGES;
+	return segbase[k / SPAN] + (k % SPAN) * 7 % SP_SEG_PAGES;
 }
 
 static void check_all(const struct refs *r)
@@ -51,7 +51,7 @@ static void check_all(const struct refs *r)
 	while (refs_next(r, &pos, &id, &n)) {
 		uint32_t k = UINT32_MAX;
 		for (uint32_t s = 0; s < 3; s++)
-			if (id >= segbase[s] && id < segbase[s] + SEG_PAGES &&
+			if (id >= segbase[s] && id < segbase[s] + SP_SEG_PAGES &&
 			    (id - segbase[s]) % 7 == 0 && (id - segbase[s]) / 7 < SPAN)
 				k = s * SPAN + (id - segbase[s]) / 7;
 		TU_CHECK(k != UINT32_MAX, "iteration gave id %u never added", id);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Unit test of src/sort.h. Proves, against glibc's qsort as the reference,
+ * Unit test of lib/sort.h. Proves, against glibc's qsort as the reference,
  * over 2000 random arrays (lengths 0-700, few distinct keys so ties are
  * common, element sizes 4, 16 and 24 bytes like the scanner's):
  *  - the result is sorted and is a permutation of the input (every element,

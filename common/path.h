@@ -13,9 +13,5 @@
 
 /* Fill buf with the socket path, creating its directory. 0 or -errno. */
 int sp_socket_path(char *buf, size_t len);
-/* Connect a SOCK_SEQPACKET socket to path; with send and receive timeouts
- * of timeout_s when > 0; non-blocking when nonblock. The fd, or -errno
- * (-EAGAIN: the daemon's backlog is full, it is alive but busy). */
-int sp_dial(const char *path, int timeout_s, int nonblock);
 
 #endif

@@ -2,7 +2,7 @@
 /*
  * pool — the daemon's pages that merged memory maps, copy-on-write.
  *
- * The pool is a set of segments, each a sealed memfd of SEG_PAGES pages.
+ * The pool is a set of segments, each a sealed memfd of SP_SEG_PAGES pages.
  * The daemon maps a writable shared window over a segment and then adds
  * F_SEAL_FUTURE_WRITE, so from then on only that window can change the file:
  * write(), pwrite() and new writable shared mappings fail for everyone,
@@ -15,7 +15,7 @@
  * is closed and its memory returns once no process maps it (segment 0 too:
  * a daemon whose processes have all gone keeps no pool memory).
  *
- * A pool page is named by its id: segment * SEG_PAGES + index.
+ * A pool page is named by its id: segment * SP_SEG_PAGES + index.
  * Not thread-safe: owned by the daemon's single event loop.
  */
 #ifndef SAMEPAGE_POOL_H
@@ -24,12 +24,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* 256 MiB a segment: a process maps a run of consecutive pool pages with
- * one VMA, and runs cannot cross segments, so merging 2 x 512 MiB costs a
- * handful of VMAs (with 32 MiB segments: dozens). Unused parts of a
- * segment cost nothing (MAP_NORESERVE window, pages allocated on write). */
-#define SEG_PAGES 65536u
-#define POOL_MAX_SEGS 4096u      /* 1 TiB of pool at most */
+#include "proto.h"
+
 
 struct pool_page {
 	uint64_t hash;  /* index key: XXH3 of the content (the daemon's own), domain mixed in */
@@ -47,12 +43,12 @@ struct pool_seg {
 	struct pool_page *pages;
 	uint32_t used;        /* pages holding content */
 	uint32_t reserved;    /* pages set aside for one connection's next pages */
-	uint32_t bump;        /* pages [bump, SEG_PAGES) never used yet */
+	uint32_t bump;        /* pages [bump, SP_SEG_PAGES) never used yet */
 	uint32_t free_head;   /* freed pages, linked through next */
 };
 
 struct pool {
-	struct pool_seg segs[POOL_MAX_SEGS];
+	struct pool_seg segs[SP_MAX_SEGS];
 	uint32_t nsegs;       /* slots [0, nsegs) may be in use */
 	uint64_t pages_used;
 	uint64_t freed;       /* pages on segments' free lists: written once, reusable */

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * lib — libsamepage's one context: everything a participating process
- * keeps. It lives in a mapping of its own named [anon:samepage], which the
- * scanner never merges: the scanner writes it while pages are frozen.
+ * keeps, and the library's internal interface, part by part (each calls
+ * only those declared after it: api → scan → chunk → merge → track →
+ * client). The context lives in the library's arena (arena.c), which the
+ * scanner never merges: it writes it while pages are frozen.
  *
  * Locking: lib.lock serialises every use of the areas, the entries, the
  * segments held and the daemon connection. The scanner holds it for one
@@ -20,8 +22,8 @@
 
 #include "arena.h"
 #include "env.h"
+#include "log.h"
 #include "os.h"
-#include "pool.h"
 #include "proto.h"
 
 /* Per scanned page: kernel KSM's rmap_item, in 8 bytes.
@@ -151,6 +153,7 @@ struct lib {
 	struct sp_knobs knobs;
 	uint64_t gen;
 	int debug;                 /* SAMEPAGE_DEBUG: a line per pass on stderr */
+	pid_t said_no_room;        /* warned of the address space limit (in this process) */
 	int zero_page_ok;          /* reading dropped memory maps the zero page here */
 	int zero_fd;               /* else zero pages map the daemon's zero segment */
 	uint64_t zero_hash;        /* XXH3 of an all-zero page */
@@ -174,7 +177,7 @@ struct lib {
 	struct area areas[LIB_MAX_AREAS];
 	uint32_t nareas;
 	struct vma_list vmas;      /* refreshed at each pass start */
-	struct segview segs[POOL_MAX_SEGS];
+	struct segview segs[SP_MAX_SEGS];
 	uint32_t pending[LIB_MAX_PENDING]; /* refs to drop once no VMA maps them */
 	uint32_t npending;
 	struct lib_stats st;
@@ -213,11 +216,88 @@ void lib_fork_prepare(struct lib *l, struct fork_kid *k);
 void lib_atfork_parent(struct lib *l, struct fork_kid *k);
 void lib_atfork_child(struct lib *l, struct fork_kid *k);
 
+/* For the wrappers (preload.c), lock held: is anything of [s, e) tracked;
+ * merged pages of [s, e) become fresh zero pages (MADV_DONTNEED/FREE,
+ * invariant 3); the application unmapped or replaced [s, e). */
+int lib_tracked(struct lib *l, uintptr_t s, uintptr_t e);
+int lib_discard(struct lib *l, uintptr_t s, uintptr_t e);
+void lib_forget(struct lib *l, uintptr_t s, uintptr_t e);
+
 /* Take lib.lock from an application thread (a wrapper, the API): a
  * scanner waiting on the daemon sees us and gives the lock up. */
 void lib_lock(struct lib *l);
 
+/* scan.c: the scanner thread (lock held unless said). */
+void *scan_thread(void *arg);                /* lock not held */
+/* Unmerge every merged and zero page in [s, e) (MADV_UNMERGEABLE, run=2). */
+int scan_unmerge(struct lib *l, uintptr_t s, uintptr_t e);
+
+/* chunk.c: one chunk of an area (lock held). */
+struct pass {
+	uint64_t gen;
+	int have_gen;
+	uint64_t volatile_pages, unshared, merged, changed;
+	struct vma fresh;  /* the kernel's VMA, asked when the snapshot is stale */
+};
+int chunk_init(struct lib *l);
+int chunk_scan(struct lib *l, struct area *a, uintptr_t s, uint32_t n, struct pass *ps);
+/* Merge hints waiting for us (the last budget reply said so). */
+int chunk_hints(struct lib *l, struct pass *ps);
+
+/* merge.c (lock held) */
+int merge_init(struct lib *l);
+struct merge_item { uintptr_t addr; uint32_t id; uint32_t ok; };
+/* Invariant 1: replace each page with its pool page only while frozen and
+ * verified equal. Sets ok; items are sorted by addr, in one area. */
+int merge_pages(struct lib *l, struct area *a, struct merge_item *it, uint32_t n);
+/* Zero pages: freeze, verify all-zero, then drop them (the next read maps
+ * the kernel's zero page) or, where the kernel has none, map them from the
+ * daemon's zero segment. */
+int merge_zero(struct lib *l, struct area *a, uintptr_t *addr, uint32_t n, uint32_t *ok);
+/* Give [s, e) of area a back plain anonymous pages with the same bytes
+ * (frozen while copied); drops the references of merged pages. */
+int merge_restore(struct lib *l, struct area *a, uintptr_t s, uintptr_t e);
+/* Discard merged pages of [s, e) for MADV_DONTNEED/FREE: fresh zeroed
+ * anonymous pages (invariant 3). */
+int merge_discard(struct lib *l, struct area *a, uintptr_t s, uintptr_t e);
+/* A fork child whose references could not be handed over: every private
+ * mapping of a pool becomes anonymous memory with the same bytes, before
+ * the child runs (it is alone: nothing is frozen). 0 or -errno. */
+int merge_detach_all(struct lib *l);
+
+/* track.c: areas, entries, references to drop (lock held). */
+int track_init(struct lib *l);
+void entry_set(struct lib *l, struct entry *e, uint32_t state);
+static inline struct entry *entry_of(struct area *a, uintptr_t p)
+{
+	return &a->e[(p - a->start) / SP_PAGE];
+}
+/* The reference an entry holds, as C_UNREF names it. */
+uint32_t track_entry_ref(const struct entry *e);
+/* Drop reference ref once no VMA of ours maps its page (invariant 2). */
+void track_pend(struct lib *l, uint32_t ref);
+/* fn for the part of [s, e) inside each area; the first error. */
+int track_each(struct lib *l, uintptr_t s, uintptr_t e,
+	       int (*fn)(struct lib *l, struct area *a, uintptr_t s, uintptr_t e));
+/* The application unmapped or replaced [s, e): forget it, keep references
+ * until no VMA maps them. */
+void track_forget(struct lib *l, uintptr_t s, uintptr_t e);
+/* Re-read the VMAs and rebuild the areas (after the ranges changed). */
+int track_refresh(struct lib *l);
+/* The daemon our references lived in died (client.c calls it back). */
+void track_refs_lost(struct lib *l);
+/* Counters from the entries themselves (a fork child's first pass). */
+void track_recount(struct lib *l);
+/* The area holding p, or NULL (areas are sorted and disjoint). */
+struct area *track_area_at(struct lib *l, uintptr_t p);
+/* This process's counters as reported to the daemon. */
+void lib_fill_stats(struct lib *l, struct sp_proc_stats *st);
+/* Is the page a mapping of a samepage file (a pool page, or a zero page
+ * from the zero segment) that unmerging must turn back into anonymous? */
+int entry_mapped(const struct lib *l, const struct entry *e);
+
 /* client.c (lock held) */
+int client_init(struct lib *l);
 /* Connect if needed and wait for D_HELLO. -EAGAIN: the daemon is busy
  * (try later, the connection stays), other -errno: no daemon. */
 int client_connect(struct lib *l);
@@ -260,45 +340,5 @@ int client_zero_fd(struct lib *l);
 /* Account for a reference taken (+1) or dropped (-1) into id's segment;
  * closes the segment when we hold none (so the daemon can retire it). */
 void client_seg_ref(struct lib *l, uint32_t id, int delta);
-
-/* merge.c (lock held) */
-struct merge_item { uintptr_t addr; uint32_t id; uint32_t ok; };
-/* Invariant 1: replace each page with its pool page only while frozen and
- * verified equal. Sets ok; items are sorted by addr, in one area. */
-int merge_pages(struct lib *l, struct area *a, struct merge_item *it, uint32_t n);
-/* Zero pages: freeze, verify all-zero, then drop them (the next read maps
- * the kernel's zero page) or, where the kernel has none, map them from the
- * daemon's zero segment. */
-int merge_zero(struct lib *l, struct area *a, uintptr_t *addr, uint32_t n, uint32_t *ok);
-/* Give [s, e) of area a back plain anonymous pages with the same bytes
- * (frozen while copied); drops the references of merged pages. */
-int merge_restore(struct lib *l, struct area *a, uintptr_t s, uintptr_t e);
-/* Discard merged pages of [s, e) for MADV_DONTNEED/FREE: fresh zeroed
- * anonymous pages (invariant 3). */
-int merge_discard(struct lib *l, struct area *a, uintptr_t s, uintptr_t e);
-/* A fork child whose references could not be handed over: every private
- * mapping of a pool becomes anonymous memory with the same bytes, before
- * the child runs (it is alone: nothing is frozen). 0 or -errno. */
-int merge_detach_all(struct lib *l);
-
-/* scan.c (lock held unless said) */
-int scan_pass(struct lib *l);               /* lock not held */
-void *scan_thread(void *arg);
-/* The application unmapped or replaced [s, e): forget it, keep references
- * until no VMA maps them. */
-void scan_forget(struct lib *l, uintptr_t s, uintptr_t e);
-/* Unmerge every merged and zero page in [s, e) (MADV_UNMERGEABLE, run=2). */
-int scan_unmerge(struct lib *l, uintptr_t s, uintptr_t e);
-void entry_set(struct lib *l, struct entry *e, uint32_t state);
-/* The daemon our references lived in died (client.c calls it). */
-void scan_refs_lost(struct lib *l);
-/* Is the page a mapping of a samepage file (a pool page, or a zero page
- * from the zero segment) that unmerging must turn back into anonymous? */
-int entry_mapped(const struct lib *l, const struct entry *e);
-size_t scan_chunk_bytes(void);
-/* This process's counters as reported to the daemon. */
-void lib_fill_stats(struct lib *l, struct sp_proc_stats *st);
-/* Re-read the VMAs and rebuild the areas (after the ranges changed). */
-int scan_refresh(struct lib *l);
 
 #endif

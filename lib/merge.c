@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * merge — how a process changes its own pages (DESIGN.md, "The merge
- * mechanism"): freeze with userfaultfd write-protection, verify byte for
+ * merge — how a process changes its own pages (DESIGN.md, "The path of one
+ * page"): freeze with userfaultfd write-protection, verify byte for
  * byte, replace with one mmap per run, wake. Also the reverse: restoring
  * plain anonymous pages (unmerge) and discarding merged pages
  * (MADV_DONTNEED). Every function here runs with lib.lock held.
@@ -22,6 +22,13 @@
 /* Items closer than this are frozen as one span: fewer syscalls, at the
  * price of briefly blocking writers of the few pages in between. */
 #define SPAN_GAP_PAGES 8
+
+int merge_init(struct lib *l)
+{
+	l->vbuf = arena_alloc(&l->arena, SPAN_MAX_PAGES * SP_PAGE);
+	l->abuf = arena_alloc(&l->arena, ABUF_PAGES * SP_PAGE);
+	return l->vbuf && l->abuf ? 0 : -ENOMEM;
+}
 
 struct vma_cache {
 	struct vma v;     /* the kernel's VMA at the last address asked */
@@ -107,7 +114,7 @@ static int continues_run(const struct merge_item *prev, const struct merge_item 
 			 uint8_t pprot, uint8_t cprot)
 {
 	return cur->ok && prev->ok && cur->addr == prev->addr + SP_PAGE &&
-	       cur->id == prev->id + 1 && cur->id / SEG_PAGES == prev->id / SEG_PAGES &&
+	       cur->id == prev->id + 1 && cur->id / SP_SEG_PAGES == prev->id / SP_SEG_PAGES &&
 	       pprot == cprot;
 }
 
@@ -128,7 +135,7 @@ static void read_pool_pages(struct lib *l, const struct merge_item *it, const in
 			j++;
 		size_t len = (size_t)(j - i) * SP_PAGE;
 		ssize_t k = pread(fd[i], l->vbuf + (size_t)i * SP_PAGE, len,
-				  (off_t)(it[i].id % SEG_PAGES) * SP_PAGE);
+				  (off_t)(it[i].id % SP_SEG_PAGES) * SP_PAGE);
 		memset(got + i, k == (ssize_t)len, j - i);
 		i = j;
 	}
@@ -172,7 +179,7 @@ static void merge_span(struct lib *l, struct area *a, struct merge_item *it, uin
 		while (j < n && continues_run(&it[j - 1], &it[j], prot[j - 1], prot[j]))
 			j++;
 		if (map_file_run(a, it[i].addr, (size_t)(j - i) * SP_PAGE, prot[i], fd[i],
-				 (off_t)(it[i].id % SEG_PAGES) * SP_PAGE) == 0)
+				 (off_t)(it[i].id % SP_SEG_PAGES) * SP_PAGE) == 0)
 			memset(done + (it[i].addr - s) / SP_PAGE, 1, j - i);
 		else
 			for (uint32_t k = i; k < j; k++)
@@ -336,7 +343,7 @@ static int for_merged_runs(struct lib *l, struct area *a, uintptr_t s, uintptr_t
 		uintptr_t q = p + SP_PAGE;
 		int prot = entry_mapped(l, &a->e[(p - a->start) / SP_PAGE]) ? page_prot(l, p) : -1;
 
-		/* Unmapped behind our back: scan_forget's pending list keeps it. */
+		/* Unmapped behind our back: track_forget's pending list keeps it. */
 		if (prot < 0) {
 			p = q;
 			continue;

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* samepaged — the user's daemon; see src/daemon.h. */
+/* samepaged — the user's daemon; see daemon/daemon.h. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>

@@ -18,8 +18,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "sizes.h"
+
 #define SP_PROTO_VERSION 2
-#define SP_PAGE 4096u
 /* A SOCK_SEQPACKET message must fit the socket's send buffer whole
  * (net.core.wmem_default, 208 KiB here; EMSGSIZE beyond), so none exceeds
  * 72 KiB. */

@@ -2,6 +2,7 @@
 /* os — see os.h. */
 #define _GNU_SOURCE
 #include "os.h"
+#include "sizes.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -121,7 +122,7 @@ int os_pagemap(int pmfd, uintptr_t a, size_t n, uint64_t *out)
 
 	while (got < want) {
 		ssize_t r = pread(pmfd, (char *)out + got, want - got,
-				  (off_t)(a / 4096 * sizeof(uint64_t) + got));
+				  (off_t)(a / SP_PAGE * sizeof(uint64_t) + got));
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0)
@@ -145,10 +146,10 @@ struct sp_page_region { uint64_t start, end, categories; };
 int os_has_zero_page(int pmfd)
 {
 	struct sp_page_region r;
-	volatile unsigned char *p = os_mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+	volatile unsigned char *p = os_mmap(NULL, SP_PAGE, PROT_READ | PROT_WRITE,
 					    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	struct sp_pm_scan_arg arg = {
-		.size = sizeof(arg), .start = (uintptr_t)p, .end = (uintptr_t)p + 4096,
+		.size = sizeof(arg), .start = (uintptr_t)p, .end = (uintptr_t)p + SP_PAGE,
 		.vec = (uintptr_t)&r, .vec_len = 1,
 		.category_mask = SP_PAGE_IS_PFNZERO, .return_mask = SP_PAGE_IS_PFNZERO,
 	};
@@ -158,7 +159,7 @@ int os_has_zero_page(int pmfd)
 		return 1;
 	(void)p[0]; /* a read fault: the zero page, where there is one */
 	n = ioctl(pmfd, SP_PAGEMAP_SCAN, &arg);
-	os_munmap((void *)p, 4096);
+	os_munmap((void *)p, SP_PAGE);
 	return n != 0; /* 1 region: it is the zero page; -1: cannot tell */
 }
 
@@ -241,7 +242,7 @@ static int parse_header(const char *s, struct vma *v)
 	if (p[0] != '-' || !hex_digit(p[1]))
 		return -EINVAL;
 	end = strtoull(p + 1, &p, 16);
-	if (start >= end || (start | end) % 4096 || p[0] != ' ' || !p[1] || !p[2] || !p[3] ||
+	if (start >= end || (start | end) % SP_PAGE || p[0] != ' ' || !p[1] || !p[2] || !p[3] ||
 	    !p[4] || p[5] != ' ')
 		return -EINVAL;
 	memset(v, 0, sizeof(*v));
@@ -251,7 +252,7 @@ static int parse_header(const char *s, struct vma *v)
 	v->prot = (p[0] == 'r' ? PROT_READ : 0) | (p[1] == 'w' ? PROT_WRITE : 0) |
 		  (p[2] == 'x' ? PROT_EXEC : 0);
 	v->private_ = p[3] == 'p';
-	v->pgoff = strtoull(p + 5, &p, 16) / 4096;
+	v->pgoff = strtoull(p + 5, &p, 16) / SP_PAGE;
 	while (*p == ' ')
 		p++;
 	while (*p && *p != ' ')
@@ -419,7 +420,7 @@ int os_vma_query(int mapsfd, uintptr_t a, struct vma *v)
 	memset(v, 0, sizeof(*v));
 	v->start = q.vma_start;
 	v->end = q.vma_end;
-	v->pgoff = q.vma_offset / 4096;
+	v->pgoff = q.vma_offset / SP_PAGE;
 	v->ino = q.inode;
 	v->prot = (q.vma_flags & 1 ? PROT_READ : 0) | (q.vma_flags & 2 ? PROT_WRITE : 0) |
 		  (q.vma_flags & 4 ? PROT_EXEC : 0);
@@ -501,14 +502,14 @@ void os_read_pages(const void *addr, size_t stride, uint32_t n, unsigned char *b
 		uint32_t k = n - i < 256 ? n - i : 256;
 		for (uint32_t j = 0; j < k; j++) {
 			uintptr_t a = *(const uintptr_t *)((const char *)addr + (size_t)(i + j) * stride);
-			remote[j] = (struct iovec){ (void *)a, 4096 };
+			remote[j] = (struct iovec){ (void *)a, SP_PAGE };
 		}
-		local = (struct iovec){ buf + (size_t)i * 4096, (size_t)k * 4096 };
+		local = (struct iovec){ buf + (size_t)i * SP_PAGE, (size_t)k * SP_PAGE };
 		/* The kernel reads through its own mapping of the pages: no fault
 		 * for us, and a page that is gone ends the copy there. */
 		ssize_t r = syscall(SYS_process_vm_readv, self, &local, 1UL, remote, (unsigned long)k,
 				    0UL);
-		uint32_t done = r > 0 ? (uint32_t)(r / 4096) : 0;
+		uint32_t done = r > 0 ? (uint32_t)(r / SP_PAGE) : 0;
 		memset(got + i, 1, done);
 		i += done;
 		if (done < k)
@@ -519,7 +520,7 @@ void os_read_pages(const void *addr, size_t stride, uint32_t n, unsigned char *b
 
 int os_marker_map(int fd, uintptr_t *addr)
 {
-	void *p = os_mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+	void *p = os_mmap(NULL, SP_PAGE, PROT_READ, MAP_SHARED, fd, 0);
 	int seals;
 
 	if (p == MAP_FAILED)
@@ -529,7 +530,7 @@ int os_marker_map(int fd, uintptr_t *addr)
 	 * cannot be, since our mapping makes sealing fail. */
 	seals = fcntl(fd, F_GET_SEALS);
 	if (seals < 0 || (seals & F_SEAL_WRITE)) {
-		os_munmap(p, 4096);
+		os_munmap(p, SP_PAGE);
 		return -EBUSY;
 	}
 	*addr = (uintptr_t)p;
@@ -542,7 +543,7 @@ int os_marker_create(int *fd, uintptr_t *addr)
 
 	if (f < 0)
 		return -errno;
-	if (ftruncate(f, 4096) < 0) {
+	if (ftruncate(f, SP_PAGE) < 0) {
 		err = -errno;
 		close(f);
 		return err;

@@ -9,7 +9,7 @@
 
 #include "pool.h"
 
-#define WORDS (SEG_PAGES / 64)
+#define WORDS (SP_SEG_PAGES / 64)
 
 struct refs_seg {
 	uint64_t bits[WORDS];
@@ -37,7 +37,7 @@ void refs_fini(struct refs *r)
 
 static struct refs_seg *seg_of(const struct refs *r, uint32_t id)
 {
-	uint64_t *p = map_get(&r->segs, id / SEG_PAGES);
+	uint64_t *p = map_get(&r->segs, id / SP_SEG_PAGES);
 
 	return p ? (struct refs_seg *)(uintptr_t)*p : NULL;
 }
@@ -50,7 +50,7 @@ static int has_bit(const struct refs_seg *s, uint32_t idx)
 int refs_add(struct refs *r, uint32_t id)
 {
 	struct refs_seg *s = seg_of(r, id);
-	uint32_t idx = id % SEG_PAGES;
+	uint32_t idx = id % SP_SEG_PAGES;
 
 	if (has_bit(s, idx)) {
 		uint64_t *x = map_get(&r->extra, id);
@@ -65,7 +65,7 @@ int refs_add(struct refs *r, uint32_t id)
 		s = calloc(1, sizeof(*s));
 		if (!s)
 			return -ENOMEM;
-		if (map_put(&r->segs, id / SEG_PAGES, (uintptr_t)s)) {
+		if (map_put(&r->segs, id / SP_SEG_PAGES, (uintptr_t)s)) {
 			free(s);
 			return -ENOMEM;
 		}
@@ -97,7 +97,7 @@ int refs_add_n(struct refs *r, uint32_t id, uint32_t n)
 int refs_drop(struct refs *r, uint32_t id)
 {
 	struct refs_seg *s = seg_of(r, id);
-	uint32_t idx = id % SEG_PAGES;
+	uint32_t idx = id % SP_SEG_PAGES;
 	uint64_t *x;
 
 	if (!has_bit(s, idx))
@@ -111,7 +111,7 @@ int refs_drop(struct refs *r, uint32_t id)
 	}
 	s->bits[idx / 64] &= ~(1ull << (idx % 64));
 	if (--s->n == 0) {
-		map_del(&r->segs, id / SEG_PAGES);
+		map_del(&r->segs, id / SP_SEG_PAGES);
 		free(s);
 	}
 	return 0;
@@ -122,7 +122,7 @@ uint32_t refs_count(const struct refs *r, uint32_t id)
 	const struct refs_seg *s = seg_of(r, id);
 	uint64_t *x;
 
-	if (!has_bit(s, id % SEG_PAGES))
+	if (!has_bit(s, id % SP_SEG_PAGES))
 		return 0;
 	x = map_get(&r->extra, id);
 	return 1 + (x ? (uint32_t)*x : 0);
@@ -145,14 +145,14 @@ int refs_next(const struct refs *r, uint64_t *pos, uint32_t *id, uint32_t *count
 		if (!map_next(&r->segs, &at, &seg, &p))
 			return 0;
 		const struct refs_seg *s = (const struct refs_seg *)(uintptr_t)p;
-		for (; idx < SEG_PAGES; idx++) {
+		for (; idx < SP_SEG_PAGES; idx++) {
 			uint64_t w = s->bits[idx / 64] >> (idx % 64);
 			if (!w) {
 				idx = (idx | 63); /* rest of this word is clear */
 				continue;
 			}
 			idx += (uint32_t)__builtin_ctzll(w);
-			*id = (uint32_t)seg * SEG_PAGES + idx;
+			*id = (uint32_t)seg * SP_SEG_PAGES + idx;
 			*count = refs_count(r, *id);
 			*pos = ((uint64_t)mpos << 32) | (idx + 1);
 			return 1;

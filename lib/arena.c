@@ -7,10 +7,11 @@
 #include <sys/mman.h>
 
 #include "os.h"
+#include "sizes.h"
 
 #define CHUNK_ROUND ((size_t)1 << 20)
 #define CHUNK_MIN ((size_t)4 << 20)
-#define GUARD ((size_t)4096)
+#define GUARD ((size_t)SP_PAGE)
 
 static size_t round_up(size_t n, size_t to)
 {
@@ -20,7 +21,7 @@ static size_t round_up(size_t n, size_t to)
 /* The size class of len; ARENA_CLASSES when it has none. */
 static unsigned class_of(size_t len, size_t *rounded)
 {
-	size_t sz = 4096;
+	size_t sz = SP_PAGE;
 	unsigned c = 0;
 
 	while (sz < len && c < ARENA_CLASSES) {
@@ -64,7 +65,7 @@ static void add_chunk(struct arena *a, void *m, size_t len)
 void *arena_create(size_t first, size_t arena_offset, size_t reserve)
 {
 	/* The head is never freed: it needs no size class. */
-	size_t head = round_up(first, 4096);
+	size_t head = round_up(first, SP_PAGE);
 	size_t len = round_up(reserve > head ? reserve : head, CHUNK_ROUND);
 	void *m = map_chunk(len);
 	struct arena *a;

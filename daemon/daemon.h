@@ -3,15 +3,27 @@
  * daemon — samepaged: one per user. Owns the pool, the stable and unstable
  * indexes, the scan budget, the knobs and the counters; decides what to
  * merge from page hashes. It never reads or writes another process's
- * memory: each process merges its own pages (merge.c in the library).
+ * memory: each process merges its own pages (lib/merge.c).
  *
- * One thread, one epoll loop; every structure below belongs to it.
+ * One thread, one epoll loop; every structure below belongs to it. The
+ * files of daemon/, each calling only those below it:
+ *
+ *   main.c      the program: options, daemonizing
+ *   loop.c      the socket, the epoll loop, between events, set-up
+ *   requests.c  every message, validated and dispatched in one place
+ *   lookup.c    the merge decisions: C_LOOKUP, C_CREATE, merge hints
+ *   conn.c      connections: accept, find, close
+ *   budget.c    the scan budget and the unstable index's generations
+ *   sets.c      who holds a reference: sets, markers, held sets
+ *   pool.c index.c refs.c map.c   the pool, the two indexes, a set's
+ *               references, the hash map they use
  */
 #ifndef SAMEPAGE_DAEMON_H
 #define SAMEPAGE_DAEMON_H
 
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "index.h"
 #include "map.h"
@@ -99,6 +111,68 @@ struct samepaged {
 	unsigned char *scratch; /* SP_MAX_CREATE pages: C_CREATE bytes of contents already pooled */
 	int stop;
 };
+
+static inline uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+#define HINTS_MAX_ 65536u /* per process; beyond, its page merges on its next pass */
+
+/* ---- sets.c (invariant 2) ---- */
+int ref_take(struct samepaged *d, struct conn *c, uint32_t id);
+void ref_cow(struct samepaged *d, struct conn *c, uint32_t id);
+void ref_drop(struct samepaged *d, struct conn *c, uint32_t id, int cowed);
+void hint_ids_add(struct conn *c, uint32_t id, int delta);
+int hints_reserve(struct conn *c);
+void set_release(struct samepaged *d, struct conn *c);
+int set_merge(struct samepaged *d, struct conn *dst, struct conn *src, int copy);
+int marker_take(struct conn *c, int fd);
+int same_marker(const struct conn *a, const struct conn *b);
+void set_free(struct conn *c);
+uint32_t attach_held(struct samepaged *d, struct conn *c);
+struct conn *live_with_marker(struct samepaged *d, const struct conn *h);
+void set_closed(struct samepaged *d, struct conn *c);
+void sweep_held(struct samepaged *d);
+
+/* ---- budget.c ---- */
+void maybe_end_generation(struct samepaged *d);
+int on_budget(struct samepaged *d, struct conn *c, const struct sp_budget *b);
+
+/* ---- conn.c ---- */
+int conn_alive(void *ctx, uint32_t id);
+struct conn *conn_by_id(struct samepaged *d, uint32_t id);
+void maybe_idle(struct samepaged *d);
+void conn_close(struct samepaged *d, struct conn *c);
+/* 1: a connection was taken (or refused), 0: none waits. */
+int accept_conn(struct samepaged *d);
+
+static inline int reply(struct conn *c, uint16_t type, const void *p, uint32_t len)
+{
+	return sp_send(c->fd, type, p, len, -1);
+}
+
+static inline int ack(struct conn *c, int err)
+{
+	struct sp_ack a = { .err = err };
+
+	return reply(c, D_ACK, &a, sizeof(a));
+}
+
+/* ---- lookup.c ---- */
+int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l);
+int on_create(struct samepaged *d, struct conn *c, const struct sp_create *cr);
+int on_hints(struct samepaged *d, struct conn *c, const struct sp_hints_req *q);
+
+/* ---- requests.c ---- */
+int hello_reply(struct samepaged *d, struct conn *c, uint32_t attached);
+/* One message: 0, or < 0 to close the connection (invariant 6). */
+int dispatch(struct samepaged *d, struct conn *c, struct sp_msg *m);
+
+/* ---- loop.c: samepaged's life ---- */
 
 /* Bind path and serve until stopped or idle (idle_exit_s seconds with no
  * process; 0: never). When ready_fd >= 0, one byte is written to it once

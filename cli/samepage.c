@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * samepage — the command line: run, status, set, unmerge, daemon.
- * A thin user of the protocol (src/proto.h); it holds no memory of its own
+ * A thin user of the protocol (common/proto.h, common/conn.h); it holds no memory of its own
  * in the daemon (an observer connection).
  */
 #define _GNU_SOURCE
@@ -19,6 +19,7 @@
 
 #include "os.h"
 #include "env.h"
+#include "conn.h"
 #include "path.h"
 #include "proto.h"
 
@@ -59,13 +60,8 @@ static void daemon_bin(char *out, size_t len)
 	snprintf(out, len, "%s/samepaged", dir);
 }
 
-static int dial(void)
-{
-	char path[108];
-	int err = sp_socket_path(path, sizeof(path));
-
-	return err ? err : sp_dial(path, 10, 0);
-}
+/* The daemon's socket, and how long a person waits for it. */
+#define CLI_WAIT_S 10
 
 static int start_daemon(void)
 {
@@ -90,26 +86,17 @@ static int start_daemon(void)
 /* Connect as an observer; start the daemon when none answers. */
 static int connect_daemon(int start)
 {
-	struct sp_hello h = { .version = SP_PROTO_VERSION, .flags = HELLO_OBSERVER };
-	struct sp_msg m;
-	int fd = dial(), err;
+	char path[108];
+	int fd, err = sp_socket_path(path, sizeof(path));
 
+	if (err)
+		return err;
+	fd = sp_observe(path, CLI_WAIT_S, buf);
 	if (fd < 0 && start && (fd == -ENOENT || fd == -ECONNREFUSED)) {
 		err = start_daemon();
 		if (err)
 			return err;
-		fd = dial();
-	}
-	if (fd < 0)
-		return fd;
-	err = sp_send(fd, C_HELLO, &h, sizeof(h), -1);
-	if (!err)
-		err = sp_recv(fd, buf, &m);
-	if (!err && (m.h.type != D_HELLO || sp_validate(&m)))
-		err = -EPROTO;
-	if (err) {
-		close(fd);
-		return err;
+		fd = sp_observe(path, CLI_WAIT_S, buf);
 	}
 	return fd;
 }
@@ -117,20 +104,7 @@ static int connect_daemon(int start)
 static int call(int fd, uint16_t type, const void *req, uint32_t len, uint16_t want,
 		struct sp_msg *m)
 {
-	int err = sp_send(fd, type, req, len, -1);
-
-	if (!err)
-		err = sp_recv(fd, buf, m);
-	if (!err && sp_validate(m))
-		err = -EPROTO;
-	if (!err && m->h.type == D_ACK) {
-		struct sp_ack a;
-		memcpy(&a, m->p, sizeof(a));
-		if (want == D_ACK)
-			return a.err;
-		return a.err ? a.err : -EPROTO;
-	}
-	return !err && m->h.type != want ? -EPROTO : err;
+	return sp_call(fd, buf, type, req, len, want, m);
 }
 
 static int no_daemon(int err)

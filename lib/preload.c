@@ -50,30 +50,6 @@ static int set_errno(long r)
 	return (int)r;
 }
 
-/* Is anything tracked in [s, e)? Lock held. */
-static int tracked(struct lib *l, uintptr_t s, uintptr_t e)
-{
-	for (uint32_t i = 0; i < l->nareas; i++)
-		if (l->areas[i].start < e && l->areas[i].end > s)
-			return 1;
-	return 0;
-}
-
-static void discard_merged(struct lib *l, uintptr_t s, uintptr_t e)
-{
-	for (uint32_t i = 0; i < l->nareas; i++) {
-		struct area *a = &l->areas[i];
-		uintptr_t from = s > a->start ? s : a->start, to = e < a->end ? e : a->end;
-		if (from >= to)
-			continue;
-		merge_discard(l, a, from, to);
-		/* Zero pages stay zero pages after a discard: forget them. */
-		for (uintptr_t p = from; p < to; p += SP_PAGE)
-			if (a->e[(p - a->start) / SP_PAGE].state == E_ZERO)
-				entry_set(l, &a->e[(p - a->start) / SP_PAGE], E_NEW);
-	}
-}
-
 EXPORT int madvise(void *addr, size_t len, int advice)
 {
 	struct lib *l;
@@ -87,7 +63,7 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		/* On private anonymous memory the kernel says EINVAL; on the
 		 * private file mapping of a merged page it would say EACCES. */
 		lib_lock(l);
-		r = tracked(l, s, e);
+		r = lib_tracked(l, s, e);
 		pthread_mutex_unlock(&l->lock);
 		if (r)
 			return set_errno(-EINVAL);
@@ -98,8 +74,8 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 	lib_lock(l);
 	/* Invariant 3: merged pages first become anonymous zero pages, then
 	 * the kernel applies the advice to plain anonymous memory. */
-	if (!(s & (SP_PAGE - 1)) && tracked(l, s, e))
-		discard_merged(l, s, (e + SP_PAGE - 1) & ~(uintptr_t)(SP_PAGE - 1));
+	if (!(s & (SP_PAGE - 1)) && lib_tracked(l, s, e))
+		lib_discard(l, s, (e + SP_PAGE - 1) & ~(uintptr_t)(SP_PAGE - 1));
 	r = (int)syscall(SYS_madvise, addr, len, advice);
 	pthread_mutex_unlock(&l->lock);
 	return r;
@@ -140,7 +116,7 @@ EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 	lib_lock(l);
 	r = (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
 	if (r != MAP_FAILED)
-		scan_forget(l, s, s + len);
+		lib_forget(l, s, s + len);
 	pthread_mutex_unlock(&l->lock);
 	return r;
 }
@@ -159,7 +135,7 @@ EXPORT int munmap(void *addr, size_t len)
 	lib_lock(l);
 	r = (int)syscall(SYS_munmap, addr, len);
 	if (r == 0)
-		scan_forget(l, s, s + len);
+		lib_forget(l, s, s + len);
 	pthread_mutex_unlock(&l->lock);
 	return r;
 }
@@ -182,9 +158,9 @@ EXPORT void *mremap(void *old, size_t oldlen, size_t len, int flags, ...)
 	if (r != MAP_FAILED) {
 		/* Moved merged pages keep their pool pages mapped: the pending
 		 * list drops those references only once nothing maps them. */
-		scan_forget(l, (uintptr_t)old, (uintptr_t)old + oldlen);
+		lib_forget(l, (uintptr_t)old, (uintptr_t)old + oldlen);
 		if (flags & MREMAP_FIXED)
-			scan_forget(l, (uintptr_t)r, (uintptr_t)r + len);
+			lib_forget(l, (uintptr_t)r, (uintptr_t)r + len);
 	}
 	pthread_mutex_unlock(&l->lock);
 	return r;

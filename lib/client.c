@@ -35,6 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "conn.h"
 #include "env.h"
 #include "fault.h"
 #include "path.h"
@@ -168,6 +169,24 @@ static int dial_or_spawn(void)
 	return fd;
 }
 
+int client_init(struct lib *l)
+{
+	struct arena *ar = &l->arena;
+
+	l->sock = -1;
+	l->zero_fd = -1;
+	l->pipe_wr = -1;
+	l->marker_fd = -1;
+	l->kid_fd = -1;
+	for (uint32_t i = 0; i < SP_MAX_SEGS; i++)
+		l->segs[i].fd = -1;
+	l->msg = arena_alloc(ar, SP_MAX_MSG);
+	l->out = arena_alloc(ar, SP_MAX_MSG);
+	l->out_id = arena_alloc(ar, OUTBOX_MAX * sizeof(uint32_t));
+	l->out_kind = arena_alloc(ar, OUTBOX_MAX);
+	return l->msg && l->out && l->out_id && l->out_kind ? 0 : -ENOMEM;
+}
+
 /* ---- the connection ---- */
 
 /* The connection is gone (closed by the daemon, or unusable). Replies we
@@ -194,7 +213,7 @@ static void refs_died(struct lib *l)
 	if (l->zero_fd >= 0)
 		close(l->zero_fd);
 	l->zero_fd = -1;
-	for (uint32_t s = 0; s < POOL_MAX_SEGS; s++) {
+	for (uint32_t s = 0; s < SP_MAX_SEGS; s++) {
 		struct segview *v = &l->segs[s];
 		if (v->fd >= 0)
 			close(v->fd);
@@ -257,11 +276,11 @@ static void own_marker(struct lib *l)
 		return;
 	struct sp_fork f = { 0 };
 	if (sp_sendmsg(l->sock, C_MARKER, &f, sizeof(f), fd, MSG_DONTWAIT)) {
-		os_munmap((void *)addr, 4096);
+		os_munmap((void *)addr, SP_PAGE);
 		close(fd);
 		return;
 	}
-	os_munmap((void *)l->marker_addr, 4096);
+	os_munmap((void *)l->marker_addr, SP_PAGE);
 	close(l->marker_fd);
 	l->marker_fd = fd;
 	l->marker_addr = addr;
@@ -453,14 +472,7 @@ int client_call_fd(struct lib *l, uint16_t type, const void *req, uint32_t len, 
 		conn_lost(l);
 		return err == -ECONNRESET ? -ENOTCONN : err;
 	}
-	if (m->h.type == D_ACK && want != D_ACK) {
-		struct sp_ack a;
-		memcpy(&a, m->p, sizeof(a));
-		if (m->fd >= 0)
-			close(m->fd);
-		return a.err < 0 ? a.err : -EPROTO;
-	}
-	return 0;
+	return sp_reply_check(m, want);
 }
 
 int client_call(struct lib *l, uint16_t type, const void *req, uint32_t len,
@@ -701,7 +713,7 @@ void client_fork_prepare(struct lib *l, struct fork_kid *k)
 	if (err) {
 		if (err != -EAGAIN)
 			conn_lost(l);
-		os_munmap((void *)k->addr, 4096);
+		os_munmap((void *)k->addr, SP_PAGE);
 		close(k->fd);
 		k->fd = -1;
 		return;
@@ -717,7 +729,7 @@ void client_fork_parent(struct lib *l, struct fork_kid *k)
 	/* The children map the marker; we keep only its descriptor, for the
 	 * next fork. */
 	if (k->mode == KID_MARKER)
-		os_munmap((void *)k->addr, 4096);
+		os_munmap((void *)k->addr, SP_PAGE);
 }
 
 void client_fork_child(struct lib *l, struct fork_kid *k)
@@ -732,7 +744,7 @@ void client_fork_child(struct lib *l, struct fork_kid *k)
 	client_forget_pipe(l);
 	/* So is the parent's marker: we are not the parent. */
 	if (l->marker_fd >= 0) {
-		os_munmap((void *)l->marker_addr, 4096);
+		os_munmap((void *)l->marker_addr, SP_PAGE);
 		close(l->marker_fd);
 	}
 	l->marker_fd = -1;
@@ -810,20 +822,21 @@ int client_zero_fd(struct lib *l)
 
 int client_pool_fd(struct lib *l, uint32_t id)
 {
-	struct segview *v = &l->segs[id / SEG_PAGES];
+	struct segview *v = &l->segs[id / SP_SEG_PAGES];
 	int err;
 
-	if (id / SEG_PAGES >= POOL_MAX_SEGS)
+	if (id / SP_SEG_PAGES >= SP_MAX_SEGS)
 		return -EINVAL;
-	if (v->fd < 0 && (err = fetch_seg(l, id / SEG_PAGES)))
+	if (v->fd < 0 && (err = fetch_seg(l, id / SP_SEG_PAGES)))
 		return err;
 	return v->fd;
 }
 
 void client_seg_ref(struct lib *l, uint32_t id, int delta)
 {
-	struct segview *v = &l->segs[id / SEG_PAGES];
+	struct segview *v = &l->segs[id / SP_SEG_PAGES];
 
+	SP_ASSERT(id / SP_SEG_PAGES < SP_MAX_SEGS && (delta > 0 || v->refs > 0));
 	v->refs += delta;
 	l->seg_refs += delta;
 	/* Holding a segment's fd with no reference would keep a retired

@@ -58,7 +58,6 @@ static void atfork_prepare(void) __attribute__((unused));
 static void atfork_parent(void) __attribute__((unused));
 static void atfork_child(void) __attribute__((unused));
 
-#define VMA_SLOTS 262144 /* > vm.max_map_count's default 65530 */
 #define STAT_WAIT_MS 2000
 
 /* The arena's first chunk: the context and the buffers lib_create takes
@@ -79,34 +78,15 @@ static void lib_create(void)
 	ar = &l->arena;
 	pthread_mutex_init(&l->lock, NULL);
 	pthread_cond_init(&l->wake, NULL);
-	l->sock = -1;
-	l->zero_fd = -1;
-	l->pipe_wr = -1;
-	l->marker_fd = -1;
-	l->kid_fd = -1;
-	l->refs_lost = scan_refs_lost;
-	for (uint32_t i = 0; i < POOL_MAX_SEGS; i++)
-		l->segs[i].fd = -1;
-	l->msg = arena_alloc(ar, SP_MAX_MSG);
-	l->out = arena_alloc(ar, SP_MAX_MSG);
-	l->pm = arena_alloc(ar, CHUNK_PAGES * sizeof(uint64_t));
-	l->text = arena_alloc(ar, TEXT_BYTES);
 	l->stack = arena_alloc(ar, STACK_BYTES);
-	l->vbuf = arena_alloc(ar, SPAN_MAX_PAGES * SP_PAGE);
-	l->abuf = arena_alloc(ar, ABUF_PAGES * SP_PAGE);
 	l->zpage = arena_alloc(ar, SP_PAGE);
-	l->out_id = arena_alloc(ar, OUTBOX_MAX * sizeof(uint32_t));
-	l->out_kind = arena_alloc(ar, OUTBOX_MAX);
-	l->old_areas = arena_alloc(ar, LIB_MAX_AREAS * sizeof(struct area));
-	l->chunk = arena_alloc(ar, scan_chunk_bytes());
-	l->vmas.v = arena_alloc(ar, VMA_SLOTS * sizeof(struct vma));
-	l->vmas.cap = VMA_SLOTS;
-	l->vmas.fixed = 1;
 	l->pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	l->mapsfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-	if (!l->msg || !l->out || !l->pm || !l->text || !l->stack || !l->vbuf || !l->abuf || !l->zpage || !l->out_id || !l->out_kind || !l->old_areas ||
-	    !l->chunk || !l->vmas.v || l->pmfd < 0 || l->mapsfd < 0)
+	/* Each part sets up its own state (lib.h): no part sizes another's. */
+	if (!l->stack || !l->zpage || l->pmfd < 0 || l->mapsfd < 0 || client_init(l) ||
+	    track_init(l) || chunk_init(l) || merge_init(l))
 		return; /* the_lib stays NULL: every call says -ENOMEM */
+	l->refs_lost = track_refs_lost; /* client.c reports a dead daemon upward */
 	l->max_map_count = os_max_map_count();
 	l->debug = sp_env("SAMEPAGE_DEBUG") && *sp_env("SAMEPAGE_DEBUG") == '1';
 	l->zero_page_ok = os_has_zero_page(l->pmfd);
@@ -178,6 +158,37 @@ int lib_start_scanner(struct lib *l)
 		l->scanner_running = 1;
 	}
 	return err;
+}
+
+/* ---- what the wrappers ask (lock held) ---- */
+
+int lib_tracked(struct lib *l, uintptr_t s, uintptr_t e)
+{
+	for (uint32_t i = 0; i < l->nareas; i++)
+		if (l->areas[i].start < e && l->areas[i].end > s)
+			return 1;
+	return 0;
+}
+
+static int discard_area(struct lib *l, struct area *a, uintptr_t s, uintptr_t e)
+{
+	int err = merge_discard(l, a, s, e);
+
+	/* Zero pages stay zero pages after a discard: forget them. */
+	for (uintptr_t p = s; p < e; p += SP_PAGE)
+		if (entry_of(a, p)->state == E_ZERO)
+			entry_set(l, entry_of(a, p), E_NEW);
+	return err;
+}
+
+int lib_discard(struct lib *l, uintptr_t s, uintptr_t e)
+{
+	return track_each(l, s, e, discard_area);
+}
+
+void lib_forget(struct lib *l, uintptr_t s, uintptr_t e)
+{
+	track_forget(l, s, e);
 }
 
 /* ---- madvise ---- */
@@ -283,7 +294,7 @@ int samepage_madvise(void *addr, size_t len, int advice)
 		if (!err)
 			err = ranges_remove(l, s, e);
 		if (!err)
-			err = scan_refresh(l);
+			err = track_refresh(l);
 	}
 	if (!err)
 		err = gaps;
@@ -315,7 +326,7 @@ int samepage_set_merge_any(int enable)
 		l->nranges = 0;
 		err = scan_unmerge(l, 0, UINTPTR_MAX);
 		if (!err)
-			err = scan_refresh(l);
+			err = track_refresh(l);
 	}
 	pthread_mutex_unlock(&l->lock);
 	return err;

@@ -13,14 +13,14 @@
 
 #include "fault.h"
 
-#define SEG_BYTES ((size_t)SEG_PAGES * 4096)
+#define SEG_BYTES ((size_t)SP_SEG_PAGES * SP_PAGE)
 #define NO_PAGE UINT32_MAX
 #define RESERVED_PAGE (UINT32_MAX - 1) /* pool_page.next of a reserved slot */
 
 int pool_init(struct pool *p)
 {
 	memset(p, 0, sizeof(*p));
-	for (uint32_t i = 0; i < POOL_MAX_SEGS; i++)
+	for (uint32_t i = 0; i < SP_MAX_SEGS; i++)
 		p->segs[i].fd = -1;
 	return 0;
 }
@@ -28,7 +28,7 @@ int pool_init(struct pool *p)
 static void seg_close(struct pool_seg *s)
 {
 	os_munmap(s->win, SEG_BYTES);
-	os_munmap(s->pages, SEG_PAGES * sizeof(struct pool_page));
+	os_munmap(s->pages, SP_SEG_PAGES * sizeof(struct pool_page));
 	close(s->fd);
 	s->fd = -1;
 }
@@ -60,7 +60,7 @@ static int seg_open(struct pool_seg *s)
 	if (fcntl(s->fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE | F_SEAL_SHRINK | F_SEAL_GROW |
 		  F_SEAL_SEAL) < 0)
 		goto fail_win;
-	s->pages = os_mmap(NULL, SEG_PAGES * sizeof(struct pool_page), PROT_READ | PROT_WRITE,
+	s->pages = os_mmap(NULL, SP_SEG_PAGES * sizeof(struct pool_page), PROT_READ | PROT_WRITE,
 			MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (s->pages == MAP_FAILED)
 		goto fail_win;
@@ -84,14 +84,14 @@ fail_fd:
 
 static int seg_has_room(const struct pool_seg *s, uint64_t domain)
 {
-	return s->fd >= 0 && s->domain == domain && (s->free_head != NO_PAGE || s->bump < SEG_PAGES);
+	return s->fd >= 0 && s->domain == domain && (s->free_head != NO_PAGE || s->bump < SP_SEG_PAGES);
 }
 
 /* Lowest segment of the domain with room first: packing pages low lets
  * high segments empty out and be closed. */
 static int pick_seg(struct pool *p, uint64_t domain, uint32_t *out)
 {
-	uint32_t hole = POOL_MAX_SEGS;
+	uint32_t hole = SP_MAX_SEGS;
 	int err;
 
 	for (uint32_t i = 0; i < p->nsegs; i++) {
@@ -99,11 +99,11 @@ static int pick_seg(struct pool *p, uint64_t domain, uint32_t *out)
 			*out = i;
 			return 0;
 		}
-		if (p->segs[i].fd < 0 && hole == POOL_MAX_SEGS)
+		if (p->segs[i].fd < 0 && hole == SP_MAX_SEGS)
 			hole = i;
 	}
-	if (hole == POOL_MAX_SEGS) {
-		if (p->nsegs == POOL_MAX_SEGS)
+	if (hole == SP_MAX_SEGS) {
+		if (p->nsegs == SP_MAX_SEGS)
 			return -ENOSPC;
 		hole = p->nsegs;
 	}
@@ -123,7 +123,7 @@ static void fill_page(struct pool *p, struct pool_seg *s, uint32_t idx, const vo
 {
 	/* Invariant 2: idx had refs == 0, so no VMA maps it while we rewrite it. */
 	if (data)
-		memcpy(s->win + (size_t)idx * 4096, data, 4096);
+		memcpy(s->win + (size_t)idx * SP_PAGE, data, SP_PAGE);
 	s->pages[idx] = (struct pool_page){ .hash = hash, .next = NO_PAGE };
 	s->used++;
 	p->pages_used++;
@@ -131,21 +131,21 @@ static void fill_page(struct pool *p, struct pool_seg *s, uint32_t idx, const vo
 
 int pool_reserve(struct pool *p, uint64_t domain, uint32_t n, uint32_t *first, uint32_t *got)
 {
-	uint32_t si = POOL_MAX_SEGS;
+	uint32_t si = SP_MAX_SEGS;
 	int err;
 
 	/* The segment with the most never-used pages, so runs stay long. */
 	for (uint32_t i = 0; i < p->nsegs; i++)
-		if (p->segs[i].fd >= 0 && p->segs[i].domain == domain && p->segs[i].bump < SEG_PAGES &&
-		    (si == POOL_MAX_SEGS || p->segs[i].bump < p->segs[si].bump))
+		if (p->segs[i].fd >= 0 && p->segs[i].domain == domain && p->segs[i].bump < SP_SEG_PAGES &&
+		    (si == SP_MAX_SEGS || p->segs[i].bump < p->segs[si].bump))
 			si = i;
-	if (si == POOL_MAX_SEGS || SEG_PAGES - p->segs[si].bump < n) {
+	if (si == SP_MAX_SEGS || SP_SEG_PAGES - p->segs[si].bump < n) {
 		uint32_t fresh;
 		for (fresh = 0; fresh < p->nsegs && p->segs[fresh].fd >= 0; fresh++)
 			;
-		if (fresh == POOL_MAX_SEGS && si == POOL_MAX_SEGS)
+		if (fresh == SP_MAX_SEGS && si == SP_MAX_SEGS)
 			return -ENOSPC;
-		if (fresh < POOL_MAX_SEGS) {
+		if (fresh < SP_MAX_SEGS) {
 			err = seg_open(&p->segs[fresh]);
 			if (!err) {
 				p->segs[fresh].domain = domain;
@@ -153,14 +153,14 @@ int pool_reserve(struct pool *p, uint64_t domain, uint32_t n, uint32_t *first, u
 					p->nsegs++;
 				p->segs_live++;
 				si = fresh;
-			} else if (si == POOL_MAX_SEGS) {
+			} else if (si == SP_MAX_SEGS) {
 				return err;
 			}
 		}
 	}
 	struct pool_seg *s = &p->segs[si];
-	*got = SEG_PAGES - s->bump < n ? SEG_PAGES - s->bump : n;
-	*first = si * SEG_PAGES + s->bump;
+	*got = SP_SEG_PAGES - s->bump < n ? SP_SEG_PAGES - s->bump : n;
+	*first = si * SP_SEG_PAGES + s->bump;
 	for (uint32_t i = 0; i < *got; i++)
 		s->pages[s->bump + i] = (struct pool_page){ .next = RESERVED_PAGE };
 	s->bump += *got;
@@ -170,10 +170,10 @@ int pool_reserve(struct pool *p, uint64_t domain, uint32_t n, uint32_t *first, u
 
 void pool_alloc_reserved(struct pool *p, uint32_t id, const void *data, uint64_t hash)
 {
-	struct pool_seg *s = &p->segs[id / SEG_PAGES];
+	struct pool_seg *s = &p->segs[id / SP_SEG_PAGES];
 
 	s->reserved--;
-	fill_page(p, s, id % SEG_PAGES, data, hash);
+	fill_page(p, s, id % SP_SEG_PAGES, data, hash);
 }
 
 static void seg_maybe_close(struct pool *p, uint32_t si)
@@ -195,16 +195,16 @@ static void seg_maybe_close(struct pool *p, uint32_t si)
 
 void pool_unreserve(struct pool *p, uint32_t first, uint32_t n)
 {
-	struct pool_seg *s = &p->segs[first / SEG_PAGES];
+	struct pool_seg *s = &p->segs[first / SP_SEG_PAGES];
 
 	for (uint32_t i = 0; i < n; i++) {
-		uint32_t idx = first % SEG_PAGES + i;
+		uint32_t idx = first % SP_SEG_PAGES + i;
 		s->pages[idx] = (struct pool_page){ .next = s->free_head };
 		s->free_head = idx;
 	}
 	s->reserved -= n;
 	p->freed += n;
-	seg_maybe_close(p, first / SEG_PAGES);
+	seg_maybe_close(p, first / SP_SEG_PAGES);
 }
 
 int64_t pool_alloc(struct pool *p, const void *data, uint64_t hash)
@@ -229,13 +229,13 @@ int64_t pool_alloc_in(struct pool *p, uint64_t domain, const void *data, uint64_
 		idx = s->bump++;
 	}
 	fill_page(p, s, idx, data, hash);
-	return (int64_t)si * SEG_PAGES + idx;
+	return (int64_t)si * SP_SEG_PAGES + idx;
 }
 
 void pool_free(struct pool *p, uint32_t id)
 {
-	struct pool_seg *s = &p->segs[id / SEG_PAGES];
-	uint32_t idx = id % SEG_PAGES;
+	struct pool_seg *s = &p->segs[id / SP_SEG_PAGES];
+	uint32_t idx = id % SP_SEG_PAGES;
 
 	s->pages[idx].next = s->free_head;
 	s->pages[idx].hash = 0;
@@ -243,7 +243,7 @@ void pool_free(struct pool *p, uint32_t id)
 	s->used--;
 	p->pages_used--;
 	p->freed++;
-	seg_maybe_close(p, id / SEG_PAGES);
+	seg_maybe_close(p, id / SP_SEG_PAGES);
 }
 
 static int page_live(const struct pool_seg *s, uint32_t idx)
@@ -264,7 +264,7 @@ static int page_live(const struct pool_seg *s, uint32_t idx)
 
 struct pool_page *pool_page(struct pool *p, uint32_t id)
 {
-	uint32_t si = id / SEG_PAGES, idx = id % SEG_PAGES;
+	uint32_t si = id / SP_SEG_PAGES, idx = id % SP_SEG_PAGES;
 
 	if (si >= p->nsegs || p->segs[si].fd < 0 || !page_live(&p->segs[si], idx))
 		return NULL;
@@ -273,12 +273,12 @@ struct pool_page *pool_page(struct pool *p, uint32_t id)
 
 unsigned char *pool_slot(struct pool *p, uint32_t id)
 {
-	return p->segs[id / SEG_PAGES].win + (size_t)(id % SEG_PAGES) * 4096;
+	return p->segs[id / SP_SEG_PAGES].win + (size_t)(id % SP_SEG_PAGES) * SP_PAGE;
 }
 
 const void *pool_data(struct pool *p, uint32_t id)
 {
-	return p->segs[id / SEG_PAGES].win + (size_t)(id % SEG_PAGES) * 4096;
+	return p->segs[id / SP_SEG_PAGES].win + (size_t)(id % SP_SEG_PAGES) * SP_PAGE;
 }
 
 int pool_seg_fd(struct pool *p, uint32_t seg)

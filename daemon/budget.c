@@ -1,0 +1,120 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * budget — kernel KSM's pages_to_scan per sleep_millisecs, as a token
+ * bucket the scanners draw from (C_BUDGET), and the generations of the
+ * unstable index: a generation (a full scan) ends once every scanning
+ * process has completed a pass begun in it.
+ */
+#define _GNU_SOURCE
+#include "daemon.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <malloc.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "os.h"
+
+void samepaged_default_knobs(struct sp_knobs *k)
+{
+	k->v[KNOB_RUN] = 1;
+	k->v[KNOB_PAGES_TO_SCAN] = 16384;
+	k->v[KNOB_SLEEP_MILLISECS] = 20;
+	k->v[KNOB_USE_ZERO_PAGES] = 1;
+	k->v[KNOB_MAX_PAGE_SHARING] = 256;
+}
+
+/* ---- generations and full scans ---- */
+
+static int conn_scans(const struct conn *c)
+{
+	return c->hello && !c->observer && !c->parked && (c->st.mergeable || c->st.merge_any);
+}
+
+/* A process silent this long (stopped, or its scanner stuck) is not
+ * waited for: the unstable index must not grow stale forever. */
+#define SILENT_NS (5ull * 1000000000ull)
+
+void maybe_end_generation(struct samepaged *d)
+{
+	uint64_t now = now_ns();
+	int any = 0;
+
+	for (struct conn *c = d->conns; c; c = c->next) {
+		if (!conn_scans(c) || now - c->last_seen_ns > SILENT_NS)
+			continue;
+		if (!c->pass_done)
+			return;
+		any = 1;
+	}
+	if (!any)
+		return;
+	d->gen++;
+	d->full_scans++;
+	unstable_reset(&d->ix);
+	for (struct conn *c = d->conns; c; c = c->next)
+		c->pass_done = 0;
+}
+
+static void refill(struct samepaged *d)
+{
+	uint64_t t = now_ns();
+	double cap = d->knobs.v[KNOB_PAGES_TO_SCAN];
+	double ms = (t - d->last_refill_ns) / 1e6;
+
+	d->last_refill_ns = t;
+	if (!d->knobs.v[KNOB_SLEEP_MILLISECS]) {
+		d->tokens = cap;
+		return;
+	}
+	d->tokens += ms * cap / d->knobs.v[KNOB_SLEEP_MILLISECS];
+	if (d->tokens > cap)
+		d->tokens = cap;
+}
+
+int on_budget(struct samepaged *d, struct conn *c, const struct sp_budget *b)
+{
+	struct sp_budget_r r = { .gen = d->gen, .knobs = d->knobs };
+	uint32_t run = d->knobs.v[KNOB_RUN];
+
+	c->st = b->st;
+	c->last_seen_ns = now_ns();
+	d->pages_scanned += b->scanned;
+	if ((b->flags & BUDGET_PASS_DONE) && b->pass_gen >= d->gen)
+		c->pass_done = 1;
+	maybe_end_generation(d);
+	r.gen = d->gen;
+	r.unmerge = run == 2 || c->unmerge_pending;
+	c->unmerge_pending = 0;
+	r.hints = c->nhints;
+	if (run != 1) {
+		r.wait_ms = 200;
+		return reply(c, D_BUDGET, &r, sizeof(r));
+	}
+	refill(d);
+	r.grant = b->want < d->tokens ? b->want : (uint32_t)d->tokens;
+	d->tokens -= r.grant;
+	if (!r.grant) {
+		uint32_t want = b->want < d->knobs.v[KNOB_PAGES_TO_SCAN] ?
+				b->want : d->knobs.v[KNOB_PAGES_TO_SCAN];
+		r.wait_ms = 1 + (uint32_t)((uint64_t)want * d->knobs.v[KNOB_SLEEP_MILLISECS] /
+					   d->knobs.v[KNOB_PAGES_TO_SCAN]);
+	}
+	return reply(c, D_BUDGET, &r, sizeof(r));
+}

@@ -1,0 +1,377 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lookup — the merge decisions: C_LOOKUP, C_CREATE, C_HINTS.
+ *
+ * A process's scanner hashes its pages and offers those whose hash did not
+ * change since its previous pass (C_LOOKUP). Like ksmd, the daemon
+ * searches the stable index first: a hit hands the process a pool page,
+ * with a reference already taken for it so that the page cannot be
+ * recycled before the process has mapped it. A miss goes to the unstable
+ * index; a hit there asks the process for the page's bytes (C_CREATE,
+ * through the connection's pipe), which become a new pool page. The page it
+ * matched in the unstable index gets a merge hint: its process learns with
+ * its next budget reply that a pool page with a reference of its own waits
+ * for that address (C_HINTS), so it merges without waiting for its next
+ * pass (kernel KSM merges both pages of an unstable match at once; this is
+ * the same, done by each process itself). Index keys are content hashes
+ * with the process's merge domain mixed in (key_of()).
+ */
+#define _GNU_SOURCE
+#include "daemon.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <malloc.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "os.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* The index key of content hash h for c: its domain mixed in with a
+ * secret of the daemon's, so that pages of two domains never meet in either
+ * index and no process can compute another domain's keys (with a known
+ * mix, a forged hash probed whether another domain held some content). */
+static uint64_t key_of(const struct conn *c, uint64_t h)
+{
+	return h ^ c->key_mix;
+}
+
+/* An unstable entry is a partner only while its connection is open and of
+ * the same domain (a key collision across domains is not a match). */
+struct partner { struct samepaged *d; uint64_t domain; };
+
+static int partner_ok(void *ctx, uint32_t id)
+{
+	const struct partner *p = ctx;
+	struct conn *o = conn_by_id(p->d, id);
+
+	return o && o->domain == p->domain;
+}
+
+/* c looks up its page at addr while a hint for it waits: the hinted pool
+ * page is the answer when it still holds that content (the reference is
+ * already c's). Without this, a process that offers the page again before
+ * it fetched its hints would find the hinted page full (max_page_sharing
+ * counts the hint's reference) and make a second pool page of it. */
+static uint32_t hint_claim(struct samepaged *d, struct conn *c, uint64_t addr, uint64_t key)
+{
+	uint64_t *slot = c->nhints ? map_get(&c->hint_at, addr) : NULL;
+	uint32_t i, id;
+
+	if (!slot)
+		return SP_POOL_NONE;
+	i = (uint32_t)*slot;
+	id = c->hints[i].id;
+	/* The hint's reference is c's, unless c dropped it since (a process
+	 * may send anything): then the page may be gone, or someone else's. */
+	if (!refs_count(&c->refs, id) || !pool_page(&d->pool, id) ||
+	    pool_page(&d->pool, id)->hash != key)
+		return SP_POOL_NONE;
+	map_del(&c->hint_at, addr);
+	hint_ids_add(c, id, -1);
+	if (i != --c->nhints) {
+		c->hints[i] = c->hints[c->nhints];
+		*map_get(&c->hint_at, c->hints[i].addr) = i;
+	}
+	return id;
+}
+
+/* A stable page for c: of its domain (a hash collision across domains
+ * must not hand out another domain's page). */
+static uint32_t stable_for(struct samepaged *d, struct conn *c, uint64_t key)
+{
+	uint32_t id = stable_find(&d->ix, &d->pool, key, d->knobs.v[KNOB_MAX_PAGE_SHARING]);
+
+	if (id != SP_POOL_NONE && pool_seg_domain(&d->pool, id / SP_SEG_PAGES) != c->domain)
+		return SP_POOL_NONE;
+	return id;
+}
+
+/* Has c's domain a pool page of this content, full or not? */
+static int stable_has_in(struct samepaged *d, struct conn *c, uint64_t key)
+{
+	uint32_t id = stable_find(&d->ix, &d->pool, key, UINT32_MAX);
+
+	return id != SP_POOL_NONE && pool_seg_domain(&d->pool, id / SP_SEG_PAGES) == c->domain;
+}
+
+int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l)
+{
+	struct sp_ids *r = (struct sp_ids *)d->buf; /* l lives in d->in */
+	struct partner me = { d, c->domain };
+	uint32_t n = l->n;
+	uint32_t *ids = r->id;
+
+	if (c->observer)
+		return -EPROTO;
+	if (!c->pairs) {
+		c->pairs = malloc(SP_MAX_LOOKUP * sizeof(*c->pairs));
+		c->look_addr = malloc(SP_MAX_LOOKUP * sizeof(*c->look_addr));
+		if (!c->pairs || !c->look_addr)
+			return -ENOMEM;
+	}
+	c->npairs = n;
+	for (uint32_t i = 0; i < n; i++) {
+		c->pairs[i].conn = 0;
+		c->look_addr[i] = l->e[i].addr;
+		uint64_t key = key_of(c, l->e[i].hash);
+		uint32_t id = hint_claim(d, c, l->e[i].addr, key);
+		int err;
+
+		if (id != SP_POOL_NONE) {
+			ids[i] = id;
+			continue;
+		}
+		id = stable_for(d, c, key);
+		if (id != SP_POOL_NONE) {
+			/* The reference is the process's before it maps the page. */
+			err = ref_take(d, c, id);
+			ids[i] = err ? SP_POOL_NONE : id;
+			continue;
+		}
+		if (stable_has_in(d, c, key)) {
+			ids[i] = SP_POOL_CREATE; /* chain full: start a dup */
+			continue;
+		}
+		err = unstable_offer(&d->ix, key, c->id, l->e[i].addr, partner_ok, &me,
+				     &c->pairs[i]);
+		ids[i] = err == 1 ? SP_POOL_CREATE : SP_POOL_NONE;
+	}
+	r->n = n;
+	return reply(c, D_LOOKUP, r, sizeof(*r) + n * sizeof(uint32_t));
+}
+
+#define RESERVE_RUN 512u /* a scan chunk: what one process creates in a row */
+
+/* The next id of c's reservation (consecutive ids: one VMA per run in
+ * every process that maps them), else any free page. */
+static int64_t alloc_for(struct samepaged *d, struct conn *c, const void *data, uint64_t key)
+{
+	/* Freed pages first: a sealed segment cannot give their memory back,
+	 * so a page written once stays resident until reused (with never-used
+	 * ids only, a workload that rewrites merged memory grew the pool's
+	 * footprint by what it rewrote, every time). Runs from free lists are
+	 * shorter: more VMAs, less memory. */
+	if (d->pool.freed)
+		return pool_alloc_in(&d->pool, c->domain, data, key);
+	if (c->rsv_next == c->rsv_end) {
+		uint32_t first, got;
+		if (pool_reserve(&d->pool, c->domain, RESERVE_RUN, &first, &got))
+			return pool_alloc_in(&d->pool, c->domain, data, key);
+		c->rsv_next = first;
+		c->rsv_end = first + got;
+	}
+	pool_alloc_reserved(&d->pool, c->rsv_next, data, key);
+	return c->rsv_next++;
+}
+
+/* Tell the page that c's page matched in the unstable index: pool page id
+ * now holds that content, with a reference taken for its process. */
+static void hint(struct samepaged *d, struct conn *c, uint32_t look, uint32_t id)
+{
+	struct unstable_item *it;
+	struct conn *o;
+
+	if (look >= c->npairs || !c->pairs[look].conn)
+		return;
+	it = &c->pairs[look];
+	o = conn_by_id(d, it->conn);
+	it->conn = 0;
+	if (!o || o->nhints >= HINTS_MAX_ || map_get(&o->hint_at, it->addr) || hints_reserve(o))
+		return;
+	/* Invariant 2: the reference is o's before o maps the page. */
+	if (ref_take(d, o, id))
+		return;
+	if (map_put(&o->hint_at, it->addr, o->nhints)) {
+		ref_drop(d, o, id, 0);
+		return;
+	}
+	o->hints[o->nhints++] = (struct sp_hint){ .addr = it->addr, .id = id };
+	hint_ids_add(o, id, +1);
+}
+
+/* Where page i of a C_CREATE lands: straight into a new pool page, or, when
+ * a pool page with the claimed hash exists, into scratch to be compared. */
+struct create_dst {
+	uint32_t id;    /* new page, or the existing one to compare with */
+	uint8_t fresh;  /* id was allocated for it */
+	uint8_t ok;     /* id allocated or found */
+	uint8_t hinted; /* id is a waiting hint's page: the reference is already c's */
+};
+
+/* Allocate the new pool pages of a batch before the copy, one call per run
+ * of adjacent pages: a page fault per page, taken inside the copy, costs
+ * several times more (measured here: 9 vs 41 us a page in this VM). */
+static void populate_fresh(const struct iovec *iov, const struct create_dst *dst, uint32_t n)
+{
+	for (uint32_t i = 0; i < n;) {
+		uint32_t j = i + 1;
+		if (!dst[i].fresh) { /* scratch: populated since its first use */
+			i++;
+			continue;
+		}
+		while (j < n && dst[j].fresh &&
+		       (char *)iov[j].iov_base == (char *)iov[j - 1].iov_base + SP_PAGE)
+			j++;
+		os_madvise(iov[i].iov_base, (size_t)(j - i) * SP_PAGE, MADV_POPULATE_WRITE);
+		i = j;
+	}
+}
+
+static void create_plan(struct samepaged *d, struct conn *c, const struct sp_create *cr,
+			struct create_dst *dst, struct iovec *iov)
+{
+	for (uint32_t i = 0; i < cr->n; i++) {
+		uint32_t look = cr->e[i].look;
+		uint64_t key = key_of(c, cr->e[i].hash);
+		/* A hint that arrived after c's lookup, for the same page: its
+		 * pool page is the answer (as in on_lookup). */
+		uint32_t id = look < c->npairs ? hint_claim(d, c, c->look_addr[look], key) :
+						 SP_POOL_NONE;
+		if (id != SP_POOL_NONE) {
+			dst[i] = (struct create_dst){ .id = id, .ok = 1, .hinted = 1 };
+			iov[i] = (struct iovec){ d->scratch + (size_t)i * SP_PAGE, SP_PAGE };
+			continue;
+		}
+		id = stable_for(d, c, key);
+		int64_t nid = id == SP_POOL_NONE ? alloc_for(d, c, NULL, key) : -1;
+
+		dst[i] = (struct create_dst){ .id = id, .ok = id != SP_POOL_NONE };
+		if (nid >= 0)
+			dst[i] = (struct create_dst){ .id = (uint32_t)nid, .fresh = 1, .ok = 1 };
+		iov[i].iov_base = dst[i].fresh ? pool_slot(&d->pool, dst[i].id) :
+				  d->scratch + (size_t)i * SP_PAGE;
+		iov[i].iov_len = SP_PAGE;
+	}
+	populate_fresh(iov, dst, cr->n);
+}
+
+/* Read exactly n pages from the pipe; the process put them there before
+ * sending C_CREATE, so anything short is a protocol error. */
+static int create_read(struct conn *c, struct iovec *iov, uint32_t n)
+{
+	uint32_t i = 0;
+
+	while (i < n) {
+		uint32_t k = n - i < IOV_MAX ? n - i : IOV_MAX;
+		ssize_t got = readv(c->pipe_fd, iov + i, (int)k);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0 || got % SP_PAGE)
+			return -EPROTO; /* pages are spliced whole */
+		i += (uint32_t)(got / SP_PAGE);
+	}
+	return 0;
+}
+
+/* Page i is read: keep it, or find it already pooled. The pool page id,
+ * with a reference for c, or SP_POOL_NONE. */
+static uint32_t create_settle(struct samepaged *d, struct conn *c, const struct create_dst *dst,
+			      const struct iovec *iov, uint64_t claimed)
+{
+	uint64_t hash = XXH3_64bits(iov->iov_base, SP_PAGE); /* never the process's word for it */
+	uint64_t key = key_of(c, hash);
+	uint32_t id;
+
+	if (!dst->ok)
+		return SP_POOL_NONE;
+	if (!dst->fresh) {
+		id = dst->id;
+		if (memcmp(pool_data(&d->pool, id), iov->iov_base, SP_PAGE)) {
+			if (dst->hinted)
+				ref_drop(d, c, id, 0); /* the claimed hint's reference */
+			return SP_POOL_NONE; /* a hash collision: leave it unmerged */
+		}
+		if (dst->hinted)
+			return id;
+		return ref_take(d, c, id) ? SP_POOL_NONE : id;
+	}
+	pool_page(&d->pool, dst->id)->hash = key;
+	/* An equal page created earlier in this batch, or a changed page. */
+	id = hash == claimed ? stable_for(d, c, key) : SP_POOL_NONE;
+	if (hash != claimed ||
+	    (id != SP_POOL_NONE && !memcmp(pool_data(&d->pool, id), iov->iov_base, SP_PAGE))) {
+		pool_free(&d->pool, dst->id);
+		if (hash != claimed)
+			return SP_POOL_NONE;
+		return ref_take(d, c, id) ? SP_POOL_NONE : id;
+	}
+	id = dst->id;
+	if (stable_insert(&d->ix, &d->pool, id)) {
+		pool_free(&d->pool, id);
+		return SP_POOL_NONE;
+	}
+	if (ref_take(d, c, id)) {
+		stable_remove(&d->ix, &d->pool, id);
+		pool_free(&d->pool, id);
+		return SP_POOL_NONE;
+	}
+	return id;
+}
+
+int on_create(struct samepaged *d, struct conn *c, const struct sp_create *cr)
+{
+	struct { uint32_t n; uint32_t id[SP_MAX_CREATE]; } r = { .n = cr->n };
+	struct create_dst dst[SP_MAX_CREATE];
+	struct iovec iov[SP_MAX_CREATE];
+	int err;
+
+	if (c->observer || c->pipe_fd < 0 || cr->n > c->pipe_pages)
+		return -EPROTO;
+	create_plan(d, c, cr, dst, iov);
+	err = create_read(c, iov, cr->n);
+	for (uint32_t i = 0; i < cr->n; i++) {
+		if (err) { /* nothing of it was handed out */
+			if (dst[i].fresh)
+				pool_free(&d->pool, dst[i].id);
+			else if (dst[i].hinted)
+				ref_drop(d, c, dst[i].id, 0);
+			continue;
+		}
+		r.id[i] = create_settle(d, c, &dst[i], &iov[i], cr->e[i].hash);
+		if (r.id[i] != SP_POOL_NONE)
+			hint(d, c, cr->e[i].look, r.id[i]);
+	}
+	if (err)
+		return err;
+	return reply(c, D_CREATE, &r, sizeof(uint32_t) * (1 + cr->n));
+}
+
+int on_hints(struct samepaged *d, struct conn *c, const struct sp_hints_req *q)
+{
+	struct sp_hints *r = (struct sp_hints *)d->buf;
+	uint32_t n = c->nhints < q->max ? c->nhints : q->max;
+
+	if (n > SP_MAX_HINTS)
+		n = SP_MAX_HINTS;
+	c->nhints -= n;
+	r->n = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		const struct sp_hint *h = &c->hints[c->nhints + i];
+		map_del(&c->hint_at, h->addr);
+		hint_ids_add(c, h->id, -1);
+		/* Only hints whose reference c still holds (see hint_claim()). */
+		if (refs_count(&c->refs, h->id) && pool_page(&d->pool, h->id))
+			r->e[r->n++] = *h;
+	}
+	return reply(c, D_HINTS, r, sizeof(*r) + r->n * sizeof(r->e[0]));
+}
