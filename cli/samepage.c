@@ -222,6 +222,7 @@ static void print_status(const struct sp_stat_r *r, int json)
 		{ "pool_segments", (int64_t)g->pool_segments },
 		{ "merge_vmas", (int64_t)g->merge_vmas },
 		{ "vma_limited", (int64_t)g->vma_limited },
+		{ "processes_limited", (int64_t)g->processes_limited },
 		{ "processes", (int64_t)g->processes },
 		{ "held_sets", (int64_t)g->held_sets },
 		{ "pool_written", (int64_t)g->pool_written },
@@ -236,6 +237,7 @@ static void print_status(const struct sp_stat_r *r, int json)
 					(int64_t)r->p.rmap_items * SP_ENTRY_BYTES },
 		{ "ksm_merge_any", r->p.merge_any },
 		{ "ksm_mergeable", r->p.mergeable },
+		{ "merge_limited", r->p.limited },
 	};
 	int first = 1;
 

@@ -25,7 +25,7 @@
  * (net.core.wmem_default, 208 KiB here; EMSGSIZE beyond), so none exceeds
  * 72 KiB. */
 #define SP_MAX_MSG (72u << 10)        /* header + payload */
-#define SP_MAX_LOOKUP 4096u           /* hashes in one C_LOOKUP */
+#define SP_MAX_LOOKUP 2048u           /* hashes in one C_LOOKUP (24 bytes each) */
 /* Pages in one C_CREATE. Their bytes travel through the connection's pipe
  * (vmsplice: the process copies nothing; the daemon reads them once,
  * straight into the pool), whose capacity is 1 MiB where the system allows
@@ -88,6 +88,8 @@ struct sp_proc_stats {
 	uint64_t merge_vmas, vma_limited;
 	uint64_t cowed;      /* references held by pages written since merging */
 	uint32_t merge_any, mergeable;
+	uint32_t limited;    /* merging paused: the VMA budget (invariant 7) is spent */
+	uint32_t pad;
 };
 
 #define BUDGET_PASS_DONE 1u
@@ -107,7 +109,12 @@ struct sp_budget_r {
 	struct sp_knobs knobs;
 };
 
-struct sp_lookup_ent { uint64_t hash; uint64_t addr; };
+/* A page offered: its hash, its address, and (flag LOOKUP_MAPS) the pool
+ * page its VMA maps there, which it wrote since (its own copy is what is
+ * offered): the daemon may put the content there, so that the page merges
+ * again without a new mapping (DESIGN.md, "Merging again in place"). */
+#define LOOKUP_MAPS 1u
+struct sp_lookup_ent { uint64_t hash; uint64_t addr; uint32_t maps; uint32_t flags; };
 struct sp_lookup { uint32_t n; uint32_t pad; struct sp_lookup_ent e[]; };
 struct sp_ids { uint32_t n; uint32_t id[]; };      /* D_LOOKUP, D_CREATE, C_UNREF, C_COW */
 /* C_CREATE: n pages whose bytes wait in the pipe, in this order. look is
@@ -144,6 +151,7 @@ struct sp_global_stats {
 	uint64_t meta_bytes; /* daemon bookkeeping */
 	uint64_t held_sets;  /* reference sets of closed connections still mapped */
 	uint64_t pool_written; /* pool pages kept only for written copies */
+	uint64_t processes_limited; /* processes whose merging waits for VMA room */
 };
 struct sp_stat_r {
 	struct sp_global_stats g;

@@ -78,8 +78,10 @@ void conn_close(struct samepaged *d, struct conn *c)
 		close(c->pipe_fd);
 	free(c->pairs);
 	free(c->look_addr);
+	free(c->look_maps);
 	c->pairs = NULL;
 	c->look_addr = NULL;
+	c->look_maps = NULL;
 	/* Invariant 2: the set outlives the connection while anyone maps its marker. */
 	set_closed(d, c);
 	maybe_idle(d);

@@ -67,6 +67,7 @@ struct conn {
 	 * (conn 0: none), to be told once this process has created the pool page. */
 	struct unstable_item *pairs;
 	uint64_t *look_addr;  /* the addresses of that C_LOOKUP's entries */
+	uint32_t *look_maps;  /* the pool page its VMA maps there, written (LOOKUP_MAPS), or none */
 	uint32_t npairs;
 	/* Merge hints for this process (references already taken for it). */
 	struct sp_hint *hints;
@@ -102,6 +103,7 @@ struct samepaged {
 	 * them until it is restored whole). */
 	uint64_t shared, sharing, written;
 	uint64_t unheld_drops; /* C_UNREF/C_COW of a reference not held: ignored */
+	uint64_t inplace;     /* pool pages given new content where their mappers are */
 	double tokens;        /* scan budget bucket (pages) */
 	uint64_t last_refill_ns, last_sweep_ns;
 	int idle_exit_s;      /* exit after this long with no process; 0: never */

@@ -114,6 +114,36 @@ static int stable_has_in(struct samepaged *d, struct conn *c, uint64_t key)
 	return id != SP_POOL_NONE && pool_seg_domain(&d->pool, id / SP_SEG_PAGES) == c->domain;
 }
 
+/* Pool page id, which c's VMA maps where its page is and which c wrote:
+ * may new content go there (DESIGN.md, "Merging again in place")? Only
+ * while no mapping anywhere still reads it (every reference to it is a
+ * written one) and c holds a written one. Then the page merges again with
+ * no new mapping: no VMA split. */
+static int reusable(struct samepaged *d, struct conn *c, uint32_t id)
+{
+	struct pool_page *pg = id == SP_POOL_NONE ? NULL : pool_page(&d->pool, id);
+
+	return pg && pg->refs == pg->cowed && refs_count(&c->cowed, id) &&
+	       pool_seg_domain(&d->pool, id / SP_SEG_PAGES) == c->domain;
+}
+
+static uint32_t maps_of(const struct sp_lookup_ent *e)
+{
+	return e->flags & LOOKUP_MAPS ? e->maps : SP_POOL_NONE;
+}
+
+/* Invariant 2 holds: nobody reads page id (reusable()): every mapping of
+ * it is its process's own copy, which new bytes under it do not change. */
+static void rewrite_in_place(struct samepaged *d, uint32_t id, const void *bytes, uint64_t key)
+{
+	stable_remove(&d->ix, &d->pool, id);
+	memcpy(pool_slot(&d->pool, id), bytes, SP_PAGE);
+	pool_page(&d->pool, id)->hash = key;
+	/* Out of memory, it stays out of the index: still a valid page. */
+	stable_insert(&d->ix, &d->pool, id);
+	d->inplace++;
+}
+
 int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l)
 {
 	struct sp_ids *r = (struct sp_ids *)d->buf; /* l lives in d->in */
@@ -126,13 +156,15 @@ int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l)
 	if (!c->pairs) {
 		c->pairs = malloc(SP_MAX_LOOKUP * sizeof(*c->pairs));
 		c->look_addr = malloc(SP_MAX_LOOKUP * sizeof(*c->look_addr));
-		if (!c->pairs || !c->look_addr)
+		c->look_maps = malloc(SP_MAX_LOOKUP * sizeof(*c->look_maps));
+		if (!c->pairs || !c->look_addr || !c->look_maps)
 			return -ENOMEM;
 	}
 	c->npairs = n;
 	for (uint32_t i = 0; i < n; i++) {
 		c->pairs[i].conn = 0;
 		c->look_addr[i] = l->e[i].addr;
+		c->look_maps[i] = maps_of(&l->e[i]);
 		uint64_t key = key_of(c, l->e[i].hash);
 		uint32_t id = hint_claim(d, c, l->e[i].addr, key);
 		int err;
@@ -143,6 +175,13 @@ int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l)
 		}
 		id = stable_for(d, c, key);
 		if (id != SP_POOL_NONE) {
+			/* Where its VMA maps a page nobody reads, the content goes
+			 * there (a duplicate of id): merging again splits nothing. */
+			uint32_t here = c->look_maps[i];
+		if (here != id && reusable(d, c, here)) {
+				rewrite_in_place(d, here, pool_data(&d->pool, id), key);
+				id = here;
+			}
 			/* The reference is the process's before it maps the page. */
 			err = ref_take(d, c, id);
 			ids[i] = err ? SP_POOL_NONE : id;
@@ -163,16 +202,10 @@ int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l)
 #define RESERVE_RUN 512u /* a scan chunk: what one process creates in a row */
 
 /* The next id of c's reservation (consecutive ids: one VMA per run in
- * every process that maps them), else any free page. */
+ * every process that maps them; extents reuse freed pages first, whole:
+ * pool.h), else any free page. */
 static int64_t alloc_for(struct samepaged *d, struct conn *c, const void *data, uint64_t key)
 {
-	/* Freed pages first: a sealed segment cannot give their memory back,
-	 * so a page written once stays resident until reused (with never-used
-	 * ids only, a workload that rewrites merged memory grew the pool's
-	 * footprint by what it rewrote, every time). Runs from free lists are
-	 * shorter: more VMAs, less memory. */
-	if (d->pool.freed)
-		return pool_alloc_in(&d->pool, c->domain, data, key);
 	if (c->rsv_next == c->rsv_end) {
 		uint32_t first, got;
 		if (pool_reserve(&d->pool, c->domain, RESERVE_RUN, &first, &got))
@@ -196,7 +229,9 @@ static void hint(struct samepaged *d, struct conn *c, uint32_t look, uint32_t id
 	it = &c->pairs[look];
 	o = conn_by_id(d, it->conn);
 	it->conn = 0;
-	if (!o || o->nhints >= HINTS_MAX_ || map_get(&o->hint_at, it->addr) || hints_reserve(o))
+	/* Not to a process at its VMA budget: it could only give it back. */
+	if (!o || o->st.limited || o->nhints >= HINTS_MAX_ || map_get(&o->hint_at, it->addr) ||
+	    hints_reserve(o))
 		return;
 	/* Invariant 2: the reference is o's before o maps the page. */
 	if (ref_take(d, o, id))
@@ -216,6 +251,7 @@ struct create_dst {
 	uint8_t fresh;  /* id was allocated for it */
 	uint8_t ok;     /* id allocated or found */
 	uint8_t hinted; /* id is a waiting hint's page: the reference is already c's */
+	uint8_t inplace; /* id is the page c's VMA maps there, nobody reads: rewritten */
 };
 
 /* Allocate the new pool pages of a batch before the copy, one call per run
@@ -249,6 +285,12 @@ static void create_plan(struct samepaged *d, struct conn *c, const struct sp_cre
 						 SP_POOL_NONE;
 		if (id != SP_POOL_NONE) {
 			dst[i] = (struct create_dst){ .id = id, .ok = 1, .hinted = 1 };
+			iov[i] = (struct iovec){ d->scratch + (size_t)i * SP_PAGE, SP_PAGE };
+			continue;
+		}
+		/* Where its VMA maps a page nobody reads: the bytes go there. */
+		if (look < c->npairs && reusable(d, c, c->look_maps[look])) {
+			dst[i] = (struct create_dst){ .id = c->look_maps[look], .ok = 1, .inplace = 1 };
 			iov[i] = (struct iovec){ d->scratch + (size_t)i * SP_PAGE, SP_PAGE };
 			continue;
 		}
@@ -294,6 +336,13 @@ static uint32_t create_settle(struct samepaged *d, struct conn *c, const struct 
 
 	if (!dst->ok)
 		return SP_POOL_NONE;
+	if (dst->inplace) {
+		/* Still nobody's (this batch may have taken it already). */
+		if (hash != claimed || !reusable(d, c, dst->id))
+			return SP_POOL_NONE;
+		rewrite_in_place(d, dst->id, iov->iov_base, key);
+		return ref_take(d, c, dst->id) ? SP_POOL_NONE : dst->id;
+	}
 	if (!dst->fresh) {
 		id = dst->id;
 		if (memcmp(pool_data(&d->pool, id), iov->iov_base, SP_PAGE)) {

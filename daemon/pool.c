@@ -15,7 +15,61 @@
 
 #define SEG_BYTES ((size_t)SP_SEG_PAGES * SP_PAGE)
 #define NO_PAGE UINT32_MAX
-#define RESERVED_PAGE (UINT32_MAX - 1) /* pool_page.next of a reserved slot */
+#define WORDS (SP_SEG_PAGES / 64)
+#define BITMAP_BYTES (WORDS * sizeof(uint64_t))
+/* A reservation takes a shorter free run than asked rather than a new
+ * segment, down to this: a run of 32 pages is still one VMA for 128 KiB. */
+#define MIN_RUN 32u
+
+static int bit(const uint64_t *b, uint32_t i)
+{
+	return (int)(b[i / 64] >> (i % 64) & 1);
+}
+
+static void set_bits(uint64_t *b, uint32_t from, uint32_t n, int on)
+{
+	for (uint32_t i = from; i < from + n; i++) {
+		if (on)
+			b[i / 64] |= 1ull << (i % 64);
+		else
+			b[i / 64] &= ~(1ull << (i % 64));
+	}
+}
+
+/* The first run of at least n clear bits in [from, to), else the longest
+ * one there: its start in *at, its length returned (0: none). */
+static uint32_t free_run(const uint64_t *b, uint32_t from, uint32_t to, uint32_t n, uint32_t *at)
+{
+	uint32_t best = 0, run = 0, start = from;
+
+	for (uint32_t i = from; i < to;) {
+		uint64_t w = b[i / 64];
+		if (i % 64 == 0 && i + 64 <= to && (w == 0 || w == ~0ull)) {
+			if (w == 0) {
+				run = run ? run + 64 : 64;
+				start = run == 64 ? i : start;
+			} else {
+				run = 0;
+			}
+			i += 64;
+		} else {
+			if (!bit(b, i)) {
+				start = run ? start : i;
+				run++;
+			} else {
+				run = 0;
+			}
+			i++;
+		}
+		if (run > best) {
+			best = run;
+			*at = start;
+		}
+		if (best >= n)
+			return best;
+	}
+	return best;
+}
 
 int pool_init(struct pool *p)
 {
@@ -29,6 +83,7 @@ static void seg_close(struct pool_seg *s)
 {
 	os_munmap(s->win, SEG_BYTES);
 	os_munmap(s->pages, SP_SEG_PAGES * sizeof(struct pool_page));
+	os_munmap(s->busy, 2 * BITMAP_BYTES);
 	close(s->fd);
 	s->fd = -1;
 }
@@ -64,10 +119,16 @@ static int seg_open(struct pool_seg *s)
 			MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (s->pages == MAP_FAILED)
 		goto fail_win;
+	s->busy = os_mmap(NULL, 2 * BITMAP_BYTES, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (s->busy == MAP_FAILED) {
+		os_munmap(s->pages, SP_SEG_PAGES * sizeof(struct pool_page));
+		goto fail_win;
+	}
+	s->live = s->busy + WORDS;
 	s->used = 0;
 	s->reserved = 0;
-	s->bump = 0;
-	s->free_head = NO_PAGE;
+	s->touched = 0;
 	return 0;
 fail_win:
 	err = -errno;
@@ -82,31 +143,21 @@ fail_fd:
 	return err;
 }
 
-static int seg_has_room(const struct pool_seg *s, uint64_t domain)
+static int seg_usable(const struct pool_seg *s, uint64_t domain)
 {
-	return s->fd >= 0 && s->domain == domain && (s->free_head != NO_PAGE || s->bump < SP_SEG_PAGES);
+	return s->fd >= 0 && s->domain == domain && s->used + s->reserved < SP_SEG_PAGES;
 }
 
-/* Lowest segment of the domain with room first: packing pages low lets
- * high segments empty out and be closed. */
-static int pick_seg(struct pool *p, uint64_t domain, uint32_t *out)
+/* A new segment for domain, in the lowest free slot. */
+static int seg_new(struct pool *p, uint64_t domain, uint32_t *out)
 {
-	uint32_t hole = SP_MAX_SEGS;
+	uint32_t hole = 0;
 	int err;
 
-	for (uint32_t i = 0; i < p->nsegs; i++) {
-		if (seg_has_room(&p->segs[i], domain)) {
-			*out = i;
-			return 0;
-		}
-		if (p->segs[i].fd < 0 && hole == SP_MAX_SEGS)
-			hole = i;
-	}
-	if (hole == SP_MAX_SEGS) {
-		if (p->nsegs == SP_MAX_SEGS)
-			return -ENOSPC;
-		hole = p->nsegs;
-	}
+	while (hole < p->nsegs && p->segs[hole].fd >= 0)
+		hole++;
+	if (hole == SP_MAX_SEGS)
+		return -ENOSPC;
 	err = seg_open(&p->segs[hole]);
 	if (err)
 		return err;
@@ -118,6 +169,44 @@ static int pick_seg(struct pool *p, uint64_t domain, uint32_t *out)
 	return 0;
 }
 
+/* Where an extent of n pages of domain goes: the lowest segment (packing
+ * pages low lets high segments empty out and close) with a free run of n
+ * among its written pages (memory reused), else at the edge of what it
+ * has written, else a shorter run of at least MIN_RUN (or min) anywhere,
+ * else a new segment, else the longest run there is. Segment in *si, first
+ * page in *idx, length returned (0: no room at all). */
+static uint32_t place(struct pool *p, uint64_t domain, uint32_t n, uint32_t min, uint32_t *si,
+		      uint32_t *idx, int *err)
+{
+	uint32_t best = 0, at = 0, got;
+
+	for (int pass = 0; pass < 3; pass++)
+		for (uint32_t i = 0; i < p->nsegs; i++) {
+			struct pool_seg *s = &p->segs[i];
+			uint32_t to = pass == 0 ? s->touched : SP_SEG_PAGES;
+			if (!seg_usable(s, domain))
+				continue;
+			got = free_run(s->busy, 0, to, n, &at);
+			if (got >= n || (pass == 2 && got >= min)) {
+				*si = i;
+				*idx = at;
+				return got < n ? got : n;
+			}
+			if (pass == 2 && got > best) {
+				best = got;
+				*si = i;
+				*idx = at;
+			}
+		}
+	*err = seg_new(p, domain, &at);
+	if (!*err) {
+		*si = at;
+		*idx = 0;
+		return n;
+	}
+	return best < n ? best : n;
+}
+
 static void fill_page(struct pool *p, struct pool_seg *s, uint32_t idx, const void *data,
 		      uint64_t hash)
 {
@@ -125,46 +214,25 @@ static void fill_page(struct pool *p, struct pool_seg *s, uint32_t idx, const vo
 	if (data)
 		memcpy(s->win + (size_t)idx * SP_PAGE, data, SP_PAGE);
 	s->pages[idx] = (struct pool_page){ .hash = hash, .next = NO_PAGE };
+	set_bits(s->busy, idx, 1, 1);
+	set_bits(s->live, idx, 1, 1);
+	if (idx >= s->touched)
+		s->touched = idx + 1;
 	s->used++;
 	p->pages_used++;
 }
 
 int pool_reserve(struct pool *p, uint64_t domain, uint32_t n, uint32_t *first, uint32_t *got)
 {
-	uint32_t si = SP_MAX_SEGS;
-	int err;
+	uint32_t si, idx;
+	int err = -ENOSPC;
 
-	/* The segment with the most never-used pages, so runs stay long. */
-	for (uint32_t i = 0; i < p->nsegs; i++)
-		if (p->segs[i].fd >= 0 && p->segs[i].domain == domain && p->segs[i].bump < SP_SEG_PAGES &&
-		    (si == SP_MAX_SEGS || p->segs[i].bump < p->segs[si].bump))
-			si = i;
-	if (si == SP_MAX_SEGS || SP_SEG_PAGES - p->segs[si].bump < n) {
-		uint32_t fresh;
-		for (fresh = 0; fresh < p->nsegs && p->segs[fresh].fd >= 0; fresh++)
-			;
-		if (fresh == SP_MAX_SEGS && si == SP_MAX_SEGS)
-			return -ENOSPC;
-		if (fresh < SP_MAX_SEGS) {
-			err = seg_open(&p->segs[fresh]);
-			if (!err) {
-				p->segs[fresh].domain = domain;
-				if (fresh == p->nsegs)
-					p->nsegs++;
-				p->segs_live++;
-				si = fresh;
-			} else if (si == SP_MAX_SEGS) {
-				return err;
-			}
-		}
-	}
-	struct pool_seg *s = &p->segs[si];
-	*got = SP_SEG_PAGES - s->bump < n ? SP_SEG_PAGES - s->bump : n;
-	*first = si * SP_SEG_PAGES + s->bump;
-	for (uint32_t i = 0; i < *got; i++)
-		s->pages[s->bump + i] = (struct pool_page){ .next = RESERVED_PAGE };
-	s->bump += *got;
-	s->reserved += *got;
+	*got = place(p, domain, n, MIN_RUN, &si, &idx, &err);
+	if (!*got)
+		return err;
+	*first = si * SP_SEG_PAGES + idx;
+	set_bits(p->segs[si].busy, idx, *got, 1);
+	p->segs[si].reserved += *got;
 	return 0;
 }
 
@@ -186,7 +254,6 @@ static void seg_maybe_close(struct pool *p, uint32_t si)
 	 * closes. Opening a segment costs a few system calls. */
 	if (s->used || s->reserved)
 		return;
-	p->freed -= s->bump; /* every page it ever used was free */
 	seg_close(s);
 	p->segs_live--;
 	while (p->nsegs && p->segs[p->nsegs - 1].fd < 0)
@@ -197,13 +264,8 @@ void pool_unreserve(struct pool *p, uint32_t first, uint32_t n)
 {
 	struct pool_seg *s = &p->segs[first / SP_SEG_PAGES];
 
-	for (uint32_t i = 0; i < n; i++) {
-		uint32_t idx = first % SP_SEG_PAGES + i;
-		s->pages[idx] = (struct pool_page){ .next = s->free_head };
-		s->free_head = idx;
-	}
+	set_bits(s->busy, first % SP_SEG_PAGES, n, 0);
 	s->reserved -= n;
-	p->freed += n;
 	seg_maybe_close(p, first / SP_SEG_PAGES);
 }
 
@@ -215,20 +277,11 @@ int64_t pool_alloc(struct pool *p, const void *data, uint64_t hash)
 int64_t pool_alloc_in(struct pool *p, uint64_t domain, const void *data, uint64_t hash)
 {
 	uint32_t si, idx;
-	struct pool_seg *s;
-	int err = pick_seg(p, domain, &si);
+	int err = -ENOSPC;
 
-	if (err)
+	if (!place(p, domain, 1, 1, &si, &idx, &err))
 		return err;
-	s = &p->segs[si];
-	if (s->free_head != NO_PAGE) {
-		idx = s->free_head;
-		s->free_head = s->pages[idx].next;
-		p->freed--;
-	} else {
-		idx = s->bump++;
-	}
-	fill_page(p, s, idx, data, hash);
+	fill_page(p, &p->segs[si], idx, data, hash);
 	return (int64_t)si * SP_SEG_PAGES + idx;
 }
 
@@ -237,36 +290,19 @@ void pool_free(struct pool *p, uint32_t id)
 	struct pool_seg *s = &p->segs[id / SP_SEG_PAGES];
 	uint32_t idx = id % SP_SEG_PAGES;
 
-	s->pages[idx].next = s->free_head;
 	s->pages[idx].hash = 0;
-	s->free_head = idx;
+	set_bits(s->busy, idx, 1, 0);
+	set_bits(s->live, idx, 1, 0);
 	s->used--;
 	p->pages_used--;
-	p->freed++;
 	seg_maybe_close(p, id / SP_SEG_PAGES);
-}
-
-static int page_live(const struct pool_seg *s, uint32_t idx)
-{
-	if (idx >= s->bump)
-		return 0;
-	/* Freed pages have hash 0 and sit on the free list; a live page's hash
-	 * can also be 0, so walk the list only in that rare case. */
-	if (s->pages[idx].hash)
-		return 1;
-	if (s->pages[idx].next == RESERVED_PAGE)
-		return 0;
-	for (uint32_t f = s->free_head; f != NO_PAGE; f = s->pages[f].next)
-		if (f == idx)
-			return 0;
-	return 1;
 }
 
 struct pool_page *pool_page(struct pool *p, uint32_t id)
 {
 	uint32_t si = id / SP_SEG_PAGES, idx = id % SP_SEG_PAGES;
 
-	if (si >= p->nsegs || p->segs[si].fd < 0 || !page_live(&p->segs[si], idx))
+	if (si >= p->nsegs || p->segs[si].fd < 0 || !bit(p->segs[si].live, idx))
 		return NULL;
 	return &p->segs[si].pages[idx];
 }

@@ -31,7 +31,7 @@ struct pool_page {
 	uint64_t hash;  /* index key: XXH3 of the content (the daemon's own), domain mixed in */
 	uint32_t refs;  /* VMA references, summed over every holder */
 	uint32_t cowed; /* of those, mappings whose process wrote its copy (C_COW) */
-	uint32_t next;  /* next page with the same hash (stable chain), or free-list link */
+	uint32_t next;  /* next page with the same hash (stable chain) */
 	uint32_t pad;
 };
 
@@ -41,17 +41,17 @@ struct pool_seg {
 				 reads every page of it, so domains never share one */
 	unsigned char *win;   /* the daemon's writable window */
 	struct pool_page *pages;
+	uint64_t *busy;       /* a bit per page: holds content or is reserved */
+	uint64_t *live;       /* a bit per page: holds content */
 	uint32_t used;        /* pages holding content */
 	uint32_t reserved;    /* pages set aside for one connection's next pages */
-	uint32_t bump;        /* pages [bump, SP_SEG_PAGES) never used yet */
-	uint32_t free_head;   /* freed pages, linked through next */
+	uint32_t touched;     /* pages [touched, SP_SEG_PAGES) never written: no memory yet */
 };
 
 struct pool {
 	struct pool_seg segs[SP_MAX_SEGS];
 	uint32_t nsegs;       /* slots [0, nsegs) may be in use */
 	uint64_t pages_used;
-	uint64_t freed;       /* pages on segments' free lists: written once, reusable */
 	uint32_t segs_live;
 };
 
@@ -63,14 +63,15 @@ void pool_fini(struct pool *p);
 int64_t pool_alloc_in(struct pool *p, uint64_t domain, const void *data, uint64_t hash);
 /* pool_alloc_in() the default domain 0. */
 int64_t pool_alloc(struct pool *p, const void *data, uint64_t hash);
-/* (The daemon allocates from free lists first while pool.freed > 0: a sealed
- * segment cannot give a page's memory back, so a freed page is only worth
- * anything once reused.)
- * Set aside up to n never-used consecutive ids for one creator, so that
- * the pages it creates one after the other get consecutive ids: a process
- * maps a run of consecutive pool pages with one mmap, in one VMA, and two
- * processes creating at the same time would otherwise interleave their ids.
- * 0 (with *first and *got) or -errno. */
+/* Set aside up to n free consecutive ids for one creator (an extent), so
+ * that the pages it creates one after the other get consecutive ids: a
+ * process maps a run of consecutive pool pages with one mmap, in one VMA,
+ * and two processes creating at the same time would otherwise interleave
+ * their ids. Freed pages are taken first, as whole runs: a sealed segment
+ * cannot give a page's memory back, so a freed page is only worth anything
+ * once reused, and handing them out one by one in the order they were freed
+ * gave the next workload scattered ids (a VMA a page). 0 (with *first and
+ * *got) or -errno. */
 int pool_reserve(struct pool *p, uint64_t domain, uint32_t n, uint32_t *first, uint32_t *got);
 /* Allocate the reserved id, copy data into it. */
 void pool_alloc_reserved(struct pool *p, uint32_t id, const void *data, uint64_t hash);

@@ -214,6 +214,7 @@ static void fill_global(struct samepaged *d, struct sp_global_stats *g)
 		g->pages_volatile += c->st.volatile_pages;
 		g->merge_vmas += c->st.merge_vmas;
 		g->vma_limited += c->st.vma_limited;
+		g->processes_limited += c->st.limited != 0;
 		g->meta_bytes += refs_bytes(&c->refs) + refs_bytes(&c->cowed);
 		rmap += c->st.rmap_items;
 	}

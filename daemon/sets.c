@@ -237,6 +237,7 @@ void set_free(struct conn *c)
 		close(c->marker_fd);
 	free(c->pairs);
 	free(c->look_addr);
+	free(c->look_maps);
 	free(c->hints);
 	map_fini(&c->hint_at);
 	map_fini(&c->hint_ids);

@@ -78,11 +78,12 @@ static int classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, str
 			*vc = &ps->fresh;
 	}
 	if (e->state == E_MERGED || (e->state == E_COWED && e->pool != SP_POOL_NONE)) {
-		/* Written since it was merged: the kernel gave it a private copy. */
+		/* Written since it was merged: the kernel gave it a private copy.
+		 * Hashed now: new content may merge again at once, in place. */
 		if (e->state == E_MERGED && PM_PRESENT(pm) && !PM_FILE(pm) && *vc &&
 		    (*vc)->kind == VMA_POOL) {
 			c->cow[c->ncow++] = p;
-			return 0;
+			goto hash;
 		}
 		if (maps_pool_page(l, *vc, p, e->pool)) {
 			/* Still mapped (a merged page perhaps not faulted in, after
@@ -118,7 +119,10 @@ static int classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, str
 		entry_set(l, e, E_NEW);
 	}
 hash:
-	if (!PM_PRESENT(pm))
+	/* At the VMA budget, nothing new can be merged (except in place, which
+	 * the written pages above may still do once room comes back): no work
+	 * is spent hashing and offering until then (invariant 7). */
+	if (!PM_PRESENT(pm) || l->st.limited)
 		return 0;
 	/* An anonymous page mapped by another process too is one fork shares
 	 * with its parent or child: merging it saves nothing until one of them
@@ -139,7 +143,12 @@ static void classify_hashed(struct lib *l, struct area *a, uintptr_t p, uint64_t
 {
 	struct entry *e = entry_of(a, p);
 
-	if (e->state == E_NEW) {
+	if (e->state == E_MERGED) {
+		/* Written since merged, seen for the first time: new content,
+		 * offered at once like any page at first sight. */
+		e->csum = ENTRY_CSUM(h);
+		ps->changed++;
+	} else if (e->state == E_NEW) {
 		/* First sight: offered at once. Kernel KSM searches its stable
 		 * tree at first sight too, but keeps a page out of its unstable
 		 * tree until a second scan finds it unchanged, because a page
@@ -161,10 +170,17 @@ static void classify_hashed(struct lib *l, struct area *a, uintptr_t p, uint64_t
 		ps->changed++;
 		return;
 	}
-	if (l->knobs.v[KNOB_USE_ZERO_PAGES] && h == l->zero_hash)
+	if (l->knobs.v[KNOB_USE_ZERO_PAGES] && h == l->zero_hash) {
 		c->zero[c->nzero++] = p;
-	else
-		c->look[c->nlook++] = (struct sp_lookup_ent){ .hash = h, .addr = p };
+		return;
+	}
+	c->look[c->nlook] = (struct sp_lookup_ent){ .hash = h, .addr = p };
+	/* Its VMA maps a pool page here, which it wrote: the daemon may put
+	 * the new content there, and the page merges again in place. */
+	if ((e->state == E_MERGED || e->state == E_COWED) && e->pool != SP_POOL_NONE)
+		c->look[c->nlook] = (struct sp_lookup_ent){ .hash = h, .addr = p, .maps = e->pool,
+							    .flags = LOOKUP_MAPS };
+	c->nlook++;
 }
 
 /* Is every page of [s, e) a written copy (E_COWED)? */
@@ -279,20 +295,49 @@ static int by_addr(const void *x, const void *y)
 	return a->addr < b->addr ? -1 : a->addr > b->addr;
 }
 
+/* Merging in place (merge_item.inplace): the page's VMA maps that very
+ * pool page, and the page there is its own written copy. */
+static void mark_inplace(struct area *a, struct chunk *c)
+{
+	for (uint32_t i = 0; i < c->nm; i++) {
+		const struct entry *e = entry_of(a, c->m[i].addr);
+		c->m[i].inplace = e->state == E_COWED && e->pool == c->m[i].id;
+	}
+}
+
+/* Does item i start a new run (one mmap, up to two VMAs, as merge.c maps
+ * them)? Items are in address order. Counting this way bounds the VMAs
+ * from above: merge.c may also join a run across equal protections only. */
+static int starts_run(const struct merge_item *m, uint32_t i)
+{
+	return !i || m[i].addr != m[i - 1].addr + SP_PAGE || m[i].id != m[i - 1].id + 1 ||
+	       m[i].id % SP_SEG_PAGES == 0;
+}
+
 static void vma_budget_check(struct lib *l, struct chunk *c)
 {
-	/* Invariant 7: stay well inside vm.max_map_count. A merged page that
-	 * is not part of a run costs up to two VMAs (it splits one). */
-	size_t limit = l->max_map_count * 3 / 4;
+	/* Invariant 7: stay well inside vm.max_map_count. A run of merged
+	 * pages costs up to two VMAs (it splits one); a page merged in place
+	 * costs none. Merge the runs that fit, in address order. */
+	size_t limit = l->max_map_count * 3 / 4, need = 0;
+	uint32_t ids[CHUNK_PAGES], n = 0, keep = 0;
 
-	if (l->vmas.total + 2 * (size_t)c->nm <= limit)
+	sort_inplace(c->m, c->nm, sizeof(c->m[0]), by_addr);
+	for (uint32_t i = 0; i < c->nm; i++) {
+		if (!c->m[i].inplace && starts_run(c->m, i))
+			need += 2;
+		if (c->m[i].inplace || l->vmas.total + need <= limit)
+			c->m[keep++] = c->m[i];
+		else
+			ids[n++] = c->m[i].id;
+	}
+	c->nm = keep;
+	if (!n)
 		return;
-	uint32_t ids[CHUNK_PAGES];
-	for (uint32_t i = 0; i < c->nm; i++)
-		ids[i] = c->m[i].id;
-	client_unref(l, ids, c->nm);
-	l->st.vma_limited += c->nm;
-	c->nm = 0;
+	client_unref(l, ids, n);
+	l->st.vma_limited += n;
+	/* Back off: no hashing and offering until VMAs are freed (scan.c). */
+	l->st.limited = 1;
 }
 
 /* A written page (E_COWED) merged again: the reference to the pool page it
@@ -307,10 +352,10 @@ static void do_merge(struct lib *l, struct area *a, struct chunk *c, struct pass
 {
 	uint32_t bad[2 * CHUNK_PAGES], nbad = 0, runs = 0;
 
-	vma_budget_check(l, c);
+	mark_inplace(a, c);
+	vma_budget_check(l, c); /* sorts by address */
 	if (!c->nm)
 		return;
-	sort_inplace(c->m, c->nm, sizeof(c->m[0]), by_addr);
 	merge_pages(l, a, c->m, c->nm);
 	for (uint32_t i = 0; i < c->nm; i++) {
 		struct entry *e = entry_of(a, c->m[i].addr);
@@ -320,7 +365,9 @@ static void do_merge(struct lib *l, struct area *a, struct chunk *c, struct pass
 		}
 		/* One mmap, up to two new VMAs, per run of consecutive
 		 * addresses and pool pages, as merge.c maps them. */
-		if (!i || !c->m[i - 1].ok || c->m[i - 1].addr + SP_PAGE != c->m[i].addr ||
+		if (c->m[i].inplace)
+			ps->inplace++;
+		else if (!i || !c->m[i - 1].ok || c->m[i - 1].addr + SP_PAGE != c->m[i].addr ||
 		    c->m[i - 1].id + 1 != c->m[i].id ||
 		    c->m[i - 1].id / SP_SEG_PAGES != c->m[i].id / SP_SEG_PAGES)
 			runs++;

@@ -69,6 +69,7 @@ struct lib_stats {
 	int64_t rmap_items, merging, zero, cowed; /* entries by state, kept live */
 	uint64_t unshared, volatile_pages;  /* of the last complete pass */
 	uint64_t merge_vmas, vma_limited;
+	int limited;       /* the VMA budget is spent: no new merges until there is room */
 };
 
 #define LIB_MAX_AREAS 65536
@@ -236,7 +237,7 @@ int scan_unmerge(struct lib *l, uintptr_t s, uintptr_t e);
 struct pass {
 	uint64_t gen;
 	int have_gen;
-	uint64_t volatile_pages, unshared, merged, changed;
+	uint64_t volatile_pages, unshared, merged, changed, inplace;
 	struct vma fresh;  /* the kernel's VMA, asked when the snapshot is stale */
 };
 int chunk_init(struct lib *l);
@@ -246,7 +247,9 @@ int chunk_hints(struct lib *l, struct pass *ps);
 
 /* merge.c (lock held) */
 int merge_init(struct lib *l);
-struct merge_item { uintptr_t addr; uint32_t id; uint32_t ok; };
+/* inplace: the VMA maps pool page id at addr already, and the page there is
+ * its own written copy: merging drops the copy (MADV_DONTNEED), no mmap. */
+struct merge_item { uintptr_t addr; uint32_t id; uint16_t ok; uint16_t inplace; };
 /* Invariant 1: replace each page with its pool page only while frozen and
  * verified equal. Sets ok; items are sorted by addr, in one area. */
 int merge_pages(struct lib *l, struct area *a, struct merge_item *it, uint32_t n);

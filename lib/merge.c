@@ -110,10 +110,31 @@ static int map_file_run(struct area *a, uintptr_t addr, size_t len, uint8_t prot
 	return 0;
 }
 
+/* Does the VMA (vc, the kernel's, asked under the freeze) still map pool
+ * page id at a? Only then may dropping our copy show that page. */
+static int maps_here(const struct lib *l, const struct vma_cache *vc, uintptr_t a, uint32_t id)
+{
+	const struct vma *v = &vc->v;
+
+	return v->end && a >= v->start && a < v->end && v->ino &&
+	       v->ino == l->segs[id / SP_SEG_PAGES].ino &&
+	       v->pgoff + (a - v->start) / SP_PAGE == id % SP_SEG_PAGES;
+}
+
+/* Merge a run in place: our copies go, the pool page under them shows
+ * again (a private file mapping reads its file where it has no copy).
+ * No mapping changes: no VMA split. */
+static void drop_copies(uintptr_t addr, size_t len)
+{
+	os_madvise((void *)addr, len, MADV_DONTNEED);
+	os_madvise((void *)addr, len, MADV_POPULATE_READ);
+}
+
 static int continues_run(const struct merge_item *prev, const struct merge_item *cur,
 			 uint8_t pprot, uint8_t cprot)
 {
-	return cur->ok && prev->ok && cur->addr == prev->addr + SP_PAGE &&
+	return cur->ok && prev->ok && cur->inplace == prev->inplace &&
+	       cur->addr == prev->addr + SP_PAGE &&
 	       cur->id == prev->id + 1 && cur->id / SP_SEG_PAGES == prev->id / SP_SEG_PAGES &&
 	       pprot == cprot;
 }
@@ -167,6 +188,8 @@ static void merge_span(struct lib *l, struct area *a, struct merge_item *it, uin
 			/* Invariant 1: frozen, and verified equal byte for byte. */
 			it[i + j].ok = got[i + j] && mine[j] &&
 				       replaceable(l, it[i + j].addr, &prot[i + j], &vc) &&
+				       (!it[i + j].inplace ||
+					maps_here(l, &vc, it[i + j].addr, it[i + j].id)) &&
 				       page_equal(l->abuf + (size_t)j * SP_PAGE,
 						  l->vbuf + (size_t)(i + j) * SP_PAGE, SP_PAGE);
 	}
@@ -178,6 +201,13 @@ static void merge_span(struct lib *l, struct area *a, struct merge_item *it, uin
 		}
 		while (j < n && continues_run(&it[j - 1], &it[j], prot[j - 1], prot[j]))
 			j++;
+		if (it[i].inplace) {
+			/* Not done: the VMA stays, registered; its protection
+			 * goes with the rest below. */
+			drop_copies(it[i].addr, (size_t)(j - i) * SP_PAGE);
+			i = j;
+			continue;
+		}
 		if (map_file_run(a, it[i].addr, (size_t)(j - i) * SP_PAGE, prot[i], fd[i],
 				 (off_t)(it[i].id % SP_SEG_PAGES) * SP_PAGE) == 0)
 			memset(done + (it[i].addr - s) / SP_PAGE, 1, j - i);

@@ -34,6 +34,7 @@
 #endif
 
 #define IDLE_MAX_MS 2000
+#define LIMIT_MARGIN 64 /* VMAs below the budget before merging resumes */
 
 /* ---- unmerge ---- */
 
@@ -185,6 +186,11 @@ static int pass_locked(struct lib *l, struct pass *ps)
 	err = track_refresh(l);
 	if (err)
 		return err;
+	/* Merging paused at the VMA budget resumes once VMAs went (the
+	 * application unmapped memory, merged VMAs were restored), with a
+	 * margin: not to stop again at the first page. */
+	if (l->st.limited && l->vmas.total + LIMIT_MARGIN <= l->max_map_count * 3 / 4)
+		l->st.limited = 0;
 	err = walk(l, ps);
 	if (err)
 		return err;

@@ -370,6 +370,7 @@ void lib_fill_stats(struct lib *l, struct sp_proc_stats *st)
 	st->volatile_pages = l->st.volatile_pages;
 	st->merge_vmas = l->st.merge_vmas;
 	st->vma_limited = l->st.vma_limited;
+	st->limited = (uint32_t)l->st.limited;
 	st->merge_any = (uint32_t)l->merge_any;
 	st->mergeable = l->merge_any || l->nranges;
 }

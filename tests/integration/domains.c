@@ -530,7 +530,7 @@ static long long raw_getseg(int fd, uint32_t seg)
 static void raw_lookup_s(int fd)
 {
 	static unsigned char page[PAGE], buf[SP_MAX_MSG];
-	struct { struct sp_lookup l; struct sp_lookup_ent e; } lk = { { .n = 1 }, { 0, 0x5000 } };
+	struct { struct sp_lookup l; struct sp_lookup_ent e; } lk = { { .n = 1 }, { .hash = 0, .addr = 0x5000 } };
 	struct sp_msg m;
 
 	tu_fill(page, PAGE, SEED_S);

@@ -595,7 +595,7 @@ static void garbage(void)
 	{
 		struct sp_getseg g = { .seg = 0 };
 		static unsigned char first[PAGE];
-		struct { struct sp_lookup l; struct sp_lookup_ent e; } lk = { { .n = 1 }, { 0, 0x1000 } };
+		struct { struct sp_lookup l; struct sp_lookup_ent e; } lk = { { .n = 1 }, { .hash = 0, .addr = 0x1000 } };
 		fd = hello();
 		send_msg(fd, C_GETSEG, &g, sizeof(g));
 		TU_CHECK(recv_dgram(fd, 2000, NULL) > 0 && rtype() == D_ACK &&

@@ -13,6 +13,13 @@
  * that reason and says so (vma_limited > 0), every byte stays correct, and
  * the application can still create VMAs of its own afterwards, which
  * samepage then leaves to it.
+ *
+ * At the budget, merging backs off instead of spinning: over 4 s neither
+ * process spends more than 1% of a core (CPU from /proc/PID/stat), and
+ * `samepage status` says why (merge_limited for each, processes_limited).
+ * When the application unmaps VMAs it had before merging reached the
+ * budget (PRE_VMAS of them, made at start), there is room: merging resumes
+ * (frames fall further) and stops again at the budget.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -30,6 +37,7 @@
 #define N 4096u
 #define STRIDE 7919u
 #define APP_VMAS 400 /* VMAs the application makes itself afterwards (of 500 left) */
+#define PRE_VMAS 300 /* VMAs the application holds from the start, freed at the end */
 
 static const char *const sysctl = "/proc/sys/vm/max_map_count";
 static char original[32];
@@ -68,6 +76,23 @@ static void fill_page(unsigned char *p, size_t content)
 }
 
 struct reply { uintptr_t addr; int ok; int app_vmas; };
+static unsigned char *app_q; /* the application's own VMAs ('m'), in a holder */
+static unsigned char *pre_q; /* ... and those it held from the start ('p' frees them) */
+
+/* n VMAs of the application's own: every other page of a PROT_NONE
+ * reserve made writable (two VMAs per mprotect). */
+static unsigned char *own_vmas(int n, int *made)
+{
+	unsigned char *q = mmap(NULL, (size_t)(n + 2) * PAGE, PROT_NONE,
+				MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	*made = 0;
+	if (q == MAP_FAILED)
+		return NULL;
+	for (int i = 0; i < n / 2; i++)
+		*made += 2 * (mprotect(q + (2 * i + 1) * PAGE, PAGE, PROT_READ | PROT_WRITE) == 0);
+	return q;
+}
 
 static int holder(int rd, int wr, void *arg)
 {
@@ -79,27 +104,29 @@ static int holder(int rd, int wr, void *arg)
 	for (size_t i = 0; i < N; i++)
 		fill_page(p + (scattered ? (i * STRIDE) % N : i) * PAGE, i);
 	memcpy(ref, p, (size_t)N * PAGE);
+	pre_q = own_vmas(PRE_VMAS, &r.app_vmas);
+	TU_CHECK(pre_q && r.app_vmas == PRE_VMAS, "the application's first VMAs");
 	TU_CHECK(madvise(p, (size_t)N * PAGE, MADV_MERGEABLE) == 0, "madvise: %m");
 	tu_send(wr, &r, sizeof(r));
 	while (tu_recv(rd, &cmd, 1) == 0) {
 		r.ok = !memcmp(p, ref, (size_t)N * PAGE);
 		if (cmd == 'm') {
-			/* The application maps memory of its own: APP_VMAS VMAs
-			 * (every other page of a PROT_NONE reserve made writable:
-			 * two VMAs per mprotect), then more. */
-			unsigned char *q = mmap(NULL, (APP_VMAS + 2) * PAGE, PROT_NONE,
-						MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-			r.app_vmas = 0;
-			if (q != MAP_FAILED)
-				for (int i = 0; i < APP_VMAS / 2; i++)
-					r.app_vmas += 2 * (mprotect(q + (2 * i + 1) * PAGE, PAGE,
-								    PROT_READ | PROT_WRITE) == 0);
+			/* The application maps memory of its own: APP_VMAS
+			 * VMAs, then more. */
+			unsigned char *q = own_vmas(APP_VMAS, &r.app_vmas);
+			app_q = q;
 			void *x = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE,
 				       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-			r.ok = r.ok && q != MAP_FAILED && x != MAP_FAILED &&
+			r.ok = r.ok && q && x != MAP_FAILED &&
 			       munmap(x, 1 << 20) == 0;
 			if (r.ok)
 				memset(q + PAGE, 1, PAGE);
+		} else if (cmd == 'u') { /* the application's VMAs go again */
+			void *q = mmap(NULL, 1, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			munmap(q, 1);
+			r.ok = r.ok && app_q && munmap(app_q, (APP_VMAS + 2) * PAGE) == 0;
+		} else if (cmd == 'p') { /* ... and those it had from the start */
+			r.ok = r.ok && munmap(pre_q, (PRE_VMAS + 2) * PAGE) == 0;
 		} else if (cmd == 'q') {
 			return 0;
 		}
@@ -136,6 +163,53 @@ static size_t frames(void)
 	uintptr_t a[2] = { aa, ba };
 
 	return tu_frames(p, a, 2, N);
+}
+
+static long cpu_ticks(pid_t pid)
+{
+	char path[64], buf[1024], *p;
+	unsigned long ut = 0, st = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "r");
+	TU_CHECK(f && fgets(buf, sizeof(buf), f), "read %s", path);
+	fclose(f);
+	p = strrchr(buf, ')');
+	TU_CHECK(p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut,
+			     &st) == 2, "parse %s", path);
+	return (long)(ut + st);
+}
+
+/* At the budget: both processes nearly idle, and the status says why. */
+static void idle_at_budget(void)
+{
+	long a0 = cpu_ticks(A.pid), b0 = cpu_ticks(B.pid), hz = sysconf(_SC_CLK_TCK);
+	char cmd[256], out[4096];
+	FILE *f;
+	size_t n;
+
+	sleep(4);
+	long a = cpu_ticks(A.pid) - a0, b = cpu_ticks(B.pid) - b0;
+	printf("at the budget, over 4 s: A %.2f s, B %.2f s of CPU\n", (double)a / hz,
+	       (double)b / hz);
+	/* 1% of a core over 4 s, and a tick of rounding. */
+	TU_CHECK(a <= hz * 4 / 100 + 1 && b <= hz * 4 / 100 + 1,
+		 "spinning at the VMA budget: A %.2f s, B %.2f s of CPU in 4 s", (double)a / hz,
+		 (double)b / hz);
+	TU_CHECK(tu_status("processes_limited") >= 1, "status: processes_limited %lld",
+		 tu_status("processes_limited"));
+	/* Whichever reached the budget says so (the other may wait for its
+	 * partner's pages, unlimited itself). */
+	snprintf(cmd, sizeof(cmd), "%s status --json --pid %d; %s status --json --pid %d",
+		 tu_bin("samepage"), (int)A.pid, tu_bin("samepage"), (int)B.pid);
+	f = popen(cmd, "r");
+	TU_CHECK(f, "popen");
+	n = fread(out, 1, sizeof(out) - 1, f);
+	pclose(f);
+	out[n] = 0;
+	TU_CHECK(strstr(out, "\"merge_limited\": 1"), "status --pid of A and B does not say "
+		 "either is limited: %s", out);
 }
 
 static struct reply ask(struct tu_child *c, char cmd, const char *who)
@@ -195,6 +269,7 @@ static int test(void)
 		 "%lld", f - N, N, limited);
 	TU_CHECK(ask(&A, 'v', "A").ok, "A's memory is wrong");
 	TU_CHECK(ask(&B, 'v', "B").ok, "B's memory is wrong");
+	idle_at_budget();
 
 	/* The application still has room for VMAs of its own. */
 	ra = ask(&A, 'm', "A");
@@ -214,6 +289,22 @@ static int test(void)
 			 "application's: A %d -> %d, B %d -> %d", va, a2, vb, b2);
 		usleep(20000);
 	}
+	/* The application gives those VMAs back: nothing to resume, since
+	 * merging stopped at the budget before they came. */
+	ra = ask(&A, 'u', "A");
+	rb = ask(&B, 'u', "B");
+	TU_CHECK(ra.ok && rb.ok, "munmap of the application's VMAs");
+	/* It frees VMAs it had before the budget was reached: merging resumes. */
+	size_t before = frames();
+	ra = ask(&A, 'p', "A");
+	rb = ask(&B, 'p', "B");
+	TU_CHECK(ra.ok && rb.ok, "munmap of the application's first VMAs");
+	t0 = tu_now();
+	while (frames() >= before && tu_now() < t0 + 20)
+		usleep(100000);
+	printf("room again: %zu frames -> %zu in %.1f s\n", before, frames(), tu_now() - t0);
+	TU_CHECK(frames() < before, "merging did not resume after the application freed %d VMAs",
+		 PRE_VMAS);
 	TU_CHECK(ask(&A, 'v', "A").ok && ask(&B, 'v', "B").ok, "memory wrong at the end");
 	tu_send(A.wr, "q", 1);
 	tu_send(B.wr, "q", 1);

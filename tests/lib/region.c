@@ -151,7 +151,12 @@ static void fork_kids(struct tu_region *r, int n)
 		}
 		close(p[0]);
 		close(ready[1]);
-		TU_CHECK(read(ready[0], &c, 1) == 1, "fork child died at start");
+		if (read(ready[0], &c, 1) != 1) {
+			int st = 0;
+			waitpid(pid, &st, 0);
+			TU_FAIL("fork child died at start: %s %d", WIFSIGNALED(st) ? "signal" :
+				"exit", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+		}
 		close(ready[0]);
 		for (int k = 0; k < TU_REGION_WRITERS; k++)
 			pthread_mutex_unlock(&r->lock[k]);

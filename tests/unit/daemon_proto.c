@@ -476,7 +476,7 @@ static uint32_t create(int fd, const void *page)
 
 static uint32_t lookup(int fd, uint64_t hash, uint64_t addr)
 {
-	struct { struct sp_lookup l; struct sp_lookup_ent e; } q = { { .n = 1 }, { hash, addr } };
+	struct { struct sp_lookup l; struct sp_lookup_ent e; } q = { { .n = 1 }, { .hash = hash, .addr = addr } };
 	struct sp_msg m;
 	uint32_t n, id;
 
@@ -633,7 +633,7 @@ static void lookup_n(int fd, const uint64_t *hash, const uint64_t *addr, uint32_
 
 	TU_CHECK(n <= 16, "n");
 	for (uint32_t i = 0; i < n; i++)
-		q.e[i] = (struct sp_lookup_ent){ hash[i], addr[i] };
+		q.e[i] = (struct sp_lookup_ent){ .hash = hash[i], .addr = addr[i] };
 	send_ok(fd, C_LOOKUP, &q, (uint32_t)(sizeof(q.l) + n * sizeof(q.e[0])));
 	recv_ok(fd, &m, "lookup");
 	TU_CHECK(m.h.type == D_LOOKUP, "lookup answered with %u", m.h.type);
@@ -1109,9 +1109,9 @@ static void test_hints(int g)
 }
 
 /* Requests that arrive with descriptors: answered, the fds closed. */
-/* A freed pool page is reused before any never-used one: a sealed segment
- * cannot give a page's memory back, so new content must land on the freed
- * pages (a workload rewriting merged memory otherwise grew the pool's
+/* A freed pool page is reused before any never-used one, by the next
+ * extent a creator sets aside: a sealed segment cannot give a page's memory
+ * back, so new content must land on the freed pages (a workload rewriting merged memory otherwise grew the pool's
  * footprint by what it rewrote, every time: found with QEMU guests). */
 static void test_reuse(int g)
 {
@@ -1124,6 +1124,10 @@ static void test_reuse(int g)
 	for (int i = 0; i < 8; i++)
 		unref(a, old[i]);
 	pool_now(g, 0, 0, "all 8 freed");
+	/* The next extent (a's was set aside and goes back when it leaves)
+	 * starts on the freed pages. */
+	hangup(a);
+	a = connect_hello();
 	tu_fill(pg, sizeof(pg), 9102); /* new content */
 	create_n(a, pg, 8, NULL, NULL, nw);
 	for (int i = 0; i < 8; i++) {

@@ -7,16 +7,19 @@
  *  - freed ids are reused, with the new content;
  *  - a segment whose pages are all freed is closed: its memfd descriptor is
  *    no longer open (fcntl F_GETFD gives EBADF) and pool_seg_fd returns
- *    -ENOENT; segment 0 is kept open; a closed segment is opened anew when
+ *    -ENOENT, segment 0 too; a closed segment is opened anew when
  *    needed; pool_fini closes everything;
+ *  - extents: a reservation is a run of consecutive free ids, freed pages
+ *    first (reused as a whole run), else the edge of the written ones, else
+ *    a shorter run of at least 32, else a new segment;
  *  - the segment memfd is sealed: write/pwrite fail with EPERM (also through
  *    a read-write reopen of /proc/self/fd/N), a new MAP_SHARED PROT_WRITE
  *    mapping fails with EPERM, fallocate(PUNCH_HOLE) and MADV_REMOVE fail,
  *    ftruncate fails, no seal can be added or removed;
  *  - a MAP_PRIVATE PROT_WRITE mapping of it works and COWs: writing through
  *    it leaves pool_data and a shared read-only view unchanged;
- *  - pool_page is NULL for a freed id (also when a live page has hash 0,
- *    which takes pool.c's free-list walk), a never-allocated id, an id in a
+ *  - pool_page is NULL for a freed id (also when a live page has hash 0),
+ *    a never-allocated id, an id in a
  *    segment never opened, and after the segment closed;
  *  - fault injection (SAMEPAGE_FAULT=memfd) makes pool_alloc fail cleanly.
  * pool_init zeroes a struct of ~160 KiB, so it lives on the heap.
@@ -395,6 +398,11 @@ static void test_reserve(void)
 	TU_CHECK(!pool_page(p, first + 4), "unreserved slot is live");
 	/* a segment whose pages are all free but some reserved stays open */
 	uint32_t s3first, s3got;
+	pool_free(p, (uint32_t)a);
+	for (uint32_t i = 0; i < 4; i++)
+		pool_free(p, first + i);
+	pool_free(p, first2);
+	TU_CHECK(p->segs_live == 0, "%u segments open with no page in them", p->segs_live);
 	TU_CHECK(pool_reserve(p, 0, SP_SEG_PAGES, &s3first, &s3got) == 0 && s3got == SP_SEG_PAGES,
 		 "reserve a whole segment");
 	uint32_t seg3 = s3first / SP_SEG_PAGES;

@@ -258,7 +258,7 @@ static void test_roundtrip(void)
 	TU_CHECK(sp_validate(&m) == -EPROTO, "D_ACK without payload validated");
 
 	/* sp_sendv concatenates */
-	struct sp_lookup_ent e[3] = { { 1, 2 }, { 3, 4 }, { 5, 6 } };
+	struct sp_lookup_ent e[3] = { { .hash = 1, .addr = 2 }, { .hash = 3, .addr = 4 }, { .hash = 5, .addr = 6 } };
 	struct sp_lookup lk = { .n = 3 };
 	TU_CHECK(sp_sendv(sv[0], C_LOOKUP, &lk, sizeof(lk), e, sizeof(e)) == 0, "sp_sendv");
 	TU_CHECK(sp_recv(sv[1], rbuf, &m) == 0, "recv sendv");
