@@ -17,10 +17,11 @@ LIB_SRC = $(wildcard lib/*.c) $(COMMON_SRC)
 DAEMON_SRC = $(filter-out daemon/main.c,$(wildcard daemon/*.c)) $(COMMON_SRC)
 CLI_SRC = $(wildcard cli/*.c) $(COMMON_SRC)
 TEST_LIB = tests/lib/testutil.c tests/lib/region.c
+BENCH_LIB = bench/benchlib.c
 
 UNIT = $(patsubst tests/unit/%.c,$(O)/tests/unit/%,$(wildcard tests/unit/*.c))
 INTEG = $(patsubst tests/integration/%.c,$(O)/tests/integration/%,$(wildcard tests/integration/*.c))
-BENCH = $(patsubst bench/%.c,$(O)/bench/%,$(wildcard bench/*.c))
+BENCH = $(patsubst bench/%.c,$(O)/bench/%,$(filter-out $(BENCH_LIB),$(wildcard bench/*.c)))
 EXAMPLES = $(patsubst examples/%.c,$(O)/examples/%,$(wildcard examples/*.c))
 # Plain programs that know nothing of samepage: run under `samepage run`.
 PROGS = $(patsubst tests/progs/%.c,$(O)/tests/progs/%,$(wildcard tests/progs/*.c))
@@ -56,16 +57,17 @@ $(O)/tests/unit/%: $(call obj,tests/unit/%.c $(DAEMON_SRC) lib/sort.c $(TEST_LIB
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_BASE) -o $@ $^ $(LIBS)
 
-# Integration tests, benchmarks and examples link libsamepage like a user.
+# Integration tests, benchmarks and examples link libsamepage like a user;
+# $(3): sources of their own library (benchmarks: BENCH_LIB).
 define user_prog
-$(O)/$(1)/%: $(O)/obj/$(1)/%.o $(call obj,$(TEST_LIB)) $(O)/lib/libsamepage.so
+$(O)/$(1)/%: $(O)/obj/$(1)/%.o $(call obj,$(TEST_LIB) $(3)) $(O)/lib/libsamepage.so
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(LDFLAGS_BASE) -o $$@ $$(filter %.o,$$^) -L$(O)/lib -lsamepage \
 		-Wl,-rpath,'$$$$ORIGIN/$(2)lib' $$(LIBS)
 $(O)/obj/$(1)/%.o: CFLAGS += -Itests/lib
 endef
 $(eval $(call user_prog,tests/integration,../../))
-$(eval $(call user_prog,bench,../))
+$(eval $(call user_prog,bench,../,$(BENCH_LIB)))
 $(eval $(call user_prog,examples,../))
 
 $(O)/tests/progs/%: $(O)/obj/tests/progs/%.o

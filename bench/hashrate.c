@@ -19,17 +19,18 @@
  *
  *   build/bench/hashrate [--mib S] [--reps N] [--summary FILE]
  */
-#include "common.h"
-
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
 #include <xxhash.h>
+
+#include "benchlib.h"
 
 /* Keeps results alive without printing them. */
 static volatile uint64_t sink;
-
-static double secs(void)
-{
-	return tu_now();
-}
 
 static uint64_t read_all(const unsigned char *p, size_t len)
 {
@@ -67,10 +68,10 @@ static double best(uint64_t (*fn)(const unsigned char *, size_t), const unsigned
 	double bestv = 0;
 
 	for (int r = 0; r < reps; r++) {
-		double t0 = secs(), dt;
+		double t0 = tu_now(), dt;
 		for (int i = 0; i < times; i++)
 			sink ^= fn(p, len);
-		dt = secs() - t0;
+		dt = tu_now() - t0;
 		if (dt > 0 && (double)len * times / dt / 1e9 > bestv)
 			bestv = (double)len * times / dt / 1e9;
 	}
@@ -90,7 +91,7 @@ int main(int argc, char **argv)
 		else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
 			reps = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--summary") && i + 1 < argc)
-			summary_path = argv[++i];
+			bench_summary_file(argv[++i]);
 		else {
 			fprintf(stderr, "usage: hashrate [--mib S] [--reps N] [--summary FILE]\n");
 			return 2;
@@ -100,9 +101,9 @@ int main(int argc, char **argv)
 		return 2;
 	p = mmap(NULL, mib << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED)
-		die("mmap %zu MiB: %s", mib, strerror(errno));
+		TU_FAIL("mmap %zu MiB: %s", mib, strerror(errno));
 	for (size_t i = 0; i < (mib << 20) / PAGE; i++)
-		fill_seeded(p + i * PAGE, 0x4a54ull + i * 0x9E3779B97F4A7C15ull);
+		tu_fill(p + i * PAGE, PAGE, 0x4a54ull + i * 0x9E3779B97F4A7C15ull);
 
 	rd = best(read_all, p, mib << 20, 1, reps);
 	x3 = best(xxh3_pages, p, mib << 20, 1, reps);

@@ -69,10 +69,23 @@
  *       [--quiet-wait SEC] [--only samepage|kernel] [--samepage-default-knobs]
  *       [--no-stall] [--stall-us US] [--stall-max-s SEC] [--summary FILE]
  */
-#include "common.h"
-
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "benchlib.h"
 
 #define NPROC 2
 #define SEED 0x5eedull
@@ -90,7 +103,7 @@ struct opts {
 
 static void fill_page(void *pg, size_t i)
 {
-	fill_seeded(pg, SEED ^ (i * 0x9E3779B97F4A7C15ull));
+	tu_fill(pg, PAGE, SEED ^ (i * 0x9E3779B97F4A7C15ull));
 }
 
 /* ---- the workload process ---- */
@@ -293,43 +306,20 @@ struct run {
 	enum mode mode;
 	size_t npages;
 	struct tu_child c[NPROC];
+	pid_t pids[NPROC];
 	uintptr_t addr[NPROC];
-	int pmfd[NPROC];
-	uint64_t *pm[NPROC];
+	uint64_t *pm[NPROC]; /* merged_pages(): allocated once, polled often */
 };
-
-static void pm_read(struct run *r, int k)
-{
-	size_t len = r->npages * 8;
-
-	if (pread(r->pmfd[k], r->pm[k], len, (off_t)(r->addr[k] / PAGE * 8)) != (ssize_t)len)
-		die("pagemap of %d: %s", (int)r->c[k].pid, strerror(errno));
-}
 
 /* Pages of process 0 that share a frame with process 1's at the same offset. */
 static size_t merged_pages(struct run *r)
 {
-	size_t n = 0;
-
-	for (int k = 0; k < NPROC; k++)
-		pm_read(r, k);
-	for (size_t i = 0; i < r->npages; i++) {
-		uint64_t a = r->pm[0][i], b = r->pm[1][i];
-		n += (a >> 63) && (b >> 63) && ((a ^ b) & ((1ull << 55) - 1)) == 0;
-	}
-	return n;
+	return same_frames(r->pids, r->addr, r->npages, r->pm);
 }
 
 static size_t frames(struct run *r)
 {
-	uintptr_t addrs[NPROC];
-	pid_t pids[NPROC];
-
-	for (int k = 0; k < NPROC; k++) {
-		pids[k] = r->c[k].pid;
-		addrs[k] = r->addr[k];
-	}
-	return tu_frames(pids, addrs, NPROC, r->npages);
+	return tu_frames(r->pids, r->addr, NPROC, r->npages);
 }
 
 /* ---- one measurement ---- */
@@ -365,7 +355,7 @@ static uint64_t cpu_ns(const struct run *r, pid_t ksmd, uint64_t *merger, uint64
 		s += other;
 		wk += all - other;
 	}
-	*merger = r->mode == M_KERNEL ? task_ns(ksmd, ksmd) : proc_ns(sp_daemon, NULL, NULL);
+	*merger = r->mode == M_KERNEL ? task_ns(ksmd, ksmd) : proc_ns(sp_daemon_pid(), NULL, NULL);
 	*scan = s;
 	*work = wk;
 	return *merger + s + wk;
@@ -374,40 +364,37 @@ static uint64_t cpu_ns(const struct run *r, pid_t ksmd, uint64_t *merger, uint64
 static void send_cmd(struct run *r, int k, char cmd)
 {
 	if (tu_send(r->c[k].wr, &cmd, 1))
-		die("worker %d gone", k);
+		TU_FAIL("worker %d gone", k);
 }
 
 static void start_workers(struct run *r, struct wctx *w)
 {
 	for (int k = 0; k < NPROC; k++) {
 		tu_spawn(&r->c[k], worker, &w[k]);
+		r->pids[k] = r->c[k].pid;
 		r->pm[k] = malloc(r->npages * 8);
 		if (!r->pm[k])
-			die("malloc");
+			TU_FAIL("malloc");
 	}
-	for (int k = 0; k < NPROC; k++) {
-		char path[64];
+	for (int k = 0; k < NPROC; k++)
 		if (tu_recv(r->c[k].rd, &r->addr[k], sizeof(r->addr[k])))
-			die("worker %d failed to start", k);
-		snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)r->c[k].pid);
-		r->pmfd[k] = open(path, O_RDONLY | O_CLOEXEC);
-		if (r->pmfd[k] < 0)
-			die("open %s: %s", path, strerror(errno));
-	}
+			TU_FAIL("worker %d failed to start", k);
 }
 
 /* Switch the merger on (kernel) and madvise in every worker. */
 static void start_merging(struct run *r)
 {
-	if (r->mode == M_KERNEL)
-		ksm_start();
+	int err;
+
+	if (r->mode == M_KERNEL && (err = ksm_start()))
+		TU_FAIL("cannot switch kernel KSM on: %s", strerror(-err));
 	for (int k = 0; k < NPROC; k++)
 		send_cmd(r, k, CMD_MADVISE);
 	for (int k = 0; k < NPROC; k++) {
 		int rc;
 		if (tu_recv(r->c[k].rd, &rc, sizeof(rc)) || rc)
-			die("%s: madvise(MADV_MERGEABLE) in worker %d: %s", mode_name[r->mode], k,
-			    strerror(-rc));
+			TU_FAIL("%s: madvise(MADV_MERGEABLE) in worker %d: %s", mode_name[r->mode],
+				k, strerror(-rc));
 	}
 }
 
@@ -418,13 +405,13 @@ static void poll_pause(double poll_s)
 {
 	int ms = (int)(poll_s * 3e3);
 
-	sleep_ms(ms > 10 ? ms : 10);
+	tu_sleep_ms(ms > 10 ? ms : 10);
 }
 
 /* madvise in every worker, then poll page frames until all are shared. */
 static void merge_phase(struct run *r, pid_t ksmd, const struct opts *o, struct result *res)
 {
-	uint64_t m0, s0, k0, m1, s1, k1, t0ns, t1ns, self0 = task_ns(owner, owner);
+	uint64_t m0, s0, k0, m1, s1, k1, t0ns, t1ns, self0 = self_ns();
 	double t0, deadline, polled = 0, busy0 = machine_busy_s();
 	size_t merged = 0;
 	int polls = 0;
@@ -433,7 +420,7 @@ static void merge_phase(struct run *r, pid_t ksmd, const struct opts *o, struct 
 	t0 = tu_now();
 	start_merging(r);
 	deadline = t0 + o->timeout_s;
-	while (!interrupted && tu_now() < deadline) {
+	while (!bench_interrupted() && tu_now() < deadline) {
 		double p0 = tu_now(), dt;
 		merged = merged_pages(r);
 		dt = tu_now() - p0;
@@ -446,8 +433,8 @@ static void merge_phase(struct run *r, pid_t ksmd, const struct opts *o, struct 
 	}
 	res->merge_s = tu_now() - t0;
 	t1ns = cpu_ns(r, ksmd, &m1, &s1, &k1);
-	if (interrupted)
-		die("interrupted");
+	if (bench_interrupted())
+		TU_FAIL("interrupted");
 	res->merged_pct = 100.0 * (double)merged / (double)r->npages;
 	res->poll_ms = polls ? polled * 1e3 / polls : 0;
 	res->cpu_s = (double)(t1ns - t0ns) / 1e9;
@@ -457,7 +444,7 @@ static void merge_phase(struct run *r, pid_t ksmd, const struct opts *o, struct 
 	/* Whatever else ran meanwhile (other users of this machine, and this
 	 * program's own polling): a busy machine makes both numbers worse. */
 	res->other_cpu_s = machine_busy_s() - busy0 - res->cpu_s -
-			   (double)(task_ns(owner, owner) - self0) / 1e9;
+			   (double)(self_ns() - self0) / 1e9;
 	if (res->other_cpu_s < 0)
 		res->other_cpu_s = 0;
 }
@@ -470,29 +457,27 @@ static void record_merged(struct run *r, struct result *res)
 	if (r->mode == M_SAMEPAGE && count_threads(r->c[0].pid) < 2)
 		fprintf(stderr, "ksm_compare: warning: no samepage scanner thread in worker 0\n");
 	res->frames_after = (double)frames(r);
-	res->vmas_merged = (double)count_vmas(r->c[0].pid);
+	res->vmas_merged = (double)tu_vmas(r->c[0].pid);
 	if (r->mode == M_KERNEL) {
 		long rmap_sz = slab_object_size("ksm_rmap_item", 64);
 		long node_sz = slab_object_size("ksm_stable_node", 64);
 		long slot_sz = slab_object_size("ksm_mm_slot", 48);
 		uint64_t rmap = 0, *pfn = malloc(r->npages * NPROC * sizeof(*pfn));
-		size_t n = 0, ksm_pages = 0;
-		pid_t pids[NPROC];
+		size_t n = 0, ksm_pages;
 		double self = 0;
 		if (!pfn)
-			die("malloc");
+			TU_FAIL("malloc");
 		for (int k = 0; k < NPROC; k++) {
-			pids[k] = r->c[k].pid;
-			rmap += ksm_stat_field(pids[k], "ksm_rmap_items ");
-			self += (double)(ksm_stat_field(pids[k], "ksm_merging_pages ") +
-					 ksm_stat_field(pids[k], "ksm_zero_pages ")) * PAGE -
-				(double)(int64_t)ksm_stat_field(pids[k], "ksm_process_profit ");
-			pfns_of(pids[k], r->addr[k], r->npages, pfn, &n);
+			rmap += ksm_stat_field(r->pids[k], "ksm_rmap_items ");
+			self += (double)(ksm_stat_field(r->pids[k], "ksm_merging_pages ") +
+					 ksm_stat_field(r->pids[k], "ksm_zero_pages ")) * PAGE -
+				(double)(int64_t)ksm_stat_field(r->pids[k], "ksm_process_profit ");
+			tu_pfns(r->pids[k], r->addr[k], r->npages, pfn, &n);
 		}
-		distinct_frames(pfn, n, &ksm_pages);
+		ksm_pages = ksm_pages_among(pfn, tu_distinct(pfn, n));
 		free(pfn);
 		res->pool_pages = (double)ksm_pages;
-		res->ksm_other_pages = (double)ksm_other_rmap_items(pids, NPROC);
+		res->ksm_other_pages = (double)ksm_other_rmap_items(r->pids, NPROC);
 		/* One rmap_item per scanned page, one stable node per KSM page
 		 * (the workers' KSM frames, from kpageflags: the global
 		 * pages_shared counts other processes' too) and per chain head,
@@ -506,17 +491,18 @@ static void record_merged(struct run *r, struct result *res)
 		/* /proc/PID/ksm_stat: profit = saved - rmap_items x its size. */
 		res->book_self_kib = self / 1024.0;
 	} else {
-		res->pool_pages = (double)sp_status("pool_pages");
-		res->merge_vmas = (double)sp_status("merge_vmas");
+		res->pool_pages = (double)tu_status("pool_pages");
+		res->merge_vmas = (double)tu_status("merge_vmas");
 		/* The daemon's own memory grown since it started idle (not the
 		 * pool: that is shmem) and libsamepage's own memory in each
 		 * workload. */
-		res->book_kib = (double)status_kib(sp_daemon, "RssAnon") - res->book_base_kib;
+		res->book_kib = (double)tu_proc_kib(sp_daemon_pid(), "RssAnon") -
+				res->book_base_kib;
 		for (int k = 0; k < NPROC; k++)
 			res->book_kib += (double)lib_rss_kib(r->c[k].pid);
-		res->book_self_kib = ((double)(sp_status("pages_sharing") +
-					       sp_status("ksm_zero_pages")) * PAGE -
-				      (double)sp_status("general_profit")) / 1024.0;
+		res->book_self_kib = ((double)(tu_status("pages_sharing") +
+					       tu_status("ksm_zero_pages")) * PAGE -
+				      (double)tu_status("general_profit")) / 1024.0;
 	}
 }
 
@@ -529,7 +515,7 @@ static void write_each(struct run *r, const struct write_q *q, double *first, do
 		struct write_r wr;
 		send_cmd(r, k, CMD_WRITE);
 		if (tu_send(r->c[k].wr, q, sizeof(*q)) || tu_recv(r->c[k].rd, &wr, sizeof(wr)))
-			die("worker %d died in the write test", k);
+			TU_FAIL("worker %d died in the write test", k);
 		*first += wr.first_ns / NPROC;
 		*again += wr.again_ns / NPROC;
 	}
@@ -540,8 +526,8 @@ static void set_run(enum mode mode, int v)
 	char arg[32];
 
 	snprintf(arg, sizeof(arg), "set run=%d", v);
-	if (mode == M_KERNEL ? ksm_set("run", v) : sp_cli(arg, NULL, 0))
-		die("cannot set run=%d for %s", v, mode_name[mode]);
+	if (mode == M_KERNEL ? ksm_set("run", v) : tu_cli(arg))
+		TU_FAIL("cannot set run=%d for %s", v, mode_name[mode]);
 }
 
 static struct write_q write_plan(const struct opts *o, size_t npages)
@@ -565,10 +551,10 @@ static void write_phase(struct run *r, pid_t ksmd, const struct opts *o, struct 
 	q.first = 1;
 	write_each(r, &q, &res->running_first_ns, &res->running_again_ns);
 	cpu_ns(r, ksmd, &m0, &x, &x);
-	sleep_ms(1000);
+	tu_sleep_ms(1000);
 	cpu_ns(r, ksmd, &m1, &x, &x);
 	res->settle_cpu_s = (double)(m1 - m0) / 1e9;
-	res->vmas_written = (double)count_vmas(r->c[0].pid);
+	res->vmas_written = (double)tu_vmas(r->c[0].pid);
 	ksm_check();
 }
 
@@ -581,14 +567,13 @@ static double finish(struct run *r, double *pool_after_exit)
 		uint64_t b;
 		send_cmd(r, k, CMD_VERIFY);
 		if (tu_recv(r->c[k].rd, &b, sizeof(b)))
-			die("worker %d died verifying", k);
+			TU_FAIL("worker %d died verifying", k);
 		bad += (double)b;
 	}
 	for (int k = 0; k < NPROC; k++) {
 		send_cmd(r, k, CMD_QUIT);
 		if (tu_reap(&r->c[k]) != 0)
-			die("worker %d exited badly", k);
-		close(r->pmfd[k]);
+			TU_FAIL("worker %d exited badly", k);
 		free(r->pm[k]);
 	}
 	if (r->mode == M_KERNEL) {
@@ -597,8 +582,8 @@ static double finish(struct run *r, double *pool_after_exit)
 	}
 	/* Every reference died with its connection: the pool must empty. */
 	double left = 0;
-	for (int i = 0; i < 200 && (left = (double)sp_status("pool_pages")) > 0; i++)
-		sleep_ms(10);
+	for (int i = 0; i < 200 && (left = (double)tu_status("pool_pages")) > 0; i++)
+		tu_sleep_ms(10);
 	if (pool_after_exit)
 		*pool_after_exit = left;
 	sp_teardown();
@@ -607,16 +592,11 @@ static double finish(struct run *r, double *pool_after_exit)
 
 static pid_t setup_merger(enum mode mode, const struct opts *o)
 {
-	pid_t ksmd = 0;
+	pid_t ksmd;
+	int err = merger_setup(mode, 100000, 0, o->sp_default_knobs ? "run=1" : NULL, &ksmd);
 
-	if (mode == M_KERNEL) {
-		ksmd = find_ksmd();
-		if (!ksmd)
-			die("no ksmd thread found");
-		ksm_setup(100000, 0);
-	} else {
-		sp_setup(o->sp_default_knobs ? "run=1" : "pages_to_scan=100000 sleep_millisecs=0");
-	}
+	if (err)
+		TU_FAIL("cannot get %s ready: %s", mode_name[mode], strerror(-err));
 	return ksmd;
 }
 
@@ -630,10 +610,10 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 		w[k] = (struct wctx){ .mode = mode, .npages = r.npages, .idx = k };
 	ksmd = setup_merger(mode, o);
 	if (mode == M_SAMEPAGE)
-		res->book_base_kib = (double)status_kib(sp_daemon, "RssAnon");
+		res->book_base_kib = (double)tu_proc_kib(sp_daemon_pid(), "RssAnon");
 	start_workers(&r, w);
 	res->frames_before = (double)frames(&r);
-	res->vmas_before = (double)count_vmas(r.c[0].pid);
+	res->vmas_before = (double)tu_vmas(r.c[0].pid);
 	merge_phase(&r, ksmd, o, res);
 	record_merged(&r, res);
 	write_phase(&r, ksmd, o, res);
@@ -655,7 +635,7 @@ static void measure_stall(enum mode mode, const struct opts *o, struct result *r
 		b[k] = mmap(NULL, sizeof(struct stall_buf), PROT_READ | PROT_WRITE,
 			    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 		if (b[k] == MAP_FAILED)
-			die("mmap: %s", strerror(errno));
+			TU_FAIL("mmap: %s", strerror(errno));
 		w[k] = (struct wctx){ .mode = mode, .npages = r.npages, .idx = k, .stall = b[k],
 				      .stall_us = o->stall_us };
 	}
@@ -666,7 +646,7 @@ static void measure_stall(enum mode mode, const struct opts *o, struct result *r
 	deadline = t0 + 2 * res->merge_s + 2;
 	if (deadline > t0 + o->stall_max_s)
 		deadline = t0 + o->stall_max_s;
-	while (!interrupted && tu_now() < deadline) {
+	while (!bench_interrupted() && tu_now() < deadline) {
 		double p0 = tu_now();
 		merged = merged_pages(&r);
 		if (merged * 100 >= r.npages * 95)
@@ -680,15 +660,15 @@ static void measure_stall(enum mode mode, const struct opts *o, struct result *r
 		uint64_t total;
 		send_cmd(&r, k, CMD_STALL_STOP);
 		if (tu_recv(r.c[k].rd, &total, sizeof(total)))
-			die("worker %d died stopping its probe", k);
+			TU_FAIL("worker %d died stopping its probe", k);
 	}
-	if (interrupted)
-		die("interrupted");
+	if (bench_interrupted())
+		TU_FAIL("interrupted");
 	all = malloc(sizeof(*all) * STALL_MAX * NPROC);
 	unm = malloc(sizeof(*unm) * STALL_MAX * NPROC);
 	cow = malloc(sizeof(*cow) * STALL_MAX * NPROC);
 	if (!all || !unm || !cow)
-		die("malloc");
+		TU_FAIL("malloc");
 	for (int k = 0; k < NPROC; k++)
 		for (uint32_t i = 0; i < b[k]->n; i++) {
 			uint32_t ns = b[k]->ns[i] & ~STALL_MERGED;
@@ -698,9 +678,9 @@ static void measure_stall(enum mode mode, const struct opts *o, struct result *r
 			else
 				unm[nu++] = ns;
 		}
-	qsort(all, n, sizeof(*all), cmp_u32);
-	qsort(unm, nu, sizeof(*unm), cmp_u32);
-	qsort(cow, nc, sizeof(*cow), cmp_u32);
+	sort_u32(all, n);
+	sort_u32(unm, nu);
+	sort_u32(cow, nc);
 	res->stall_n = (double)n;
 	res->stall_cow_n = (double)nc;
 	res->stall_p50_us = quantile_u32(unm, nu, 0.50) / 1e3;
@@ -881,7 +861,7 @@ static void usage(void)
 static void parse(int argc, char **argv, struct opts *o)
 {
 	for (int i = 1; i < argc; i++) {
-		int c = common_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only);
+		int c = bench_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only);
 		if (c < 0)
 			usage();
 		if (c)

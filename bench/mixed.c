@@ -42,10 +42,22 @@
  *       [--repeat R] [--quiet-wait SEC] [--only samepage|kernel] [--series]
  *       [--summary FILE]
  */
-#include "common.h"
-
+#define _GNU_SOURCE
+#include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "benchlib.h"
 
 #define NPROC 4
 #define SEED_COMMON 0xc0117011ull
@@ -75,18 +87,18 @@ static struct layout layout_of(size_t mib)
 
 static void fill_common(void *pg, size_t i)
 {
-	fill_seeded(pg, SEED_COMMON ^ (i * GOLDEN));
+	tu_fill(pg, PAGE, SEED_COMMON ^ (i * GOLDEN));
 }
 
 static void fill_unique(void *pg, int idx, size_t i)
 {
-	fill_seeded(pg, (SEED_UNIQUE ^ ((uint64_t)(idx + 1) << 40)) + i * GOLDEN);
+	tu_fill(pg, PAGE, (SEED_UNIQUE ^ ((uint64_t)(idx + 1) << 40)) + i * GOLDEN);
 }
 
 static void fill_volatile(void *pg, int idx, size_t j, uint32_t gen)
 {
-	fill_seeded(pg, (SEED_VOLATILE ^ ((uint64_t)(idx + 1) << 56) ^ ((uint64_t)gen << 24)) +
-				j * GOLDEN);
+	tu_fill(pg, PAGE,
+		(SEED_VOLATILE ^ ((uint64_t)(idx + 1) << 56) ^ ((uint64_t)gen << 24)) + j * GOLDEN);
 }
 
 /* ---- the workload process ---- */
@@ -248,26 +260,28 @@ struct run {
 	pid_t pids[NPROC];
 	uintptr_t addr[NPROC];
 	pid_t ksmd;
+	uint64_t *pfn, *table; /* frames(): allocated once, polled often */
+	size_t cap;
 };
+
+static void frames_alloc(struct run *r)
+{
+	for (r->cap = 1; r->cap < 2 * NPROC * r->l.npages; r->cap <<= 1)
+		;
+	r->pfn = malloc(NPROC * r->l.npages * sizeof(*r->pfn));
+	r->table = malloc(r->cap * sizeof(*r->table));
+	if (!r->pfn || !r->table)
+		TU_FAIL("malloc");
+}
 
 /* Distinct frames of the present pages of the 4 regions. */
 static size_t frames(const struct run *r)
 {
-	static uint64_t *pfn, *table;
-	static size_t cap;
 	size_t n = 0;
 
-	if (!pfn) {
-		for (cap = 1; cap < 2 * NPROC * r->l.npages; cap <<= 1)
-			;
-		pfn = malloc(NPROC * r->l.npages * sizeof(*pfn));
-		table = malloc(cap * sizeof(*table));
-		if (!pfn || !table)
-			die("malloc");
-	}
 	for (int k = 0; k < NPROC; k++)
-		pfns_of(r->pids[k], r->addr[k], r->l.npages, pfn, &n);
-	return count_distinct(pfn, n, table, cap);
+		tu_pfns(r->pids[k], r->addr[k], r->l.npages, r->pfn, &n);
+	return count_distinct(r->pfn, n, r->table, r->cap);
 }
 
 /* Merger CPU (ns): ksmd, or samepaged plus the scanner threads; the
@@ -282,7 +296,8 @@ static uint64_t cpu_ns(const struct run *r, uint64_t *merger, uint64_t *scan, ui
 		s += other;
 		b += bn;
 	}
-	*merger = r->mode == M_KERNEL ? task_ns(r->ksmd, r->ksmd) : proc_ns(sp_daemon, NULL, NULL);
+	*merger = r->mode == M_KERNEL ? task_ns(r->ksmd, r->ksmd)
+				      : proc_ns(sp_daemon_pid(), NULL, NULL);
 	*scan = s;
 	*bench = b;
 	return *merger + s;
@@ -290,13 +305,13 @@ static uint64_t cpu_ns(const struct run *r, uint64_t *merger, uint64_t *scan, ui
 
 static long long full_scans(enum mode mode)
 {
-	return mode == M_KERNEL ? ksm_get("full_scans") : sp_status("full_scans");
+	return mode == M_KERNEL ? ksm_get("full_scans") : tu_status("full_scans");
 }
 
 static void send_cmd(struct run *r, int k, char cmd)
 {
 	if (tu_send(r->c[k].wr, &cmd, 1))
-		die("worker %d gone", k);
+		TU_FAIL("worker %d gone", k);
 }
 
 static double ideal_pages(const struct layout *l)
@@ -310,19 +325,15 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 {
 	struct run r = { .mode = mode, .l = layout_of(o->mib) };
 	struct wctx w[NPROC];
-	uint64_t m0, s0, b0, m1, s1, b1, self0 = task_ns(owner, owner);
+	uint64_t m0, s0, b0, m1, s1, b1, self0 = self_ns();
 	double t0, busy0, mark = 0, t_mark = 0, ideal = ideal_pages(&r.l), last_fs_t = -1;
 	long long fs0, fs_mark = 0, fs = 0;
+	int err;
 
 	memset(res, 0, sizeof(*res));
-	if (mode == M_KERNEL) {
-		r.ksmd = find_ksmd();
-		if (!r.ksmd)
-			die("no ksmd thread found");
-		ksm_setup(100000, 0);
-	} else {
-		sp_setup("pages_to_scan=100000 sleep_millisecs=0");
-	}
+	if ((err = merger_setup(mode, 100000, 0, NULL, &r.ksmd)))
+		TU_FAIL("cannot get %s ready: %s", mode_name[mode], strerror(-err));
+	frames_alloc(&r);
 	for (int k = 0; k < NPROC; k++) {
 		w[k] = (struct wctx){ .mode = mode, .l = r.l, .idx = k, .period_ms = o->period_ms };
 		tu_spawn(&r.c[k], worker, &w[k]);
@@ -330,21 +341,21 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 	}
 	for (int k = 0; k < NPROC; k++)
 		if (tu_recv(r.c[k].rd, &r.addr[k], sizeof(r.addr[k])))
-			die("worker %d failed to start", k);
+			TU_FAIL("worker %d failed to start", k);
 	res->before = (double)frames(&r);
 	busy0 = machine_busy_s();
 	cpu_ns(&r, &m0, &s0, &b0);
 	t0 = tu_now();
-	if (mode == M_KERNEL)
-		ksm_start();
+	if (mode == M_KERNEL && (err = ksm_start()))
+		TU_FAIL("cannot switch kernel KSM on: %s", strerror(-err));
 	fs0 = full_scans(mode);
 	for (int k = 0; k < NPROC; k++)
 		send_cmd(&r, k, CMD_MADVISE);
 	for (int k = 0; k < NPROC; k++) {
 		int rc;
 		if (tu_recv(r.c[k].rd, &rc, sizeof(rc)) || rc)
-			die("%s: madvise(MADV_MERGEABLE) in worker %d: %s", mode_name[mode], k,
-			    strerror(-rc));
+			TU_FAIL("%s: madvise(MADV_MERGEABLE) in worker %d: %s", mode_name[mode], k,
+				strerror(-rc));
 	}
 	for (double poll_s = 0;;) {
 		struct sample *sm = &res->s[res->ns < MAX_SAMPLES ? res->ns++ : MAX_SAMPLES - 1];
@@ -352,9 +363,9 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 		double p0;
 		/* POLL_MS, or 3 times as long as a poll takes: polling must not
 		 * take much of this machine's CPU from the mergers. */
-		sleep_ms(poll_s * 3e3 > POLL_MS ? (int)(poll_s * 3e3) : POLL_MS);
-		if (interrupted)
-			die("interrupted");
+		tu_sleep_ms(poll_s * 3e3 > POLL_MS ? (int)(poll_s * 3e3) : POLL_MS);
+		if (bench_interrupted())
+			TU_FAIL("interrupted");
 		ksm_check();
 		p0 = tu_now();
 		sm->t = p0 - t0;
@@ -387,7 +398,7 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 	res->cpu_end = res->cpu_merger + res->cpu_scanner;
 	res->full_scans = (double)fs;
 	res->other_cpu = machine_busy_s() - busy0 - res->cpu_end - res->cpu_rewriter -
-			 (double)(task_ns(owner, owner) - self0) / 1e9;
+			 (double)(self_ns() - self0) / 1e9;
 	if (res->other_cpu < 0)
 		res->other_cpu = 0;
 	if (mode == M_KERNEL) {
@@ -395,7 +406,7 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 		for (int k = 0; k < NPROC; k++)
 			res->zero_pages += (double)ksm_stat_field(r.pids[k], "ksm_zero_pages ");
 	} else {
-		res->zero_pages = (double)sp_status("ksm_zero_pages");
+		res->zero_pages = (double)tu_status("ksm_zero_pages");
 	}
 
 	/* The final saving: the median of the settle window (or of the last
@@ -421,24 +432,26 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 		char ack;
 		send_cmd(&r, k, CMD_STOP);
 		if (tu_recv(r.c[k].rd, &ack, 1))
-			die("worker %d died stopping its rewriter", k);
+			TU_FAIL("worker %d died stopping its rewriter", k);
 	}
 	for (int k = 0; k < NPROC; k++) {
 		uint64_t bad;
 		send_cmd(&r, k, CMD_VERIFY);
 		if (tu_recv(r.c[k].rd, &bad, sizeof(bad)))
-			die("worker %d died verifying", k);
+			TU_FAIL("worker %d died verifying", k);
 		res->bad += (double)bad;
 	}
 	for (int k = 0; k < NPROC; k++) {
 		send_cmd(&r, k, CMD_QUIT);
 		if (tu_reap(&r.c[k]) != 0)
-			die("worker %d exited badly", k);
+			TU_FAIL("worker %d exited badly", k);
 	}
 	if (mode == M_KERNEL)
 		ksm_off();
 	else
 		sp_teardown();
+	free(r.pfn);
+	free(r.table);
 }
 
 /* ---- report ---- */
@@ -575,7 +588,7 @@ static void usage(void)
 static void parse(int argc, char **argv, struct opts *o)
 {
 	for (int i = 1; i < argc; i++) {
-		int c = common_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only);
+		int c = bench_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only);
 		if (c < 0)
 			usage();
 		if (c)

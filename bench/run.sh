@@ -126,12 +126,6 @@ fi
 
 [ "$(id -u)" -eq 0 ] || { echo "bench/run.sh: needs root (kernel KSM, page frames)" >&2; exit 1; }
 
-# bench/common.h is not among the Makefile's header dependencies: rebuild
-# the benchmarks it is newer than.
-for c in bench/*.c; do
-	o=build/obj/bench/$(basename "$c" .c).o
-	[ ! -e "$o" ] || [ ! bench/common.h -nt "$o" ] || rm -f "$o"
-done
 make -j2 build/lib/libsamepage.so build/bin/samepaged build/bin/samepage \
 	build/bench/ksm_compare build/bench/mixed build/bench/steady build/bench/hashrate >/dev/null
 

@@ -31,7 +31,19 @@
  *       [--seconds SEC] [--timeout SEC] [--repeat R] [--quiet-wait SEC]
  *       [--only samepage|kernel] [--summary FILE]
  */
-#include "common.h"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "benchlib.h"
 
 #define NPROC 2
 #define SEED_COMMON 0x57eadc0ull
@@ -46,9 +58,9 @@ struct opts {
 static void fill(void *pg, int idx, size_t i, size_t half)
 {
 	if (i < half)
-		fill_seeded(pg, SEED_COMMON ^ (i * GOLDEN));
+		tu_fill(pg, PAGE, SEED_COMMON ^ (i * GOLDEN));
 	else
-		fill_seeded(pg, (SEED_UNIQUE ^ ((uint64_t)(idx + 1) << 40)) + i * GOLDEN);
+		tu_fill(pg, PAGE, (SEED_UNIQUE ^ ((uint64_t)(idx + 1) << 40)) + i * GOLDEN);
 }
 
 /* ---- the workload process ---- */
@@ -119,28 +131,14 @@ struct run {
 /* Pages of the first half of process 0 sharing a frame with process 1's. */
 static size_t merged_half(const struct run *r)
 {
-	size_t half = r->npages / 2, merged = 0;
-	uint64_t *pm[NPROC];
+	size_t half = r->npages / 2, merged;
+	uint64_t *pm[NPROC] = { malloc(half * 8), malloc(half * 8) };
 
-	for (int k = 0; k < NPROC; k++) {
-		char path[64];
-		int fd;
-		pm[k] = malloc(half * 8);
-		if (!pm[k])
-			die("malloc");
-		snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)r->pids[k]);
-		fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || pread(fd, pm[k], half * 8, (off_t)(r->addr[k] / PAGE * 8)) !=
-				      (ssize_t)(half * 8))
-			die("pagemap of %d: %s", (int)r->pids[k], strerror(errno));
-		close(fd);
-	}
-	for (size_t i = 0; i < half; i++) {
-		uint64_t a = pm[0][i], b = pm[1][i];
-		merged += (a >> 63) && (b >> 63) && ((a ^ b) & ((1ull << 55) - 1)) == 0;
-	}
-	for (int k = 0; k < NPROC; k++)
-		free(pm[k]);
+	if (!pm[0] || !pm[1])
+		TU_FAIL("malloc");
+	merged = same_frames(r->pids, r->addr, half, pm);
+	free(pm[0]);
+	free(pm[1]);
 	return merged;
 }
 
@@ -153,20 +151,21 @@ static uint64_t cpu_ns(const struct run *r, uint64_t *merger, uint64_t *scan)
 		proc_ns(r->pids[k], &other, NULL);
 		s += other;
 	}
-	*merger = r->mode == M_KERNEL ? task_ns(r->ksmd, r->ksmd) : proc_ns(sp_daemon, NULL, NULL);
+	*merger = r->mode == M_KERNEL ? task_ns(r->ksmd, r->ksmd)
+				      : proc_ns(sp_daemon_pid(), NULL, NULL);
 	*scan = s;
 	return *merger + s;
 }
 
 static long long counter(enum mode mode, const char *name)
 {
-	return mode == M_KERNEL ? ksm_get(name) : sp_status(name);
+	return mode == M_KERNEL ? ksm_get(name) : tu_status(name);
 }
 
 static void send_cmd(struct run *r, int k, char cmd)
 {
 	if (tu_send(r->c[k].wr, &cmd, 1))
-		die("worker %d gone", k);
+		TU_FAIL("worker %d gone", k);
 }
 
 static void measure(enum mode mode, const struct opts *o, struct result *res)
@@ -177,16 +176,11 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 	long long sc0, sc1, fs0, fs1;
 	double t0, busy0, deadline;
 	size_t half = r.npages / 2;
+	int err;
 
 	memset(res, 0, sizeof(*res));
-	if (mode == M_KERNEL) {
-		r.ksmd = find_ksmd();
-		if (!r.ksmd)
-			die("no ksmd thread found");
-		ksm_setup(100000, 0);
-	} else {
-		sp_setup("pages_to_scan=100000 sleep_millisecs=0");
-	}
+	if ((err = merger_setup(mode, 100000, 0, NULL, &r.ksmd)))
+		TU_FAIL("cannot get %s ready: %s", mode_name[mode], strerror(-err));
 	for (int k = 0; k < NPROC; k++) {
 		w[k] = (struct wctx){ .mode = mode, .npages = r.npages, .idx = k };
 		tu_spawn(&r.c[k], worker, &w[k]);
@@ -194,53 +188,54 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 	}
 	for (int k = 0; k < NPROC; k++)
 		if (tu_recv(r.c[k].rd, &r.addr[k], sizeof(r.addr[k])))
-			die("worker %d failed to start", k);
+			TU_FAIL("worker %d failed to start", k);
 
 	/* 1. merge the first half, fast. */
 	t0 = tu_now();
-	if (mode == M_KERNEL)
-		ksm_start();
+	if (mode == M_KERNEL && (err = ksm_start()))
+		TU_FAIL("cannot switch kernel KSM on: %s", strerror(-err));
 	for (int k = 0; k < NPROC; k++)
 		send_cmd(&r, k, CMD_MADVISE);
 	for (int k = 0; k < NPROC; k++) {
 		int rc;
 		if (tu_recv(r.c[k].rd, &rc, sizeof(rc)) || rc)
-			die("%s: madvise(MADV_MERGEABLE) in worker %d: %s", mode_name[mode], k,
-			    strerror(-rc));
+			TU_FAIL("%s: madvise(MADV_MERGEABLE) in worker %d: %s", mode_name[mode], k,
+				strerror(-rc));
 	}
 	deadline = t0 + o->timeout_s;
-	while (!interrupted && tu_now() < deadline && merged_half(&r) < half) {
+	while (!bench_interrupted() && tu_now() < deadline && merged_half(&r) < half) {
 		ksm_check();
-		sleep_ms(20);
+		tu_sleep_ms(20);
 	}
-	if (interrupted)
-		die("interrupted");
+	if (bench_interrupted())
+		TU_FAIL("interrupted");
 	res->merge_s = tu_now() - t0;
 	res->merged_before_pct = 100.0 * (double)merged_half(&r) / (double)half;
 
 	/* 2. the steady budget, for both the same. */
-	set_budget(mode, o->pages, o->sleep_ms);
-	sleep_ms(o->settle_s * 1000);
+	if ((err = set_budget(mode, o->pages, o->sleep_ms)))
+		TU_FAIL("cannot set the budget of %s: %s", mode_name[mode], strerror(-err));
+	tu_sleep_ms(o->settle_s * 1000);
 
 	/* 3. the window. */
 	busy0 = machine_busy_s();
-	self0 = task_ns(owner, owner);
+	self0 = self_ns();
 	sc0 = counter(mode, "pages_scanned");
 	fs0 = counter(mode, "full_scans");
 	cpu_ns(&r, &m0, &s0);
 	t0 = tu_now();
-	while (!interrupted && tu_now() < t0 + o->seconds) {
+	while (!bench_interrupted() && tu_now() < t0 + o->seconds) {
 		ksm_check();
-		sleep_ms(100);
+		tu_sleep_ms(100);
 	}
-	if (interrupted)
-		die("interrupted");
+	if (bench_interrupted())
+		TU_FAIL("interrupted");
 	cpu_ns(&r, &m1, &s1);
 	res->window_s = tu_now() - t0;
 	sc1 = counter(mode, "pages_scanned");
 	fs1 = counter(mode, "full_scans");
 	res->other_cpu = machine_busy_s() - busy0 - (double)(m1 - m0 + s1 - s0) / 1e9 -
-			 (double)(task_ns(owner, owner) - self0) / 1e9;
+			 (double)(self_ns() - self0) / 1e9;
 	if (res->other_cpu < 0)
 		res->other_cpu = 0;
 	res->scanned = (double)(sc1 - sc0);
@@ -255,13 +250,13 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 		uint64_t bad;
 		send_cmd(&r, k, CMD_VERIFY);
 		if (tu_recv(r.c[k].rd, &bad, sizeof(bad)))
-			die("worker %d died verifying", k);
+			TU_FAIL("worker %d died verifying", k);
 		res->bad += (double)bad;
 	}
 	for (int k = 0; k < NPROC; k++) {
 		send_cmd(&r, k, CMD_QUIT);
 		if (tu_reap(&r.c[k]) != 0)
-			die("worker %d exited badly", k);
+			TU_FAIL("worker %d exited badly", k);
 	}
 	if (mode == M_KERNEL)
 		ksm_off();
@@ -359,7 +354,7 @@ static void usage(void)
 static void parse(int argc, char **argv, struct opts *o)
 {
 	for (int i = 1; i < argc; i++) {
-		int c = common_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only);
+		int c = bench_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only);
 		if (c < 0)
 			usage();
 		if (c)

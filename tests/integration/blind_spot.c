@@ -98,14 +98,6 @@ static unsigned char *volatile_page(size_t k)
 	return mem + (2 * k + 1) * PAGE;
 }
 
-static uint64_t xs(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
-
 static void nap(double s)
 {
 	struct timespec ts = { (time_t)s, (long)((s - (time_t)s) * 1e9) };
@@ -130,7 +122,7 @@ static void *writer(void *arg)
 			max_gap = t - prev;
 		prev = t;
 		for (size_t k = 0; k < N; k++) {
-			uint64_t s = xs(&w->rng);
+			uint64_t s = tu_xorshift(&w->rng);
 			tu_fill(volatile_page(k), PAGE, s);
 			last_seed[k] = s;
 		}
@@ -186,7 +178,7 @@ static int child(int rd, int wr, void *arg)
 	TU_CHECK(last_seed, "calloc");
 	for (size_t k = 0; k < N; k++) {
 		tu_fill(stable_page(k), PAGE, STABLE_SEED + k);
-		last_seed[k] = xs(&w.rng);
+		last_seed[k] = tu_xorshift(&w.rng);
 		tu_fill(volatile_page(k), PAGE, last_seed[k]);
 	}
 	tu_send(wr, &a, sizeof(a));

@@ -338,16 +338,6 @@ static void read_counters(struct counters *k)
 
 static int failures;
 
-#define EXPECT(cond, ...)                                                   \
-	do {                                                                \
-		if (!(cond)) {                                              \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-			fprintf(stderr, __VA_ARGS__);                       \
-			fprintf(stderr, "\n");                              \
-			failures++;                                         \
-		}                                                           \
-	} while (0)
-
 static int matches(const struct counters *k, const struct truth *t)
 {
 	int ok = k->shared == (long long)t->shared && k->sharing == (long long)t->sharing &&
@@ -395,7 +385,8 @@ static void settle(const char *step, struct counters *k, struct truth *t, long l
 		if (now - since >= (matches(k, t) ? 1.0 : 3.0))
 			break;
 		if (now - t0 > 30) {
-			EXPECT(0, "%s: counters or frames still changing after 30 s", step);
+			TU_SOFT_FAIL(&failures, "%s: counters or frames still changing after 30 s",
+				     step);
 			break;
 		}
 	}
@@ -422,41 +413,43 @@ static void check(const char *step, uint64_t want_shared, uint64_t want_sharing,
 	long long max_unshared;
 
 	settle(step, &k, &t, &max_unshared);
-	EXPECT(t.absent == 0, "%s: %" PRIu64 " pages not present", step, t.absent);
-	EXPECT(t.shared == want_shared && t.sharing == want_sharing && t.written == want_written,
-	       "%s: frames show %" PRIu64 " shared, %" PRIu64 " sharing, %" PRIu64
-	       " written; the step meant %" PRIu64 ", %" PRIu64 ", %" PRIu64,
-	       step, t.shared, t.sharing, t.written, want_shared, want_sharing, want_written);
-	EXPECT(k.shared == (long long)t.shared, "%s: pages_shared %lld, frames say %" PRIu64,
-	       step, k.shared, t.shared);
-	EXPECT(k.sharing == (long long)t.sharing, "%s: pages_sharing %lld, frames say %" PRIu64,
-	       step, k.sharing, t.sharing);
+	TU_EXPECT(&failures, t.absent == 0, "%s: %" PRIu64 " pages not present", step, t.absent);
+	TU_EXPECT(&failures,
+		  t.shared == want_shared && t.sharing == want_sharing && t.written == want_written,
+		  "%s: frames show %" PRIu64 " shared, %" PRIu64 " sharing, %" PRIu64
+		  " written; the step meant %" PRIu64 ", %" PRIu64 ", %" PRIu64,
+		  step, t.shared, t.sharing, t.written, want_shared, want_sharing, want_written);
+	TU_EXPECT(&failures, k.shared == (long long)t.shared,
+		  "%s: pages_shared %lld, frames say %" PRIu64, step, k.shared, t.shared);
+	TU_EXPECT(&failures, k.sharing == (long long)t.sharing,
+		  "%s: pages_sharing %lld, frames say %" PRIu64, step, k.sharing, t.sharing);
 	for (int i = 0; i < NPROC; i++) {
 		if (!pr[i].live)
 			continue;
-		EXPECT(t.merging[i] == want_merging[i],
-		       "%s: %s maps %" PRIu64 " pool pages; the step meant %" PRIu64, step,
-		       name[i], t.merging[i], want_merging[i]);
-		EXPECT(k.merging[i] == (long long)t.merging[i],
-		       "%s: %s's ksm_merging_pages %lld, its frames say %" PRIu64, step, name[i],
-		       k.merging[i], t.merging[i]);
+		TU_EXPECT(&failures, t.merging[i] == want_merging[i],
+			  "%s: %s maps %" PRIu64 " pool pages; the step meant %" PRIu64, step,
+			  name[i], t.merging[i], want_merging[i]);
+		TU_EXPECT(&failures, k.merging[i] == (long long)t.merging[i],
+			  "%s: %s's ksm_merging_pages %lld, its frames say %" PRIu64, step, name[i],
+			  k.merging[i], t.merging[i]);
 	}
-	EXPECT(have_written != 1 || k.written == (long long)t.written,
-	       "%s: pool_written %lld, frames and maps say %" PRIu64, step, k.written, t.written);
-	EXPECT(k.pool >= k.shared && k.pool == (long long)(t.shared + t.written),
-	       "%s: pool_pages %lld, want pages_shared + pool_written = %" PRIu64, step, k.pool,
-	       t.shared + t.written);
+	TU_EXPECT(&failures, have_written != 1 || k.written == (long long)t.written,
+		  "%s: pool_written %lld, frames and maps say %" PRIu64, step, k.written,
+		  t.written);
+	TU_EXPECT(&failures, k.pool >= k.shared && k.pool == (long long)(t.shared + t.written),
+		  "%s: pool_pages %lld, want pages_shared + pool_written = %" PRIu64, step, k.pool,
+		  t.shared + t.written);
 	{
 		long long live = 0;
 		for (int i = 0; i < NPROC; i++)
 			live += pr[i].live;
-		EXPECT(k.processes == live, "%s: processes %lld, %lld are running", step,
-		       k.processes, live);
+		TU_EXPECT(&failures, k.processes == live, "%s: processes %lld, %lld are running",
+			  step, k.processes, live);
 	}
 	/* Only pages that map no pool page can wait in the unstable index. */
-	EXPECT(max_unshared >= 0 && max_unshared <= (long long)t.unmerged,
-	       "%s: pages_unshared reached %lld, but live processes have only %" PRIu64
-	       " unmerged pages", step, max_unshared, t.unmerged);
+	TU_EXPECT(&failures, max_unshared >= 0 && max_unshared <= (long long)t.unmerged,
+		  "%s: pages_unshared reached %lld, but live processes have only %" PRIu64
+		  " unmerged pages", step, max_unshared, t.unmerged);
 }
 
 /* ---- waits ---- */
@@ -577,16 +570,17 @@ int main(void)
 			odd_back += (pm[i] & ((1ull << 55) - 1)) == (pfn1[i] & ((1ull << 55) - 1));
 		printf("3: %" PRIu64 " of %u rewritten pages map their step-1 frame again\n",
 		       odd_back, N / 2);
-		EXPECT(odd_back == N / 2,
-		       "3: only %" PRIu64 " of %u pages merged back into the pool page they "
-		       "were copies of (it was still referenced: pool_written)", odd_back, N / 2);
+		TU_EXPECT(&failures, odd_back == N / 2,
+			  "3: only %" PRIu64 " of %u pages merged back into the pool page they "
+			  "were copies of (it was still referenced: pool_written)", odd_back,
+			  N / 2);
 	}
 	/* Their step-2 contents wait in the unstable index until the
 	 * generation ends; then nothing of A or B is left there. */
 	zero_key = "pages_unshared";
-	EXPECT(tu_wait(counter_zero, NULL, 10),
-	       "3: pages_unshared %lld 10 s after every page of A and B merged, want 0",
-	       tu_status("pages_unshared"));
+	TU_EXPECT(&failures, tu_wait(counter_zero, NULL, 10),
+		  "3: pages_unshared %lld 10 s after every page of A and B merged, want 0",
+		  tu_status("pages_unshared"));
 
 	/* 4. C: its first half is A's and B's, its second half unique. */
 	start(C);
@@ -597,14 +591,15 @@ int main(void)
 	ask(1u << C, 's', 0, 0, 2, 0, 0);
 	check("4 (C joined)", N, 3 * N / 2, 0, (uint64_t[NPROC]){ N, N, N / 2 });
 	v = see_unshared("4", 1u << C, &who);
-	EXPECT(v > 0, "4: pages_unshared %lld after C's passes, while C's %u unique pages wait "
-	       "in the unstable index", v, N / 2);
-	EXPECT(v <= (long long)N / 2, "4: pages_unshared %lld, but only C's %u pages are "
-	       "unmerged", v, N / 2);
+	TU_EXPECT(&failures, v > 0,
+		  "4: pages_unshared %lld after C's passes, while C's %u unique pages wait "
+		  "in the unstable index", v, N / 2);
+	TU_EXPECT(&failures, v <= (long long)N / 2,
+		  "4: pages_unshared %lld, but only C's %u pages are unmerged", v, N / 2);
 	quit(C);
 	t0 = tu_now();
-	EXPECT(tu_wait(counter_zero, NULL, 5), "4: pages_unshared %lld 5 s after C exited, want 0",
-	       tu_status("pages_unshared"));
+	TU_EXPECT(&failures, tu_wait(counter_zero, NULL, 5),
+		  "4: pages_unshared %lld 5 s after C exited, want 0", tu_status("pages_unshared"));
 	printf("4: pages_unshared 0 %.2f s after C exited\n", tu_now() - t0);
 	check("4 (C exited)", N, N, 0, (uint64_t[NPROC]){ N, N, 0 });
 
@@ -615,10 +610,11 @@ int main(void)
 	check("5 (A and B wrote every other page again)", N / 2, N / 2, N / 2,
 	      (uint64_t[NPROC]){ N / 2, N / 2, 0 });
 	v = see_unshared("5", AB, &who);
-	EXPECT(v > 0, "5: pages_unshared %lld after A's and B's passes, while their %u unique "
-	       "pages wait in the unstable index", v, N);
-	EXPECT(v <= (long long)N, "5: pages_unshared %lld, but A and B have only %u unmerged "
-	       "pages", v, N);
+	TU_EXPECT(&failures, v > 0,
+		  "5: pages_unshared %lld after A's and B's passes, while their %u unique "
+		  "pages wait in the unstable index", v, N);
+	TU_EXPECT(&failures, v <= (long long)N,
+		  "5: pages_unshared %lld, but A and B have only %u unmerged pages", v, N);
 	/* The process whose pages wait there exits first, then the other at
 	 * once, before its next pass could end the generation: nobody is
 	 * left, and what waits in the index belongs to nobody (the old
@@ -626,7 +622,8 @@ int main(void)
 	quit(who);
 	quit(who == A ? B : A);
 	t0 = tu_now();
-	EXPECT(tu_wait(all_zero, NULL, 5), "5: counters not all 0 5 s after every process exited");
+	TU_EXPECT(&failures, tu_wait(all_zero, NULL, 5),
+		  "5: counters not all 0 5 s after every process exited");
 	read_counters(&k);
 	printf("5: %.2f s after the last exit: pages_shared %lld, pages_sharing %lld, "
 	       "pages_unshared %lld, pool_pages %lld, pool_written %lld, processes %lld\n",

@@ -76,16 +76,6 @@ int samepage_set_domain(const char *name) __attribute__((weak, visibility("defau
 
 static int failures;
 
-#define EXPECT(cond, ...)                                                    \
-	do {                                                                 \
-		if (!(cond)) {                                               \
-			failures++;                                          \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-			fprintf(stderr, __VA_ARGS__);                        \
-			fprintf(stderr, "\n");                               \
-		}                                                            \
-	} while (0)
-
 static int set_domain(const char *name)
 {
 	return samepage_set_domain ? samepage_set_domain(name) : -ENOSYS;
@@ -384,7 +374,7 @@ static void start(struct proc *p, const char *name, const char *domain, const st
 	p->domain = domain;
 	tu_spawn(&p->c, holder, (void *)s);
 	TU_CHECK(tu_recv(p->c.rd, &h, sizeof(h)) == 0, "%s died at start", name);
-	EXPECT(!h.msg[0], "%s: %s", name, h.msg);
+	TU_EXPECT(&failures, !h.msg[0], "%s: %s", name, h.msg);
 	p->pid = h.pid;
 	p->addr = h.addr;
 }
@@ -422,9 +412,9 @@ static void wait_merged(const struct proc *a, size_t oa, const struct proc *b, s
 {
 	struct pair p = { a, b, oa, ob, n };
 
-	EXPECT(tu_wait(pair_merged, &p, secs),
-	       "%s and %s (both %s) not merged after %d s: %zu frames for %zu pages", a->name,
-	       b->name, a->domain, secs, pair_frames(a, oa, b, ob, n), n);
+	TU_EXPECT(&failures, tu_wait(pair_merged, &p, secs),
+		  "%s and %s (both %s) not merged after %d s: %zu frames for %zu pages", a->name,
+		  b->name, a->domain, secs, pair_frames(a, oa, b, ob, n), n);
 }
 
 /* a and b (different domains) share no frame at all. */
@@ -433,8 +423,8 @@ static void expect_apart(const struct proc *a, size_t oa, const struct proc *b, 
 {
 	size_t shared = pair_shared(a, oa, b, ob, n);
 
-	EXPECT(shared == 0, "%s (%s) and %s (%s) share frames: %zu of %zu pages", a->name,
-	       a->domain, b->name, b->domain, shared, n);
+	TU_EXPECT(&failures, shared == 0, "%s (%s) and %s (%s) share frames: %zu of %zu pages",
+		  a->name, a->domain, b->name, b->domain, shared, n);
 }
 
 static int scans_reached(void *arg)
@@ -459,7 +449,7 @@ static void verify(struct proc *p)
 
 	TU_CHECK(tu_send(p->c.wr, "v", 1) == 0 && tu_recv(p->c.rd, &ok, sizeof(ok)) == 0,
 		 "%s died", p->name);
-	EXPECT(ok, "%s's memory changed", p->name);
+	TU_EXPECT(&failures, ok, "%s's memory changed", p->name);
 }
 
 static int disjoint(const unsigned long *a, int na, const unsigned long *b, int nb)
@@ -619,8 +609,8 @@ static int run_plain(struct run *r, const char *name, const char *label, const c
 	r->out = out[0];
 	if (read_line(r->out, line, sizeof(line), 10) ||
 	    sscanf(line, "%d %lx", &pid, (unsigned long *)&r->p.addr) != 2 || pid != r->p.pid) {
-		EXPECT(0, "`samepage run %s%s -- plain_merge` did not start", domain ? "--domain " : "",
-		       domain ? domain : "");
+		TU_SOFT_FAIL(&failures, "`samepage run %s%s -- plain_merge` did not start",
+			     domain ? "--domain " : "", domain ? domain : "");
 		kill(r->p.pid, SIGKILL);
 		waitpid(r->p.pid, NULL, 0);
 		close(r->in);
@@ -642,8 +632,8 @@ static void run_finish(struct run *r)
 	close(r->in);
 	close(r->out);
 	waitpid(r->p.pid, &st, 0);
-	EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s exited with status %#x (1: its data changed)",
-	       r->p.name, st);
+	TU_EXPECT(&failures, WIFEXITED(st) && WEXITSTATUS(st) == 0,
+		  "%s exited with status %#x (1: its data changed)", r->p.name, st);
 }
 
 /* ---- all pairs ---- */
@@ -662,16 +652,17 @@ static void check_pairs(struct proc **ps, int n)
 	for (int i = 0; i < n; i++)
 		for (int j = i + 1; j < n; j++) {
 			if (!strcmp(ps[i]->domain, ps[j]->domain)) {
-				EXPECT(pair_merged(&(struct pair){ ps[i], ps[j], 0, 0, N }),
-				       "%s and %s (both %s) not merged: %zu frames for %u pages",
-				       ps[i]->name, ps[j]->name, ps[i]->domain,
-				       pair_frames(ps[i], 0, ps[j], 0, N), N);
+				TU_EXPECT(&failures,
+					  pair_merged(&(struct pair){ ps[i], ps[j], 0, 0, N }),
+					  "%s and %s (both %s) not merged: %zu frames for %u pages",
+					  ps[i]->name, ps[j]->name, ps[i]->domain,
+					  pair_frames(ps[i], 0, ps[j], 0, N), N);
 				continue;
 			}
 			expect_apart(ps[i], 0, ps[j], 0, N);
-			EXPECT(disjoint(ino[i], nino[i], ino[j], nino[j]),
-			       "%s (%s) and %s (%s) map the same pool segment", ps[i]->name,
-			       ps[i]->domain, ps[j]->name, ps[j]->domain);
+			TU_EXPECT(&failures, disjoint(ino[i], nino[i], ino[j], nino[j]),
+				  "%s (%s) and %s (%s) map the same pool segment", ps[i]->name,
+				  ps[i]->domain, ps[j]->name, ps[j]->domain);
 		}
 }
 
@@ -753,9 +744,10 @@ int main(int argc, char **argv)
 	wait_scans(2, "after red and blue merged");
 	print_pairs(five, 5);
 	check_pairs(five, 5);
-	EXPECT(tu_file_pages(C.pid, C.addr, N) == 0 && tu_pool_vmas(C.pid, 0, UINTPTR_MAX) == 0,
-	       "C (default, alone there) maps %zu pool pages in %d VMAs",
-	       tu_file_pages(C.pid, C.addr, N), tu_pool_vmas(C.pid, 0, UINTPTR_MAX));
+	TU_EXPECT(&failures,
+		  tu_file_pages(C.pid, C.addr, N) == 0 && tu_pool_vmas(C.pid, 0, UINTPTR_MAX) == 0,
+		  "C (default, alone there) maps %zu pool pages in %d VMAs",
+		  tu_file_pages(C.pid, C.addr, N), tu_pool_vmas(C.pid, 0, UINTPTR_MAX));
 	{
 		unsigned long ia[16], ib[16];
 		int na = tu_pool_inodes(A1.pid, ia, 16), nb = tu_pool_inodes(B1.pid, ib, 16);
@@ -768,31 +760,34 @@ int main(int argc, char **argv)
 			TU_CHECK(tu_send(five[i]->c.wr, "b", 1) == 0 &&
 				 tu_recv(five[i]->c.rd, msg, sizeof(msg)) == 0, "%s died",
 				 five[i]->name);
-			EXPECT(!msg[0], "%s: %s", five[i]->name, msg);
+			TU_EXPECT(&failures, !msg[0], "%s: %s", five[i]->name, msg);
 		}
 
 		/* ---- the wire: C_GETSEG of red's segment ---- */
 		int fr = raw_hello("red"), fb = raw_hello("blue"), fd = raw_hello(NULL);
 		/* Before it holds a page of it, not even red gets red's segment. */
 		for (uint32_t sg = 0; sg < 4; sg++)
-			EXPECT(raw_getseg(fr, sg) <= 0, "a red connection holding nothing got segment %u",
-			       sg);
+			TU_EXPECT(&failures, raw_getseg(fr, sg) <= 0,
+				  "a red connection holding nothing got segment %u", sg);
 		int rseg = find_seg(fr, ia, na), bseg = find_seg(fb, ib, nb);
 		long long rb = 0, rdf = 0, br = 0;
-		EXPECT(rseg >= 0, "a red connection got no segment that A1 maps");
-		EXPECT(bseg >= 0, "a blue connection got no segment that B1 maps");
+		TU_EXPECT(&failures, rseg >= 0, "a red connection got no segment that A1 maps");
+		TU_EXPECT(&failures, bseg >= 0, "a blue connection got no segment that B1 maps");
 		if (rseg >= 0) {
 			rb = raw_getseg(fb, (uint32_t)rseg);
 			rdf = raw_getseg(fd, (uint32_t)rseg);
-			EXPECT(rb == -EACCES, "C_GETSEG of red's segment %d from blue: %s", rseg,
-			       rb > 0 ? "the descriptor" : strerror((int)-rb));
-			EXPECT(rdf == -EACCES, "C_GETSEG of red's segment %d from the default domain: %s",
-			       rseg, rdf > 0 ? "the descriptor" : strerror((int)-rdf));
+			TU_EXPECT(&failures, rb == -EACCES,
+				  "C_GETSEG of red's segment %d from blue: %s", rseg,
+				  rb > 0 ? "the descriptor" : strerror((int)-rb));
+			TU_EXPECT(&failures, rdf == -EACCES,
+				  "C_GETSEG of red's segment %d from the default domain: %s", rseg,
+				  rdf > 0 ? "the descriptor" : strerror((int)-rdf));
 		}
 		if (bseg >= 0) {
 			br = raw_getseg(fr, (uint32_t)bseg);
-			EXPECT(br == -EACCES, "C_GETSEG of blue's segment %d from red: %s", bseg,
-			       br > 0 ? "the descriptor" : strerror((int)-br));
+			TU_EXPECT(&failures, br == -EACCES,
+				  "C_GETSEG of blue's segment %d from red: %s", bseg,
+				  br > 0 ? "the descriptor" : strerror((int)-br));
 		}
 		printf("C_GETSEG of red's segment %d: from red, the file A1 maps; from blue, %s; from "
 		       "default, %s. Of blue's segment %d from red: %s\n", rseg,
@@ -809,16 +804,16 @@ int main(int argc, char **argv)
 	TU_CHECK(tu_send(A1.c.wr, "f", 1) == 0 && tu_recv(A1.c.rd, &h, sizeof(h)) == 0,
 		 "A1's fork child did not start");
 	K = (struct proc){ .name = "A1 fork", .domain = "red", .pid = h.pid, .addr = h.addr };
-	EXPECT(!h.msg[0], "%s", h.msg);
+	TU_EXPECT(&failures, !h.msg[0], "%s", h.msg);
 	TU_CHECK(tu_send(A2.c.wr, "x", 1) == 0 && tu_recv(A2.c.rd, &h, sizeof(h)) == 0,
 		 "A2's new image did not start");
-	EXPECT(h.pid == A2.pid, "exec changed the pid");
+	TU_EXPECT(&failures, h.pid == A2.pid, "exec changed the pid");
 	A2.name = "A2 exec";
 	A2.addr = h.addr;
-	EXPECT(!h.msg[0], "%s", h.msg);
-	EXPECT(!strcmp(h.domain_env, "red"),
-	       "A2 exec'd with SAMEPAGE_DOMAIN=blue; the new image has SAMEPAGE_DOMAIN=%s",
-	       h.domain_env);
+	TU_EXPECT(&failures, !h.msg[0], "%s", h.msg);
+	TU_EXPECT(&failures, !strcmp(h.domain_env, "red"),
+		  "A2 exec'd with SAMEPAGE_DOMAIN=blue; the new image has SAMEPAGE_DOMAIN=%s",
+		  h.domain_env);
 	printf("A2 exec'd itself with SAMEPAGE_DOMAIN=blue; the new image has "
 	       "SAMEPAGE_DOMAIN=%s\n", h.domain_env);
 #if defined(__SANITIZE_THREAD__)
@@ -862,15 +857,17 @@ int main(int argc, char **argv)
 		wait_merged(&X, 0, &V, 0, NT, 20);
 		t_file = tu_file_pages(X.pid, X.addr, NT);
 		r_file = tu_file_pages(X.pid, X.addr + (size_t)NT * PAGE, NT);
-		EXPECT(t_file == NT, "X's T: %zu of %u pages pool pages (V, default, holds T)", t_file,
-		       NT);
-		EXPECT(r_file == 0, "X's R: %zu of %u pages pool pages, though only W (red) holds R",
-		       r_file, NT);
+		TU_EXPECT(&failures, t_file == NT,
+			  "X's T: %zu of %u pages pool pages (V, default, holds T)", t_file, NT);
+		TU_EXPECT(&failures, r_file == 0,
+			  "X's R: %zu of %u pages pool pages, though only W (red) holds R", r_file,
+			  NT);
 		expect_apart(&Xr, 1 * NT, &W, 0, NT);
 		TU_CHECK(tu_send(X.c.wr, "t", 1) == 0 && tu_recv(X.c.rd, &t, sizeof(t)) == 0,
 			 "X died");
 		t_after = tu_file_pages(X.pid, X.addr, NT);
-		EXPECT(t_after == 0, "X wrote T: %zu of %u pages still pool pages", t_after, NT);
+		TU_EXPECT(&failures, t_after == 0, "X wrote T: %zu of %u pages still pool pages",
+			  t_after, NT);
 		printf("X's first write to a page, ns (p10 / median / p90), %u pages each:\n", NT);
 		printf("  T, merged with V (default): %6llu / %6llu / %6llu  (copy-on-write fault)\n",
 		       (unsigned long long)t.p10[0], (unsigned long long)t.med[0],
@@ -893,12 +890,14 @@ int main(int argc, char **argv)
 	for (int i = 1; i < n_every; i++)
 		verify(every[i]);
 	TU_CHECK(tu_recv(A1.c.rd, &kid_st, sizeof(kid_st)) == 0, "A1 died");
-	EXPECT(kid_st == 0, "A1's fork child exited with %d (1: its memory changed)", kid_st);
+	TU_EXPECT(&failures, kid_st == 0, "A1's fork child exited with %d (1: its memory changed)",
+		  kid_st);
 	verify(&A1);
 	for (int i = 0; i < n_every; i++)
 		tu_send(every[i]->c.wr, "q", 1);
 	for (int i = 0; i < n_every; i++)
-		EXPECT(tu_reap(&every[i]->c) == 0, "%s did not exit cleanly", every[i]->name);
+		TU_EXPECT(&failures, tu_reap(&every[i]->c) == 0, "%s did not exit cleanly",
+			  every[i]->name);
 	printf("domains: %s, %d failed checks (%.1f s)\n", failures ? "FAIL" : "ok", failures,
 	       tu_now() - t0);
 	return failures ? 1 : 0;

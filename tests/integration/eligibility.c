@@ -79,15 +79,6 @@ static const int slot[NB] = {
 
 /* Report and go on: the attribute checks are independent. */
 static int soft_failed;
-#define SOFT(cond, ...)                                                     \
-	do {                                                                \
-		if (!(cond)) {                                              \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-			fprintf(stderr, __VA_ARGS__);                       \
-			fprintf(stderr, "\n");                              \
-			soft_failed = 1;                                    \
-		}                                                           \
-	} while (0)
 
 static struct tu_child pc;
 static uintptr_t pbase;
@@ -455,33 +446,39 @@ int main(void)
 	TU_CHECK(content_ok(B_PROTNONE), "PROT_NONE: content changed by merging");
 
 	/* Merged ranges: content, and the attributes kept (all reported). */
-	SOFT(content_ok(B_HOLE1) && content_ok(B_HOLE2), "hole: content changed by merging");
-	SOFT(content_ok(B_DONTDUMP), "dontdump: content changed by merging");
+	TU_EXPECT(&soft_failed, content_ok(B_HOLE1) && content_ok(B_HOLE2),
+		  "hole: content changed by merging");
+	TU_EXPECT(&soft_failed, content_ok(B_DONTDUMP), "dontdump: content changed by merging");
 	{
 		struct vmas v = vmas_in(aaddr(B_DONTDUMP, 0), aaddr(B_DONTDUMP, BP), "dd");
-		SOFT(v.pool >= 1, "MADV_DONTDUMP range merged but maps no pool VMA");
-		SOFT(v.pool_with_flag == v.pool && v.with_flag == v.n,
-			 "MADV_DONTDUMP lost: %d of %d VMAs (%d of %d pool VMAs) have dd",
-			 v.with_flag, v.n, v.pool_with_flag, v.pool);
+		TU_EXPECT(&soft_failed, v.pool >= 1,
+			  "MADV_DONTDUMP range merged but maps no pool VMA");
+		TU_EXPECT(&soft_failed, v.pool_with_flag == v.pool && v.with_flag == v.n,
+			  "MADV_DONTDUMP lost: %d of %d VMAs (%d of %d pool VMAs) have dd",
+			  v.with_flag, v.n, v.pool_with_flag, v.pool);
 	}
 	/* Attributes stay where they were set. */
-	SOFT(vmas_in(aaddr(B_HOLE2, 0), aaddr(B_HOLE2, BP), "dd").with_flag == 0 &&
-		 vmas_in(aaddr(B_HOLE2, 0), aaddr(B_HOLE2, BP), "lo").with_flag == 0,
-		 "hole part 2 got a neighbour's dd or lo flag");
-	SOFT(vmas_in(aaddr(B_MLOCK, 0), aaddr(B_MLOCK, BP), "dd").with_flag == 0,
-		 "the mlock'ed block got its neighbour's dd flag");
-	SOFT(vmas_in(aaddr(B_DONTDUMP, 0), aaddr(B_DONTDUMP, BP), "lo").with_flag == 0,
-		 "the dontdump block got its neighbour's lo flag");
+	TU_EXPECT(&soft_failed,
+		  vmas_in(aaddr(B_HOLE2, 0), aaddr(B_HOLE2, BP), "dd").with_flag == 0 &&
+			  vmas_in(aaddr(B_HOLE2, 0), aaddr(B_HOLE2, BP), "lo").with_flag == 0,
+		  "hole part 2 got a neighbour's dd or lo flag");
+	TU_EXPECT(&soft_failed, vmas_in(aaddr(B_MLOCK, 0), aaddr(B_MLOCK, BP), "dd").with_flag == 0,
+		  "the mlock'ed block got its neighbour's dd flag");
+	TU_EXPECT(&soft_failed,
+		  vmas_in(aaddr(B_DONTDUMP, 0), aaddr(B_DONTDUMP, BP), "lo").with_flag == 0,
+		  "the dontdump block got its neighbour's lo flag");
 	{
 		struct vmas v = vmas_in(aaddr(B_MLOCK, 0), aaddr(B_MLOCK, BP), "lo");
 		long lck = vmlck_kb();
-		SOFT(content_ok(B_MLOCK), "mlock: content changed");
-		SOFT(v.with_flag == v.n, "mlock lost: %d of %d VMAs locked", v.with_flag, v.n);
-		SOFT(lck - (lck0 > 0 ? lck0 : 0) >= (long)(BLEN / 1024),
-			 "VmLck %ld kB (was %ld), want +%zu", lck, lck0, BLEN / 1024);
-		SOFT(lock_merged, "mlock'ed range never held merged: %u of %u pages share the "
-			 "partner's frames, %d pool VMAs in the range", shared_pages(B_MLOCK), BP,
-			 v.pool);
+		TU_EXPECT(&soft_failed, content_ok(B_MLOCK), "mlock: content changed");
+		TU_EXPECT(&soft_failed, v.with_flag == v.n, "mlock lost: %d of %d VMAs locked",
+			  v.with_flag, v.n);
+		TU_EXPECT(&soft_failed, lck - (lck0 > 0 ? lck0 : 0) >= (long)(BLEN / 1024),
+			  "VmLck %ld kB (was %ld), want +%zu", lck, lck0, BLEN / 1024);
+		TU_EXPECT(&soft_failed, lock_merged,
+			  "mlock'ed range never held merged: %u of %u pages share the "
+			  "partner's frames, %d pool VMAs in the range",
+			  shared_pages(B_MLOCK), BP, v.pool);
 	}
 
 	TU_CHECK(!soft_failed, "attributes of merged memory not kept (see above)");

@@ -269,16 +269,6 @@ static uintptr_t a_range, b_range, a_fresh;
 static pid_t C, D;
 static int failures;
 
-#define SOFT_CHECK(cond, ...)                                                    \
-	do {                                                                     \
-		if (!(cond)) {                                                   \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);     \
-			fprintf(stderr, __VA_ARGS__);                            \
-			fprintf(stderr, "\n");                                   \
-			failures++;                                              \
-		}                                                                \
-	} while (0)
-
 static struct info a_cmd(char c)
 {
 	struct info r;
@@ -348,12 +338,12 @@ static void check_c_kept(const char *step)
 			lost_a_wrote += i % 8 == 0;
 		}
 	printf("C maps %zu of %u pages from the pool after %s\n", n, NT, step);
-	SOFT_CHECK(n >= c_pool_before,
-		   "C stopped mapping %zu pool pages after %s, a step only A took (%zu of "
-		   "C's %zu unmapped pages are pages A wrote). C's scanner must act on C's own "
-		   "address space; a likely cause: the /proc/self/pagemap and /proc/self/maps "
-		   "descriptors that libsamepage opened before fork() still describe A",
-		   c_pool_before - n, step, lost_a_wrote, lost);
+	TU_EXPECT(&failures, n >= c_pool_before,
+		  "C stopped mapping %zu pool pages after %s, a step only A took (%zu of "
+		  "C's %zu unmapped pages are pages A wrote). C's scanner must act on C's own "
+		  "address space; a likely cause: the /proc/self/pagemap and /proc/self/maps "
+		  "descriptors that libsamepage opened before fork() still describe A",
+		  c_pool_before - n, step, lost_a_wrote, lost);
 	if (n < c_pool_before)
 		c_pool_before = n;
 }
@@ -522,8 +512,8 @@ int main(int argc, char **argv)
 	/* 5: C exits: its references go, the pool keeps A's new pages only. */
 	pool0 = tu_status("pool_pages");
 	printf("pool_pages with C alive: %lld (C maps %zu of them)\n", pool0, c_pool_before);
-	SOFT_CHECK(pool0 >= (long long)(NT + c_pool_before) - 16,
-		   "pool_pages %lld: C's %zu pool pages not counted", pool0, c_pool_before);
+	TU_EXPECT(&failures, pool0 >= (long long)(NT + c_pool_before) - 16,
+		  "pool_pages %lld: C's %zu pool pages not counted", pool0, c_pool_before);
 	tu_send(c_down[1], "q", 1);
 	a_cmd('r');
 	t0 = tu_now();
@@ -585,10 +575,11 @@ int main(int argc, char **argv)
 		tu_spawn(&Y, unique_holder, (void *)1);
 		TU_CHECK(tu_recv(Y.rd, &n, sizeof(n)) == 0, "Y died");
 		printf("Y: %d of %u pages merged, pool_pages %lld\n", n, NX, tu_status("pool_pages"));
-		SOFT_CHECK(n == 0, "Y's %d pages, whose content no live process shares, were merged "
-			   "into pool pages only Y maps: they matched unstable-index entries left "
-			   "by X, which had exited (the daemon keeps a closed connection's unstable "
-			   "entries until the generation ends)", n);
+		TU_EXPECT(&failures, n == 0,
+			  "Y's %d pages, whose content no live process shares, were merged "
+			  "into pool pages only Y maps: they matched unstable-index entries left "
+			  "by X, which had exited (the daemon keeps a closed connection's unstable "
+			  "entries until the generation ends)", n);
 		tu_send(Y.wr, "q", 1);
 		TU_CHECK(tu_reap(&Y) == 0, "Y failed");
 		kill(Z.pid, SIGCONT);

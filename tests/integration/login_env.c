@@ -52,7 +52,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,19 +171,6 @@ static char bash[PATH_MAX], dash[PATH_MAX], python[PATH_MAX];
 static pid_t owner, stopped_daemon;
 static struct run runs[MAXRUNS];
 static int nruns, nfail;
-
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "FAIL: ");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "\n");
-	nfail++;
-}
 
 static int find_prog(const char *name, char *out, size_t len)
 {
@@ -364,10 +350,11 @@ static void check_daemons(const char *batch, const char *sock)
 	int n = our_daemons(mine, 16), h = lock_holders(sock, holders, 16);
 
 	if (h != 1)
-		fail("%s: %d daemons hold %s.lock, want 1", batch, h, sock);
+		TU_SOFT_FAIL(&nfail, "%s: %d daemons hold %s.lock, want 1", batch, h, sock);
 	if (n != 1 || (h == 1 && mine[0] != holders[0])) {
-		fail("%s: %d samepaged processes started by the test, want 1 (serving %s):", batch,
-		     n, sock);
+		TU_SOFT_FAIL(&nfail,
+			     "%s: %d samepaged processes started by the test, want 1 (serving %s):",
+			     batch, n, sock);
 		for (int i = 0; i < n; i++)
 			describe(mine[i]);
 	}
@@ -535,7 +522,7 @@ static void read_pidfile(struct run *r)
 	for (int i = 0; i < r->k->children; i++) {
 		long v = strtol(p, &end, 10);
 		if (end == p || v <= 0) {
-			fail("%s: pid file says '%s'", r->base, buf);
+			TU_SOFT_FAIL(&nfail, "%s: pid file says '%s'", r->base, buf);
 			r->npids = r->k->children + 1;
 			return;
 		}
@@ -710,8 +697,9 @@ static void wait_batch(const char *batch, int first, int n, const char *sock, in
 		if (now - t0 > BATCH_LIMIT) {
 			for (int i = first; i < first + n; i++)
 				if (runs[i].st < 0) {
-					fail("%s: %s.out: still running after %.0f s", batch,
-					     runs[i].base, BATCH_LIMIT);
+					TU_SOFT_FAIL(&nfail,
+						     "%s: %s.out: still running after %.0f s",
+						     batch, runs[i].base, BATCH_LIMIT);
 					kill(-runs[i].pid, SIGKILL);
 					waitpid(runs[i].pid, NULL, 0);
 					runs[i].st = 128 + SIGKILL;
@@ -727,7 +715,7 @@ static void wait_batch(const char *batch, int first, int n, const char *sock, in
 		stall_end = tu_now();
 	}
 	if (stall && !stall_end)
-		fail("%s: the daemon was never stopped", batch);
+		TU_SOFT_FAIL(&nfail, "%s: the daemon was never stopped", batch);
 
 	for (int i = first; i < first + n; i++) {
 		struct run *r = &runs[i];
@@ -738,25 +726,28 @@ static void wait_batch(const char *batch, int first, int n, const char *sock, in
 		snprintf(path, sizeof(path), "%s.err", r->base);
 		read_file(path, err, sizeof(err));
 		if (r->st != 0)
-			fail("%s: %s: exit status %d after %.1f s", batch, r->base, r->st,
-			     r->t1 - r->t0);
+			TU_SOFT_FAIL(&nfail, "%s: %s: exit status %d after %.1f s", batch, r->base,
+				     r->st, r->t1 - r->t0);
 		if (strcmp(out, r->k->expect))
-			fail("%s: %s: printed '%s', want '%s'", batch, r->base, out, r->k->expect);
+			TU_SOFT_FAIL(&nfail, "%s: %s: printed '%s', want '%s'", batch, r->base, out,
+				     r->k->expect);
 		if (err[0])
-			fail("%s: %s: stderr%s:\n%s", batch, r->base,
-			     strstr(err, "fork") ? " (a fork failed)" : "", err);
+			TU_SOFT_FAIL(&nfail, "%s: %s: stderr%s:\n%s", batch, r->base,
+				     strstr(err, "fork") ? " (a fork failed)" : "", err);
 		if (r->npids != r->k->children + 1)
-			fail("%s: %s: never wrote its children's pids", batch, r->base);
+			TU_SOFT_FAIL(&nfail, "%s: %s: never wrote its children's pids", batch,
+				     r->base);
 		for (int j = 0; j < r->npids; j++)
 			if (!r->looked[j])
-				fail("%s: %s: %s (pid %d) was never seen running", batch, r->base,
-				     r->k->what[j], (int)r->pids[j]);
+				TU_SOFT_FAIL(&nfail, "%s: %s: %s (pid %d) was never seen running",
+					     batch, r->base, r->k->what[j], (int)r->pids[j]);
 			else if (!r->preloaded[j])
-				fail("%s: %s: %s (pid %d) runs without libsamepage.so: merge-any was not "
-				     "inherited", batch, r->base, r->k->what[j], (int)r->pids[j]);
+				TU_SOFT_FAIL(&nfail, "%s: %s: %s (pid %d) runs without "
+					     "libsamepage.so: merge-any was not inherited", batch,
+					     r->base, r->k->what[j], (int)r->pids[j]);
 		if (stall_end && r->t1 > stall_end + STALL_SLACK)
-			fail("%s: %s: ended %.1f s after the daemon was continued", batch, r->base,
-			     r->t1 - stall_end);
+			TU_SOFT_FAIL(&nfail, "%s: %s: ended %.1f s after the daemon was continued",
+				     batch, r->base, r->t1 - stall_end);
 	}
 	for (int k = 0; k < NKINDS; k++) {
 		const struct kind *kd = &kinds[k];
@@ -785,13 +776,14 @@ static void wait_batch(const char *batch, int first, int n, const char *sock, in
 				for (int j = first; j < first + n; j++)
 					if (runs[j].k == kd && i < runs[j].npids)
 						tries += runs[j].tries[i];
-				fail("%s: no %s of the %d was known to the daemon at %s (asked %d times)",
-				     batch, kd->what[i], cnt, sock, tries);
+				TU_SOFT_FAIL(&nfail, "%s: no %s of the %d was known to the daemon "
+					     "at %s (asked %d times)", batch, kd->what[i], cnt,
+					     sock, tries);
 			}
 		/* The forks after the pause must have had references to hand over. */
 		if (k == K_BASH && !role_count(first, n, kd, 0, 1))
-			fail("%s: no bash was seen with merged pages: its forks handed nothing over",
-			     batch);
+			TU_SOFT_FAIL(&nfail, "%s: no bash was seen with merged pages: its forks "
+				     "handed nothing over", batch);
 	}
 	fflush(stdout);
 	check_daemons(batch, sock);

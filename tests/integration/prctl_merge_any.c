@@ -40,18 +40,6 @@ static const uint32_t rpages[NR] = { MMAP_PAGES, MALLOC_PAGES, STACK_PAGES };
 static const char *const rname[NR] = { "mmap", "malloc", "thread stack" };
 #define SEED(r) (200u + (r))
 
-#define CFAIL(...)                                                          \
-	do {                                                                \
-		fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);        \
-		fprintf(stderr, __VA_ARGS__);                               \
-		fprintf(stderr, "\n");                                      \
-		return 1;                                                   \
-	} while (0)
-#define CCHECK(cond, ...)                                                   \
-	do {                                                                \
-		if (!(cond))                                                \
-			CFAIL(__VA_ARGS__);                                 \
-	} while (0)
 
 static int fill_ok(const void *p, size_t len, uint64_t seed)
 {
@@ -123,40 +111,44 @@ static int any_proc(int rd, int wr, void *arg)
 	char cmd;
 	(void)arg;
 
-	CCHECK(prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) == 0, "PR_GET before SET: want 0");
+	TU_CHECK_RETURN(prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) == 0, "PR_GET before SET: want 0");
 	/* Unused arguments must be 0 (kernel/sys.c); a failed call changes nothing. */
 	errno = 0;
-	CCHECK(einval(prctl(PR_SET_MEMORY_MERGE, 1, 1, 0, 0)), "SET arg3!=0: want EINVAL");
-	CCHECK(einval(prctl(PR_SET_MEMORY_MERGE, 1, 0, 1, 0)), "SET arg4!=0: want EINVAL");
-	CCHECK(einval(prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 1)), "SET arg5!=0: want EINVAL");
-	CCHECK(prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) == 0, "a failed SET turned merging on");
-	CCHECK(prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) == 0, "PR_SET_MEMORY_MERGE 1: %s",
-	       strerror(errno));
-	CCHECK(prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) == 1, "PR_GET after SET 1: want 1");
-	CCHECK(einval(prctl(PR_GET_MEMORY_MERGE, 1, 0, 0, 0)), "GET arg2!=0: want EINVAL");
-	CCHECK(einval(prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 1)), "GET arg5!=0: want EINVAL");
-	CCHECK(einval(prctl(PR_SET_MEMORY_MERGE, 0, 0, 1, 0)), "SET 0 arg4!=0: want EINVAL");
-	CCHECK(prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) == 1, "a failed SET 0 turned merging off");
-	CCHECK(samepage_get_merge_any() == 1, "samepage_get_merge_any disagrees with prctl");
+	TU_CHECK_RETURN(einval(prctl(PR_SET_MEMORY_MERGE, 1, 1, 0, 0)), "SET arg3!=0: want EINVAL");
+	TU_CHECK_RETURN(einval(prctl(PR_SET_MEMORY_MERGE, 1, 0, 1, 0)), "SET arg4!=0: want EINVAL");
+	TU_CHECK_RETURN(einval(prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 1)), "SET arg5!=0: want EINVAL");
+	TU_CHECK_RETURN(prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) == 0,
+			"a failed SET turned merging on");
+	TU_CHECK_RETURN(prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) == 0, "PR_SET_MEMORY_MERGE 1: %s",
+			strerror(errno));
+	TU_CHECK_RETURN(prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) == 1, "PR_GET after SET 1: want 1");
+	TU_CHECK_RETURN(einval(prctl(PR_GET_MEMORY_MERGE, 1, 0, 0, 0)), "GET arg2!=0: want EINVAL");
+	TU_CHECK_RETURN(einval(prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 1)), "GET arg5!=0: want EINVAL");
+	TU_CHECK_RETURN(einval(prctl(PR_SET_MEMORY_MERGE, 0, 0, 1, 0)),
+			"SET 0 arg4!=0: want EINVAL");
+	TU_CHECK_RETURN(prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) == 1,
+			"a failed SET 0 turned merging off");
+	TU_CHECK_RETURN(samepage_get_merge_any() == 1,
+			"samepage_get_merge_any disagrees with prctl");
 
 	/* Memory that appears after the prctl. */
 	{
 		unsigned char *p = mmap(NULL, (size_t)MMAP_PAGES * PAGE, PROT_READ | PROT_WRITE,
 					MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		CCHECK(p != MAP_FAILED, "mmap");
+		TU_CHECK_RETURN(p != MAP_FAILED, "mmap");
 		madvise(p, (size_t)MMAP_PAGES * PAGE, MADV_NOHUGEPAGE);
 		tu_fill(p, (size_t)MMAP_PAGES * PAGE, SEED(R_MMAP));
 		a[R_MMAP] = (uintptr_t)p;
 	}
 	{
 		unsigned char *m = malloc((size_t)(MALLOC_PAGES + 1) * PAGE);
-		CCHECK(m, "malloc");
+		TU_CHECK_RETURN(m, "malloc");
 		unsigned char *p = (unsigned char *)(((uintptr_t)m + PAGE - 1) & ~(uintptr_t)(PAGE - 1));
 		tu_fill(p, (size_t)MALLOC_PAGES * PAGE, SEED(R_MALLOC));
 		a[R_MALLOC] = (uintptr_t)p;
 	}
-	CCHECK(pipe(tpipe) == 0, "pipe");
-	CCHECK(pthread_create(&th, NULL, stack_thread, NULL) == 0, "pthread_create");
+	TU_CHECK_RETURN(pipe(tpipe) == 0, "pipe");
+	TU_CHECK_RETURN(pthread_create(&th, NULL, stack_thread, NULL) == 0, "pthread_create");
 	while (!__atomic_load_n(&stack_area, __ATOMIC_ACQUIRE))
 		usleep(1000);
 	a[R_STACK] = stack_area;
@@ -186,11 +178,12 @@ static int any_proc(int rd, int wr, void *arg)
 			break;
 		case 'q':
 			if (write(tpipe[1], "x", 1) != 1 || pthread_join(th, &tret) || tret)
-				CFAIL("thread stack content changed");
+				TU_FAIL_RETURN("thread stack content changed");
 			for (int r = 0; r < NR; r++)
 				if (r != R_STACK)
-					CCHECK(fill_ok((void *)a[r], (size_t)rpages[r] * PAGE, SEED(r)),
-					       "%s content changed", rname[r]);
+					TU_CHECK_RETURN(fill_ok((void *)a[r],
+								(size_t)rpages[r] * PAGE, SEED(r)),
+							"%s content changed", rname[r]);
 			return 0;
 		default:
 			return 1;
@@ -280,46 +273,50 @@ static int vma_proc(int rd, int wr, void *arg)
 	(void)rd, (void)wr, (void)arg;
 
 	/* The library's own context first, so that it is in both counts. */
-	CCHECK(samepage_stat(&st) == 0, "samepage_stat");
+	TU_CHECK_RETURN(samepage_stat(&st) == 0, "samepage_stat");
 	u = adjacent(31, 0);
 	z = adjacent(32, 8);
 	n = vmas_over((uintptr_t)u, (uintptr_t)u + ADJ * PAGE);
-	CCHECK(n == 1, "kernel did not coalesce the unique mappings: %d VMAs", n);
+	TU_CHECK_RETURN(n == 1, "kernel did not coalesce the unique mappings: %d VMAs", n);
 	n = vmas_over((uintptr_t)z, (uintptr_t)z + ADJ * PAGE);
-	CCHECK(n == 1, "kernel did not coalesce the mappings with zero pages: %d VMAs", n);
+	TU_CHECK_RETURN(n == 1, "kernel did not coalesce the mappings with zero pages: %d VMAs", n);
 	before = maps_lines();
 
-	CCHECK(prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) == 0, "PR_SET_MEMORY_MERGE 1");
+	TU_CHECK_RETURN(prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) == 0, "PR_SET_MEMORY_MERGE 1");
 	for (int i = 0; i < 3; i++)
-		CCHECK(samepage_scan_now() == 0, "samepage_scan_now");
-	CCHECK(samepage_stat(&st) == 0, "samepage_stat");
+		TU_CHECK_RETURN(samepage_scan_now() == 0, "samepage_scan_now");
+	TU_CHECK_RETURN(samepage_stat(&st) == 0, "samepage_stat");
 	after = maps_lines();
 	n = vmas_over((uintptr_t)u, (uintptr_t)u + ADJ * PAGE);
-	CCHECK(n == 1, "merge-any split the coalesced unique mappings into %d VMAs", n);
+	TU_CHECK_RETURN(n == 1, "merge-any split the coalesced unique mappings into %d VMAs", n);
 	n = vmas_over((uintptr_t)z, (uintptr_t)z + ADJ * PAGE);
-	CCHECK(n == 1, "merge-any left the mappings with zero pages in %d VMAs "
-	       "(ksm_zero_pages %llu)", n, (unsigned long long)st.ksm_zero_pages_process);
+	TU_CHECK_RETURN(n == 1,
+			"merge-any left the mappings with zero pages in %d VMAs "
+			"(ksm_zero_pages %llu)",
+			n, (unsigned long long)st.ksm_zero_pages_process);
 #if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
 	/* (A sanitizer runtime's own memory does hold identical pages.) */
-	CCHECK(st.ksm_merging_pages == 0, "%llu pages merged with nothing identical around",
-	       (unsigned long long)st.ksm_merging_pages);
+	TU_CHECK_RETURN(st.ksm_merging_pages == 0,
+			"%llu pages merged with nothing identical around",
+			(unsigned long long)st.ksm_merging_pages);
 #endif
 	fprintf(stderr, "VMAs: %d without merge-any, %d with it (%llu rmap items, %llu zero pages)\n",
 	       before, after, (unsigned long long)st.ksm_rmap_items,
 	       (unsigned long long)st.ksm_zero_pages_process);
 #if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
 	/* (Under a sanitizer its runtime's memory has runs to merge, at a VMA each.) */
-	CCHECK(after <= before + 4, "VMA count grew from %d to %d under merge-any", before, after);
+	TU_CHECK_RETURN(after <= before + 4, "VMA count grew from %d to %d under merge-any", before,
+			after);
 #endif
 	/* Now add 200 more adjacent mappings with merge-any on: still one VMA. */
 	unsigned char *v = adjacent(33, 0);
 	for (int i = 0; i < 2; i++)
-		CCHECK(samepage_scan_now() == 0, "samepage_scan_now");
+		TU_CHECK_RETURN(samepage_scan_now() == 0, "samepage_scan_now");
 	n = vmas_over((uintptr_t)v, (uintptr_t)v + ADJ * PAGE);
-	CCHECK(n == 1, "mappings made under merge-any: %d VMAs, want 1", n);
-	CCHECK(adjacent_ok(u, 31, 0) && adjacent_ok(z, 32, 8) && adjacent_ok(v, 33, 0),
-	       "content changed");
-	CCHECK(prctl(PR_SET_MEMORY_MERGE, 0, 0, 0, 0) == 0, "PR_SET_MEMORY_MERGE 0");
+	TU_CHECK_RETURN(n == 1, "mappings made under merge-any: %d VMAs, want 1", n);
+	TU_CHECK_RETURN(adjacent_ok(u, 31, 0) && adjacent_ok(z, 32, 8) && adjacent_ok(v, 33, 0),
+			"content changed");
+	TU_CHECK_RETURN(prctl(PR_SET_MEMORY_MERGE, 0, 0, 0, 0) == 0, "PR_SET_MEMORY_MERGE 0");
 	return 0;
 }
 

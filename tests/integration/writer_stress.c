@@ -41,14 +41,6 @@ static pthread_mutex_t owner_lock[NW];
 static int stop; /* __atomic */
 static uint64_t writes[NW], slow[NW], rewrites;
 
-static uint64_t xs(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
-
 static void nap(long ns)
 {
 	struct timespec ts = { 0, ns };
@@ -74,10 +66,10 @@ static void *writer(void *arg)
 		size_t base = (size_t)((t - t_start) / WINDOW_S * win) % own;
 		pthread_mutex_lock(&owner_lock[k]);
 		for (int i = 0; i < BATCH; i++) {
-			uint64_t r = xs(&s);
+			uint64_t r = tu_xorshift(&s);
 			size_t page = ((base + (size_t)(r % win)) % own) * NW + k;
 			size_t word = (size_t)(r >> 32) % (PAGE / 8);
-			uint64_t v = xs(&s);
+			uint64_t v = tu_xorshift(&s);
 			((volatile uint64_t *)(mem + page * PAGE))[word] = v;
 			((uint64_t *)(shadow + page * PAGE))[word] = v;
 		}
@@ -100,7 +92,7 @@ static void *rewriter(void *arg)
 	(void)arg;
 	while (!__atomic_load_n(&stop, __ATOMIC_ACQUIRE)) {
 		for (int i = 0; i < REWRITE_PAGES; i++) {
-			size_t page = (size_t)(xs(&s) % NPAGES);
+			size_t page = (size_t)(tu_xorshift(&s) % NPAGES);
 			int k = (int)(page % NW);
 			pthread_mutex_lock(&owner_lock[k]);
 			memcpy(mem + page * PAGE, common + (page % HALF) * PAGE, PAGE);

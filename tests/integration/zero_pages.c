@@ -36,21 +36,6 @@
 #define LEN ((size_t)NPAGES * PAGE)
 #define WPAGE 5u                /* the zero page phase 1 writes */
 
-#define CFAIL(...)                                                          \
-	do {                                                                \
-		fprintf(stderr, "FAIL %s:%d: phase %d: ", __FILE__, __LINE__, phase); \
-		fprintf(stderr, __VA_ARGS__);                               \
-		fprintf(stderr, "\n");                                      \
-		return 1;                                                   \
-	} while (0)
-#define CCHECK(cond, ...)                                                   \
-	do {                                                                \
-		if (!(cond))                                                \
-			CFAIL(__VA_ARGS__);                                 \
-	} while (0)
-
-static int phase;
-
 /* Pagemap frames of n pages at a (0 when not present). */
 static void pfns(uintptr_t a, size_t n, uint64_t *out)
 {
@@ -158,93 +143,99 @@ static int zero_on(int rd, int wr, void *arg)
 	int *no_zero_page = arg;
 	(void)rd, (void)wr;
 
-	phase = 1;
-	CCHECK(tu_wait(pool_empty, NULL, 10), "daemon not idle at the start");
+	TU_CHECK_RETURN(tu_wait(pool_empty, NULL, 10), "daemon not idle at the start");
 	p = setup(&ref, 11);
 	zp = zero_pfn();
 	*no_zero_page = !zp;
 	pfns((uintptr_t)p, ZPAGES, f);
 	for (uint32_t i = 0; i < ZPAGES; i++)
-		CCHECK(f[i] && f[i] != zp, "page %u not a private page before merging", i);
-	CCHECK(madvise(p, LEN, MADV_MERGEABLE) == 0, "madvise: %s", strerror(errno));
+		TU_CHECK_RETURN(f[i] && f[i] != zp, "page %u not a private page before merging", i);
+	TU_CHECK_RETURN(madvise(p, LEN, MADV_MERGEABLE) == 0, "madvise: %s", strerror(errno));
 
 	struct want w = { ZPAGES, ZPAGES, 0 };
-	CCHECK(tu_wait(reached, &w, 30), "zero pages not merged within 30 s");
+	TU_CHECK_RETURN(tu_wait(reached, &w, 30), "zero pages not merged within 30 s");
 	pfns((uintptr_t)p, NPAGES, f);
 	if (zp) {
 		/* Not read yet: each zero page has no frame, or the zero page's. */
 		for (uint32_t i = 0; i < ZPAGES; i++)
-			CCHECK(!f[i] || f[i] == zp,
-			       "zero page %u has a frame of its own (%#llx) after merging", i,
-			       (unsigned long long)f[i]);
+			TU_CHECK_RETURN(!f[i] || f[i] == zp,
+					"zero page %u has a frame of its own (%#llx) after merging",
+					i, (unsigned long long)f[i]);
 	} else {
 		/* No zero page here: zero pages map samepage's zero segment, whose
 		 * runs share frames (at most one scan chunk, 512, in all). */
 		for (uint32_t i = 0; i < ZPAGES; i++)
-			CCHECK(tu_is_file_page(getpid(), (uintptr_t)p + (uintptr_t)i * PAGE),
-			       "zero page %u is not mapped from the zero segment", i);
-		CCHECK(distinct(f, ZPAGES, &rep) <= 512, "zero pages use %zu frames",
-		       distinct(f, ZPAGES, &rep));
+			TU_CHECK_RETURN(tu_is_file_page(getpid(),
+							(uintptr_t)p + (uintptr_t)i * PAGE),
+					"zero page %u is not mapped from the zero segment", i);
+		TU_CHECK_RETURN(distinct(f, ZPAGES, &rep) <= 512, "zero pages use %zu frames",
+				distinct(f, ZPAGES, &rep));
 	}
 	for (uint32_t i = ZPAGES; i < NPAGES; i++)
-		CCHECK(f[i] && f[i] != zp, "random page %u maps the zero page (or is missing)", i);
-	CCHECK(distinct(f + ZPAGES, RPAGES, &rep) == RPAGES, "random pages share frames");
-	CCHECK(!memcmp(p + (size_t)ZPAGES * PAGE, ref + (size_t)ZPAGES * PAGE,
-		       (size_t)RPAGES * PAGE), "random content changed");
-	CCHECK(samepage_stat(&st) == 0, "samepage_stat");
-	CCHECK(st.ksm_zero_pages == ZPAGES && st.ksm_zero_pages_process == ZPAGES,
-	       "ksm_zero_pages %llu, process %llu, want %u",
-	       (unsigned long long)st.ksm_zero_pages,
-	       (unsigned long long)st.ksm_zero_pages_process, ZPAGES);
-	CCHECK(st.pool_pages == 0 && st.pages_shared == 0 && st.pages_sharing == 0,
-	       "zero pages use the pool: pool_pages %llu pages_shared %llu pages_sharing %llu",
-	       (unsigned long long)st.pool_pages, (unsigned long long)st.pages_shared,
-	       (unsigned long long)st.pages_sharing);
-	CCHECK(st.ksm_merging_pages == 0, "ksm_merging_pages %llu",
-	       (unsigned long long)st.ksm_merging_pages);
+		TU_CHECK_RETURN(f[i] && f[i] != zp,
+				"random page %u maps the zero page (or is missing)", i);
+	TU_CHECK_RETURN(distinct(f + ZPAGES, RPAGES, &rep) == RPAGES, "random pages share frames");
+	TU_CHECK_RETURN(!memcmp(p + (size_t)ZPAGES * PAGE, ref + (size_t)ZPAGES * PAGE,
+				(size_t)RPAGES * PAGE),
+			"random content changed");
+	TU_CHECK_RETURN(samepage_stat(&st) == 0, "samepage_stat");
+	TU_CHECK_RETURN(st.ksm_zero_pages == ZPAGES && st.ksm_zero_pages_process == ZPAGES,
+			"ksm_zero_pages %llu, process %llu, want %u",
+			(unsigned long long)st.ksm_zero_pages,
+			(unsigned long long)st.ksm_zero_pages_process, ZPAGES);
+	TU_CHECK_RETURN(st.pool_pages == 0 && st.pages_shared == 0 && st.pages_sharing == 0,
+			"zero pages use the pool: pool_pages %llu pages_shared %llu "
+			"pages_sharing %llu", (unsigned long long)st.pool_pages,
+			(unsigned long long)st.pages_shared, (unsigned long long)st.pages_sharing);
+	TU_CHECK_RETURN(st.ksm_merging_pages == 0, "ksm_merging_pages %llu",
+			(unsigned long long)st.ksm_merging_pages);
 
 	/* A write gives the page a private frame; the counter follows. */
 	p[(size_t)WPAGE * PAGE + 7] = 1;
 	ref[(size_t)WPAGE * PAGE + 7] = 1;
 	fw = tu_pfn(getpid(), (uintptr_t)p + (uintptr_t)WPAGE * PAGE);
-	CCHECK(fw && fw != zp, "written zero page has no frame of its own");
+	TU_CHECK_RETURN(fw && fw != zp, "written zero page has no frame of its own");
 	w = (struct want){ ZPAGES - 1, ZPAGES - 1, 0 };
-	CCHECK(tu_wait(reached, &w, 20), "ksm_zero_pages did not drop to %u after a write",
-	       ZPAGES - 1);
+	TU_CHECK_RETURN(tu_wait(reached, &w, 20), "ksm_zero_pages did not drop to %u after a write",
+			ZPAGES - 1);
 
 	if (zp) {
 		/* Reads map the kernel's zero page: one frame for all of them. */
-		CCHECK(!memcmp(p, ref, LEN), "content after merging");
+		TU_CHECK_RETURN(!memcmp(p, ref, LEN), "content after merging");
 		pfns((uintptr_t)p, ZPAGES, f);
 		for (uint32_t i = 0; i < ZPAGES; i++)
-			CCHECK(i == WPAGE ? f[i] != zp : f[i] == zp,
-			       "zero page %u: frame %#llx, the zero page is %#llx", i,
-			       (unsigned long long)f[i], (unsigned long long)zp);
+			TU_CHECK_RETURN(i == WPAGE ? f[i] != zp : f[i] == zp,
+					"zero page %u: frame %#llx, the zero page is %#llx", i,
+					(unsigned long long)f[i], (unsigned long long)zp);
 		/* Reading is not writing: the counter stays. */
-		CCHECK(tu_wait(reached, &w, 5), "ksm_zero_pages changed by reads");
+		TU_CHECK_RETURN(tu_wait(reached, &w, 5), "ksm_zero_pages changed by reads");
 	} else {
-		CCHECK(!memcmp(p, ref, LEN), "content after merging");
+		TU_CHECK_RETURN(!memcmp(p, ref, LEN), "content after merging");
 	}
 
 	/* MADV_UNMERGEABLE: frames of our own, none the zero page. */
-	CCHECK(madvise(p, LEN, MADV_UNMERGEABLE) == 0, "MADV_UNMERGEABLE: %s", strerror(errno));
+	TU_CHECK_RETURN(madvise(p, LEN, MADV_UNMERGEABLE) == 0, "MADV_UNMERGEABLE: %s",
+			strerror(errno));
 	pfns((uintptr_t)p, NPAGES, f);
 	for (uint32_t i = 0; i < NPAGES; i++)
-		CCHECK(f[i] && f[i] != zp, "page %u after MADV_UNMERGEABLE: frame %#llx (zero page %#llx)",
-		       i, (unsigned long long)f[i], (unsigned long long)zp);
-	CCHECK(distinct(f, NPAGES, &rep) == NPAGES, "pages share frames after MADV_UNMERGEABLE");
-	CCHECK(!memcmp(p, ref, LEN), "content after MADV_UNMERGEABLE");
-	CCHECK(samepage_stat(&st) == 0 && st.ksm_zero_pages_process == 0,
-	       "ksm_zero_pages of the process %llu after MADV_UNMERGEABLE",
-	       (unsigned long long)st.ksm_zero_pages_process);
+		TU_CHECK_RETURN(f[i] && f[i] != zp,
+				"page %u after MADV_UNMERGEABLE: frame %#llx (zero page %#llx)", i,
+				(unsigned long long)f[i], (unsigned long long)zp);
+	TU_CHECK_RETURN(distinct(f, NPAGES, &rep) == NPAGES,
+			"pages share frames after MADV_UNMERGEABLE");
+	TU_CHECK_RETURN(!memcmp(p, ref, LEN), "content after MADV_UNMERGEABLE");
+	TU_CHECK_RETURN(samepage_stat(&st) == 0 && st.ksm_zero_pages_process == 0,
+			"ksm_zero_pages of the process %llu after MADV_UNMERGEABLE",
+			(unsigned long long)st.ksm_zero_pages_process);
 	w = (struct want){ 0, 0, 0 };
-	CCHECK(tu_wait(reached, &w, 10), "global ksm_zero_pages not back to 0");
+	TU_CHECK_RETURN(tu_wait(reached, &w, 10), "global ksm_zero_pages not back to 0");
 	/* And they stay unmerged. */
 	samepage_scan_now();
 	samepage_scan_now();
 	pfns((uintptr_t)p, ZPAGES, f);
 	for (uint32_t i = 0; i < ZPAGES; i++)
-		CCHECK(f[i] && f[i] != zp, "page %u merged again after MADV_UNMERGEABLE", i);
+		TU_CHECK_RETURN(f[i] && f[i] != zp, "page %u merged again after MADV_UNMERGEABLE",
+				i);
 	return 0;
 }
 
@@ -258,52 +249,55 @@ static int zero_off(int rd, int wr, void *arg)
 	size_t rep, d;
 	(void)rd, (void)wr;
 
-	phase = maxs >= ZPAGES ? 2 : 3;
-	CCHECK(tu_wait(pool_empty, NULL, 10), "daemon not idle at the start");
+	TU_CHECK_RETURN(tu_wait(pool_empty, NULL, 10), "daemon not idle at the start");
 	p = setup(&ref, 12);
 	zp = zero_pfn();
-	CCHECK(madvise(p, LEN, MADV_MERGEABLE) == 0, "madvise: %s", strerror(errno));
+	TU_CHECK_RETURN(madvise(p, LEN, MADV_MERGEABLE) == 0, "madvise: %s", strerror(errno));
 
 	struct want w = { 0, 0, ZPAGES };
-	CCHECK(tu_wait(reached, &w, 30), "zero pages not merged into the pool within 30 s");
-	CCHECK(!memcmp(p, ref, LEN), "content changed by merging");
+	TU_CHECK_RETURN(tu_wait(reached, &w, 30),
+			"zero pages not merged into the pool within 30 s");
+	TU_CHECK_RETURN(!memcmp(p, ref, LEN), "content changed by merging");
 	pfns((uintptr_t)p, NPAGES, f);
 	for (uint32_t i = 0; i < ZPAGES; i++)
-		CCHECK(f[i] && f[i] != zp, "zero page %u: frame %#llx with use_zero_pages=0", i,
-		       (unsigned long long)f[i]);
+		TU_CHECK_RETURN(f[i] && f[i] != zp,
+				"zero page %u: frame %#llx with use_zero_pages=0", i,
+				(unsigned long long)f[i]);
 	d = distinct(f, ZPAGES, &rep);
-	CCHECK(d == want_pool, "zero pages on %zu frames, want %u (max_page_sharing %u)", d,
-	       want_pool, maxs);
-	CCHECK(rep <= maxs, "one frame mapped %zu times, max_page_sharing %u", rep, maxs);
-	CCHECK(distinct(f + ZPAGES, RPAGES, &rep) == RPAGES, "random pages share frames");
+	TU_CHECK_RETURN(d == want_pool, "zero pages on %zu frames, want %u (max_page_sharing %u)",
+			d, want_pool, maxs);
+	TU_CHECK_RETURN(rep <= maxs, "one frame mapped %zu times, max_page_sharing %u", rep, maxs);
+	TU_CHECK_RETURN(distinct(f + ZPAGES, RPAGES, &rep) == RPAGES, "random pages share frames");
 	for (uint32_t i = 0; i < ZPAGES; i += 64)
-		CCHECK(tu_is_file_page(getpid(), (uintptr_t)p + (uintptr_t)i * PAGE),
-		       "zero page %u is not a pool page", i);
-	CCHECK(samepage_stat(&st) == 0, "samepage_stat");
-	CCHECK(st.pool_pages == want_pool && st.pages_shared == want_pool,
-	       "pool_pages %llu pages_shared %llu, want %u", (unsigned long long)st.pool_pages,
-	       (unsigned long long)st.pages_shared, want_pool);
-	CCHECK(st.pages_sharing == ZPAGES - want_pool, "pages_sharing %llu, want %u",
-	       (unsigned long long)st.pages_sharing, ZPAGES - want_pool);
-	CCHECK(st.ksm_zero_pages == 0 && st.ksm_zero_pages_process == 0,
-	       "ksm_zero_pages %llu with use_zero_pages=0", (unsigned long long)st.ksm_zero_pages);
+		TU_CHECK_RETURN(tu_is_file_page(getpid(), (uintptr_t)p + (uintptr_t)i * PAGE),
+				"zero page %u is not a pool page", i);
+	TU_CHECK_RETURN(samepage_stat(&st) == 0, "samepage_stat");
+	TU_CHECK_RETURN(st.pool_pages == want_pool && st.pages_shared == want_pool,
+			"pool_pages %llu pages_shared %llu, want %u",
+			(unsigned long long)st.pool_pages, (unsigned long long)st.pages_shared,
+			want_pool);
+	TU_CHECK_RETURN(st.pages_sharing == ZPAGES - want_pool, "pages_sharing %llu, want %u",
+			(unsigned long long)st.pages_sharing, ZPAGES - want_pool);
+	TU_CHECK_RETURN(st.ksm_zero_pages == 0 && st.ksm_zero_pages_process == 0,
+			"ksm_zero_pages %llu with use_zero_pages=0",
+			(unsigned long long)st.ksm_zero_pages);
 	if (want_pool > 1)
-		CCHECK(st.stable_node_chains == 1 && st.stable_node_dups == want_pool,
-		       "stable_node_chains %llu stable_node_dups %llu, want 1 and %u",
-		       (unsigned long long)st.stable_node_chains,
-		       (unsigned long long)st.stable_node_dups, want_pool);
+		TU_CHECK_RETURN(st.stable_node_chains == 1 && st.stable_node_dups == want_pool,
+				"stable_node_chains %llu stable_node_dups %llu, want 1 and %u",
+				(unsigned long long)st.stable_node_chains,
+				(unsigned long long)st.stable_node_dups, want_pool);
 	else
-		CCHECK(st.stable_node_chains == 0 && st.stable_node_dups == 0,
-		       "stable_node_chains %llu stable_node_dups %llu, want 0",
-		       (unsigned long long)st.stable_node_chains,
-		       (unsigned long long)st.stable_node_dups);
+		TU_CHECK_RETURN(st.stable_node_chains == 0 && st.stable_node_dups == 0,
+				"stable_node_chains %llu stable_node_dups %llu, want 0",
+				(unsigned long long)st.stable_node_chains,
+				(unsigned long long)st.stable_node_dups);
 	/* COW on the shared zero-content pool page. */
 	p[(size_t)WPAGE * PAGE] = 9;
 	ref[(size_t)WPAGE * PAGE] = 9;
-	CCHECK(!memcmp(p, ref, LEN), "content after a write to a merged zero page");
-	CCHECK(tu_pfn(getpid(), (uintptr_t)p + (uintptr_t)WPAGE * PAGE) !=
-	       tu_pfn(getpid(), (uintptr_t)p + (uintptr_t)(WPAGE + 1) * PAGE),
-	       "written page still shares the pool page");
+	TU_CHECK_RETURN(!memcmp(p, ref, LEN), "content after a write to a merged zero page");
+	TU_CHECK_RETURN(tu_pfn(getpid(), (uintptr_t)p + (uintptr_t)WPAGE * PAGE) !=
+				tu_pfn(getpid(), (uintptr_t)p + (uintptr_t)(WPAGE + 1) * PAGE),
+			"written page still shares the pool page");
 	return 0;
 }
 

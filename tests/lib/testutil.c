@@ -16,6 +16,9 @@
 #include <unistd.h>
 
 static char tu_dir[128];
+/* kill_daemon() is registered: a benchmark takes a fresh daemon per
+ * measurement (tu_daemon_stop, tu_private_daemon again). */
+static int exit_hooked;
 static char bin_dir[PATH_MAX];
 /* Children not reaped yet: killed at exit before the daemon, or their
  * scanners could start a new daemon while the directory is removed. */
@@ -76,10 +79,19 @@ pid_t tu_daemon_pid(void)
 	return (pid_t)atoi(out);
 }
 
+static void remove_dir(void)
+{
+	char cmd[256];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", tu_dir);
+	if (system(cmd) != 0) {
+		/* leftover temp dir; harmless */
+	}
+}
+
 static void kill_daemon(void)
 {
 	pid_t pid;
-	char cmd[256];
 
 	if (!tu_dir[0] || getpid() != (pid_t)atoi(getenv("TU_OWNER") ? getenv("TU_OWNER") : "0"))
 		return;
@@ -92,10 +104,26 @@ static void kill_daemon(void)
 	pid = tu_daemon_pid();
 	if (pid > 0)
 		kill(pid, SIGKILL);
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", tu_dir);
-	if (system(cmd) != 0) {
-		/* leftover temp dir; harmless */
+	remove_dir();
+}
+
+void tu_daemon_stop(void)
+{
+	pid_t pid;
+
+	if (!tu_dir[0])
+		return;
+	pid = tu_daemon_pid();
+	if (pid > 0) {
+		/* SIGTERM first: a daemon that exits cleanly leaves nothing. */
+		kill(pid, SIGTERM);
+		for (int i = 0; i < 100 && kill(pid, 0) == 0; i++)
+			tu_sleep_ms(10);
+		if (kill(pid, 0) == 0)
+			kill(pid, SIGKILL);
 	}
+	remove_dir();
+	tu_dir[0] = 0;
 }
 
 static char freeze_dir[192], freeze_root[64];
@@ -104,15 +132,9 @@ static int freeze_v1;
 static int write_file(const char *dir, const char *name, const char *val)
 {
 	char path[256];
-	FILE *f;
-	int ok;
 
 	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	f = fopen(path, "w");
-	if (!f)
-		return -1;
-	ok = fputs(val, f) >= 0;
-	return fclose(f) == 0 && ok ? 0 : -1;
+	return tu_write_text(path, val);
 }
 
 static void freeze_cleanup(void)
@@ -181,7 +203,9 @@ void tu_private_daemon(void)
 	setenv("SAMEPAGE_DAEMON", tu_bin("samepaged"), 1);
 	snprintf(owner, sizeof(owner), "%d", (int)getpid());
 	setenv("TU_OWNER", owner, 1);
-	atexit(kill_daemon);
+	if (!exit_hooked)
+		atexit(kill_daemon);
+	exit_hooked = 1;
 }
 
 int tu_cli(const char *args)
@@ -311,7 +335,7 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static void read_pfns(pid_t pid, uintptr_t addr, size_t n, uint64_t *out, size_t *k)
+void tu_pfns(pid_t pid, uintptr_t addr, size_t n, uint64_t *out, size_t *k)
 {
 	char path[64];
 	uint64_t *e = malloc(n * 8);
@@ -328,19 +352,27 @@ static void read_pfns(pid_t pid, uintptr_t addr, size_t n, uint64_t *out, size_t
 	free(e);
 }
 
+size_t tu_distinct(uint64_t *v, size_t n)
+{
+	size_t d = 0;
+
+	qsort(v, n, sizeof(*v), cmp_u64);
+	for (size_t i = 0; i < n; i++)
+		if (i == 0 || v[i] != v[d - 1])
+			v[d++] = v[i];
+	return d;
+}
+
 size_t tu_frames(const pid_t *pids, const uintptr_t *addrs, int nproc, size_t npages)
 {
 	uint64_t *all = malloc(npages * nproc * 8);
-	size_t k = 0, distinct = 0;
+	size_t k = 0, distinct;
 
 	if (!all)
 		TU_FAIL("malloc");
 	for (int p = 0; p < nproc; p++)
-		read_pfns(pids[p], addrs[p], npages, all, &k);
-	qsort(all, k, 8, cmp_u64);
-	for (size_t i = 0; i < k; i++)
-		if (i == 0 || all[i] != all[i - 1])
-			distinct++;
+		tu_pfns(pids[p], addrs[p], npages, all, &k);
+	distinct = tu_distinct(all, k);
 	free(all);
 	return distinct;
 }
@@ -350,7 +382,7 @@ size_t tu_present(pid_t pid, uintptr_t addr, size_t npages)
 	uint64_t *tmp = malloc(npages * 8);
 	size_t k = 0;
 
-	read_pfns(pid, addr, npages, tmp, &k);
+	tu_pfns(pid, addr, npages, tmp, &k);
 	free(tmp);
 	return k;
 }
@@ -422,6 +454,82 @@ int tu_pool_inodes(pid_t pid, unsigned long *ino, int max)
 	}
 	fclose(f);
 	return n;
+}
+
+long tu_vmas(pid_t pid)
+{
+	char path[64], line[512];
+	long n = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	/* A line longer than the buffer comes in parts: count its end. */
+	while (fgets(line, sizeof(line), f))
+		n += strchr(line, '\n') != NULL;
+	fclose(f);
+	return n;
+}
+
+uint64_t tu_proc_kib(pid_t pid, const char *field)
+{
+	char path[64], line[256];
+	size_t len = strlen(field);
+	uint64_t v = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, field, len) && line[len] == ':')
+			v = strtoull(line + len + 1, NULL, 10);
+	fclose(f);
+	return v;
+}
+
+int tu_read_text(const char *path, char *buf, size_t len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC), err = 0;
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, len - 1);
+	if (n < 0)
+		err = -errno;
+	else
+		buf[n] = 0;
+	close(fd);
+	return err;
+}
+
+int tu_write_text(const char *path, const char *s)
+{
+	size_t len = strlen(s);
+	int fd = open(path, O_WRONLY | O_CLOEXEC), err = 0;
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	/* One write(): a sysfs or cgroup knob takes its value from one. */
+	n = write(fd, s, len);
+	if (n < 0)
+		err = -errno;
+	else if ((size_t)n != len)
+		err = -EIO;
+	close(fd);
+	return err;
+}
+
+void tu_sleep_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
+
+	nanosleep(&ts, NULL);
 }
 
 double tu_now(void)

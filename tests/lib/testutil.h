@@ -17,17 +17,47 @@
 #define PAGE 4096u
 #define TU_SKIP 77
 
-#define TU_FAIL(...)                                                        \
+/* "FAIL file:line: message" on stderr: the one format of every failed
+ * check, whatever happens next. */
+#define TU_REPORT(...)                                                      \
 	do {                                                                \
 		fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);        \
 		fprintf(stderr, __VA_ARGS__);                               \
 		fprintf(stderr, "\n");                                      \
+	} while (0)
+#define TU_FAIL(...)                                                        \
+	do {                                                                \
+		TU_REPORT(__VA_ARGS__);                                     \
 		exit(1);                                                    \
 	} while (0)
 #define TU_CHECK(cond, ...)                                                 \
 	do {                                                                \
 		if (!(cond))                                                \
 			TU_FAIL(__VA_ARGS__);                               \
+	} while (0)
+/* Report and go on: checks independent of each other all get reported;
+ * *failures counts them for the test's exit status at its end. */
+#define TU_SOFT_FAIL(failures, ...)                                         \
+	do {                                                                \
+		TU_REPORT(__VA_ARGS__);                                     \
+		(*(failures))++;                                            \
+	} while (0)
+#define TU_EXPECT(failures, cond, ...)                                      \
+	do {                                                                \
+		if (!(cond))                                                \
+			TU_SOFT_FAIL(failures, __VA_ARGS__);                \
+	} while (0)
+/* In a child's function (tu_spawn), whose value is its exit status:
+ * report and return 1 instead of exit()ing through atexit handlers. */
+#define TU_FAIL_RETURN(...)                                                 \
+	do {                                                                \
+		TU_REPORT(__VA_ARGS__);                                     \
+		return 1;                                                   \
+	} while (0)
+#define TU_CHECK_RETURN(cond, ...)                                          \
+	do {                                                                \
+		if (!(cond))                                                \
+			TU_FAIL_RETURN(__VA_ARGS__);                        \
 	} while (0)
 
 /* Exit 77 with a reason. */
@@ -54,6 +84,10 @@ int tu_status_json(pid_t pid, char *buf, size_t len);
 long long tu_json_get(const char *json, const char *key);
 /* PID of the private daemon, or 0. */
 pid_t tu_daemon_pid(void);
+/* Stop the private daemon (SIGTERM; SIGKILL after 1 s) and remove its
+ * directory: the next tu_private_daemon() gives a fresh one, as a
+ * benchmark wants for each measurement. */
+void tu_daemon_stop(void);
 /* Freeze (1) or thaw (0) pid with the cgroup freezer (v2, else v1): a
  * stall the process cannot see, unlike SIGSTOP. 0, or -1 where no freezer
  * is available to us. The cgroup is removed when the test exits. */
@@ -77,6 +111,11 @@ int tu_is_file_page(pid_t pid, uintptr_t addr);
 /* The raw /proc/PID/pagemap entries of npages pages from addr (bit 63
  * present, 61 file page or shared anonymous, 56 exclusive, 0-54 PFN). */
 void tu_pagemap(pid_t pid, uintptr_t addr, size_t npages, uint64_t *out);
+/* Frames of the present pages among npages at addr of pid, appended to
+ * out[*n]. */
+void tu_pfns(pid_t pid, uintptr_t addr, size_t npages, uint64_t *out, size_t *n);
+/* Sort v[n] and move its distinct values to its front; how many. */
+size_t tu_distinct(uint64_t *v, size_t n);
 
 /* VMAs of pid overlapping [s, e) that map samepage's pool (or its zero
  * segment); -1 if its maps cannot be read. */
@@ -89,9 +128,22 @@ size_t tu_file_pages(pid_t pid, uintptr_t addr, size_t npages);
  * cannot be read. One segment is one inode in every process. */
 int tu_pool_inodes(pid_t pid, unsigned long *ino, int max);
 
+/* Lines of /proc/PID/maps: the VMAs of pid; -1 if it cannot be read. */
+long tu_vmas(pid_t pid);
+/* A "Field:  N kB" line of /proc/PID/status (RssAnon, VmRSS, ...) in KiB;
+ * 0 when missing. */
+uint64_t tu_proc_kib(pid_t pid, const char *field);
+
+/* The text of a small file (/proc, /sys) into buf, NUL-terminated: 0 or
+ * -errno. */
+int tu_read_text(const char *path, char *buf, size_t len);
+/* Write s to an existing file (a /sys or cgroup knob): 0 or -errno. */
+int tu_write_text(const char *path, const char *s);
+
 /* Poll fn(arg) every 50 ms until it returns nonzero or timeout_s passes. */
 int tu_wait(int (*fn)(void *), void *arg, int timeout_s);
 double tu_now(void);
+void tu_sleep_ms(int ms);
 
 /* A child process we talk to over a pipe pair. */
 struct tu_child {
