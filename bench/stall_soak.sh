@@ -27,8 +27,8 @@ while [ "$(date +%s)" -lt "$end" ]; do
 		:
 	else
 		fails=$((fails + 1))
-		cp "$log" "stall_soak-fail-$runs.log"
-		echo "run $runs FAILED, output kept in stall_soak-fail-$runs.log"
+		cp "$log" "${TMPDIR:-/tmp}/stall_soak-fail-$runs.log"
+		echo "run $runs FAILED, output kept in ${TMPDIR:-/tmp}/stall_soak-fail-$runs.log"
 	fi
 	r=$(grep -c '^round' "$log")
 	s=$(grep '^round' "$log" | grep -vc SIGKILL)
