@@ -152,6 +152,7 @@ struct sp_global_stats {
 	uint64_t held_sets;  /* reference sets of closed connections still mapped */
 	uint64_t pool_written; /* pool pages kept only for written copies */
 	uint64_t processes_limited; /* processes whose merging waits for VMA room */
+	uint64_t pages_inplace; /* pages merged again into the pool page they left */
 };
 struct sp_stat_r {
 	struct sp_global_stats g;

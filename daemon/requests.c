@@ -198,6 +198,7 @@ static void fill_global(struct samepaged *d, struct sp_global_stats *g)
 	g->pool_pages = d->pool.pages_used;
 	g->pool_segments = d->pool.segs_live;
 	g->pool_written = d->written;
+	g->pages_inplace = d->inplace;
 	/* As the kernel's: pages of live processes waiting in the unstable
 	 * index; a process that left takes its own with it. */
 	g->pages_unshared = unstable_count_live(&d->ix, conn_alive, d);

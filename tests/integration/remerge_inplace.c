@@ -157,6 +157,11 @@ int main(void)
 		TU_CHECK(v - v0 <= VMA_GROWTH, "round %d: P has %d VMAs more than after the first "
 			 "merge (in place, it should have a handful at most)", r, v - v0);
 	}
+	/* The daemon says so too: most rewritten pages went back in place. */
+	long long inplace = tu_status("pages_inplace");
+	printf("pages_inplace: %lld of %u rewritten\n", inplace, ROUNDS * N / 2);
+	TU_CHECK(inplace >= ROUNDS * N / 2 * 9 / 10, "pages_inplace %lld: merged again by mapping, "
+		 "not in place", inplace);
 	c = 'q';
 	tu_send(p.wr, &c, 1);
 	TU_CHECK(tu_reap(&p) == 0, "P exit");
