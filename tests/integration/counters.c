@@ -204,13 +204,6 @@ struct key {
 	uint64_t ino, off; /* a pool page: segment inode, page offset in it */
 };
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
 static int cmp_key(const void *a, const void *b)
 {
 	const struct key *x = a, *y = b;
@@ -291,8 +284,8 @@ static void measure(struct truth *t)
 			}
 		}
 	}
-	t->frames = distinct(all, nall, 8, cmp_u64);
-	t->shared = distinct(pool, npool, 8, cmp_u64);
+	t->frames = distinct(all, nall, 8, tu_cmp_u64);
+	t->shared = distinct(pool, npool, 8, tu_cmp_u64);
 	t->sharing = npool - t->shared;
 	nread = distinct(read, nread, sizeof(struct key), cmp_key);
 	nwrote = distinct(wrote, nwrote, sizeof(struct key), cmp_key);

@@ -24,23 +24,6 @@
 #define N 16384u /* 64 MiB */
 #define IDLE_KIB (16 * 1024)
 
-static long status_kib(pid_t pid, const char *key)
-{
-	char path[64], line[256];
-	long v = -1;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	f = fopen(path, "r");
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, key, strlen(key)))
-			v = atol(line + strlen(key) + 1);
-	fclose(f);
-	return v;
-}
-
 /* The sanitizers' shadow memory is the daemon's anonymous memory too, and
  * hundreds of MiB of it: there, only the pool (shared memory) counts. */
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -50,7 +33,7 @@ static long status_kib(pid_t pid, const char *key)
 #endif
 static long rss_kib(pid_t d)
 {
-	return (SANITIZED ? 0 : status_kib(d, "RssAnon")) + status_kib(d, "RssShmem");
+	return (SANITIZED ? 0 : (long)tu_proc_kib(d, "RssAnon")) + (long)tu_proc_kib(d, "RssShmem");
 }
 
 struct proc { struct tu_child c; struct tu_region_reply r; };
@@ -99,8 +82,8 @@ int main(void)
 		TU_CHECK(tu_wait(given_back, NULL, 10),
 			 "round %d: 10 s after every process left: pool_pages %lld, daemon resident "
 			 "%ld KiB (anon %ld, shmem %ld)", round, tu_status("pool_pages"),
-			 rss_kib(daemon_pid), status_kib(daemon_pid, "RssAnon"),
-			 status_kib(daemon_pid, "RssShmem"));
+			 rss_kib(daemon_pid), (long)tu_proc_kib(daemon_pid, "RssAnon"),
+			 (long)tu_proc_kib(daemon_pid, "RssShmem"));
 		printf("round %d: daemon resident %ld KiB while merged, %ld KiB %.1f s after the "
 		       "last process left\n", round, busy, rss_kib(daemon_pid), tu_now() - t);
 	}

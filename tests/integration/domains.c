@@ -157,13 +157,6 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
 /* The first write to each page of every block, pages of the blocks taken
  * in turn so that drift hits all alike. */
 static void time_writes(struct state *st, struct timing *t)
@@ -184,7 +177,7 @@ static void time_writes(struct state *st, struct timing *t)
 	memset(t, 0, sizeof(*t));
 	for (int b = 0; b < st->s->nblocks && b < 3; b++) {
 		uint64_t *v = ns + (size_t)b * n;
-		qsort(v, n, sizeof(*v), cmp_u64);
+		qsort(v, n, sizeof(*v), tu_cmp_u64);
 		t->p10[b] = v[n / 10];
 		t->med[b] = v[n / 2];
 		t->p90[b] = v[n * 9 / 10];

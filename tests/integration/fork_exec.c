@@ -376,13 +376,6 @@ static int stat_le(void *arg)
 	return v >= 0 && v <= want_le;
 }
 
-static int cmp_u64(const void *x, const void *y)
-{
-	uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
-
-	return a < b ? -1 : a > b;
-}
-
 /* Frames C maps in its range that A also maps (range or fresh region). */
 static size_t shared_with_a(void)
 {
@@ -393,10 +386,10 @@ static size_t shared_with_a(void)
 		af[2 * i] = tu_pfn(A.pid, a_range + i * PAGE);
 		af[2 * i + 1] = tu_pfn(A.pid, a_fresh + i * PAGE);
 	}
-	qsort(af, 2 * NT, sizeof(uint64_t), cmp_u64);
+	qsort(af, 2 * NT, sizeof(uint64_t), tu_cmp_u64);
 	for (size_t i = 0; i < NT; i++) {
 		uint64_t f = tu_pfn(C, a_range + i * PAGE);
-		n += f && bsearch(&f, af, 2 * NT, sizeof(uint64_t), cmp_u64) != NULL;
+		n += f && bsearch(&f, af, 2 * NT, sizeof(uint64_t), tu_cmp_u64) != NULL;
 	}
 	free(af);
 	return n;

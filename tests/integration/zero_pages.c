@@ -43,13 +43,6 @@ static void pfns(uintptr_t a, size_t n, uint64_t *out)
 		out[i] = tu_pfn(getpid(), a + i * PAGE);
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
 /* Distinct nonzero values; *maxrep: the largest number of repeats of one. */
 static size_t distinct(const uint64_t *v, size_t n, size_t *maxrep)
 {
@@ -57,7 +50,7 @@ static size_t distinct(const uint64_t *v, size_t n, size_t *maxrep)
 	size_t d = 0, run = 0;
 
 	memcpy(s, v, n * 8);
-	qsort(s, n, 8, cmp_u64);
+	qsort(s, n, 8, tu_cmp_u64);
 	*maxrep = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (!s[i])

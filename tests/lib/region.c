@@ -32,7 +32,15 @@ void tu_region_init(struct tu_region *r, size_t pages, uint64_t seed)
 }
 
 struct writer_arg { struct tu_region *r; int k; };
-static struct writer_arg wargs[TU_REGION_WRITERS];
+#define MAX_KIDS 64
+
+/* The process's one piece of region state: its writers' arguments and the
+ * fork children it has not reaped yet. */
+static struct region_ctx {
+	struct writer_arg wargs[TU_REGION_WRITERS];
+	pid_t kids[MAX_KIDS];
+	int kid_pipe[MAX_KIDS], nkids;
+} rg;
 
 /* Writer k owns pages k, k + n, k + 2n, ...: a write and its shadow copy
  * are one step under its lock, so a check that holds every lock sees both
@@ -67,8 +75,8 @@ void tu_region_write(struct tu_region *r, int n, double rate)
 	r->nwriters = n > TU_REGION_WRITERS ? TU_REGION_WRITERS : n;
 	r->rate = rate > 0 ? rate : 1;
 	for (int k = 0; k < r->nwriters; k++) {
-		wargs[k] = (struct writer_arg){ r, k };
-		TU_CHECK(pthread_create(&r->th[k], NULL, writer, &wargs[k]) == 0, "pthread_create");
+		rg.wargs[k] = (struct writer_arg){ r, k };
+		TU_CHECK(pthread_create(&r->th[k], NULL, writer, &rg.wargs[k]) == 0, "pthread_create");
 	}
 }
 
@@ -105,9 +113,6 @@ void tu_region_fini(struct tu_region *r)
 	munmap(r->shadow, r->pages * PAGE);
 }
 
-#define MAX_KIDS 64
-static pid_t kids[MAX_KIDS];
-static int kid_pipe[MAX_KIDS], nkids;
 
 /* A fork child: the region as it was at the fork is its truth. */
 static int kid(struct tu_region *r, int rd, int ready)
@@ -136,7 +141,7 @@ static int kid(struct tu_region *r, int rd, int ready)
  * the shadow, which each copies before the writers go on. */
 static void fork_kids(struct tu_region *r, int n)
 {
-	for (int i = 0; i < n && nkids < MAX_KIDS; i++) {
+	for (int i = 0; i < n && rg.nkids < MAX_KIDS; i++) {
 		int p[2], ready[2];
 		char c;
 		TU_CHECK(pipe(p) == 0 && pipe(ready) == 0, "pipe");
@@ -160,8 +165,8 @@ static void fork_kids(struct tu_region *r, int n)
 		close(ready[0]);
 		for (int k = 0; k < TU_REGION_WRITERS; k++)
 			pthread_mutex_unlock(&r->lock[k]);
-		kids[nkids] = pid;
-		kid_pipe[nkids++] = p[1];
+		rg.kids[rg.nkids] = pid;
+		rg.kid_pipe[rg.nkids++] = p[1];
 	}
 }
 
@@ -169,15 +174,15 @@ static uint64_t reap_kids(void)
 {
 	uint64_t bad = 0;
 
-	for (int i = 0; i < nkids; i++)
-		close(kid_pipe[i]);
-	for (int i = 0; i < nkids; i++) {
+	for (int i = 0; i < rg.nkids; i++)
+		close(rg.kid_pipe[i]);
+	for (int i = 0; i < rg.nkids; i++) {
 		int st;
-		while (waitpid(kids[i], &st, 0) < 0 && errno == EINTR)
+		while (waitpid(rg.kids[i], &st, 0) < 0 && errno == EINTR)
 			;
 		bad += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
 	}
-	nkids = 0;
+	rg.nkids = 0;
 	return bad;
 }
 

@@ -15,14 +15,20 @@
 #include <time.h>
 #include <unistd.h>
 
-static char tu_dir[128];
-/* kill_daemon() is registered: a benchmark takes a fresh daemon per
- * measurement (tu_daemon_stop, tu_private_daemon again). */
-static int exit_hooked;
-static char bin_dir[PATH_MAX];
-/* Children not reaped yet: killed at exit before the daemon, or their
- * scanners could start a new daemon while the directory is removed. */
-static pid_t live_children[64];
+/* The test process's one piece of state. */
+static struct tu_ctx {
+	char dir[128]; /* the private daemon's directory, "" when none */
+	/* kill_daemon() is registered: a benchmark takes a fresh daemon per
+	 * measurement (tu_daemon_stop, tu_private_daemon again). */
+	int exit_hooked;
+	char bin_dir[PATH_MAX];
+	/* Children not reaped yet: killed at exit before the daemon, or
+	 * their scanners could start a new daemon while the directory is
+	 * removed. */
+	pid_t live_children[64];
+	char freeze_dir[192], freeze_root[64]; /* tu_freeze()'s cgroup */
+	int freeze_v1;
+} tu;
 
 void tu_skip(const char *why)
 {
@@ -46,21 +52,21 @@ const char *tu_bin(const char *name)
 {
 	static char path[PATH_MAX + 64];
 
-	if (!bin_dir[0]) {
+	if (!tu.bin_dir[0]) {
 		/* build/tests/integration/NAME, build/bench/NAME → build/bin:
 		 * the nearest directory above us with bin/samepaged. */
 		char probe[PATH_MAX + 32];
-		ssize_t n = readlink("/proc/self/exe", bin_dir, sizeof(bin_dir) - 1);
+		ssize_t n = readlink("/proc/self/exe", tu.bin_dir, sizeof(tu.bin_dir) - 1);
 		if (n <= 0)
 			TU_FAIL("readlink /proc/self/exe");
-		bin_dir[n] = 0;
+		tu.bin_dir[n] = 0;
 		do {
-			*strrchr(bin_dir, '/') = 0;
-			snprintf(probe, sizeof(probe), "%s/bin/samepaged", bin_dir);
-		} while (access(probe, X_OK) != 0 && strrchr(bin_dir, '/') && bin_dir[0]);
-		strcat(bin_dir, "/bin");
+			*strrchr(tu.bin_dir, '/') = 0;
+			snprintf(probe, sizeof(probe), "%s/bin/samepaged", tu.bin_dir);
+		} while (access(probe, X_OK) != 0 && strrchr(tu.bin_dir, '/') && tu.bin_dir[0]);
+		strcat(tu.bin_dir, "/bin");
 	}
-	snprintf(path, sizeof(path), "%s/%s", bin_dir, name);
+	snprintf(path, sizeof(path), "%s/%s", tu.bin_dir, name);
 	return path;
 }
 
@@ -69,7 +75,7 @@ pid_t tu_daemon_pid(void)
 	char cmd[256], out[32] = { 0 };
 	FILE *f;
 
-	snprintf(cmd, sizeof(cmd), "fuser %s/sock.lock 2>/dev/null", tu_dir);
+	snprintf(cmd, sizeof(cmd), "fuser %s/sock.lock 2>/dev/null", tu.dir);
 	f = popen(cmd, "r");
 	if (!f)
 		return 0;
@@ -83,7 +89,7 @@ static void remove_dir(void)
 {
 	char cmd[256];
 
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", tu_dir);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", tu.dir);
 	if (system(cmd) != 0) {
 		/* leftover temp dir; harmless */
 	}
@@ -93,13 +99,13 @@ static void kill_daemon(void)
 {
 	pid_t pid;
 
-	if (!tu_dir[0] || getpid() != (pid_t)atoi(getenv("TU_OWNER") ? getenv("TU_OWNER") : "0"))
+	if (!tu.dir[0] || getpid() != (pid_t)atoi(getenv("TU_OWNER") ? getenv("TU_OWNER") : "0"))
 		return;
-	for (unsigned i = 0; i < sizeof(live_children) / sizeof(live_children[0]); i++)
-		if (live_children[i] > 0) {
-			kill(live_children[i], SIGKILL);
-			waitpid(live_children[i], NULL, 0);
-			live_children[i] = 0;
+	for (unsigned i = 0; i < sizeof(tu.live_children) / sizeof(tu.live_children[0]); i++)
+		if (tu.live_children[i] > 0) {
+			kill(tu.live_children[i], SIGKILL);
+			waitpid(tu.live_children[i], NULL, 0);
+			tu.live_children[i] = 0;
 		}
 	pid = tu_daemon_pid();
 	if (pid > 0)
@@ -111,7 +117,7 @@ void tu_daemon_stop(void)
 {
 	pid_t pid;
 
-	if (!tu_dir[0])
+	if (!tu.dir[0])
 		return;
 	pid = tu_daemon_pid();
 	if (pid > 0) {
@@ -123,11 +129,9 @@ void tu_daemon_stop(void)
 			kill(pid, SIGKILL);
 	}
 	remove_dir();
-	tu_dir[0] = 0;
+	tu.dir[0] = 0;
 }
 
-static char freeze_dir[192], freeze_root[64];
-static int freeze_v1;
 
 static int write_file(const char *dir, const char *name, const char *val)
 {
@@ -142,70 +146,70 @@ static void freeze_cleanup(void)
 	char cg[256], line[64];
 	FILE *f;
 
-	if (!freeze_dir[0])
+	if (!tu.freeze_dir[0])
 		return;
-	write_file(freeze_dir, freeze_v1 ? "freezer.state" : "cgroup.freeze", freeze_v1 ? "THAWED" : "0");
+	write_file(tu.freeze_dir, tu.freeze_v1 ? "freezer.state" : "cgroup.freeze", tu.freeze_v1 ? "THAWED" : "0");
 	/* Anything left in it goes back to the root before the rmdir. */
-	snprintf(cg, sizeof(cg), "%s/cgroup.procs", freeze_dir);
+	snprintf(cg, sizeof(cg), "%s/cgroup.procs", tu.freeze_dir);
 	f = fopen(cg, "r");
 	while (f && fgets(line, sizeof(line), f))
-		write_file(freeze_root, "cgroup.procs", line);
+		write_file(tu.freeze_root, "cgroup.procs", line);
 	if (f)
 		fclose(f);
-	rmdir(freeze_dir);
-	freeze_dir[0] = 0;
+	rmdir(tu.freeze_dir);
+	tu.freeze_dir[0] = 0;
 }
 
 int tu_freeze(pid_t pid, int frozen)
 {
 	char v[32];
 
-	if (!freeze_dir[0]) {
+	if (!tu.freeze_dir[0]) {
 		static const char *roots[] = { "/sys/fs/cgroup/unified", "/sys/fs/cgroup",
 					       "/sys/fs/cgroup/freezer" };
-		for (unsigned i = 0; i < 3 && !freeze_dir[0]; i++) {
+		for (unsigned i = 0; i < 3 && !tu.freeze_dir[0]; i++) {
 			char probe[192];
 			snprintf(probe, sizeof(probe), "%s/sp-freeze-%d", roots[i], (int)getpid());
 			if (mkdir(probe, 0755) < 0)
 				continue;
-			freeze_v1 = i == 2;
-			snprintf(v, sizeof(v), "%s", freeze_v1 ? "freezer.state" : "cgroup.freeze");
+			tu.freeze_v1 = i == 2;
+			snprintf(v, sizeof(v), "%s", tu.freeze_v1 ? "freezer.state" : "cgroup.freeze");
 			char f[256];
 			snprintf(f, sizeof(f), "%s/%s", probe, v);
 			if (access(f, W_OK) == 0) {
-				snprintf(freeze_dir, sizeof(freeze_dir), "%s", probe);
-				snprintf(freeze_root, sizeof(freeze_root), "%s", roots[i]);
+				snprintf(tu.freeze_dir, sizeof(tu.freeze_dir), "%s", probe);
+				snprintf(tu.freeze_root, sizeof(tu.freeze_root), "%s", roots[i]);
 				atexit(freeze_cleanup);
 			} else {
 				rmdir(probe);
 			}
 		}
-		if (!freeze_dir[0])
+		if (!tu.freeze_dir[0])
 			return -1;
 	}
 	snprintf(v, sizeof(v), "%d", (int)pid);
-	if (write_file(freeze_dir, "cgroup.procs", v))
+	if (write_file(tu.freeze_dir, "cgroup.procs", v))
 		return -1;
-	if (freeze_v1)
-		return write_file(freeze_dir, "freezer.state", frozen ? "FROZEN" : "THAWED");
-	return write_file(freeze_dir, "cgroup.freeze", frozen ? "1" : "0");
+	if (tu.freeze_v1)
+		return write_file(tu.freeze_dir, "freezer.state", frozen ? "FROZEN" : "THAWED");
+	return write_file(tu.freeze_dir, "cgroup.freeze", frozen ? "1" : "0");
 }
 
 void tu_private_daemon(void)
 {
 	char sock[192], owner[32];
 
-	snprintf(tu_dir, sizeof(tu_dir), "/tmp/sp-test-XXXXXX");
-	if (!mkdtemp(tu_dir))
+	snprintf(tu.dir, sizeof(tu.dir), "/tmp/sp-test-XXXXXX");
+	if (!mkdtemp(tu.dir))
 		TU_FAIL("mkdtemp: %s", strerror(errno));
-	snprintf(sock, sizeof(sock), "%s/sock", tu_dir);
+	snprintf(sock, sizeof(sock), "%s/sock", tu.dir);
 	setenv("SAMEPAGE_SOCKET", sock, 1);
 	setenv("SAMEPAGE_DAEMON", tu_bin("samepaged"), 1);
 	snprintf(owner, sizeof(owner), "%d", (int)getpid());
 	setenv("TU_OWNER", owner, 1);
-	if (!exit_hooked)
+	if (!tu.exit_hooked)
 		atexit(kill_daemon);
-	exit_hooked = 1;
+	tu.exit_hooked = 1;
 }
 
 int tu_cli(const char *args)
@@ -328,7 +332,7 @@ void tu_pagemap(pid_t pid, uintptr_t addr, size_t npages, uint64_t *out)
 	close(fd);
 }
 
-static int cmp_u64(const void *a, const void *b)
+int tu_cmp_u64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
 
@@ -356,7 +360,7 @@ size_t tu_distinct(uint64_t *v, size_t n)
 {
 	size_t d = 0;
 
-	qsort(v, n, sizeof(*v), cmp_u64);
+	qsort(v, n, sizeof(*v), tu_cmp_u64);
 	for (size_t i = 0; i < n; i++)
 		if (i == 0 || v[i] != v[d - 1])
 			v[d++] = v[i];
@@ -570,9 +574,9 @@ void tu_spawn(struct tu_child *c, int (*fn)(int rd, int wr, void *arg), void *ar
 	close(up[1]);
 	c->rd = up[0];
 	c->wr = down[1];
-	for (unsigned i = 0; i < sizeof(live_children) / sizeof(live_children[0]); i++)
-		if (!live_children[i]) {
-			live_children[i] = c->pid;
+	for (unsigned i = 0; i < sizeof(tu.live_children) / sizeof(tu.live_children[0]); i++)
+		if (!tu.live_children[i]) {
+			tu.live_children[i] = c->pid;
 			break;
 		}
 }
@@ -604,8 +608,8 @@ int tu_reap(struct tu_child *c)
 	while (waitpid(c->pid, &st, 0) < 0)
 		if (errno != EINTR)
 			return -1;
-	for (unsigned i = 0; i < sizeof(live_children) / sizeof(live_children[0]); i++)
-		if (live_children[i] == c->pid)
-			live_children[i] = 0;
+	for (unsigned i = 0; i < sizeof(tu.live_children) / sizeof(tu.live_children[0]); i++)
+		if (tu.live_children[i] == c->pid)
+			tu.live_children[i] = 0;
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }

@@ -114,6 +114,8 @@ void tu_pagemap(pid_t pid, uintptr_t addr, size_t npages, uint64_t *out);
 /* Frames of the present pages among npages at addr of pid, appended to
  * out[*n]. */
 void tu_pfns(pid_t pid, uintptr_t addr, size_t npages, uint64_t *out, size_t *n);
+/* qsort/bsearch order of uint64_t values. */
+int tu_cmp_u64(const void *a, const void *b);
 /* Sort v[n] and move its distinct values to its front; how many. */
 size_t tu_distinct(uint64_t *v, size_t n);
 

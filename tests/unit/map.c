@@ -411,13 +411,6 @@ static int ref_del(struct ref *r, uint64_t key)
 	return 1;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
 /* Every key of the reference is in the map with its value, and iteration
  * of the map yields exactly the reference's keys. */
 static void full_compare(const struct map *m, const struct ref *r, long op)
@@ -437,7 +430,7 @@ static void full_compare(const struct map *m, const struct ref *r, long op)
 		keys[n++] = key;
 	}
 	TU_CHECK(n == r->n, "op %ld: iteration yields %zu keys, reference %zu", op, n, r->n);
-	qsort(keys, n, sizeof(uint64_t), cmp_u64);
+	qsort(keys, n, sizeof(uint64_t), tu_cmp_u64);
 	for (size_t i = 0; i < n; i++)
 		TU_CHECK(keys[i] == r->k[i], "op %ld: iteration key %zu differs", op, i);
 	free(keys);
