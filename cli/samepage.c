@@ -224,6 +224,7 @@ static void print_status(const struct sp_stat_r *r, int json)
 		{ "vma_limited", (int64_t)g->vma_limited },
 		{ "processes_limited", (int64_t)g->processes_limited },
 		{ "pages_inplace", (int64_t)g->pages_inplace },
+		{ "pages_moved", (int64_t)g->pages_moved },
 		{ "processes", (int64_t)g->processes },
 		{ "held_sets", (int64_t)g->held_sets },
 		{ "pool_written", (int64_t)g->pool_written },

@@ -159,7 +159,7 @@ static int layout(uint16_t type, size_t *fixed, size_t *elem)
 	case C_PIPE: *fixed = sizeof(struct sp_pipe); break;
 	case C_HINTS: *fixed = sizeof(struct sp_hints_req); break;
 	case D_HINTS: *fixed = sizeof(struct sp_hints); *elem = sizeof(struct sp_hint); break;
-	case C_UNREF: case C_COW: case D_LOOKUP: case D_CREATE:
+	case C_UNREF: case C_COW: case D_LOOKUP: case D_CREATE: case C_MOVE: case D_MOVE:
 		*fixed = sizeof(struct sp_ids); *elem = 4; break;
 	case C_GETSEG: *fixed = sizeof(struct sp_getseg); break;
 	case C_FORK: case C_MARKER: *fixed = sizeof(struct sp_fork); break;
@@ -182,6 +182,7 @@ static uint32_t max_count(uint16_t type)
 	case C_LOOKUP: case D_LOOKUP: return SP_MAX_LOOKUP;
 	case C_CREATE: case D_CREATE: return SP_MAX_CREATE;
 	case D_HINTS: return SP_MAX_HINTS;
+	case C_MOVE: case D_MOVE: return SP_MAX_MOVE;
 	default: return SP_MAX_UNREF;
 	}
 }

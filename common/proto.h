@@ -33,6 +33,7 @@
 #define SP_MAX_CREATE 256u
 #define SP_MAX_HINTS 4096u            /* pages in one D_HINTS */
 #define SP_MAX_UNREF 16384u
+#define SP_MAX_MOVE 512u              /* pages in one C_MOVE: a scan chunk */
 #define SP_POOL_NONE 0xffffffffu      /* lookup: no match, kept in the unstable index */
 #define SP_POOL_CREATE 0xfffffffeu    /* lookup: match in the unstable index, send the page */
 /* C_UNREF: the reference dropped is one its mapper had written (C_COW). */
@@ -41,8 +42,8 @@
 
 enum sp_msg_type {
 	C_HELLO = 1, C_BUDGET, C_LOOKUP, C_CREATE, C_UNREF, C_GETSEG,
-	C_FORK, C_STAT, C_SET, C_UNMERGE, C_PIPE, C_HINTS, C_COW, C_MARKER,
-	D_HELLO = 100, D_BUDGET, D_LOOKUP, D_CREATE, D_SEG, D_ACK, D_STAT, D_HINTS,
+	C_FORK, C_STAT, C_SET, C_UNMERGE, C_PIPE, C_HINTS, C_COW, C_MARKER, C_MOVE,
+	D_HELLO = 100, D_BUDGET, D_LOOKUP, D_CREATE, D_SEG, D_ACK, D_STAT, D_HINTS, D_MOVE,
 };
 
 struct sp_hdr {
@@ -117,6 +118,12 @@ struct sp_budget_r {
 struct sp_lookup_ent { uint64_t hash; uint64_t addr; uint32_t maps; uint32_t flags; };
 struct sp_lookup { uint32_t n; uint32_t pad; struct sp_lookup_ent e[]; };
 struct sp_ids { uint32_t n; uint32_t id[]; };      /* D_LOOKUP, D_CREATE, C_UNREF, C_COW */
+/* C_MOVE (struct sp_ids): pool pages the sender maps, unwritten, at
+ * consecutive places, in address order; D_MOVE (struct sp_ids): for each,
+ * a pool page with the same bytes (SP_POOL_NONE: none), consecutive where
+ * the daemon could, with a reference taken for the sender. The sender
+ * maps them instead and drops the old ones (DESIGN.md, "Defragmentation").
+ * Every sharer asking for the same old pages gets the same new ones. */
 /* C_CREATE: n pages whose bytes wait in the pipe, in this order. look is
  * the index, in the connection's last C_LOOKUP, of the entry that got
  * SP_POOL_CREATE: the daemon then tells the page it matched (a merge hint
@@ -153,6 +160,7 @@ struct sp_global_stats {
 	uint64_t pool_written; /* pool pages kept only for written copies */
 	uint64_t processes_limited; /* processes whose merging waits for VMA room */
 	uint64_t pages_inplace; /* pages merged again into the pool page they left */
+	uint64_t pages_moved; /* pages copied to consecutive pool pages (defragmentation) */
 };
 struct sp_stat_r {
 	struct sp_global_stats g;

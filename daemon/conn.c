@@ -59,6 +59,21 @@ void maybe_idle(struct samepaged *d)
 	malloc_trim(0);
 }
 
+/* A closing connection's requests to move pages (move.c) no longer count:
+ * whatever it keeps mapping, it will not ask again. */
+static void withdraw_asks(struct samepaged *d, struct conn *c)
+{
+	uint64_t id, mine, *v;
+	size_t pos = 0;
+
+	while (map_next(&c->asked, &pos, &id, &mine))
+		if ((v = map_get(&d->intent, id)) && *v > mine)
+			*v -= mine;
+		else if (v)
+			map_del(&d->intent, id);
+	map_fini(&c->asked);
+}
+
 void conn_close(struct samepaged *d, struct conn *c)
 {
 	struct conn **pp;
@@ -82,6 +97,7 @@ void conn_close(struct samepaged *d, struct conn *c)
 	c->pairs = NULL;
 	c->look_addr = NULL;
 	c->look_maps = NULL;
+	withdraw_asks(d, c);
 	/* Invariant 2: the set outlives the connection while anyone maps its marker. */
 	set_closed(d, c);
 	maybe_idle(d);
@@ -104,6 +120,7 @@ struct conn *samepaged_attach(struct samepaged *d, int fd, pid_t pid)
 	refs_init(&c->cowed);
 	map_init(&c->hint_at);
 	map_init(&c->hint_ids);
+	map_init(&c->asked);
 	ev.data.ptr = c;
 	if (map_put(&d->live, c->id, (uintptr_t)c) ||
 	    (d->efd >= 0 && epoll_ctl(d->efd, EPOLL_CTL_ADD, fd, &ev) < 0)) {

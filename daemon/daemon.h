@@ -12,6 +12,7 @@
  *   loop.c      the socket, the epoll loop, between events, set-up
  *   requests.c  every message, validated and dispatched in one place
  *   lookup.c    the merge decisions: C_LOOKUP, C_CREATE, merge hints
+ *   move.c      defragmentation: C_MOVE copies scattered pages to an extent
  *   conn.c      connections: accept, find, close
  *   budget.c    the scan budget and the unstable index's generations
  *   sets.c      who holds a reference: sets, markers, held sets
@@ -74,6 +75,7 @@ struct conn {
 	uint32_t nhints;
 	struct map hint_at;   /* addr → index in hints */
 	struct map hint_ids;  /* pool id → hints waiting with a reference to it */
+	struct map asked;     /* pool id → its mappings counted in samepaged.intent (move.c) */
 	struct sp_proc_stats st;
 	struct conn *next;
 };
@@ -104,6 +106,9 @@ struct samepaged {
 	uint64_t shared, sharing, written;
 	uint64_t unheld_drops; /* C_UNREF/C_COW of a reference not held: ignored */
 	uint64_t inplace;     /* pool pages given new content where their mappers are */
+	struct map moved;     /* pool id → the page C_MOVE copied it to (move.c) */
+	uint64_t moved_pages; /* pages copied by C_MOVE */
+	struct map intent;    /* pool id → its mappings whose process asked to move it */
 	double tokens;        /* scan budget bucket (pages) */
 	uint64_t last_refill_ns, last_sweep_ns;
 	int idle_exit_s;      /* exit after this long with no process; 0: never */
@@ -168,6 +173,8 @@ static inline int ack(struct conn *c, int err)
 int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l);
 int on_create(struct samepaged *d, struct conn *c, const struct sp_create *cr);
 int on_hints(struct samepaged *d, struct conn *c, const struct sp_hints_req *q);
+/* move.c */
+int on_move(struct samepaged *d, struct conn *c, const struct sp_ids *q);
 
 /* ---- requests.c ---- */
 int hello_reply(struct samepaged *d, struct conn *c, uint32_t attached);

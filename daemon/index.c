@@ -145,6 +145,10 @@ int stable_insert(struct index *ix, struct pool *p, uint32_t id)
 		pg->next = NO_PAGE;
 		return head_put(ix, p, id);
 	}
+	/* In the chain already (a page put back after a move, move.c): once. */
+	for (uint32_t q = *head; q != NO_PAGE; q = pool_page(p, q)->next)
+		if (q == id)
+			return 0;
 	len = chain_len(p, *head);
 	account_chain(ix, len, -1);
 	pg->next = *head;
@@ -156,11 +160,19 @@ int stable_insert(struct index *ix, struct pool *p, uint32_t id)
 void stable_remove(struct index *ix, struct pool *p, uint32_t id)
 {
 	struct pool_page *pg = pool_page(p, id);
-	uint32_t *head = head_slot(ix, p, pg->hash);
+	uint32_t *head = head_slot(ix, p, pg->hash), prev = NO_PAGE;
 	uint64_t len;
 
 	if (!head)
 		return;
+	/* A page taken out before (moved away, rewritten in place) is not
+	 * in the chain: nothing to undo, and the chain's count must stay. */
+	if (*head != id) {
+		for (prev = *head; prev != NO_PAGE && pool_page(p, prev)->next != id;)
+			prev = pool_page(p, prev)->next;
+		if (prev == NO_PAGE)
+			return;
+	}
 	len = chain_len(p, *head);
 	account_chain(ix, len, -1);
 	if (*head == id) {
@@ -169,14 +181,7 @@ void stable_remove(struct index *ix, struct pool *p, uint32_t id)
 		else
 			*head = pg->next;
 	} else {
-		for (uint32_t prev = *head; prev != NO_PAGE;) {
-			struct pool_page *pp = pool_page(p, prev);
-			if (pp->next == id) {
-				pp->next = pg->next;
-				break;
-			}
-			prev = pp->next;
-		}
+		pool_page(p, prev)->next = pg->next;
 	}
 	account_chain(ix, len - 1, +1);
 	pg->next = NO_PAGE;

@@ -225,6 +225,8 @@ int samepaged_init(struct samepaged *d)
 	pool_init(&d->pool);
 	index_init(&d->ix);
 	map_init(&d->live);
+	map_init(&d->moved);
+	map_init(&d->intent);
 	d->zero_fd = zero_segment();
 	if (d->zero_fd < 0)
 		return d->zero_fd;
@@ -254,6 +256,8 @@ void samepaged_fini(struct samepaged *d)
 	pool_fini(&d->pool);
 	index_fini(&d->ix);
 	map_fini(&d->live);
+	map_fini(&d->moved);
+	map_fini(&d->intent);
 	if (d->zero_fd >= 0)
 		close(d->zero_fd);
 	if (d->spare_fd >= 0)

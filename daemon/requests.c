@@ -199,6 +199,7 @@ static void fill_global(struct samepaged *d, struct sp_global_stats *g)
 	g->pool_segments = d->pool.segs_live;
 	g->pool_written = d->written;
 	g->pages_inplace = d->inplace;
+	g->pages_moved = d->moved_pages;
 	/* As the kernel's: pages of live processes waiting in the unstable
 	 * index; a process that left takes its own with it. */
 	g->pages_unshared = unstable_count_live(&d->ix, conn_alive, d);
@@ -282,6 +283,7 @@ int dispatch(struct samepaged *d, struct conn *c, struct sp_msg *m)
 	case C_UNMERGE: return on_unmerge(d, c, (const void *)m->p);
 	case C_PIPE: return on_pipe(d, c, (const void *)m->p, m);
 	case C_HINTS: return on_hints(d, c, (const void *)m->p);
+	case C_MOVE: return on_move(d, c, (const void *)m->p);
 	default: return -EPROTO; /* a reply type sent to us */
 	}
 }

@@ -36,6 +36,22 @@
 
 /* ---- references (invariant 2: a pool page lives while any VMA maps it) ---- */
 
+/* Page id is freed: where C_MOVE copied it (move.c), the copy takes its
+ * place in the stable index, so new sharers find the page the others use. */
+static void index_moved(struct samepaged *d, uint32_t id)
+{
+	uint64_t *v = map_get(&d->moved, id);
+	uint32_t to = v ? (uint32_t)*v : SP_POOL_NONE;
+	struct pool_page *pg = to != SP_POOL_NONE ? pool_page(&d->pool, to) : NULL;
+
+	if (!v)
+		return;
+	map_del(&d->moved, id);
+	if (pg && pg->hash == pool_page(&d->pool, id)->hash &&
+	    !memcmp(pool_data(&d->pool, to), pool_data(&d->pool, id), SP_PAGE))
+		stable_insert(&d->ix, &d->pool, to); /* out of memory: unindexed, still valid */
+}
+
 /* A page's reference counts changed by drefs/dcowed: keep the counters that
  * follow them and free the page once nobody holds it. */
 static void page_adjust(struct samepaged *d, uint32_t id, int64_t drefs, int64_t dcowed)
@@ -59,6 +75,8 @@ static void page_adjust(struct samepaged *d, uint32_t id, int64_t drefs, int64_t
 		return;
 	/* Invariant 2: nobody holds a reference, so no VMA maps it. */
 	stable_remove(&d->ix, &d->pool, id);
+	index_moved(d, id);
+	map_del(&d->intent, id);
 	pool_free(&d->pool, id);
 }
 

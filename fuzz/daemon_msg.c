@@ -317,7 +317,7 @@ static void drain(struct slot *s)
 		if (trace)
 			fprintf(stderr, "  conn %u <- type %u len %u%s\n", s->id, m.h.type, m.h.len,
 				nfd ? " +fd" : "");
-		if (m.h.type == D_LOOKUP || m.h.type == D_CREATE) {
+		if (m.h.type == D_LOOKUP || m.h.type == D_CREATE || m.h.type == D_MOVE) {
 			const struct sp_ids *r = (const void *)m.p;
 			for (uint32_t i = 0; i < r->n; i++) {
 				remember(s, r->id[i]);
@@ -631,8 +631,8 @@ static void deliver(struct in *in, struct slot *s, uint16_t type, size_t len, in
 
 static const uint16_t types[] = {
 	C_HELLO, C_BUDGET, C_LOOKUP, C_CREATE, C_UNREF, C_GETSEG, C_FORK, C_STAT, C_SET,
-	C_UNMERGE, C_PIPE, C_HINTS, C_COW, C_MARKER, D_HELLO, D_BUDGET, D_LOOKUP, D_CREATE,
-	D_SEG, D_ACK, D_STAT, D_HINTS, 0, 15, 99, 108,
+	C_UNMERGE, C_PIPE, C_HINTS, C_COW, C_MARKER, C_MOVE, D_HELLO, D_BUDGET, D_LOOKUP,
+	D_CREATE, D_SEG, D_ACK, D_STAT, D_HINTS, D_MOVE, 0, 16, 99, 109,
 };
 
 static void op_raw(struct in *in, struct slot *s)
@@ -691,6 +691,8 @@ static void op_lookup(struct in *in, struct slot *s)
 	if (b & 0x80) { /* many entries from a seed: big lookups for few bytes */
 		uint8_t seed = u8(in), spread = u8(in) | 1;
 		n = (uint32_t)u8(in) * 16 + 1;
+		if (n > SP_MAX_LOOKUP + 1)
+			n = SP_MAX_LOOKUP + 1; /* one too many at most: msg holds that */
 		if (b & 0x40)
 			n = SP_MAX_LOOKUP;
 		for (uint32_t i = 0; i < n; i++) {
@@ -795,7 +797,8 @@ static void op_create(struct in *in, struct slot *s)
 	deliver(in, s, C_CREATE, sizeof(*cr) + n * sizeof(cr->e[0]), DF_NONE);
 }
 
-/* C_UNREF and C_COW: ids the connection got, ids of others, or any. */
+/* C_UNREF, C_COW and C_MOVE: ids the connection got, ids of others, or
+ * any. */
 static void op_ids(struct in *in, struct slot *s, uint16_t type)
 {
 	uint8_t b = u8(in);
@@ -807,6 +810,8 @@ static void op_ids(struct in *in, struct slot *s, uint16_t type)
 		if (b & 0x40)
 			n = SP_MAX_UNREF;
 	}
+	if (type == C_MOVE && n > SP_MAX_MOVE && !(b & 0x40))
+		n = SP_MAX_MOVE; /* mostly well-formed: past the size check */
 	for (uint32_t i = 0; i < n; i++) {
 		uint8_t k = (b & 0x80) ? (uint8_t)i : u8(in);
 		uint32_t id;
@@ -910,7 +915,7 @@ static void run(struct in *in)
 		reap();
 		if (trace)
 			fprintf(stderr, "op %u on slot %d\n", what, k);
-		if (s->cfd < 0 && what <= 16) {
+		if (s->cfd < 0 && (what <= 16 || what == 31)) {
 			/* A message for a connection that is gone: connect it anew. */
 			connect_slot(k);
 			if (s->cfd < 0)
@@ -941,6 +946,7 @@ static void run(struct in *in)
 			hang_up(k);
 			connect_slot(k);
 			break;
+		case 31: op_ids(in, s, C_MOVE); break;
 		case 30: { /* map or unmap a marker */
 			struct marker *m = &markers[u8(in) % MARKERS];
 			if (m->map) {

@@ -401,7 +401,7 @@ static int wait_reply(struct lib *l, struct sp_msg *m, int deadline_ms)
 /* Whatever its fate, the reply we stop waiting for is handled when it comes. */
 static uint8_t abandoned_fate(uint16_t want)
 {
-	return want == D_LOOKUP || want == D_CREATE ? R_UNREF :
+	return want == D_LOOKUP || want == D_CREATE || want == D_MOVE ? R_UNREF :
 	       want == D_HINTS ? R_UNREF_HINTS : R_DROP;
 }
 
@@ -460,7 +460,7 @@ int client_call_fd(struct lib *l, uint16_t type, const void *req, uint32_t len, 
 		return err == -EAGAIN ? -EAGAIN : -ENOTCONN;
 	}
 	/* What a fork child's copy (C_FORK) was taken from is stale now. */
-	if (type == C_LOOKUP || type == C_CREATE || type == C_HINTS)
+	if (type == C_LOOKUP || type == C_CREATE || type == C_HINTS || type == C_MOVE)
 		l->kid_reusable = 0;
 	l->expect[l->nexpect++] = (struct expect){ want, R_MINE };
 	err = wait_reply(l, m, deadline_ms);

@@ -2,7 +2,7 @@
 /*
  * lib — libsamepage's one context: everything a participating process
  * keeps, and the library's internal interface, part by part (each calls
- * only those declared after it: api → scan → chunk → merge → track →
+ * only those declared after it: api → scan → chunk → defrag → merge → track →
  * client). The context lives in the library's arena (arena.c), which the
  * scanner never merges: it writes it while pages are frozen.
  *
@@ -54,6 +54,7 @@ struct area {
 
 struct range { uintptr_t start, end; };
 struct chunk;
+struct defrag_window;
 
 /* A pool segment this process holds while it has references into it. It
  * is never mapped shared to compare pages: in this VM every page a process
@@ -192,6 +193,9 @@ struct lib {
 	/* buffers (lock) */
 	struct area *old_areas;    /* LIB_MAX_AREAS: reconcile's copy */
 	struct chunk *chunk;       /* scan.c's per-chunk work lists */
+	struct defrag_window *defrag; /* defrag.c's pages being moved */
+	uint64_t defrag_after;     /* no defragmenting before this pass (it gained nothing) */
+	uint32_t defrag_backoff;   /* passes waited after the last try that gained nothing */
 	unsigned char *msg;        /* SP_MAX_MSG: replies */
 	unsigned char *out;        /* SP_MAX_MSG: requests */
 	uint64_t *pm;              /* CHUNK_PAGES pagemap entries */
@@ -237,13 +241,18 @@ int scan_unmerge(struct lib *l, uintptr_t s, uintptr_t e);
 struct pass {
 	uint64_t gen;
 	int have_gen;
-	uint64_t volatile_pages, unshared, merged, changed, inplace;
+	uint64_t volatile_pages, unshared, merged, changed, inplace, moved;
 	struct vma fresh;  /* the kernel's VMA, asked when the snapshot is stale */
 };
 int chunk_init(struct lib *l);
 int chunk_scan(struct lib *l, struct area *a, uintptr_t s, uint32_t n, struct pass *ps);
 /* Merge hints waiting for us (the last budget reply said so). */
 int chunk_hints(struct lib *l, struct pass *ps);
+
+/* defrag.c: after a quiet pass, scattered merged pages moved to
+ * consecutive pool pages (C_MOVE), fewer VMAs (lock held). */
+int defrag_init(struct lib *l);
+int defrag_pass(struct lib *l, struct pass *ps);
 
 /* merge.c (lock held) */
 int merge_init(struct lib *l);

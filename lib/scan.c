@@ -186,6 +186,8 @@ static int pass_locked(struct lib *l, struct pass *ps)
 	err = track_refresh(l);
 	if (err)
 		return err;
+	/* The administrator may change vm.max_map_count at any time. */
+	l->max_map_count = os_max_map_count();
 	/* Merging paused at the VMA budget resumes once VMAs went (the
 	 * application unmapped memory, merged VMAs were restored), with a
 	 * margin: not to stop again at the first page. */
@@ -194,6 +196,13 @@ static int pass_locked(struct lib *l, struct pass *ps)
 	err = walk(l, ps);
 	if (err)
 		return err;
+	/* Background work: only after a pass that merged nothing (pages the
+	 * application keeps writing do not stop it). */
+	if (!ps->merged) {
+		err = defrag_pass(l, ps);
+		if (err)
+			return err;
+	}
 	l->st.volatile_pages = ps->volatile_pages;
 	l->st.unshared = ps->unshared;
 	int64_t g = budget(l, 0, 1, ps, &wait);
@@ -204,11 +213,12 @@ static int pass_locked(struct lib *l, struct pass *ps)
 static void debug_pass(struct lib *l, const struct pass *ps, int err)
 {
 	sp_log("samepage[%d]: pass %llu err %d areas %u merged %llu changed %llu "
-	       "volatile %llu unshared %llu merging %llu zero %llu\n",
+	       "volatile %llu unshared %llu merging %llu zero %llu moved %llu\n",
 	       (int)getpid(), (unsigned long long)l->pass_seq, err, l->nareas,
 	       (unsigned long long)ps->merged, (unsigned long long)ps->changed,
 	       (unsigned long long)ps->volatile_pages, (unsigned long long)ps->unshared,
-	       (unsigned long long)l->st.merging, (unsigned long long)l->st.zero);
+	       (unsigned long long)l->st.merging, (unsigned long long)l->st.zero,
+	       (unsigned long long)ps->moved);
 }
 
 int scan_pass(struct lib *l)
@@ -226,7 +236,7 @@ int scan_pass(struct lib *l)
 		debug_pass(l, &ps, err);
 	l->pass_seq++;
 	if (!err) {
-		int quiet = !ps.merged && !ps.changed;
+		int quiet = !ps.merged && !ps.changed && !ps.moved;
 		int base = (int)l->knobs.v[KNOB_SLEEP_MILLISECS];
 		l->idle_ms = !quiet ? 0 : l->idle_ms ? l->idle_ms * 2 : (base > 10 ? base : 10);
 		if (l->idle_ms > IDLE_MAX_MS)

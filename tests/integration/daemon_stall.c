@@ -134,15 +134,19 @@ static void check(struct proc *p, const char *name, const char *when)
 }
 
 /* While the daemon is stalled, A1 forks and gives its own references up. */
-static void during(struct proc *a)
+static const char *kind(char how);
+
+static void during(struct proc *a, char how)
 {
 	struct tu_region_reply r;
 	double t = tu_now();
 
 	TU_CHECK(tu_region_cmd(a[0].c.wr, a[0].c.rd, TU_RC_FORK, 4, &r, 10) == 0,
-		 "A1 could not fork 4 children within 10 s of a stalled daemon");
+		 "A1 could not fork 4 children within 10 s of a stalled daemon (%s, %.1f s)",
+		 kind(how), tu_now() - t);
 	TU_CHECK(tu_region_cmd(a[0].c.wr, a[0].c.rd, TU_RC_UNMERGE, 0, &r, 10) == 0,
-		 "A1 could not unmerge within 10 s of a stalled daemon");
+		 "A1 could not unmerge within 10 s of a stalled daemon (%s, %.1f s)", kind(how),
+		 tu_now() - t);
 	TU_CHECK(tu_now() - t < 5, "forks and unmerge waited %.1f s for a stalled daemon",
 		 tu_now() - t);
 }
@@ -167,7 +171,7 @@ static void stall(pid_t d, const struct stall *s, struct proc *a)
 
 	if (s->how == 'K') {
 		TU_CHECK(kill(d, SIGKILL) == 0, "SIGKILL the daemon");
-		during(a); /* forks and unmerge with no daemon at all */
+		during(a, s->how); /* forks and unmerge with no daemon at all */
 		while (tu_now() < until)
 			usleep(10000);
 		stalled_d = d;
@@ -176,14 +180,14 @@ static void stall(pid_t d, const struct stall *s, struct proc *a)
 	}
 
 	if (s->how == 'F' && tu_freeze(d, 1) == 0) {
-		during(a);
+		during(a, s->how);
 		while (tu_now() < until)
 			usleep(10000);
 		TU_CHECK(tu_freeze(d, 0) == 0, "thaw the daemon");
 		return;
 	}
 	TU_CHECK(kill(d, SIGSTOP) == 0, "SIGSTOP the daemon");
-	during(a);
+	during(a, s->how);
 	while (tu_now() < until)
 		usleep(10000);
 	TU_CHECK(kill(d, SIGCONT) == 0, "SIGCONT the daemon");

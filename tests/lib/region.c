@@ -238,9 +238,14 @@ int tu_region_child(int rd, int wr, void *arg)
 			rep.bad = (uint64_t)tu_cut_daemon_conns();
 			break;
 		case TU_RC_UNMERGE:
-			if (madvise(r.mem, r.pages * PAGE, MADV_UNMERGEABLE) ||
-			    madvise(r.mem, r.pages * PAGE, MADV_MERGEABLE))
+			if (madvise(r.mem, r.pages * PAGE, MADV_UNMERGEABLE)) {
+				fprintf(stderr, "region: MADV_UNMERGEABLE: %s\n", strerror(errno));
 				return 5;
+			}
+			if (madvise(r.mem, r.pages * PAGE, MADV_MERGEABLE)) {
+				fprintf(stderr, "region: MADV_MERGEABLE: %s\n", strerror(errno));
+				return 5;
+			}
 			break;
 		case TU_RC_QUIT:
 			tu_region_stop(&r);

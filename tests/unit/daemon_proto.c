@@ -1145,6 +1145,83 @@ static void test_reuse(int g)
 	TU_CHECK(tu_wait(settled, &g, 5), "connection not closed");
 }
 
+/* C_MOVE of n ids: the reply's ids into out. */
+static void move(int fd, const uint32_t *ids, uint32_t n, uint32_t *out)
+{
+	struct { uint32_t n; uint32_t id[SP_MAX_MOVE]; } q = { .n = n };
+	struct sp_msg m;
+	uint32_t rn;
+
+	memcpy(q.id, ids, n * sizeof(uint32_t));
+	send_ok(fd, C_MOVE, &q, (uint32_t)(sizeof(uint32_t) * (1 + n)));
+	recv_ok(fd, &m, "move");
+	TU_CHECK(m.h.type == D_MOVE, "move answered with %u", m.h.type);
+	memcpy(&rn, m.p, 4);
+	TU_CHECK(rn == n, "D_MOVE: %u ids for %u pages", rn, n);
+	memcpy(out, m.p + 4, (size_t)n * 4);
+}
+
+/* Defragmentation: pages are copied only once every mapper asked, to
+ * consecutive pages, each asker gets the same ones; a page one does not
+ * hold is never moved for it. */
+static void test_move(int g)
+{
+	unsigned char pg[8 * PAGE];
+	uint32_t old[8], rev[8], got[8], again[8];
+	int a = connect_hello(), b = connect_hello(), c = connect_hello();
+
+	tu_fill(pg, sizeof(pg), 9201);
+	create_n(a, pg, 8, NULL, NULL, old);
+	for (int i = 0; i < 8; i++) {
+		TU_CHECK(lookup(b, hash_of(pg + (size_t)i * PAGE), 0x100000 + (uint64_t)i * PAGE) ==
+			 old[i], "b's lookup of page %d", i);
+		rev[i] = old[7 - i]; /* the mappers' order: scattered in the pool */
+	}
+	pool_now(g, 8, 8, "8 pages, 2 mappers");
+	move(c, rev, 8, got);
+	for (int i = 0; i < 8; i++)
+		TU_CHECK(got[i] == SP_POOL_NONE, "moved page %d for a connection that does not hold "
+			 "it: %u", i, got[i]);
+	move(a, rev, 8, got);
+	for (int i = 0; i < 8; i++)
+		TU_CHECK(got[i] == SP_POOL_NONE, "page %d copied while b had not asked: %u", i,
+			 got[i]);
+	move(a, rev, 8, got); /* asking twice counts once */
+	for (int i = 0; i < 8; i++)
+		TU_CHECK(got[i] == SP_POOL_NONE, "page %d copied when a asked again: %u", i, got[i]);
+	move(b, rev, 8, got);
+	for (int i = 0; i < 8; i++) {
+		TU_CHECK(got[i] != SP_POOL_NONE && (!i || got[i] == got[i - 1] + 1),
+			 "b's page %d: %u after %u, not consecutive", i, got[i], i ? got[i - 1] : 0);
+		TU_CHECK(pool_holds(g, got[i], pg + (size_t)(7 - i) * PAGE), "moved page %d's bytes",
+			 i);
+	}
+	pool_now(g, 16, 8, "8 pages copied for b");
+	move(a, rev, 8, again);
+	TU_CHECK(!memcmp(again, got, sizeof(got)), "a did not get the pages b got");
+	pool_now(g, 16, 16, "a follows b: nothing copied again");
+	for (int i = 0; i < 8; i++) {
+		unref(a, old[i]);
+		unref(b, old[i]);
+	}
+	gstat(a);
+	gstat(b); /* a's and b's C_UNREF are processed before these replies */
+	pool_now(g, 8, 8, "the old pages freed");
+	for (int i = 0; i < 8; i++) {
+		unref(a, got[i]);
+		unref(b, got[i]);
+	}
+	gstat(a);
+	gstat(b);
+	pool_now(g, 0, 0, "all freed");
+	TU_CHECK(gstat(g).g.pages_moved == 8, "pages_moved %llu",
+		 (unsigned long long)gstat(g).g.pages_moved);
+	hangup(a);
+	hangup(b);
+	hangup(c);
+	TU_CHECK(tu_wait(settled, &g, 5), "connections not closed");
+}
+
 static void test_fd_passing(int g)
 {
 	int base = count_fds(dpid), mfd = memfd_create("sp-unit", MFD_CLOEXEC);
@@ -1474,6 +1551,7 @@ int main(void)
 	test_create_pipe(g);
 	test_hints(g);
 	test_reuse(g);
+	test_move(g);
 	test_fd_passing(g);
 	test_garbage(g);
 	test_hostile_stats(g);

@@ -90,6 +90,7 @@ static const struct layout layouts[] = {
 	{ C_UNMERGE, sizeof(struct sp_unmerge), 0, 0 },
 	{ C_PIPE, sizeof(struct sp_pipe), 0, 0 },
 	{ C_HINTS, sizeof(struct sp_hints_req), 0, 0 },
+	{ C_MOVE, sizeof(struct sp_ids), sizeof(uint32_t), SP_MAX_MOVE },
 	{ D_HELLO, sizeof(struct sp_hello_r), 0, 0 },
 	{ D_BUDGET, sizeof(struct sp_budget_r), 0, 0 },
 	{ D_LOOKUP, sizeof(struct sp_ids), sizeof(uint32_t), SP_MAX_LOOKUP },
@@ -98,6 +99,7 @@ static const struct layout layouts[] = {
 	{ D_ACK, sizeof(struct sp_ack), 0, 0 },
 	{ D_STAT, sizeof(struct sp_stat_r), 0, 0 },
 	{ D_HINTS, sizeof(struct sp_hints), sizeof(struct sp_hint), SP_MAX_HINTS },
+	{ D_MOVE, sizeof(struct sp_ids), sizeof(uint32_t), SP_MAX_MOVE },
 };
 #define NLAYOUTS (sizeof(layouts) / sizeof(layouts[0]))
 
@@ -154,7 +156,7 @@ static unsigned char *counted(const struct layout *l, uint32_t cnt, uint32_t n, 
 static void test_validate(void)
 {
 	static unsigned char zero[sizeof(struct sp_stat_r) + 16];
-	static const uint16_t unknown[] = { 0, C_MARKER + 1, 15, 16, 50, 99, D_HINTS + 1, 108, 109,
+	static const uint16_t unknown[] = { 0, C_MOVE + 1, 16, 17, 50, 99, D_MOVE + 1, 109, 110,
 					    200, 0x8001, 0xffff };
 
 	for (size_t i = 0; i < NLAYOUTS; i++) {
