@@ -490,7 +490,7 @@ size_t os_max_map_count(void)
 	return strtoul(buf, NULL, 10);
 }
 
-void os_read_pages(const void *addr, size_t stride, uint32_t n, unsigned char *buf,
+void os_read_pages(int mem_fd, const void *addr, size_t stride, uint32_t n, unsigned char *buf,
 		   uint8_t *got)
 {
 	struct iovec local, remote[256];
@@ -512,8 +512,14 @@ void os_read_pages(const void *addr, size_t stride, uint32_t n, unsigned char *b
 		uint32_t done = r > 0 ? (uint32_t)(r / SP_PAGE) : 0;
 		memset(got + i, 1, done);
 		i += done;
-		if (done < k)
-			i++; /* page i is unreadable: skip it */
+		if (done < k) {
+			/* PROT_NONE, or gone: /proc/self/mem reads the former
+			 * (FOLL_FORCE) and fails on the latter. */
+			uintptr_t a = (uintptr_t)remote[done].iov_base;
+			got[i] = mem_fd >= 0 &&
+				 pread(mem_fd, buf + (size_t)i * SP_PAGE, SP_PAGE, (off_t)a) == SP_PAGE;
+			i++;
+		}
 	}
 }
 

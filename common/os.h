@@ -96,9 +96,11 @@ void os_vmas_free(struct vma_list *l);
  * `stride` bytes between elements), into buf page i, without ever faulting:
  * the application may unmap memory behind our wrappers (glibc's malloc
  * unmaps and trims through its internal calls), and a plain read of it
- * would kill the process. got[i]: page i was read. Pages the kernel could
- * not read (gone, PROT_NONE) are skipped. */
-void os_read_pages(const void *addr, size_t stride, uint32_t n, unsigned char *buf,
+ * would kill the process. got[i]: page i was read. A page that
+ * process_vm_readv cannot read is read through mem_fd (/proc/self/mem, -1:
+ * none), which reads PROT_NONE pages too, as the kernel's KSM does; pages
+ * gone are skipped. */
+void os_read_pages(int mem_fd, const void *addr, size_t stride, uint32_t n, unsigned char *buf,
 		   uint8_t *got);
 
 /* The VMA containing a, or NULL. l is sorted. */

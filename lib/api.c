@@ -81,6 +81,7 @@ static void lib_create(void)
 	l->stack = arena_alloc(ar, STACK_BYTES);
 	l->zpage = arena_alloc(ar, SP_PAGE);
 	l->pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	l->mem_fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
 	l->mapsfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 	/* Each part sets up its own state (lib.h): no part sizes another's. */
 	if (!l->stack || !l->zpage || l->pmfd < 0 || l->mapsfd < 0 || client_init(l) ||
@@ -493,8 +494,11 @@ void lib_atfork_child(struct lib *l, struct fork_kid *k)
 	/* /proc/self/... named the parent when it was opened. */
 	close(l->pmfd);
 	close(l->mapsfd);
+	if (l->mem_fd >= 0)
+		close(l->mem_fd);
 	l->pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	l->mapsfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	l->mem_fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
 	if (k->mode == KID_DETACH) {
 		unsigned char st = merge_detach_all(l) == 0 ? 1 : 2;
 		if (k->done[1] >= 0 && write(k->done[1], &st, 1) != 1) {

@@ -132,9 +132,9 @@ hash:
 	 * 6 times slower. Once either side writes, the page is its own again. */
 	if (!PM_FILE(pm) && !PM_EXCLUSIVE(pm))
 		return 0;
-	if (!*vc || !((*vc)->prot & PROT_READ))
-		return 0; /* PROT_NONE stays mergeable but cannot be read */
-	return 1;
+	/* PROT_NONE memory merges too, as on kernel KSM: it is read through
+	 * /proc/self/mem (os_read_pages()). */
+	return *vc != NULL;
 }
 
 /* Page p hashed to h (from a copy: see os_read_pages()). */
@@ -486,7 +486,7 @@ static void hash_pages(struct lib *l, struct area *a, struct chunk *c, struct pa
 {
 	uint8_t got[SPAN_MAX_PAGES];
 
-	os_read_pages(c->tohash, sizeof(c->tohash[0]), k, l->vbuf, got);
+	os_read_pages(l->mem_fd, c->tohash, sizeof(c->tohash[0]), k, l->vbuf, got);
 	for (uint32_t j = 0; j < k; j++)
 		if (got[j])
 			classify_hashed(l, a, c->tohash[j],

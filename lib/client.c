@@ -591,7 +591,16 @@ static int splice_pages(struct lib *l, const struct sp_lookup_ent *e, uint32_t n
 		ssize_t k = vmsplice(l->pipe_wr, iov + first, n - first, SPLICE_F_NONBLOCK);
 		if (k < 0 && errno == EINTR)
 			continue;
-		if (k < 0 && errno == EFAULT) {
+		if (k < 0 && errno == EFAULT && l->mem_fd >= 0 &&
+		    pread(l->mem_fd, l->abuf, SP_PAGE, (off_t)e[first].addr) == SP_PAGE) {
+			/* PROT_NONE: read through /proc/self/mem and copied
+			 * into the pipe (write, not vmsplice: abuf is reused). */
+			k = write(l->pipe_wr, l->abuf, SP_PAGE); /* PIPE_BUF: whole or not */
+			if (k == SP_PAGE) {
+				done += SP_PAGE;
+				continue;
+			}
+		} else if (k < 0 && errno == EFAULT) {
 			/* Unmapped behind our wrappers since we hashed it: the
 			 * daemon still gets a page there, one that does not hash
 			 * as claimed, so it makes nothing of it. */

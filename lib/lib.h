@@ -167,6 +167,7 @@ struct lib {
 
 	int uffd;                  /* -errno when unavailable */
 	int pmfd;                  /* /proc/self/pagemap */
+	int mem_fd;                /* /proc/self/mem: reads PROT_NONE pages too */
 	int mapsfd;                /* /proc/self/maps, for PROCMAP_QUERY */
 	size_t max_map_count;
 

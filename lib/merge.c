@@ -36,8 +36,9 @@ struct vma_cache {
 	uintptr_t snap_s, snap_e; /* the snapshot VMA v was judged with */
 };
 
-/* Is the page at a still memory we may replace: private, readable, and
- * anonymous or a pool page? Asked of the kernel after the freeze (once per
+/* Is the page at a still memory we may replace: private, and anonymous or
+ * a pool page (of any protection: PROT_NONE pages are read through
+ * /proc/self/mem)? Asked of the kernel after the freeze (once per
  * VMA, not per page: the freeze holds while we ask), so a mapping the
  * application replaced since the pass began is not touched. */
 static int replaceable(struct lib *l, uintptr_t a, uint8_t *prot, struct vma_cache *vc)
@@ -55,7 +56,7 @@ static int replaceable(struct lib *l, uintptr_t a, uint8_t *prot, struct vma_cac
 	}
 	vc->snap_s = snap ? snap->start : 0;
 	vc->snap_e = snap ? snap->end : 0;
-	vc->ok = !err && vc->v.private_ && (vc->v.prot & PROT_READ) &&
+	vc->ok = !err && vc->v.private_ &&
 		 (vc->v.kind == VMA_ANON || (snap && snap->kind == VMA_POOL));
 	if (err)
 		vc->v.end = 0;
@@ -183,7 +184,7 @@ static void merge_span(struct lib *l, struct area *a, struct merge_item *it, uin
 		uint8_t mine[ABUF_PAGES];
 		/* Our pages, read by the kernel: glibc may unmap them behind our
 		 * wrappers even while they are frozen. */
-		os_read_pages(&it[i].addr, sizeof(*it), k, l->abuf, mine);
+		os_read_pages(l->mem_fd, &it[i].addr, sizeof(*it), k, l->abuf, mine);
 		for (uint32_t j = 0; j < k; j++)
 			/* Invariant 1: frozen, and verified equal byte for byte. */
 			it[i + j].ok = got[i + j] && mine[j] &&
@@ -277,7 +278,7 @@ static void zero_span(struct lib *l, struct area *a, uintptr_t *addr, uint32_t *
 	for (uint32_t i = 0; i < n; i += ABUF_PAGES) {
 		uint32_t k = n - i < ABUF_PAGES ? n - i : ABUF_PAGES;
 		uint8_t mine[ABUF_PAGES];
-		os_read_pages(&addr[i], sizeof(*addr), k, l->abuf, mine);
+		os_read_pages(l->mem_fd, &addr[i], sizeof(*addr), k, l->abuf, mine);
 		for (uint32_t j = 0; j < k; j++)
 			ok[i + j] = mine[j] && replaceable(l, addr[i + j], &prot[i + j], &vc) &&
 				    is_zero(l->abuf + (size_t)j * SP_PAGE);
@@ -314,8 +315,10 @@ int merge_zero(struct lib *l, struct area *a, uintptr_t *addr, uint32_t n, uint3
 }
 
 /* Replace [s, e) by fresh anonymous memory holding copy ? its bytes : zeros,
- * with the same protection and attributes. */
-static int to_anon(struct area *a, uintptr_t s, uintptr_t e, uint8_t prot, int copy)
+ * with the same protection and attributes. A page that cannot be read
+ * leaves everything as it was (-EFAULT): its bytes are not lost. */
+static int to_anon(struct lib *l, struct area *a, uintptr_t s, uintptr_t e, uint8_t prot,
+		   int copy)
 {
 	size_t len = e - s;
 	void *tmp = os_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -330,7 +333,12 @@ static int to_anon(struct area *a, uintptr_t s, uintptr_t e, uint8_t prot, int c
 			uintptr_t addr[256];
 			for (uint32_t j = 0; j < k; j++)
 				addr[j] = p + (uintptr_t)j * SP_PAGE;
-			os_read_pages(addr, sizeof(addr[0]), k, (unsigned char *)tmp + (p - s), got);
+			os_read_pages(l->mem_fd, addr, sizeof(addr[0]), k,
+				      (unsigned char *)tmp + (p - s), got);
+			if (memchr(got, 0, k)) {
+				os_munmap(tmp, len);
+				return -EFAULT;
+			}
 		}
 	}
 	if ((prot != (PROT_READ | PROT_WRITE) && mprotect(tmp, len, prot) < 0) ||
@@ -413,14 +421,12 @@ static int restore_run(struct lib *l, struct area *a, uintptr_t s, uintptr_t e, 
 {
 	int err;
 
-	if (!(prot & PROT_READ))
-		return -EACCES; /* cannot copy it: stays merged, reference kept */
 	err = os_uffd_freeze(l->uffd, s, e - s);
 	if (err)
 		return err;
 	/* Invariant 1: frozen while copied, so no write lands in the old page
 	 * after the copy was taken. */
-	err = to_anon(a, s, e, prot, 1);
+	err = to_anon(l, a, s, e, prot, 1);
 	if (err)
 		os_uffd_unprotect(l->uffd, s, e - s);
 	os_uffd_thaw(l->uffd, s, e - s);
@@ -442,7 +448,7 @@ static int discard_run(struct lib *l, struct area *a, uintptr_t s, uintptr_t e, 
 {
 	/* Invariant 3: DONTNEED/FREE on a merged page must read back zeros;
 	 * on the private file mapping it would read the pool page again. */
-	int err = to_anon(a, s, e, prot, 0);
+	int err = to_anon(l, a, s, e, prot, 0);
 
 	if (!err)
 		drop_refs(l, a, s, e);
