@@ -122,11 +122,15 @@ static int kid(struct tu_region *r, int rd, int ready)
 	struct pollfd pf = { .fd = rd, .events = POLLIN };
 	int bad = 0;
 
-	if (expect == MAP_FAILED)
+	if (expect == MAP_FAILED) {
+		/* e.g. vm.max_map_count lowered by another test (vma_budget) */
+		fprintf(stderr, "fork child: mmap: %s (vm.max_map_count %zu)\n", strerror(errno),
+			tu_max_map_count());
 		_exit(3);
+	}
 	memcpy(expect, r->shadow, r->pages * PAGE);
 	if (write(ready, "r", 1) != 1)
-		_exit(3);
+		_exit(4);
 	close(ready);
 	for (;;) {
 		int last = poll(&pf, 1, 500) != 0;

@@ -613,3 +613,11 @@ int tu_reap(struct tu_child *c)
 			tu.live_children[i] = 0;
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
+
+size_t tu_max_map_count(void)
+{
+	char buf[32];
+
+	return tu_read_text("/proc/sys/vm/max_map_count", buf, sizeof(buf)) == 0 ?
+		       strtoul(buf, NULL, 10) : 0;
+}

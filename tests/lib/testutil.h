@@ -130,6 +130,8 @@ size_t tu_file_pages(pid_t pid, uintptr_t addr, size_t npages);
  * cannot be read. One segment is one inode in every process. */
 int tu_pool_inodes(pid_t pid, unsigned long *ino, int max);
 
+/* vm.max_map_count now. */
+size_t tu_max_map_count(void);
 /* Lines of /proc/PID/maps: the VMAs of pid; -1 if it cannot be read. */
 long tu_vmas(pid_t pid);
 /* A "Field:  N kB" line of /proc/PID/status (RssAnon, VmRSS, ...) in KiB;
