@@ -74,6 +74,12 @@ $(O)/tests/progs/%: $(O)/obj/tests/progs/%.o
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_BASE) -o $@ $^
 
+# Statically linked, as busybox or a Go binary (no sanitizer: its runtime
+# cannot be linked statically).
+$(O)/tests/progs/static_%: tests/progs/static_%.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 -static -o $@ $<
+
 check: all
 	tests/run.sh $(O)
 

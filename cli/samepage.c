@@ -20,6 +20,7 @@
 #include "os.h"
 #include "env.h"
 #include "conn.h"
+#include "exe.h"
 #include "path.h"
 #include "proto.h"
 
@@ -133,6 +134,21 @@ static int uffd_check(void)
 	return fd;
 }
 
+/* A command that cannot load libsamepage runs, unmerged, and we say so
+ * once, here (exe.h): its children exec'ed under merge-any are told by the
+ * library's exec wrappers. */
+static void warn_unserved(const char *cmd)
+{
+	char path[PATH_MAX];
+	int kind;
+
+	if (sp_exec_which(cmd, path, sizeof(path)))
+		return; /* execvp says what is wrong with it */
+	kind = sp_exec_kind(path);
+	if (kind > SP_EXEC_OK)
+		fprintf(stderr, "samepage: %s %s; it runs unmerged\n", path, sp_exec_why(kind));
+}
+
 static int cmd_run(int argc, char **argv)
 {
 	char dir[PATH_MAX - 64], lib[PATH_MAX], bin[PATH_MAX], pre[2 * PATH_MAX];
@@ -183,6 +199,7 @@ static int cmd_run(int argc, char **argv)
 		setenv("SAMEPAGE_MERGE_ANY", "1", 1);
 	if (domain)
 		setenv("SAMEPAGE_DOMAIN", domain, 1);
+	warn_unserved(argv[i]);
 	execvp(argv[i], argv + i);
 	fprintf(stderr, "samepage: %s: %s\n", argv[i], strerror(errno));
 	return 127;

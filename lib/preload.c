@@ -12,6 +12,7 @@
  * for one) bypass these wrappers; scan.c copes with what they change.
  */
 #define _GNU_SOURCE
+#include "exe.h"
 #include "lib.h"
 #include "samepage.h"
 
@@ -286,12 +287,30 @@ static char **with_merge_env(char *const envp[], struct exec_env *b)
 	return b->v;
 }
 
+/* An image that cannot load us runs unmerged: when merge-any was asked of
+ * it, say so (exe.h), as `samepage run` does for its own command. search:
+ * path is a name to look up in $PATH (posix_spawnp). */
+static void say_if_unserved(const char *path, int search)
+{
+	struct lib *l = lib_peek();
+	int any = l ? __atomic_load_n(&l->merge_any, __ATOMIC_RELAXED) : sp_inherited()->merge_any;
+	char full[4096];
+	int kind;
+
+	if (!any || (search && sp_exec_which(path, full, sizeof(full))))
+		return;
+	kind = sp_exec_kind(search ? full : path);
+	if (kind > SP_EXEC_OK)
+		sp_log("samepage: %s %s\n", search ? full : path, sp_exec_why(kind));
+}
+
 extern char **environ;
 
 EXPORT int execve(const char *path, char *const argv[], char *const envp[])
 {
 	struct exec_env b;
 
+	say_if_unserved(path, 0);
 	return (int)syscall(SYS_execve, path, argv, with_merge_env(envp, &b));
 }
 
@@ -381,6 +400,7 @@ static int spawn(const char *name, pid_t *pid, const char *path,
 
 	/* The child shares no memory with us after this returns: the
 	 * environment array can go then. */
+	say_if_unserved(path, !strcmp(name, "posix_spawnp"));
 	if (b == MAP_FAILED)
 		return real(pid, path, fa, at, argv, envp);
 	err = real(pid, path, fa, at, argv, with_merge_env(envp, b));
