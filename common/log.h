@@ -15,6 +15,17 @@
  * cut at 1 KiB. */
 void sp_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* The daemon's log, by syslog priority. Lines above the level set by
+ * SAMEPAGE_LOG_LEVEL (error, warning, info, debug; default info) are not
+ * written. Under systemd (JOURNAL_STREAM set) each line starts with the
+ * "<N>" prefix journald reads as its priority; elsewhere with the time and
+ * the level's name. */
+enum sp_level { SP_LOG_ERR = 3, SP_LOG_WARN = 4, SP_LOG_INFO = 6, SP_LOG_DEBUG = 7 };
+/* Read the environment once, at start; ident names the program. */
+void sp_log_init(const char *ident);
+int sp_log_enabled(int level);
+void sp_logl(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* A check that holds unless samepage itself is wrong: in the sanitizer
  * builds (the test suite runs them) it aborts with where and what; in
  * release builds it costs nothing. */

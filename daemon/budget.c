@@ -93,6 +93,12 @@ int on_budget(struct samepaged *d, struct conn *c, const struct sp_budget *b)
 	struct sp_budget_r r = { .gen = d->gen, .knobs = d->knobs };
 	uint32_t run = d->knobs.v[KNOB_RUN];
 
+	/* Invariant 7's refusals, said once each way. */
+	if (b->st.limited != c->st.limited)
+		sp_logl(b->st.limited ? SP_LOG_WARN : SP_LOG_INFO, b->st.limited ?
+			"process %d reached its VMA budget (3/4 of vm.max_map_count): merging "
+			"paused" : "process %d has VMAs to spare again: merging resumed",
+			(int)c->pid);
 	c->st = b->st;
 	c->last_seen_ns = now_ns();
 	d->pages_scanned += b->scanned;

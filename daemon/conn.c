@@ -78,6 +78,10 @@ void conn_close(struct samepaged *d, struct conn *c)
 {
 	struct conn **pp;
 
+	if (c->hello && !c->observer)
+		sp_logl(SP_LOG_INFO, "process %d left, mapping %llu pool pages", (int)c->pid,
+			(unsigned long long)c->refs.total);
+
 	for (pp = &d->conns; *pp != c; pp = &(*pp)->next)
 		;
 	*pp = c->next;
@@ -144,6 +148,7 @@ int accept_conn(struct samepaged *d)
 		 * close it (its process sees the end and retries later), or the
 		 * listening socket stays readable and the loop spins. */
 		close(d->spare_fd);
+		sp_logl(SP_LOG_WARN, "out of file descriptors: a connection refused");
 		fd = accept4(d->lfd, NULL, NULL, SOCK_CLOEXEC);
 		if (fd >= 0)
 			close(fd);
@@ -153,9 +158,14 @@ int accept_conn(struct samepaged *d)
 	if (fd < 0)
 		return errno == ECONNABORTED || errno == EINTR;
 	/* Invariant 6: only the daemon's own user shares its pages. */
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 || cr.uid != d->uid ||
-	    !samepaged_attach(d, fd, cr.pid))
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 || cr.uid != d->uid) {
+		sp_logl(SP_LOG_WARN, "refused process %d of uid %u: this daemon serves uid %u only",
+			(int)cr.pid, (unsigned)cr.uid, (unsigned)d->uid);
 		close(fd);
+	} else if (!samepaged_attach(d, fd, cr.pid)) {
+		sp_logl(SP_LOG_ERR, "process %d: out of memory for its connection", (int)cr.pid);
+		close(fd);
+	}
 	return 1;
 }
 

@@ -30,6 +30,7 @@
 #include "map.h"
 #include "pool.h"
 #include "proto.h"
+#include "log.h"
 #include "refs.h"
 
 /* A set of pool references and who holds it (invariant 2). A connection's

@@ -42,6 +42,10 @@ int samepaged_serve(struct samepaged *d, struct conn *c)
 		err = err ? err : dispatch(d, c, &m);
 		if (m.fd >= 0)
 			close(m.fd); /* kept only by handlers that take it */
+		if (err < 0 && err != -ECONNRESET)
+			sp_logl(err == -EPROTO ? SP_LOG_WARN : SP_LOG_ERR,
+				"process %d: %s (message type %u): connection closed", (int)c->pid,
+				err == -EPROTO ? "malformed message" : strerror(-err), m.h.type);
 		if (err < 0) {
 			conn_close(d, c);
 			return -1;
@@ -307,10 +311,14 @@ int samepaged_run(const char *path, int idle_exit_s, int ready_fd)
 	}
 	if (err)
 		return err;
+	sp_logl(SP_LOG_INFO, "started: serving uid %u on %s%s", (unsigned)d.uid, path,
+		idle_exit_s ? ", leaving when idle" : "");
 	struct sigaction sa = { .sa_handler = on_term }; /* no SA_RESTART: wake epoll_wait */
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	err = loop(&d);
+	sp_logl(err ? SP_LOG_ERR : SP_LOG_INFO, "stopped: %s", err ? strerror(-err) :
+		terminated ? "SIGTERM or SIGINT" : "idle, no process left");
 	unlink_own(path, &d);
 	return err;
 }

@@ -76,6 +76,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "samepaged: socket path: %s\n", strerror(-err));
 		return 1;
 	}
+	sp_log_init("samepaged");
 	signal(SIGPIPE, SIG_IGN);
 	/* Started on demand, we inherit whatever address space limit the
 	 * starting program runs under (ulimit -v): the pool's segments need

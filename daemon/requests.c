@@ -71,6 +71,10 @@ static int on_hello(struct samepaged *d, struct conn *c, const struct sp_hello *
 			epoll_ctl(d->efd, EPOLL_CTL_MOD, c->fd, &ev);
 		return 0;
 	}
+	if (!c->observer)
+		sp_logl(SP_LOG_INFO, "process %d joined%s%s", (int)c->pid,
+			c->domain ? " in a merge domain of its own" : "",
+			attached ? ", its references kept" : "");
 	return hello_reply(d, c, attached);
 }
 
@@ -247,6 +251,12 @@ static int on_set(struct samepaged *d, struct conn *c, const struct sp_set *s)
 {
 	int err = sp_knob_check((int)s->knob, s->value);
 
+	if (!err && d->knobs.v[s->knob] != (uint32_t)s->value)
+		sp_logl(SP_LOG_INFO, "%s: %u -> %llu (set by process %d)", sp_knob_name((int)s->knob),
+			d->knobs.v[s->knob], (unsigned long long)s->value, (int)c->pid);
+	else if (err)
+		sp_logl(SP_LOG_DEBUG, "process %d: knob %u = %llu refused: %s", (int)c->pid, s->knob,
+			(unsigned long long)s->value, strerror(-err));
 	if (!err)
 		d->knobs.v[s->knob] = (uint32_t)s->value;
 	return ack(c, err);
@@ -261,6 +271,11 @@ static int on_unmerge(struct samepaged *d, struct conn *c, const struct sp_unmer
 			p->unmerge_pending = 1;
 			found = 1;
 		}
+	if (u->pid)
+		sp_logl(found ? SP_LOG_INFO : SP_LOG_DEBUG, "unmerge of process %d asked by process "
+			"%d%s", (int)u->pid, (int)c->pid, found ? "" : ": no such process here");
+	else
+		sp_logl(SP_LOG_INFO, "unmerge of every process asked by process %d", (int)c->pid);
 	return ack(c, found || !u->pid ? 0 : -ESRCH);
 }
 
