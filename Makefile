@@ -1,11 +1,19 @@
 # samepage — plain make. `make` builds build/{lib,bin}; `make check` builds
-# and runs every test, then again under ASan+UBSan and under TSan.
+# and runs every test, then again under ASan+UBSan and under TSan;
+# `make install [PREFIX=/usr/local] [DESTDIR=]` installs, `make uninstall`
+# removes what it installed.
 CC ?= cc
 O ?= build
 SAN ?=
+# The release (VERSION; SAMEPAGE_RELEASE in the code, for --version) and
+# the library's ABI (SOVERSION, the number in its SONAME: SAMEPAGE_VERSION
+# in include/samepage.h).
+VERSION := $(shell cat VERSION)
+SOVERSION := $(shell sed -n 's/^\#define SAMEPAGE_VERSION \([0-9]*\)$$/\1/p' include/samepage.h)
+SONAME = libsamepage.so.$(SOVERSION)
 # -MMD -MP: each object depends on the headers it includes (build/obj/*.d).
 CFLAGS_BASE = -std=c11 -O2 -g -Wall -Wextra -Werror -fPIC -fvisibility=hidden \
-	-Iinclude -Icommon -pthread -MMD -MP $(SAN)
+	-Iinclude -Icommon -pthread -MMD -MP -DSAMEPAGE_RELEASE='"$(VERSION)"' $(SAN)
 CFLAGS ?=
 LDFLAGS_BASE = -pthread -Wl,-z,now $(SAN)
 LIBS = -lxxhash -ldl
@@ -29,7 +37,8 @@ PROGS = $(patsubst tests/progs/%.c,$(O)/tests/progs/%,$(wildcard tests/progs/*.c
 all: $(O)/lib/libsamepage.so $(O)/bin/samepaged $(O)/bin/samepage $(UNIT) $(INTEG) $(BENCH) \
 	$(EXAMPLES) $(PROGS)
 
-$(O)/obj/%.o: %.c
+# VERSION: the code says which release it is (SAMEPAGE_RELEASE).
+$(O)/obj/%.o: %.c VERSION
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(CFLAGS) -c -o $@ $<
 
@@ -40,9 +49,16 @@ $(O)/obj/tests/unit/%.o: CFLAGS += -Idaemon -Ilib -Itests/lib
 
 obj = $(patsubst %.c,$(O)/obj/%.o,$(1))
 
-$(O)/lib/libsamepage.so: $(call obj,$(LIB_SRC))
+# The SONAME names the ABI; lib/libsamepage.map exports the public API and
+# the interposed libc functions only. libsamepage.so (what -lsamepage and
+# `samepage run` find) links to it, as installed.
+$(O)/lib/$(SONAME): $(call obj,$(LIB_SRC)) lib/libsamepage.map
 	@mkdir -p $(dir $@)
-	$(CC) -shared $(LDFLAGS_BASE) -o $@ $^ $(LIBS)
+	$(CC) -shared $(LDFLAGS_BASE) -Wl,-soname,$(SONAME) \
+		-Wl,--version-script=lib/libsamepage.map -o $@ $(filter %.o,$^) $(LIBS)
+
+$(O)/lib/libsamepage.so: $(O)/lib/$(SONAME)
+	ln -sfn $(SONAME) $@
 
 $(O)/bin/samepaged: $(call obj,$(DAEMON_SRC) daemon/main.c)
 	@mkdir -p $(dir $@)
@@ -96,6 +112,86 @@ check-all: check check-asan check-tsan
 clean:
 	rm -rf build build-asan build-tsan
 
-.PHONY: all check check-asan check-tsan check-all clean
+# ---- install ----
+# The programs and the library find each other relative to themselves
+# (bin/samepage preloads ../lib/libsamepage.so, the library starts
+# ../bin/samepaged), so the tree moves as a whole: PREFIX (and DESTDIR for
+# staging) place it, bin/ and lib/ stay side by side. The systemd units
+# and the QEMU wrapper name the programs by their final path, PREFIX.
+PREFIX ?= /usr/local
+BINDIR = $(PREFIX)/bin
+LIBDIR = $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+MANDIR ?= $(PREFIX)/share/man
+SYSTEMDUSERUNITDIR ?= $(PREFIX)/lib/systemd/user
+SYSTEMDSYSTEMUNITDIR ?= $(PREFIX)/lib/systemd/system
+UDEVRULESDIR ?= $(PREFIX)/lib/udev/rules.d
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+INSTALL ?= install
+LDCONFIG ?= ldconfig
+
+MAN1 = man/samepage.1
+MAN3 = man/libsamepage.3
+MAN5 = man/samepage.conf.5
+MAN8 = man/samepaged.8
+# `man samepage_stat` and the like open libsamepage(3).
+MAN3_LINKS = samepage_madvise samepage_set_merge_any samepage_get_merge_any samepage_stat \
+	samepage_set_domain samepage_scan_now
+UDEV_RULES = 70-samepage-userfaultfd.rules
+# Every file `make install` writes, for `make uninstall`.
+INSTALLED = $(BINDIR)/samepage $(BINDIR)/samepaged $(BINDIR)/samepage-qemu \
+	$(LIBDIR)/libsamepage.so.$(VERSION) $(LIBDIR)/$(SONAME) $(LIBDIR)/libsamepage.so \
+	$(INCLUDEDIR)/samepage.h $(PKGCONFIGDIR)/samepage.pc \
+	$(MANDIR)/man1/samepage.1 $(MANDIR)/man3/libsamepage.3 $(MANDIR)/man5/samepage.conf.5 \
+	$(MANDIR)/man8/samepaged.8 $(MAN3_LINKS:%=$(MANDIR)/man3/%.3) \
+	$(addprefix $(SYSTEMDUSERUNITDIR)/,samepaged.socket samepaged.service) \
+	$(addprefix $(SYSTEMDSYSTEMUNITDIR)/,samepaged@.socket samepaged@.service) \
+	$(UDEVRULESDIR)/$(UDEV_RULES) $(BASHCOMPDIR)/samepage $(BASHCOMPDIR)/samepaged
+
+# Install template $(1) (dist/*.in, less .in) into $(3) with mode $(2), its
+# @BINDIR@, @LIBDIR@, @INCLUDEDIR@, @PREFIX@, @VERSION@ filled in: made
+# anew by every install, as PREFIX may differ from the last one.
+install_subst = mkdir -p $(O)/dist && \
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
+		-e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' \
+		$(1) >$(O)/dist/$(notdir $(1:.in=)) && \
+	$(INSTALL) -m $(2) $(O)/dist/$(notdir $(1:.in=)) $(3)
+
+install: $(O)/lib/$(SONAME) $(O)/bin/samepaged $(O)/bin/samepage
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) \
+		$(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 \
+		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSTEMDUSERUNITDIR) \
+		$(DESTDIR)$(SYSTEMDSYSTEMUNITDIR) $(DESTDIR)$(UDEVRULESDIR) $(DESTDIR)$(BASHCOMPDIR)
+	$(INSTALL) -m 755 $(O)/bin/samepage $(O)/bin/samepaged $(DESTDIR)$(BINDIR)/
+	$(call install_subst,dist/samepage-qemu.in,755,$(DESTDIR)$(BINDIR)/)
+	$(INSTALL) -m 755 $(O)/lib/$(SONAME) $(DESTDIR)$(LIBDIR)/libsamepage.so.$(VERSION)
+	ln -sfn libsamepage.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sfn $(SONAME) $(DESTDIR)$(LIBDIR)/libsamepage.so
+	$(INSTALL) -m 644 include/samepage.h $(DESTDIR)$(INCLUDEDIR)/
+	$(call install_subst,dist/samepage.pc.in,644,$(DESTDIR)$(PKGCONFIGDIR)/)
+	$(INSTALL) -m 644 $(MAN1) $(DESTDIR)$(MANDIR)/man1/
+	$(INSTALL) -m 644 $(MAN3) $(DESTDIR)$(MANDIR)/man3/
+	$(INSTALL) -m 644 $(MAN5) $(DESTDIR)$(MANDIR)/man5/
+	$(INSTALL) -m 644 $(MAN8) $(DESTDIR)$(MANDIR)/man8/
+	mkdir -p $(O)/dist && echo '.so man3/libsamepage.3' >$(O)/dist/man3-link.3
+	for f in $(MAN3_LINKS); do \
+		$(INSTALL) -m 644 $(O)/dist/man3-link.3 $(DESTDIR)$(MANDIR)/man3/$$f.3 || exit 1; done
+	$(INSTALL) -m 644 dist/systemd/samepaged.socket $(DESTDIR)$(SYSTEMDUSERUNITDIR)/
+	$(call install_subst,dist/systemd/samepaged.service.in,644,$(DESTDIR)$(SYSTEMDUSERUNITDIR)/)
+	$(INSTALL) -m 644 dist/systemd/samepaged@.socket $(DESTDIR)$(SYSTEMDSYSTEMUNITDIR)/
+	$(call install_subst,dist/systemd/samepaged@.service.in,644,$(DESTDIR)$(SYSTEMDSYSTEMUNITDIR)/)
+	$(INSTALL) -m 644 dist/udev/$(UDEV_RULES) $(DESTDIR)$(UDEVRULESDIR)/
+	$(INSTALL) -m 644 dist/bash-completion/samepage $(DESTDIR)$(BASHCOMPDIR)/
+	ln -sfn samepage $(DESTDIR)$(BASHCOMPDIR)/samepaged
+	@# Programs linked with -lsamepage find a library of /usr/local/lib
+	@# through ld.so's cache; a staged install (DESTDIR) leaves that to
+	@# the package manager (LDCONFIG=true: to nobody).
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then echo $(LDCONFIG); $(LDCONFIG); fi
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+
+.PHONY: all check check-asan check-tsan check-all clean install uninstall
 .SECONDARY:
 -include $(shell find $(O)/obj -name '*.d' 2>/dev/null)

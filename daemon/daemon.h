@@ -10,6 +10,7 @@
  *
  *   main.c      the program: options, daemonizing
  *   loop.c      the socket, the epoll loop, between events, set-up
+ *   service.c   under a service manager: socket activation, sd_notify
  *   requests.c  every message, validated and dispatched in one place
  *   lookup.c    the merge decisions: C_LOOKUP, C_CREATE, merge hints
  *   move.c      defragmentation: C_MOVE copies scattered pages to an extent
@@ -32,6 +33,7 @@
 #include "proto.h"
 #include "log.h"
 #include "refs.h"
+#include "service.h"
 
 /* A set of pool references and who holds it (invariant 2). A connection's
  * set is its process's; when the connection closes, the set stays (a held
@@ -114,6 +116,7 @@ struct samepaged {
 	uint64_t last_refill_ns, last_sweep_ns;
 	int idle_exit_s;      /* exit after this long with no process; 0: never */
 	uint64_t idle_since_ns;
+	struct service svc;   /* the service manager's socket and status line, if any */
 	unsigned char *buf;   /* the reply being built */
 	unsigned char *in;    /* the request being handled */
 	unsigned char *scratch; /* SP_MAX_CREATE pages: C_CREATE bytes of contents already pooled */
@@ -186,8 +189,10 @@ int dispatch(struct samepaged *d, struct conn *c, struct sp_msg *m);
 
 /* Bind path and serve until stopped or idle (idle_exit_s seconds with no
  * process; 0: never). When ready_fd >= 0, one byte is written to it once
- * listening (0) or on failure (errno). 0 or -errno; -EADDRINUSE when
- * another daemon owns path. */
+ * listening (0) or on failure (errno). Under a service manager (ready_fd
+ * -1), a socket passed by socket activation is served instead of binding
+ * path, and readiness and a status line go to NOTIFY_SOCKET (service.c).
+ * 0 or -errno; -EADDRINUSE when another daemon owns path. */
 int samepaged_run(const char *path, int idle_exit_s, int ready_fd);
 /* Default knob values; see README for why. */
 void samepaged_default_knobs(struct sp_knobs *k);

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * loop — samepaged's life: the socket (one daemon per path, by a lock),
- * the epoll loop, what it does between events (parked fork children, held
- * sets, generations), idle exit and SIGTERM, and setting it all up.
+ * loop — samepaged's life: the socket (one daemon per path, by a lock, or
+ * the one a service manager hands over), the epoll loop, what it does
+ * between events (parked fork children, held sets, generations, the
+ * manager's status line), idle exit and SIGTERM, and setting it all up.
  */
 #define _GNU_SOURCE
 #include "daemon.h"
@@ -102,6 +103,22 @@ void samepaged_tick(struct samepaged *d)
 	maybe_end_generation(d);
 }
 
+/* A socket at the path that takes connections is live, whoever listens:
+ * a service manager holding it for the daemon it starts on the first
+ * connection (socket activation: no daemon, no lock, yet the path is
+ * taken), or a daemon whose lock file went. Only a dead one (refused, or
+ * no socket at all) may be replaced. */
+static int live_socket(const struct sockaddr_un *sa)
+{
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), live;
+
+	if (fd < 0)
+		return 0; /* then so does the listening socket, and that error is reported */
+	live = connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) == 0 || errno == EAGAIN;
+	close(fd);
+	return live;
+}
+
 static int listen_on(struct samepaged *d, const char *path)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -116,11 +133,11 @@ static int listen_on(struct samepaged *d, const char *path)
 	lk = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (lk < 0)
 		return -errno;
-	if (flock(lk, LOCK_EX | LOCK_NB) < 0) {
+	strcpy(sa.sun_path, path);
+	if (flock(lk, LOCK_EX | LOCK_NB) < 0 || live_socket(&sa)) {
 		close(lk);
 		return -EADDRINUSE;
 	}
-	strcpy(sa.sun_path, path);
 	unlink(path);
 	d->lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (d->lfd < 0)
@@ -134,6 +151,44 @@ static int listen_on(struct samepaged *d, const char *path)
 		d->sock_dev = st.st_dev;
 	}
 	return 0; /* lk stays open (and locked) for the daemon's life */
+}
+
+/* The socket systemd made (service.c) is already listening at the path
+ * the unit names; the manager owns that path and keeps it across our
+ * restarts, so there is no lock to take and nothing to unlink at exit. */
+static int take_socket(struct samepaged *d, const char *path)
+{
+	int fd = service_take_listen_fd(&d->svc);
+
+	if (fd < 0)
+		return listen_on(d, path);
+	d->lfd = fd;
+	return 0;
+}
+
+/* What `systemctl status samepaged` shows, as uksmd does: the saving
+ * (pages_sharing + ksm_zero_pages, the kernel's measure of what merging
+ * saved) and the processes served. Composed every few seconds at most,
+ * sent only when it changed. */
+#define STATUS_NS (5ull * 1000000000ull)
+
+static void report_status(struct samepaged *d)
+{
+	uint64_t now = now_ns(), pages = d->sharing, procs = 0;
+	char text[sizeof(d->svc.status)];
+
+	if (!service_notifying(&d->svc) || now - d->svc.status_ns < STATUS_NS)
+		return;
+	d->svc.status_ns = now;
+	for (const struct conn *c = d->conns; c; c = c->next)
+		if (!c->observer && c->hello) {
+			procs++;
+			pages += c->st.zero_pages;
+		}
+	snprintf(text, sizeof(text), "saved %.1f MiB in %llu process%s",
+		 (double)pages * SP_PAGE / (1024.0 * 1024.0), (unsigned long long)procs,
+		 procs == 1 ? "" : "es");
+	service_status(&d->svc, text);
 }
 
 /* SIGTERM/SIGINT end the loop, so the socket is removed on the way out.
@@ -163,6 +218,7 @@ static int loop(struct samepaged *d)
 				samepaged_serve(d, evs[i].data.ptr);
 		}
 		samepaged_tick(d);
+		report_status(d);
 		if (d->idle_exit_s && !d->conns && !d->held &&
 		    now_ns() - d->idle_since_ns > (uint64_t)d->idle_exit_s * 1000000000ull)
 			d->stop = 1;
@@ -218,6 +274,7 @@ int samepaged_init(struct samepaged *d)
 {
 	memset(d, 0, sizeof(*d));
 	d->lfd = d->efd = -1;
+	service_init(&d->svc);
 	d->uid = geteuid();
 	d->idle_since_ns = d->last_refill_ns = now_ns();
 	if (getrandom(&d->instance, sizeof(d->instance), 0) != sizeof(d->instance))
@@ -268,6 +325,7 @@ void samepaged_fini(struct samepaged *d)
 		close(d->spare_fd);
 	munmap(d->buf, 2 * SP_MAX_MSG);
 	munmap(d->scratch, (size_t)SP_MAX_CREATE * SP_PAGE);
+	service_close(&d->svc);
 }
 
 int samepaged_check(struct samepaged *d)
@@ -295,8 +353,13 @@ int samepaged_run(const char *path, int idle_exit_s, int ready_fd)
 
 	d.idle_exit_s = idle_exit_s;
 	raise_nofile();
+	/* Notify only as a unit's main process: a daemon detached for the
+	 * library (ready_fd) may have inherited the NOTIFY_SOCKET of the
+	 * service it was started from, and must not speak for it. */
 	if (!err)
-		err = listen_on(&d, path);
+		err = service_open(&d.svc, ready_fd < 0);
+	if (!err)
+		err = take_socket(&d, path);
 	if (!err) {
 		d.efd = epoll_create1(EPOLL_CLOEXEC);
 		if (d.efd < 0 || epoll_ctl(d.efd, EPOLL_CTL_ADD, d.lfd, &ev) < 0)
@@ -316,9 +379,15 @@ int samepaged_run(const char *path, int idle_exit_s, int ready_fd)
 	struct sigaction sa = { .sa_handler = on_term }; /* no SA_RESTART: wake epoll_wait */
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
+	/* Listening, so clients queue from here on: Type=notify units start
+	 * what needs us only now. */
+	service_notify(&d.svc, "READY=1");
+	report_status(&d);
 	err = loop(&d);
 	sp_logl(err ? SP_LOG_ERR : SP_LOG_INFO, "stopped: %s", err ? strerror(-err) :
 		terminated ? "SIGTERM or SIGINT" : "idle, no process left");
-	unlink_own(path, &d);
+	service_notify(&d.svc, "STOPPING=1");
+	if (!d.svc.activated)
+		unlink_own(path, &d);
 	return err;
 }

@@ -9,6 +9,14 @@ command -v make >/dev/null || need+=(make)
 [ -e /usr/include/xxhash.h ] || need+=(libxxhash-dev)
 command -v fuser >/dev/null || need+=(psmisc)
 command -v bc >/dev/null || need+=(bc)
+# tests/install.sh: man pages linted and rendered, a program built through
+# pkg-config, the daemon started by socket activation and the units
+# verified as systemd would (the package only provides these tools; it does
+# not make systemd the init system).
+command -v mandoc >/dev/null || need+=(mandoc)
+command -v man >/dev/null || need+=(man-db)
+command -v pkg-config >/dev/null || need+=(pkgconf)
+command -v systemd-socket-activate >/dev/null || need+=(systemd)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=
 [ "$(id -u)" -eq 0 ] || sudo=sudo

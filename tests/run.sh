@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run every test program of a build directory: unit tests, then integration
-# tests, then (plain build only) the small versions of examples/*.sh. A test exits 0 (pass), 77 (skip, with its reason) or anything else
-# (fail). Ends with the summary line "N passed, N failed, N skipped".
+# tests, then (plain build only) the shell tests tests/*.sh and the small
+# versions of examples/*.sh. A test exits 0 (pass), 77 (skip, with its
+# reason) or anything else (fail). Ends with the summary line "N passed, N
+# failed, N skipped".
 set -u
 O=${1:-build}
 cd "$(dirname "$0")/.." || exit 1
@@ -25,6 +27,24 @@ for t in "$O"/tests/unit/* "$O"/tests/integration/*; do
 	   echo "$out" | tail -n 30 | sed 's/^/    /' ;;
 	esac
 done
+# Shell tests (tests/*.sh: `make install` and the installed files), once:
+# the plain build, what a package ships.
+if [ -z "${SAMEPAGE_SAN:-}" ]; then
+	for t in tests/*.sh; do
+		[ "$t" != tests/run.sh ] && [ -x "$t" ] || continue
+		name=${t#tests/}
+		start=$(date +%s.%N)
+		out=$(timeout "${TEST_TIMEOUT:-300}" "$t" "$O" 2>&1)
+		rc=$?
+		secs=$(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)")
+		case $rc in
+		0) pass=$((pass + 1)); echo "PASS $name (${secs}s)" ;;
+		77) skip=$((skip + 1)); echo "SKIP $name: $(echo "$out" | grep -m1 SKIP)" ;;
+		*) fail=$((fail + 1)); failed+=("$name"); echo "FAIL $name (exit $rc, ${secs}s)"
+		   echo "$out" | tail -n 30 | sed 's/^/    /' ;;
+		esac
+	done
+fi
 # Real programs (QEMU, Redis, Python) under `samepage run`, in the small
 # versions of examples/*.sh, once: the plain build (a sanitizer-built library
 # cannot be preloaded into programs that were not built with it).
