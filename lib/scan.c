@@ -121,6 +121,20 @@ static void sleep_ms(struct lib *l, uint32_t ms, int kickable)
 		;
 }
 
+/* Let application threads waiting in our wrappers (lib_lock()) in. A
+ * mutex is not fair: taken straight back, it could keep a madvise() or
+ * munmap() waiting a whole pass on a loaded machine. Up to 5 ms for them
+ * to get it (waiters drops once they have). */
+static void let_waiters_in(struct lib *l)
+{
+	pthread_mutex_unlock(&l->lock);
+	for (int i = 0; i < 50 && __atomic_load_n(&l->waiters, __ATOMIC_RELAXED); i++) {
+		struct timespec ts = { 0, 100000 };
+		nanosleep(&ts, NULL);
+	}
+	pthread_mutex_lock(&l->lock);
+}
+
 /* Walk every area once. Called and returns with l->lock held. */
 static int walk(struct lib *l, struct pass *ps)
 {
@@ -167,9 +181,7 @@ static int walk(struct lib *l, struct pass *ps)
 		if (err)
 			return err;
 		cursor = s + (uintptr_t)n * SP_PAGE;
-		/* Let application threads waiting in our wrappers in. */
-		pthread_mutex_unlock(&l->lock);
-		pthread_mutex_lock(&l->lock);
+		let_waiters_in(l);
 	}
 	return 0;
 }
