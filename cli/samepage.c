@@ -21,6 +21,7 @@
 #include "env.h"
 #include "conn.h"
 #include "exe.h"
+#include "metrics.h"
 #include "path.h"
 #include "proto.h"
 
@@ -440,6 +441,8 @@ int main(int argc, char **argv)
 		return cmd_unmerge(argc - 2, argv + 2);
 	if (!strcmp(argv[1], "daemon"))
 		return cmd_daemon(argc - 2, argv + 2);
+	if (!strcmp(argv[1], "metrics"))
+		return cmd_metrics(argc - 2, argv + 2);
 	usage();
 	return 2;
 }

@@ -17,6 +17,10 @@ command -v mandoc >/dev/null || need+=(mandoc)
 command -v man >/dev/null || need+=(man-db)
 command -v pkg-config >/dev/null || need+=(pkgconf)
 command -v systemd-socket-activate >/dev/null || need+=(systemd)
+# tests/integration/metrics.c: `samepage metrics` checked by promtool, read
+# by node_exporter's textfile collector and scraped by a real Prometheus.
+command -v promtool >/dev/null || need+=(prometheus)
+command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporter)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=
 [ "$(id -u)" -eq 0 ] || sudo=sudo
