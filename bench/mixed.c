@@ -40,7 +40,10 @@
  *
  *   build/bench/mixed [--mib S] [--period-ms P] [--settle SEC] [--max-s SEC]
  *       [--repeat R] [--quiet-wait SEC] [--only samepage|kernel] [--series]
- *       [--summary FILE]
+ *       [--summary FILE] [--csv FILE]
+ *
+ * --csv FILE: every sample of the last run of each, one line each:
+ * merger,t_s,saved_mib,cpu_s (bench/plot.sh draws them).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -71,6 +74,7 @@
 struct opts {
 	size_t mib;
 	int period_ms, settle_s, max_s, repeat, quiet_s, only, series;
+	const char *csv;
 };
 
 /* ---- the layout of a process's region ---- */
@@ -507,6 +511,26 @@ static void series(const struct opts *o, const struct result *s, const struct re
 	}
 }
 
+/* The samples of the last run of each merger, for plotting. */
+static void write_csv(const struct opts *o, const struct result *s, const struct result *k,
+		      const int *have)
+{
+	FILE *f = fopen(o->csv, "w");
+
+	if (!f) {
+		fprintf(stderr, "mixed: %s: %s\n", o->csv, strerror(errno));
+		return;
+	}
+	fprintf(f, "merger,t_s,saved_mib,cpu_s\n");
+	for (int m = 0; m < 2; m++) {
+		const struct result *r = m ? k : s;
+		for (int i = 0; have[m] && i < r->ns; i++)
+			fprintf(f, "%s,%.3f,%.2f,%.4f\n", m ? "kernel" : "samepage", r->s[i].t,
+				r->s[i].saved / 256, r->s[i].cpu);
+	}
+	fclose(f);
+}
+
 static void report(const struct opts *o, struct result *runs[2], int n, const int *have)
 {
 	struct result med[2];
@@ -527,6 +551,8 @@ static void report(const struct opts *o, struct result *runs[2], int n, const in
 #undef MEDIAN
 	}
 	series(o, &runs[0][n - 1], &runs[1][n - 1], have);
+	if (o->csv)
+		write_csv(o, &runs[0][n - 1], &runs[1][n - 1], have);
 #define ROW(name, unit, expr_s, expr_k) row(name, unit, expr_s, expr_k, hs, hk)
 	printf("\nworkload: %d processes x %zu MiB: 50%% common to all, 10%% zero, 10%% rewritten "
 	       "every %d ms, 30%% unique; %s%d run%s\n", NPROC, o->mib, o->period_ms,
@@ -603,6 +629,8 @@ static void parse(int argc, char **argv, struct opts *o)
 			o->max_s = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--series"))
 			o->series = 1;
+		else if (!strcmp(argv[i], "--csv") && i + 1 < argc)
+			o->csv = argv[++i];
 		else
 			usage();
 	}
