@@ -88,6 +88,7 @@ void samepaged_tick(struct samepaged *d)
 {
 	uint64_t now = now_ns();
 
+	samepaged_config_tick(d);
 	if (d->nparked)
 		resolve_parked(d);
 	if (d->held && now - d->last_sweep_ns >= SWEEP_NS) {
@@ -285,7 +286,7 @@ int samepaged_run(const char *path, int idle_exit_s, int ready_fd)
 	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
 	int err = samepaged_init(&d);
 
-	d.idle_exit_s = idle_exit_s;
+	samepaged_config_start(&d, idle_exit_s, ready_fd >= 0 ? 60 : 0);
 	raise_nofile();
 	if (!err)
 		err = listen_on(&d, path);
