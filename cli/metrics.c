@@ -9,31 +9,35 @@
  * --interval N does so every N seconds until killed.
  */
 #define _GNU_SOURCE
-#include "metrics.h"
+#include "cli.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
-
-#include "conn.h"
-#include "path.h"
-#include "proto.h"
-
-#define WAIT_S 5
 
 /* One metric: name, type, help, value. */
 struct metric { const char *name, *type, *help; double v; };
 
-/* The command's state. */
-struct metrics_ctx {
-	int fd;                     /* the daemon, as an observer */
-	unsigned char buf[SP_MAX_MSG];
-	int per_process;
+static const char help_text[] =
+	"usage: samepage metrics [--per-process] [--textfile PATH [--interval SECS]]\n"
+	"\n"
+	"The counters for Prometheus, in its text format: node_exporter's ksmd\n"
+	"collector's names (node_ksmd_*) for what kernel KSM also counts,\n"
+	"samepage_* for the rest.\n"
+	"\n"
+	"  -p, --per-process    one series per process (samepage_process_*{pid,comm})\n"
+	"  -t, --textfile PATH  write them to PATH atomically (node_exporter's textfile\n"
+	"                       collector), not to stdout\n"
+	"  -i, --interval SECS  with --textfile: again every SECS seconds until killed\n"
+	"  -h, --help           this text\n";
+
+struct metrics_opts {
+	int per_process, help;
+	const char *textfile;
+	uint64_t interval_ms;
 };
 
 static void put(FILE *f, const struct metric *m)
@@ -116,54 +120,8 @@ static void put_samepage(FILE *f, const struct sp_stat_r *r)
 		put(f, &ms[i]);
 }
 
-static int stat_of(struct metrics_ctx *x, int32_t pid, struct sp_stat_r *r)
-{
-	struct sp_statreq q = { .pid = pid };
-	struct sp_msg m;
-	int err = sp_call(x->fd, x->buf, C_STAT, &q, sizeof(q), D_STAT, &m);
-
-	if (!err)
-		memcpy(r, m.p, sizeof(*r));
-	return err;
-}
-
-/* Does process pid map libsamepage (a candidate for --per-process)? */
-static int uses_samepage(pid_t pid)
-{
-	char path[64], line[512];
-	int yes = 0;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
-	f = fopen(path, "r");
-	while (f && !yes && fgets(line, sizeof(line), f))
-		yes = strstr(line, "libsamepage.so") != NULL;
-	if (f)
-		fclose(f);
-	return yes;
-}
-
-static void comm_of(pid_t pid, char *out, size_t len)
-{
-	char path[64];
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
-	f = fopen(path, "r");
-	out[0] = 0;
-	if (f && fgets(out, (int)len, f))
-		out[strcspn(out, "\n")] = 0;
-	if (f)
-		fclose(f);
-	/* A label value: no quotes or backslashes in it. */
-	for (char *c = out; *c; c++)
-		if (*c == '"' || *c == '\\')
-			*c = '_';
-}
-
-/* One series per connected process (every process of ours that maps the
- * library and that the daemon knows). */
-static void put_processes(struct metrics_ctx *x, FILE *f)
+/* One series per process the daemon serves. */
+static void put_processes(struct cli *c, FILE *f)
 {
 	static const char *const names[] = {
 		"samepage_process_merging_pages", "samepage_process_rmap_items",
@@ -177,138 +135,119 @@ static void put_processes(struct metrics_ctx *x, FILE *f)
 		"Bytes the process saves minus its bookkeeping (ksm_process_profit).",
 		"1: the process waits at its VMA budget.",
 	};
-	char text[5][16384];
-	size_t used[5] = { 0 };
-	struct dirent *e;
-	DIR *d = opendir("/proc");
+	struct procs ps = { 0 };
 
-	for (int k = 0; k < 5; k++)
-		text[k][0] = 0;
-	while (d && (e = readdir(d))) {
-		pid_t pid = (pid_t)atoi(e->d_name);
-		struct sp_stat_r r;
-		char comm[32];
-		if (pid <= 0 || !uses_samepage(pid) || stat_of(x, pid, &r) || !r.has_proc)
-			continue;
-		comm_of(pid, comm, sizeof(comm));
-		/* ksm_process_profit as `samepage status --pid` computes it */
-		const double v[5] = {
-			(double)r.p.merging_pages, (double)r.p.rmap_items, (double)r.p.zero_pages,
-			(double)(r.p.merging_pages + r.p.zero_pages) * SP_PAGE -
-				(double)r.p.rmap_items * SP_ENTRY_BYTES,
-			(double)r.p.limited,
-		};
-		for (int k = 0; k < 5; k++)
-			if (used[k] + 200 < sizeof(text[k]))
-				used[k] += (size_t)snprintf(text[k] + used[k], sizeof(text[k]) - used[k],
-							    "%s{pid=\"%d\",comm=\"%s\"} %.17g\n",
-							    names[k], (int)pid, comm, v[k]);
+	if (procs_fetch(c, &ps))
+		return;
+	for (int k = 0; k < 5; k++) {
+		fprintf(f, "# HELP %s %s\n# TYPE %s gauge\n", names[k], help[k], names[k]);
+		for (size_t i = 0; i < ps.n; i++) {
+			const struct sp_proc_stats *st = &ps.v[i].e.st;
+			/* ksm_process_profit as `samepage status --pid` computes it */
+			const double v[5] = {
+				(double)st->merging_pages, (double)st->rmap_items, (double)st->zero_pages,
+				(double)(st->merging_pages + st->zero_pages) * SP_PAGE -
+					(double)st->rmap_items * SP_ENTRY_BYTES,
+				(double)st->limited,
+			};
+			char comm[sizeof(ps.v[i].comm)];
+			/* A label value: no quotes or backslashes in it. */
+			snprintf(comm, sizeof(comm), "%s", ps.v[i].comm);
+			for (char *ch = comm; *ch; ch++)
+				if (*ch == '"' || *ch == '\\')
+					*ch = '_';
+			fprintf(f, "%s{pid=\"%d\",comm=\"%s\"} %.17g\n", names[k],
+				(int)ps.v[i].e.pid, comm, v[k]);
+		}
 	}
-	if (d)
-		closedir(d);
-	for (int k = 0; k < 5; k++)
-		fprintf(f, "# HELP %s %s\n# TYPE %s gauge\n%s", names[k], help[k], names[k], text[k]);
+	procs_free(&ps);
 }
 
-static int write_all(struct metrics_ctx *x, FILE *f)
+static int write_all(struct cli *c, const struct metrics_opts *o, FILE *f)
 {
 	struct sp_stat_r r;
-	int err = stat_of(x, 0, &r);
+	int err = cli_stat(c, 0, &r);
 
 	if (err)
 		return err;
 	put_ksmd(f, &r);
 	put_samepage(f, &r);
-	if (x->per_process)
-		put_processes(x, f);
+	if (o->per_process)
+		put_processes(c, f);
 	return ferror(f) ? -EIO : 0;
 }
 
-/* PATH.tmp written whole, then renamed: node_exporter never reads half. */
-static int write_textfile(struct metrics_ctx *x, const char *path)
+/* PATH.PID.tmp written whole, then renamed: node_exporter never reads half. */
+static int write_textfile(struct cli *c, const struct metrics_opts *o)
 {
 	char tmp[PATH_MAX];
 	FILE *f;
 	int err;
 
-	snprintf(tmp, sizeof(tmp), "%s.%d.tmp", path, (int)getpid());
+	snprintf(tmp, sizeof(tmp), "%s.%d.tmp", o->textfile, (int)getpid());
 	f = fopen(tmp, "w");
 	if (!f)
 		return -errno;
-	err = write_all(x, f);
+	err = write_all(c, o, f);
 	if (fclose(f) && !err)
 		err = -errno;
-	if (!err && rename(tmp, path) < 0)
+	if (!err && rename(tmp, o->textfile) < 0)
 		err = -errno;
 	if (err)
 		unlink(tmp);
 	return err;
 }
 
-static int parse_uint(const char *s, unsigned *v)
+static int metrics_options(struct cli *c, int argc, char **argv, struct metrics_opts *o)
 {
-	char *end;
-	unsigned long n;
+	static const struct option longs[] = {
+		{ "per-process", no_argument, NULL, 'p' },
+		{ "textfile", required_argument, NULL, 't' },
+		{ "interval", required_argument, NULL, 'i' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int ch;
 
-	errno = 0;
-	n = strtoul(s, &end, 10);
-	if (!*s || *end || errno || n == 0 || n > 86400 || *s == '-')
-		return -EINVAL;
-	*v = (unsigned)n;
+	while ((ch = cli_getopt(c, argc, argv, "pt:i:h", longs)) != -1) {
+		if (ch == 'p')
+			o->per_process = 1;
+		else if (ch == 't')
+			o->textfile = optarg;
+		else if (ch == 'i' && cli_parse_secs(c, "--interval", optarg, 1000, 86400000,
+						     &o->interval_ms))
+			return -EINVAL;
+		else if (ch == 'h')
+			o->help = 1;
+		else if (ch != 'i')
+			return -EINVAL;
+	}
+	if (optind < argc)
+		return cli_usage_error(c, "unexpected argument '%s'", argv[optind]);
+	if (o->interval_ms && !o->textfile)
+		return cli_usage_error(c, "--interval needs --textfile");
 	return 0;
 }
 
-static int metrics_usage(void)
+int cmd_metrics(struct cli *c, int argc, char **argv)
 {
-	fprintf(stderr, "usage: samepage metrics [--per-process] [--textfile PATH [--interval "
-		"SECONDS]]\n");
-	return 2;
-}
+	struct metrics_opts o = { 0 };
+	int err = metrics_options(c, argc, argv, &o);
 
-int cmd_metrics(int argc, char **argv)
-{
-	static struct metrics_ctx x;
-	const char *textfile = NULL;
-	char path[108];
-	unsigned interval = 0;
-	int err;
-
-	for (int i = 0; i < argc; i++) {
-		if (!strcmp(argv[i], "--per-process"))
-			x.per_process = 1;
-		else if (!strcmp(argv[i], "--textfile") && i + 1 < argc)
-			textfile = argv[++i];
-		else if (!strcmp(argv[i], "--interval") && i + 1 < argc) {
-			if (parse_uint(argv[++i], &interval)) {
-				fprintf(stderr, "samepage: metrics: --interval wants 1 to 86400 "
-					"seconds, not '%s'\n", argv[i]);
-				return 2;
-			}
-		} else
-			return metrics_usage();
-	}
-	if (interval && !textfile)
-		return metrics_usage();
-	err = sp_socket_path(path, sizeof(path));
-	if (err) {
-		fprintf(stderr, "samepage: metrics: socket path: %s\n", strerror(-err));
-		return 1;
-	}
-	x.fd = sp_observe(path, WAIT_S, x.buf);
-	if (x.fd < 0) {
-		fprintf(stderr, "samepage: metrics: no daemon at %s: %s\n", path, strerror(-x.fd));
-		return 1;
-	}
+	if (err)
+		return EXIT_USAGE;
+	if (o.help)
+		return cli_help(help_text);
+	err = cli_connect(c, 0);
+	if (err)
+		return cli_fail(c, "metrics", err);
 	do {
-		err = textfile ? write_textfile(&x, textfile) : write_all(&x, stdout);
-		if (err) {
-			fprintf(stderr, "samepage: metrics: %s\n", strerror(-err));
-			close(x.fd);
-			return 1;
-		}
-		if (interval)
-			sleep(interval);
-	} while (interval);
-	close(x.fd);
+		err = o.textfile ? write_textfile(c, &o) : write_all(c, &o, stdout);
+		if (err)
+			return cli_fail(c, "metrics", err);
+		if (o.interval_ms)
+			usleep((useconds_t)(o.interval_ms * 1000));
+	} while (o.interval_ms);
+	cli_disconnect(c);
 	return 0;
 }

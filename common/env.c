@@ -21,6 +21,7 @@ static const char *keep(const char *name)
 __attribute__((constructor)) static void inherit(void)
 {
 	const char *any = sp_env("SAMEPAGE_MERGE_ANY");
+	const char *warned = sp_env("SAMEPAGE_UFFD_WARNED");
 
 	inherited.socket = keep("SAMEPAGE_SOCKET");
 	inherited.xdg = keep("XDG_RUNTIME_DIR");
@@ -31,6 +32,7 @@ __attribute__((constructor)) static void inherit(void)
 	if (pre)
 		inherited.preload = strdup(pre - strlen("LD_PRELOAD=")); /* environ's string */
 	inherited.merge_any = any && *any == '1';
+	inherited.uffd_warned = warned && *warned == '1';
 }
 
 const struct sp_inherited *sp_inherited(void)

@@ -26,6 +26,9 @@ struct sp_inherited {
 	const char *domain;   /* SAMEPAGE_DOMAIN */
 	const char *preload;  /* "LD_PRELOAD=...", the whole variable */
 	int merge_any;        /* SAMEPAGE_MERGE_ANY=1 */
+	/* SAMEPAGE_UFFD_WARNED=1: `samepage run` found userfaultfd out of
+	 * reach and told the user what to do, once for all its processes. */
+	int uffd_warned;
 };
 const struct sp_inherited *sp_inherited(void);
 

@@ -171,6 +171,8 @@ static int layout(uint16_t type, size_t *fixed, size_t *elem)
 	case D_SEG: *fixed = sizeof(struct sp_seg_r); break;
 	case D_ACK: *fixed = sizeof(struct sp_ack); break;
 	case D_STAT: *fixed = sizeof(struct sp_stat_r); break;
+	case C_PROCS: *fixed = sizeof(struct sp_procs_req); break;
+	case D_PROCS: *fixed = sizeof(struct sp_procs); *elem = sizeof(struct sp_proc_ent); break;
 	default: return -EPROTO;
 	}
 	return 0;
@@ -183,6 +185,7 @@ static uint32_t max_count(uint16_t type)
 	case C_CREATE: case D_CREATE: return SP_MAX_CREATE;
 	case D_HINTS: return SP_MAX_HINTS;
 	case C_MOVE: case D_MOVE: return SP_MAX_MOVE;
+	case D_PROCS: return SP_MAX_PROCS;
 	default: return SP_MAX_UNREF;
 	}
 }
@@ -219,17 +222,32 @@ int sp_knob_lookup(const char *name)
 	return -ENOENT;
 }
 
+/* The kernel refuses max_page_sharing 0 and 1 too: a page shared by one
+ * mapper saves nothing. */
+static const struct { uint64_t min, max; } knob_ranges[KNOB_COUNT] = {
+	[KNOB_RUN] = { 0, 2 },
+	[KNOB_PAGES_TO_SCAN] = { 1, 1u << 24 },
+	[KNOB_SLEEP_MILLISECS] = { 0, 60000 },
+	[KNOB_USE_ZERO_PAGES] = { 0, 1 },
+	[KNOB_MAX_PAGE_SHARING] = { 2, 1u << 20 },
+};
+
+int sp_knob_range(int knob, uint64_t *min, uint64_t *max)
+{
+	if (knob < 0 || knob >= KNOB_COUNT)
+		return -EINVAL;
+	*min = knob_ranges[knob].min;
+	*max = knob_ranges[knob].max;
+	return 0;
+}
+
 int sp_knob_check(int knob, uint64_t v)
 {
-	switch (knob) {
-	case KNOB_RUN: return v <= 2 ? 0 : -EINVAL;
-	case KNOB_PAGES_TO_SCAN: return v >= 1 && v <= 1u << 24 ? 0 : -EINVAL;
-	case KNOB_SLEEP_MILLISECS: return v <= 60000 ? 0 : -EINVAL;
-	case KNOB_USE_ZERO_PAGES: return v <= 1 ? 0 : -EINVAL;
-	/* The kernel refuses 0 and 1 too: a page shared by one mapper saves nothing. */
-	case KNOB_MAX_PAGE_SHARING: return v >= 2 && v <= 1u << 20 ? 0 : -EINVAL;
-	default: return -EINVAL;
-	}
+	uint64_t min, max;
+
+	if (sp_knob_range(knob, &min, &max))
+		return -EINVAL;
+	return v >= min && v <= max ? 0 : -EINVAL;
 }
 
 uint64_t sp_domain_id(const char *name)

@@ -34,6 +34,7 @@
 #define SP_MAX_HINTS 4096u            /* pages in one D_HINTS */
 #define SP_MAX_UNREF 16384u
 #define SP_MAX_MOVE 512u              /* pages in one C_MOVE: a scan chunk */
+#define SP_MAX_PROCS 512u             /* processes in one D_PROCS (96 bytes each) */
 #define SP_POOL_NONE 0xffffffffu      /* lookup: no match, kept in the unstable index */
 #define SP_POOL_CREATE 0xfffffffeu    /* lookup: match in the unstable index, send the page */
 /* C_UNREF: the reference dropped is one its mapper had written (C_COW). */
@@ -42,8 +43,8 @@
 
 enum sp_msg_type {
 	C_HELLO = 1, C_BUDGET, C_LOOKUP, C_CREATE, C_UNREF, C_GETSEG,
-	C_FORK, C_STAT, C_SET, C_UNMERGE, C_PIPE, C_HINTS, C_COW, C_MARKER, C_MOVE,
-	D_HELLO = 100, D_BUDGET, D_LOOKUP, D_CREATE, D_SEG, D_ACK, D_STAT, D_HINTS, D_MOVE,
+	C_FORK, C_STAT, C_SET, C_UNMERGE, C_PIPE, C_HINTS, C_COW, C_MARKER, C_MOVE, C_PROCS,
+	D_HELLO = 100, D_BUDGET, D_LOOKUP, D_CREATE, D_SEG, D_ACK, D_STAT, D_HINTS, D_MOVE, D_PROCS,
 };
 
 struct sp_hdr {
@@ -149,6 +150,31 @@ struct sp_statreq { int32_t pid; };                 /* 0: global only */
 struct sp_set { uint32_t knob; uint32_t pad; uint64_t value; };
 struct sp_unmerge { int32_t pid; };                 /* 0: every process */
 
+/* C_PROCS (the CLI: `samepage top`, `unmerge`): the processes connected, ordered
+ * by (pid, id), from just after the cursor (0, 0: from the first). D_PROCS
+ * holds at most SP_MAX_PROCS of them; when more follow, ask again from the
+ * last one. A pid may appear twice for a moment (an image that exec'd,
+ * its old connection not yet closed): id tells them apart. */
+struct sp_procs_req { int32_t after_pid; uint32_t after_id; };
+#define PROC_UNMERGING 1u /* `samepage unmerge` asked it; its next budget reply says so */
+#define PROC_PARKED 2u    /* a fork child waiting for its parent's references */
+struct sp_proc_ent {
+	int32_t pid;        /* from SO_PEERCRED */
+	uint32_t id;        /* its connection, never reused while the daemon lives */
+	uint32_t flags;
+	uint32_t silent_ms; /* since its last budget request; UINT32_MAX: none yet */
+	struct sp_proc_stats st;
+};
+struct sp_procs {
+	uint32_t n;
+	uint32_t more;      /* 1: processes after e[n - 1] were left out */
+	/* The daemon's own pid: SO_PEERCRED names whoever called listen(),
+	 * the service manager under socket activation. */
+	int32_t daemon_pid;
+	uint32_t pad;
+	struct sp_proc_ent e[];
+};
+
 struct sp_global_stats {
 	uint64_t pages_shared, pages_sharing, pages_unshared, pages_volatile;
 	uint64_t pages_scanned, full_scans, ksm_zero_pages;
@@ -202,5 +228,7 @@ const char *sp_knob_name(int knob);
 int sp_knob_lookup(const char *name);
 /* 0 or -EINVAL when value is out of the knob's range. */
 int sp_knob_check(int knob, uint64_t value);
+/* The knob's range [*min, *max], for messages: 0, or -EINVAL for no such knob. */
+int sp_knob_range(int knob, uint64_t *min, uint64_t *max);
 
 #endif

@@ -17,6 +17,7 @@
  *   conn.c      connections: accept, find, close
  *   budget.c    the scan budget and the unstable index's generations
  *   sets.c      who holds a reference: sets, markers, held sets
+ *   config.c    samepage.conf: read at start and on SIGHUP
  *   pool.c index.c refs.c map.c   the pool, the two indexes, a set's
  *               references, the hash map they use
  */
@@ -115,6 +116,8 @@ struct samepaged {
 	double tokens;        /* scan budget bucket (pages) */
 	uint64_t last_refill_ns, last_sweep_ns;
 	int idle_exit_s;      /* exit after this long with no process; 0: never */
+	int idle_exit_arg;    /* --idle-exit, or -1: samepage.conf's idle_exit, else the default */
+	int idle_exit_default; /* 60 s started on demand, else never */
 	uint64_t idle_since_ns;
 	struct service svc;   /* the service manager's socket and status line, if any */
 	unsigned char *buf;   /* the reply being built */
@@ -184,6 +187,19 @@ int on_move(struct samepaged *d, struct conn *c, const struct sp_ids *q);
 int hello_reply(struct samepaged *d, struct conn *c, uint32_t attached);
 /* One message: 0, or < 0 to close the connection (invariant 6). */
 int dispatch(struct samepaged *d, struct conn *c, struct sp_msg *m);
+
+/* ---- config.c: samepage.conf ---- */
+
+/* Read the configuration over the default knobs (each error told on
+ * stderr, and then none of it applied) and reload it on SIGHUP from now
+ * on. idle_exit_arg: --idle-exit, or -1 for the file's idle_exit, else
+ * idle_exit_default (samepaged_run() passes its idle_exit_s, and 60 s when
+ * it was started on demand, ready_fd >= 0). */
+void samepaged_config_start(struct samepaged *d, int idle_exit_arg, int idle_exit_default);
+/* Reload if SIGHUP came. */
+void samepaged_config_tick(struct samepaged *d);
+/* Check the files only, telling each error on stderr: 0 or -errno. */
+int samepaged_config_check(void);
 
 /* ---- loop.c: samepaged's life ---- */
 

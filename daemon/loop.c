@@ -93,6 +93,7 @@ void samepaged_tick(struct samepaged *d)
 {
 	uint64_t now = now_ns();
 
+	samepaged_config_tick(d);
 	if (d->nparked)
 		resolve_parked(d);
 	if (d->held && now - d->last_sweep_ns >= SWEEP_NS) {
@@ -351,7 +352,7 @@ int samepaged_run(const char *path, int idle_exit_s, int ready_fd)
 	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
 	int err = samepaged_init(&d);
 
-	d.idle_exit_s = idle_exit_s;
+	samepaged_config_start(&d, idle_exit_s, ready_fd >= 0 ? 60 : 0);
 	raise_nofile();
 	/* Notify only as a unit's main process: a daemon detached for the
 	 * library (ready_fd) may have inherited the NOTIFY_SOCKET of the

@@ -247,6 +247,60 @@ static int on_stat(struct samepaged *d, struct conn *c, const struct sp_statreq 
 	return reply(c, D_STAT, &r, sizeof(r));
 }
 
+/* (pid, id) order: a listing split over several replies resumes where
+ * the previous one ended, whatever connections came and went between. */
+static int proc_cmp(const void *a, const void *b)
+{
+	const struct conn *x = *(const struct conn *const *)a, *y = *(const struct conn *const *)b;
+
+	if (x->pid != y->pid)
+		return x->pid < y->pid ? -1 : 1;
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static int after_cursor(const struct conn *c, const struct sp_procs_req *q)
+{
+	return c->pid > q->after_pid || (c->pid == q->after_pid && c->id > q->after_id);
+}
+
+static void proc_entry(const struct conn *c, uint64_t now, struct sp_proc_ent *e)
+{
+	uint64_t silent = c->last_seen_ns ? (now - c->last_seen_ns) / 1000000 : UINT32_MAX;
+
+	memset(e, 0, sizeof(*e));
+	e->pid = c->pid;
+	e->id = c->id;
+	e->flags = (c->unmerge_pending ? PROC_UNMERGING : 0) | (c->parked ? PROC_PARKED : 0);
+	e->silent_ms = silent > UINT32_MAX ? UINT32_MAX : (uint32_t)silent;
+	e->st = c->st;
+}
+
+static int on_procs(struct samepaged *d, struct conn *c, const struct sp_procs_req *q)
+{
+	struct sp_procs *r = (struct sp_procs *)d->buf;
+	struct conn **v;
+	uint32_t n = 0, max = 0;
+	uint64_t now = now_ns();
+
+	for (struct conn *p = d->conns; p; p = p->next)
+		max++;
+	v = malloc((max ? max : 1) * sizeof(*v));
+	if (!v)
+		return ack(c, -ENOMEM);
+	for (struct conn *p = d->conns; p; p = p->next)
+		if (!p->observer && p->hello && after_cursor(p, q))
+			v[n++] = p;
+	qsort(v, n, sizeof(*v), proc_cmp);
+	memset(r, 0, sizeof(*r));
+	r->n = n < SP_MAX_PROCS ? n : SP_MAX_PROCS;
+	r->more = n > SP_MAX_PROCS;
+	r->daemon_pid = (int32_t)getpid();
+	for (uint32_t i = 0; i < r->n; i++)
+		proc_entry(v[i], now, &r->e[i]);
+	free(v);
+	return reply(c, D_PROCS, r, (uint32_t)(sizeof(*r) + r->n * sizeof(r->e[0])));
+}
+
 static int on_set(struct samepaged *d, struct conn *c, const struct sp_set *s)
 {
 	int err = sp_knob_check((int)s->knob, s->value);
@@ -299,6 +353,7 @@ int dispatch(struct samepaged *d, struct conn *c, struct sp_msg *m)
 	case C_PIPE: return on_pipe(d, c, (const void *)m->p, m);
 	case C_HINTS: return on_hints(d, c, (const void *)m->p);
 	case C_MOVE: return on_move(d, c, (const void *)m->p);
+	case C_PROCS: return on_procs(d, c, (const void *)m->p);
 	default: return -EPROTO; /* a reply type sent to us */
 	}
 }

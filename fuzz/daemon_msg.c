@@ -631,8 +631,8 @@ static void deliver(struct in *in, struct slot *s, uint16_t type, size_t len, in
 
 static const uint16_t types[] = {
 	C_HELLO, C_BUDGET, C_LOOKUP, C_CREATE, C_UNREF, C_GETSEG, C_FORK, C_STAT, C_SET,
-	C_UNMERGE, C_PIPE, C_HINTS, C_COW, C_MARKER, C_MOVE, D_HELLO, D_BUDGET, D_LOOKUP,
-	D_CREATE, D_SEG, D_ACK, D_STAT, D_HINTS, D_MOVE, 0, 16, 99, 109,
+	C_UNMERGE, C_PIPE, C_HINTS, C_COW, C_MARKER, C_MOVE, C_PROCS, D_HELLO, D_BUDGET,
+	D_LOOKUP, D_CREATE, D_SEG, D_ACK, D_STAT, D_HINTS, D_MOVE, D_PROCS, 0, 17, 99, 110,
 };
 
 static void op_raw(struct in *in, struct slot *s)

@@ -44,13 +44,18 @@ static int lib_inherit_domain(struct lib *l)
 	return 0;
 }
 
+/* Once per process; not at all under a `samepage run` that already gave
+ * the exact commands, or each process it starts would repeat them. */
 static void warn_uffd(int err)
 {
+	if (sp_inherited()->uffd_warned)
+		return;
 	fprintf(stderr,
 		"samepage: cannot merge memory in process %d: userfaultfd with write-protect "
 		"is not available (%s).\n"
-		"samepage: it needs /dev/userfaultfd readable by this user, or "
-		"vm.unprivileged_userfaultfd=1, or root.\n",
+		"samepage: it needs read-write access to /dev/userfaultfd (samepage's udev rule "
+		"gives it to group samepage: sudo groupadd -f samepage && sudo usermod -aG "
+		"samepage $USER, then log in again), or vm.unprivileged_userfaultfd=1, or root.\n",
 		(int)getpid(), strerror(-err));
 }
 

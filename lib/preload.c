@@ -260,7 +260,7 @@ static char **with_merge_env(char *const envp[], struct exec_env *b)
 
 	if (!any && !*dom)
 		return (char **)envp;
-	for (; envp && envp[n] && n + 6 < sizeof(b->v) / sizeof(b->v[0]); n++)
+	for (; envp && envp[n] && n + 7 < sizeof(b->v) / sizeof(b->v[0]); n++)
 		b->v[n] = envp[n];
 	if (envp && envp[n])
 		return (char **)envp; /* too many to copy; leave it as it is */
@@ -268,6 +268,9 @@ static char **with_merge_env(char *const envp[], struct exec_env *b)
 		b->v[n++] = "SAMEPAGE_MERGE_ANY=1";
 	if (any && !has_var(envp, "LD_PRELOAD=", 11) && pre)
 		b->v[n++] = pre;
+	/* `samepage run`'s advice on userfaultfd was given once for all. */
+	if (in->uffd_warned && !has_var(envp, "SAMEPAGE_UFFD_WARNED=", 21))
+		b->v[n++] = "SAMEPAGE_UFFD_WARNED=1";
 	/* The same daemon, whatever the new environment says of XDG. */
 	if (!has_var(envp, "SAMEPAGE_SOCKET=", 16) && sp_socket_path(path, sizeof(path)) == 0) {
 		snprintf(b->sock, sizeof(b->sock), "SAMEPAGE_SOCKET=%s", path);

@@ -203,13 +203,13 @@ cli_fails() { # want_status stderr_pattern args...
 }
 bin=$root/usr/bin
 nosock=$tmp/nowhere/sock
-cli_fails 2 usage "$bin/samepage"
-cli_fails 2 usage "$bin/samepage" bogus
+cli_fails 2 "which command" "$bin/samepage"
+cli_fails 2 "no command 'bogus'" "$bin/samepage" bogus
 cli_fails 2 "unknown knob" "$bin/samepage" set bogus=1
-cli_fails 2 "invalid value" "$bin/samepage" set run=7
+cli_fails 2 "out of range" "$bin/samepage" set run=7
 cli_fails 1 "no daemon" env SAMEPAGE_SOCKET="$nosock" "$bin/samepage" status
 cli_fails 1 "no daemon" env SAMEPAGE_SOCKET="$nosock" "$bin/samepage" unmerge
-cli_fails 2 usage "$bin/samepaged" --bogus
+cli_fails 2 "unknown option" "$bin/samepaged" --bogus
 # `run` preloads ../lib/libsamepage.so beside its binary: alone, it says so.
 mkdir -p "$tmp/alone/bin"
 cp "$bin/samepage" "$tmp/alone/bin/"

@@ -651,7 +651,7 @@ static void garbage(void)
 	/* Reply types, and types that do not exist, in a stream. */
 	{
 		static const uint16_t types[] = { D_HELLO, D_BUDGET, D_LOOKUP, D_CREATE, D_SEG,
-						  D_ACK, D_STAT, D_HINTS, 0, 15, 99, 108, 0xffff };
+						  D_ACK, D_STAT, D_HINTS, 0, 17, 99, 110, 0xffff };
 		static const size_t sizes[] = { sizeof(struct sp_hello_r), sizeof(struct sp_budget_r),
 						4, 4, sizeof(struct sp_seg_r), sizeof(struct sp_ack),
 						sizeof(struct sp_stat_r), sizeof(struct sp_hints),

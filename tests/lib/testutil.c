@@ -204,6 +204,9 @@ void tu_private_daemon(void)
 		TU_FAIL("mkdtemp: %s", strerror(errno));
 	snprintf(sock, sizeof(sock), "%s/sock", tu.dir);
 	setenv("SAMEPAGE_SOCKET", sock, 1);
+	/* The test's settings, not those of whoever runs the tests. */
+	snprintf(sock, sizeof(sock), "%s/config", tu.dir);
+	setenv("XDG_CONFIG_HOME", sock, 1);
 	setenv("SAMEPAGE_DAEMON", tu_bin("samepaged"), 1);
 	snprintf(owner, sizeof(owner), "%d", (int)getpid());
 	setenv("TU_OWNER", owner, 1);
@@ -220,6 +223,50 @@ int tu_cli(const char *args)
 	snprintf(cmd, sizeof(cmd), "%s %s", tu_bin("samepage"), args);
 	st = system(cmd);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+const char *tu_daemon_dir(void)
+{
+	return tu.dir;
+}
+
+static void slurp(const char *path, char *buf, size_t len)
+{
+	FILE *f = fopen(path, "r");
+	size_t n = f ? fread(buf, 1, len - 1, f) : 0;
+
+	buf[n] = 0;
+	if (f)
+		fclose(f);
+}
+
+void tu_sh_capture(const char *cmdline, struct tu_output *r)
+{
+	char dir[] = "/tmp/sp-out-XXXXXX", out[64], err[64];
+	char *cmd;
+	int st;
+
+	TU_CHECK(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(out, sizeof(out), "%s/out", dir);
+	snprintf(err, sizeof(err), "%s/err", dir);
+	TU_CHECK(asprintf(&cmd, "( %s ) >%s 2>%s", cmdline, out, err) > 0, "asprintf");
+	st = system(cmd);
+	free(cmd);
+	r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+	slurp(out, r->out, sizeof(r->out));
+	slurp(err, r->err, sizeof(r->err));
+	unlink(out);
+	unlink(err);
+	rmdir(dir);
+}
+
+void tu_cli_capture(const char *args, struct tu_output *r)
+{
+	char *cmd;
+
+	TU_CHECK(asprintf(&cmd, "%s %s", tu_bin("samepage"), args) > 0, "asprintf");
+	tu_sh_capture(cmd, r);
+	free(cmd);
 }
 
 int tu_status_json(pid_t pid, char *buf, size_t len)

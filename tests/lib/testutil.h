@@ -72,6 +72,21 @@ void tu_private_daemon(void);
 const char *tu_bin(const char *name);
 /* Run `samepage ARGS` with this test's socket; returns its exit status. */
 int tu_cli(const char *args);
+/* A command's exit status (128+N when killed by signal N) and what it
+ * wrote on stdout and stderr, NUL-terminated (cut to the buffers). */
+struct tu_output {
+	int status;
+	char out[16384];
+	char err[16384];
+};
+/* `sh -c CMDLINE`, captured into *r (a list or a pipeline whole). */
+void tu_sh_capture(const char *cmdline, struct tu_output *r);
+/* `samepage ARGS` (split by the shell), captured into *r. */
+void tu_cli_capture(const char *args, struct tu_output *r);
+/* The private daemon's directory (tu_private_daemon), "" without one:
+ * XDG_CONFIG_HOME is its config/, so no samepage.conf of the user who
+ * runs the tests reaches the test's daemon. */
+const char *tu_daemon_dir(void);
 /* A counter or knob of this test's daemon, from `samepage status --json`;
  * -1 when missing. */
 long long tu_status(const char *key);

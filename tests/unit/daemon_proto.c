@@ -11,6 +11,10 @@
  *    applied;
  *  - C_STAT for an unknown pid gets D_ACK -ESRCH, for our own pid a D_STAT
  *    with the process;
+ *  - C_PROCS lists the processes (not the observers) in (pid, id) order
+ *    with the daemon's own pid; 530 connections come in two replies, the
+ *    first full (SP_MAX_PROCS, more set), the second resuming after the
+ *    cursor, every connection once;
  *  - a freed pool page is reused before a never-used one;
  *  - C_CREATE makes one pool page per content (a second connection creating
  *    the same content gets the same id), C_LOOKUP finds it through the
@@ -386,6 +390,63 @@ static void test_stat(int g)
 	TU_CHECK(st.has_proc == 0, "global stat has a process");
 	/* test_hello's connections are gone once the daemon saw them close */
 	TU_CHECK(tu_wait(settled, &g, 5), "processes %llu, want 1",
+		 (unsigned long long)gstat(g).g.processes);
+}
+
+/* C_PROCS from a cursor: the reply's header into *r, its entries into e. */
+static void procs_req(int fd, int32_t after_pid, uint32_t after_id, struct sp_procs *r,
+		      struct sp_proc_ent *e)
+{
+	struct sp_procs_req q = { .after_pid = after_pid, .after_id = after_id };
+	struct sp_msg m;
+
+	send_ok(fd, C_PROCS, &q, sizeof(q));
+	recv_ok(fd, &m, "procs");
+	TU_CHECK(m.h.type == D_PROCS, "C_PROCS answered with type %u", m.h.type);
+	memcpy(r, m.p, sizeof(*r));
+	TU_CHECK(r->n <= SP_MAX_PROCS, "D_PROCS of %u", r->n);
+	memcpy(e, m.p + sizeof(*r), r->n * sizeof(*e));
+}
+
+#define MANY_CONNS 530
+
+static void test_procs(int g)
+{
+	static struct sp_proc_ent e[SP_MAX_PROCS];
+	static int fds[MANY_CONNS];
+	struct sp_procs r;
+	int obs = dial(), seen = 0, total;
+
+	hello(obs, HELLO_OBSERVER);
+	procs_req(obs, 0, 0, &r, e);
+	TU_CHECK(r.daemon_pid == dpid, "D_PROCS names daemon %d, want %d", r.daemon_pid, (int)dpid);
+	TU_CHECK(r.n == 1 && !r.more && e[0].pid == getpid(),
+		 "C_PROCS: %u processes (more %u), first pid %d: want only g, ours", r.n, r.more,
+		 r.n ? e[0].pid : 0);
+	/* Past the cursor: nothing. */
+	procs_req(g, e[0].pid, e[0].id, &r, e);
+	TU_CHECK(r.n == 0 && !r.more, "C_PROCS after the last one: %u", r.n);
+	for (int i = 0; i < MANY_CONNS; i++) {
+		fds[i] = dial();
+		hello(fds[i], 0);
+	}
+	procs_req(obs, 0, 0, &r, e);
+	TU_CHECK(r.n == SP_MAX_PROCS && r.more, "C_PROCS of %d: %u, more %u", MANY_CONNS + 1, r.n,
+		 r.more);
+	total = (int)r.n;
+	for (uint32_t i = 1; i < r.n; i++)
+		TU_CHECK(e[i].pid == e[i - 1].pid && e[i].id > e[i - 1].id, "D_PROCS out of order");
+	procs_req(obs, e[r.n - 1].pid, e[r.n - 1].id, &r, e);
+	TU_CHECK(!r.more && total + (int)r.n == MANY_CONNS + 1,
+		 "the rest: %u (more %u), %d in all, want %d", r.n, r.more, total + (int)r.n,
+		 MANY_CONNS + 1);
+	for (uint32_t i = 0; i < r.n; i++)
+		seen += e[i].pid == getpid();
+	TU_CHECK(seen == (int)r.n, "another process listed");
+	for (int i = 0; i < MANY_CONNS; i++)
+		close(fds[i]);
+	close(obs);
+	TU_CHECK(tu_wait(settled, &g, 5), "processes %llu after closing, want 1",
 		 (unsigned long long)gstat(g).g.processes);
 }
 
@@ -1281,6 +1342,9 @@ static size_t fixed_of(uint16_t t, size_t *elem, uint32_t *max)
 	case D_SEG: return sizeof(struct sp_seg_r);
 	case D_ACK: return sizeof(struct sp_ack);
 	case D_STAT: return sizeof(struct sp_stat_r);
+	case C_PROCS: return sizeof(struct sp_procs_req);
+	case D_PROCS: *elem = sizeof(struct sp_proc_ent); *max = SP_MAX_PROCS;
+		return sizeof(struct sp_procs);
 	default: return SIZE_MAX;
 	}
 }
@@ -1332,6 +1396,7 @@ static int expected(uint16_t t, const unsigned char *p, uint32_t len, int helloe
 	case C_GETSEG: return D_SEG; /* or D_ACK -ENOENT */
 	case C_SET: case C_UNMERGE: return D_ACK;
 	case C_STAT: return D_STAT; /* or D_ACK -ESRCH */
+	case C_PROCS: return D_PROCS;
 	default: return CLOSE; /* C_HELLO again, or a reply type */
 	}
 }
@@ -1379,9 +1444,9 @@ static void garbage_one(long i, unsigned char *p)
 	struct sp_msg m;
 
 	if (w < 45)
-		t = (uint16_t)(C_HELLO + rnd() % (C_MARKER - C_HELLO + 1));
+		t = (uint16_t)(C_HELLO + rnd() % (C_PROCS - C_HELLO + 1));
 	else if (w < 55)
-		t = (uint16_t)(D_HELLO + rnd() % (D_HINTS - D_HELLO + 1));
+		t = (uint16_t)(D_HELLO + rnd() % (D_PROCS - D_HELLO + 1));
 	else
 		t = (uint16_t)rnd();
 	len = (uint32_t)(rnd() % 4097);
@@ -1546,6 +1611,7 @@ int main(void)
 	test_hello();
 	test_set(g);
 	test_stat(g);
+	test_procs(g);
 	test_pages(g);
 	test_pipe(g);
 	test_create_pipe(g);

@@ -100,6 +100,8 @@ static const struct layout layouts[] = {
 	{ D_STAT, sizeof(struct sp_stat_r), 0, 0 },
 	{ D_HINTS, sizeof(struct sp_hints), sizeof(struct sp_hint), SP_MAX_HINTS },
 	{ D_MOVE, sizeof(struct sp_ids), sizeof(uint32_t), SP_MAX_MOVE },
+	{ C_PROCS, sizeof(struct sp_procs_req), 0, 0 },
+	{ D_PROCS, sizeof(struct sp_procs), sizeof(struct sp_proc_ent), SP_MAX_PROCS },
 };
 #define NLAYOUTS (sizeof(layouts) / sizeof(layouts[0]))
 
@@ -156,7 +158,7 @@ static unsigned char *counted(const struct layout *l, uint32_t cnt, uint32_t n, 
 static void test_validate(void)
 {
 	static unsigned char zero[sizeof(struct sp_stat_r) + 16];
-	static const uint16_t unknown[] = { 0, C_MOVE + 1, 16, 17, 50, 99, D_MOVE + 1, 109, 110,
+	static const uint16_t unknown[] = { 0, C_PROCS + 1, 17, 18, 50, 99, D_PROCS + 1, 110, 111,
 					    200, 0x8001, 0xffff };
 
 	for (size_t i = 0; i < NLAYOUTS; i++) {
@@ -538,10 +540,11 @@ static void test_wire(void)
 	static const struct { uint16_t type, want; } nums[] = {
 		{ C_HELLO, 1 }, { C_BUDGET, 2 }, { C_LOOKUP, 3 }, { C_CREATE, 4 }, { C_UNREF, 5 },
 		{ C_GETSEG, 6 }, { C_FORK, 7 }, { C_STAT, 8 }, { C_SET, 9 }, { C_UNMERGE, 10 },
-		{ C_PIPE, 11 }, { C_HINTS, 12 }, { C_COW, 13 }, { C_MARKER, 14 },
+		{ C_PIPE, 11 }, { C_HINTS, 12 }, { C_COW, 13 }, { C_MARKER, 14 }, { C_MOVE, 15 },
+		{ C_PROCS, 16 },
 		{ D_HELLO, 100 }, { D_BUDGET, 101 },
 		{ D_LOOKUP, 102 }, { D_CREATE, 103 }, { D_SEG, 104 }, { D_ACK, 105 },
-		{ D_STAT, 106 }, { D_HINTS, 107 },
+		{ D_STAT, 106 }, { D_HINTS, 107 }, { D_MOVE, 108 }, { D_PROCS, 109 },
 	};
 	static const struct { const char *what; size_t got, want; } sz[] = {
 		{ "sp_create_ent", sizeof(struct sp_create_ent), 16 },
@@ -562,6 +565,11 @@ static void test_wire(void)
 		{ "sp_budget_r.hints", offsetof(struct sp_budget_r, hints), 20 },
 		{ "sp_budget_r.knobs", offsetof(struct sp_budget_r, knobs), 24 },
 		{ "sp_ids.id", offsetof(struct sp_ids, id), 4 },
+		{ "sp_procs_req", sizeof(struct sp_procs_req), 8 },
+		{ "sp_proc_ent", sizeof(struct sp_proc_ent), 96 },
+		{ "sp_proc_ent.st", offsetof(struct sp_proc_ent, st), 16 },
+		{ "sp_procs", sizeof(struct sp_procs), 16 },
+		{ "sp_procs.e", offsetof(struct sp_procs, e), 16 },
 	};
 
 	for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++)
