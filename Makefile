@@ -195,3 +195,12 @@ uninstall:
 .PHONY: all check check-asan check-tsan check-all clean install uninstall
 .SECONDARY:
 -include $(shell find $(O)/obj -name '*.d' 2>/dev/null)
+
+# samepage-fs: the KSM files as a read-only FUSE tree (libfuse3) for
+# monitoring agents outside `samepage run` (docs/DESIGN.md, "The KSM files").
+FS_SRC = $(wildcard fs/*.c) $(COMMON_SRC)
+$(O)/obj/fs/%.o: CFLAGS += $(shell pkg-config --cflags fuse3)
+$(O)/bin/samepage-fs: $(call obj,$(FS_SRC))
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_BASE) -o $@ $^ $(LIBS) $(shell pkg-config --libs fuse3)
+all: $(O)/bin/samepage-fs

@@ -90,7 +90,8 @@ static void lib_create(void)
 	l->mapsfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 	/* Each part sets up its own state (lib.h): no part sizes another's. */
 	if (!l->stack || !l->zpage || l->pmfd < 0 || l->mapsfd < 0 || client_init(l) ||
-	    track_init(l) || chunk_init(l) || defrag_init(l) || merge_init(l))
+	    track_init(l) || chunk_init(l) || defrag_init(l) || merge_init(l) ||
+	    ksmfile_init(l))
 		return; /* the_lib stays NULL: every call says -ENOMEM */
 	l->refs_lost = track_refs_lost; /* client.c reports a dead daemon upward */
 	l->max_map_count = os_max_map_count();
@@ -504,6 +505,7 @@ void lib_atfork_child(struct lib *l, struct fork_kid *k)
 	l->pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	l->mapsfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 	l->mem_fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+	ksmfile_atfork_child(l);
 	if (k->mode == KID_DETACH) {
 		unsigned char st = merge_detach_all(l) == 0 ? 1 : 2;
 		if (k->done[1] >= 0 && write(k->done[1], &st, 1) != 1) {

@@ -169,6 +169,20 @@ static int dial_or_spawn(void)
 	return fd;
 }
 
+int client_observer(int timeout_s, void *buf)
+{
+	char path[108];
+	int fd = dial_or_spawn(), err;
+
+	/* That connection only made sure a daemon listens: an observer says
+	 * so in its C_HELLO, on a blocking socket of its own. */
+	if (fd < 0)
+		return fd;
+	close(fd);
+	err = sp_socket_path(path, sizeof(path));
+	return err ? err : sp_observe(path, timeout_s, buf);
+}
+
 int client_init(struct lib *l)
 {
 	struct arena *ar = &l->arena;

@@ -19,6 +19,7 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "arena.h"
 #include "env.h"
@@ -113,6 +114,28 @@ struct fork_kid {
 };
 enum { KID_NONE, KID_MARKER, KID_DETACH };
 
+/* ksmfile.c: a KSM file a path or a descriptor names. */
+struct sp_ksm_file;
+struct ksm_target {
+	const struct sp_ksm_file *file; /* /sys/kernel/mm/ksm/NAME; NULL for */
+	int proc;                       /* /proc/PID/ksm_stat, ksm_merging_pages */
+	pid_t pid;
+};
+
+/* ksmfile.c's state: the KSM files this image serves. */
+struct ksmfiles {
+	pthread_mutex_t lock;      /* sock, buf, last_us; never held with lib.lock */
+	int armed;                 /* (__atomic) this image holds a KSM file: the read
+				      and write wrappers check descriptors */
+	int sock;                  /* observer connection to the daemon, -1: none */
+	pid_t sock_pid;            /* the process that opened it */
+	uint64_t last_us;          /* when the daemon was last asked */
+	unsigned char *buf;        /* SP_MAX_MSG: its replies */
+	int held[3];               /* write-only KSM files inherited as fd 0-2, kept
+				      open to apply what stdio wrote at exit; -1 */
+	int err;                   /* stderr kept with them, to say what failed; -1 */
+};
+
 struct lib {
 	struct arena arena;        /* this struct and all our memory live in it */
 	pthread_mutex_t lock;      /* see above */
@@ -205,6 +228,7 @@ struct lib {
 	unsigned char *vbuf;       /* SPAN_MAX_PAGES: pool pages read for comparing */
 	unsigned char *abuf;       /* ABUF_PAGES: our own pages read for comparing */
 	unsigned char *zpage;      /* a page of zeros, never written */
+	struct ksmfiles kf;        /* ksmfile.c */
 };
 
 /* The process's context, created on first use; NULL if that failed. */
@@ -232,6 +256,34 @@ void lib_forget(struct lib *l, uintptr_t s, uintptr_t e);
 /* Take lib.lock from an application thread (a wrapper, the API): a
  * scanner waiting on the daemon sees us and gives the lock up. */
 void lib_lock(struct lib *l);
+
+/* ksmfile.c: the KSM files, for preload.c's open, fopen, read and write
+ * wrappers (lock not held; see ksmfile.c). */
+int ksmfile_init(struct lib *l);
+void ksmfile_atfork_child(struct lib *l);
+/* Are the files served in this image (the library is preloaded)? */
+int ksmfile_enabled(void);
+/* Does path (relative to dirfd) name a KSM file: 1 and *t, 0 (not one),
+ * or -ENOENT (a name in /sys/kernel/mm/ksm samepage does not serve).
+ * Needs no context: most opens are not of KSM files. */
+int ksmfile_lookup(int dirfd, const char *path, struct ksm_target *t);
+/* A descriptor for t, as open(2) with flags would give: fd or -errno. */
+int ksmfile_open(struct lib *l, const struct ksm_target *t, int flags);
+/* Does this image hold KSM files (then descriptors must be checked)? */
+int ksmfile_armed(const struct lib *l);
+/* Is fd a KSM file (ours, from any process or image): 1 and *t, or 0. */
+int ksmfile_owned(int fd, struct ksm_target *t);
+/* Before a read of fd at off (-1: its file offset): a KSM file read from
+ * its start shows its text as it is now. 0 or -errno. */
+int ksmfile_before_read(struct lib *l, int fd, off_t off);
+/* fd is about to be closed or replaced (close, dup2): bytes written into
+ * a write-only KSM file past our write() (stdio's internal writes, as
+ * bash's echo makes them) are applied now; an error is said on stderr.
+ * 0 or -errno. */
+int ksmfile_flush(struct lib *l, int fd);
+/* write(2) on fd: *handled 0 when fd is not a KSM file; else the bytes
+ * taken or the kernel's -errno. */
+ssize_t ksmfile_write(struct lib *l, int fd, const void *buf, size_t n, int *handled);
 
 /* scan.c: the scanner thread (lock held unless said). */
 void *scan_thread(void *arg);                /* lock not held */
@@ -311,6 +363,10 @@ int entry_mapped(const struct lib *l, const struct entry *e);
 
 /* client.c (lock held) */
 int client_init(struct lib *l);
+/* An observer connection (no memory; full scans do not wait for it), the
+ * daemon started as for our own when none answers; blocking, with
+ * timeouts of timeout_s. The fd or -errno. Lock not needed. */
+int client_observer(int timeout_s, void *buf);
 /* Connect if needed and wait for D_HELLO. -EAGAIN: the daemon is busy
  * (try later, the connection stays), other -errno: no daemon. */
 int client_connect(struct lib *l);

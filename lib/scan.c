@@ -217,6 +217,14 @@ static int pass_locked(struct lib *l, struct pass *ps)
 	}
 	l->st.volatile_pages = ps->volatile_pages;
 	l->st.unshared = ps->unshared;
+	/* A pass that found nothing present (every page zero-merged and
+	 * dropped) asked no budget: it began in the generation we last heard
+	 * of. Without it, such a process held full_scans still for good, and
+	 * the kernel's ksm_tests -Z -z 1 waited for it forever. */
+	if (!ps->have_gen) {
+		ps->gen = l->gen;
+		ps->have_gen = 1;
+	}
 	int64_t g = budget(l, 0, 1, ps, &wait);
 	return g < 0 ? (int)g : 0;
 }

@@ -7,6 +7,10 @@ command -v cc >/dev/null || need+=(gcc)
 command -v make >/dev/null || need+=(make)
 [ -e /usr/include/stdio.h ] || need+=(libc6-dev)
 [ -e /usr/include/xxhash.h ] || need+=(libxxhash-dev)
+# samepage-fs: the KSM files as a FUSE tree (fusermount3 unmounts it).
+command -v pkg-config >/dev/null || need+=(pkg-config)
+[ -e /usr/include/fuse3/fuse.h ] || need+=(libfuse3-dev)
+command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v fuser >/dev/null || need+=(psmisc)
 command -v bc >/dev/null || need+=(bc)
 # tests/install.sh: man pages linted and rendered, a program built through
