@@ -52,23 +52,24 @@
  *
  * Budget while merging: pages_to_scan=100000 sleep_millisecs=0 for both
  * (kernel smart_scan=0), as the other benchmarks. samepage: one private
- * daemon for the whole soak. Kernel KSM is switched off every KSM_BATCH
- * generations (everything exits, run=2, run=0) so that others waiting for
- * it get a turn, and off at the end (also on errors and signals).
+ * daemon for the whole soak. Kernel KSM runs the first KERNEL_GENS (8)
+ * generations of the same schedule, or --kernel-generations K, and is off
+ * again at the end (also on errors and signals).
  *
- * Hard failures (exit 1): a byte differing from what a process wrote, a
- * phase short of the ideal saving (below --min-share %, default 100),
- * pool pages left once everything exited, the daemon dying, a process or
- * child ending otherwise than it was told. Timing figures only print NO:
- * the machine is shared.
+ * Hard failures (exit 1): a byte differing from what a process wrote (either
+ * merger), and for samepage: a phase short of the ideal saving (below
+ * --min-share %, default 100), pool pages left once everything exited,
+ * the daemon dying, a process or child ending otherwise than it was told.
+ * Timing figures only print NO: the machine is shared. Kernel KSM is the
+ * reference, and on a shared machine others switch it under our feet
+ * (benchlib's WARNING): its shortfalls are reported, not failed.
  *
  *   build/bench/soak [--generations N] [--hours H] [--quick] [--no-kernel]
  *       [--kernel-generations K] [--seed S] [--mib-min M] [--mib-max M]
  *       [--timeout SEC] [--idle-s SEC] [--min-share PCT] [--quiet-wait SEC]
  *       [--only samepage|kernel] [--summary FILE]
  * --hours H: samepage runs generations until H hours have passed (then
- * one more, the last, of the reference shape); kernel KSM then runs as
- * many (or K) of the same generations.
+ * one more, the last, of the reference shape).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -104,7 +105,12 @@
 #define STUCK_S 6
 #define STUCK_SCANS 3
 #define POOL_WAIT_S 10
-#define KSM_BATCH 10
+/* Kernel KSM's generations unless --kernel-generations: others' benchmarks
+ * wait at most 2 min for a kernel KSM someone else switched on
+ * (benchlib.c), so it stays on about 1.5 min. Switching it off in between
+ * to let them in does not work: the wait-then-take protocol has no lock,
+ * and one of them took it while we counted on it still. */
+#define KERNEL_GENS 8
 #define RUN_PTS 100000
 #define RUN_SLEEP 0
 /* The knobs a host runs by default (README's table; the kernel's). */
@@ -687,20 +693,22 @@ static void shortfall(const struct soak *s, const struct gen *g)
 					"map a file (pool) page\n", kind[j], n[j], first[j], file[j]);
 }
 
-/* The ideal saving was not reached: a hard failure below --min-share, a
- * note above it; where it falls short either way. */
+/* The ideal saving was not reached: below --min-share a hard failure for
+ * samepage (a note for kernel KSM, the reference, which others may switch
+ * under our feet), a note above it; where it falls short either way. */
 static void short_of(struct soak *s, const struct gen *g, const char *after, double share,
 		     double t)
 {
-	if (share < s->o->min_share) {
+	int missed = share < s->o->min_share;
+
+	s->unreached += missed;
+	if (missed && s->mode == M_SAMEPAGE)
 		TU_REPORT("%s, generation %d: %.2f%% of the ideal saving %.1f s after %s",
 			  mode_name[s->mode], g->p.g, share, t, after);
-		s->unreached++;
-	} else {
+	else
 		fprintf(stderr, "soak: NOTE: %s, generation %d: %.2f%% of the ideal saving %.1f s "
-				"after %s (at least --min-share %.1f%%: counted as reached)\n",
-			mode_name[s->mode], g->p.g, share, t, after, s->o->min_share);
-	}
+				"after %s%s\n", mode_name[s->mode], g->p.g, share, t, after,
+			missed ? "" : " (at least --min-share: counted as reached)");
 	shortfall(s, g);
 }
 
@@ -1036,21 +1044,6 @@ static void run_generation(struct soak *s, int gi, int last)
 	}
 }
 
-/* Kernel KSM goes off now and then (everything exits first, run=2, run=0)
- * so that someone else waiting for it (bench/README.md) gets a turn. */
-static void ksm_pause(struct soak *s, int gi)
-{
-	struct gen *prev = &s->gen[(gi + 1) & 1];
-	int err;
-
-	if (prev->live)
-		retire(s, prev, 0);
-	ksm_off();
-	s->ksm_on = 0;
-	if ((err = ksm_setup(RUN_PTS, RUN_SLEEP)))
-		TU_FAIL("cannot get kernel KSM back: %s", strerror(-err));
-}
-
 static void finish(struct soak *s, int gi)
 {
 	struct gen *g = &s->gen[gi & 1];
@@ -1123,8 +1116,6 @@ static int soak_run(struct soak *s, enum mode mode, const struct opts *o, int ge
 	for (gi = 0;; gi++) {
 		int last = o->hours > 0 && mode == M_SAMEPAGE ? gi >= 1 && tu_now() >= deadline
 							   : gi == gens - 1;
-		if (mode == M_KERNEL && gi > 0 && gi % KSM_BATCH == 0)
-			ksm_pause(s, gi);
 		run_generation(s, gi, last);
 		if (last)
 			break;
@@ -1388,13 +1379,17 @@ int main(int argc, char **argv)
 	}
 	if (!o.no_kernel && o.only != M_SAMEPAGE) {
 		wait_quiet(o.quiet_s);
-		soak_run(&s[M_KERNEL], M_KERNEL, &o, o.kgens ? o.kgens : gens);
+		soak_run(&s[M_KERNEL], M_KERNEL, &o,
+			 o.kgens ? o.kgens : gens < KERNEL_GENS ? gens : KERNEL_GENS);
 		have[M_KERNEL] = 1;
 	}
 	misses = compare(s, have);
 	totals(s, have);
 	hard = s[M_SAMEPAGE].bad + s[M_SAMEPAGE].unreached + s[M_SAMEPAGE].pool_end +
-	       s[M_SAMEPAGE].hard + s[M_KERNEL].bad + s[M_KERNEL].unreached + s[M_KERNEL].hard;
+	       s[M_SAMEPAGE].hard + s[M_KERNEL].bad;
+	if (s[M_KERNEL].unreached)
+		printf("NOTE: kernel KSM missed the ideal saving in %.0f phases: see the WARNING "
+		       "lines; someone else may have switched it\n", s[M_KERNEL].unreached);
 	printf("\n%s: %d of samepage's figures missed their target%s\n",
 	       hard ? "FAILURE" : "done", misses,
 	       hard ? "; and a hard failure (wrong bytes, saving not reached, pool pages left, "
