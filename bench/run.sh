@@ -8,18 +8,22 @@
 #   steady       2 x 256 MiB, half merged, at pages_to_scan=10000
 #                sleep_millisecs=20: CPU per GiB scanned
 #   hashrate     XXH3 / XXH64 / plain read GB/s of one core
+#   soak         (with --soak) one daemon through $SOAK_GENERATIONS generations
+#                of processes (issue 10): first against last generation
 # then one table: target, samepage, kernel KSM, ratio, wanted, met.
 #
-#   sudo bench/run.sh [--quick] [--table SUMMARY]
+#   sudo bench/run.sh [--quick] [--soak] [--table SUMMARY]
 #
 # --quick: 2 x 256 MiB instead of 512, 1 run, mixed 4 x 128 MiB (checks the
-# pipeline; the targets are stated for the full sizes). --table SUMMARY: only
-# print the table again from the lines a run kept (KEEP_SUMMARY), measuring
-# nothing (with --quick for a quick run's).
+# pipeline; the targets are stated for the full sizes), and the soak's
+# --quick. --soak: the soak too, after the rest (50 generations: about
+# 25 minutes more; with --quick 10 generations, about 4).
+# --table SUMMARY: only print the table again from the lines a run kept
+# (KEEP_SUMMARY), measuring nothing (with --quick for a quick run's).
 # Environment: REPEAT (default 3), QUIET_WAIT (seconds each run waits at most
 # for an idle machine, default 10), VMA_HANDFUL (VMAs merging may add to a
 # process and still be "a handful", default 32), KEEP_SUMMARY=FILE (keep the
-# raw key/value lines).
+# raw key/value lines), SOAK_GENERATIONS (default 50, with --quick 10).
 #
 # The programs switch kernel KSM off and restore the knobs they changed even
 # on errors and signals; this script does it once more should one not finish
@@ -27,16 +31,17 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-big=512 mixed_mib=256 repeat=${REPEAT:-3} table_only=
-if [ "${1:-}" = --quick ]; then
-	big=256 mixed_mib=128 repeat=1
-	shift
-fi
-if [ "${1:-}" = --table ] && [ $# -eq 2 ]; then
-	table_only=$2
-	shift 2
-fi
-[ $# -eq 0 ] || { echo "usage: sudo bench/run.sh [--quick] [--table SUMMARY]" >&2; exit 2; }
+big=512 mixed_mib=256 repeat=${REPEAT:-3} table_only= quick= soak=
+usage() { echo "usage: sudo bench/run.sh [--quick] [--soak] [--table SUMMARY]" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+	case $1 in
+	--quick) big=256 mixed_mib=128 repeat=1 quick=--quick; shift ;;
+	--soak) soak=1; shift ;;
+	--table) [ $# -ge 2 ] || usage; table_only=$2; shift 2 ;;
+	*) usage ;;
+	esac
+done
+soak_gens=${SOAK_GENERATIONS:-$([ -n "$quick" ] && echo 10 || echo 50)}
 quiet=${QUIET_WAIT:-10}
 handful=${VMA_HANDFUL:-32}
 
@@ -57,6 +62,35 @@ function line(label, unit, s, k, kind, thr, wanted,    r, met) {
 	printf "%-46s %-6s | %9s | %9s | %7s | %-22s | %s\n", label, unit, fmt(s), fmt(k), fmt(r), wanted, met
 }
 function pct(x) { return x == "" ? "" : 100 * x }
+# The soak: its first compared generation against its last, per merger;
+# met is the verdict of the soak itself for samepage (bench/soak.c).
+function soak_line(label, unit, key, wanted,    m) {
+	m = wanted == "info" ? "" : v(sp, "soak." key "_met")
+	printf "%-46s %-6s | %9s | %9s | %9s | %9s | %-26s | %s\n", label, unit, fmt(v(sp, "soak." key "_first")), fmt(v(sp, "soak." key "_last")), fmt(v(kn, "soak." key "_first")), fmt(v(kn, "soak." key "_last")), wanted, m == "" ? "-" : (num(m) ? "yes" : "NO")
+}
+function soak_table() {
+	printf "\n%-46s %-6s | %9s | %9s | %9s | %9s | %-26s | %s\n", "soak (issue 10): " v(sp, "soak.generations") " generations", "unit", "sp first", "sp last", "kern 1st", "kern last", "wanted", "met"
+	print "----------------------------------------------------------------------------------------------------------------------------"
+	soak_line("share of the ideal saving", "%", "share", "100 in both")
+	soak_line("time to the ideal saving", "s", "t_merge", "last within 10% + 0.5 s")
+	soak_line("share again after the rewrites", "%", "reshare", "100 in both")
+	soak_line("time to it (re-merge)", "s", "t_remerge", "last within 10% + 2 s")
+	soak_line("VMAs per process, merged", "count", "vmas_merged", "last within 10% + 2")
+	soak_line("VMAs per process, after the rewrites", "count", "vmas_rewritten", "last within 10% + 2")
+	soak_line("daemon VmRSS", "MiB", "rss_mib", "last within 10% + 1 MiB")
+	soak_line("  RssAnon: its own memory", "MiB", "anon_mib", "last within 10% + 1 MiB")
+	soak_line("  RssShmem: pool pages it maps", "MiB", "shm_mib", "last within 10% + 1 MiB")
+	soak_line("pool pages beyond the merged contents", "pages", "pool_extra", "0 in both")
+	soak_line("pool pages left after a generation exited", "pages", "pool_left", "0 in both")
+	soak_line("merger CPU while idle (default knobs)", "% core", "idle_cpu", "within 10% + 0.3, <= 1")
+	soak_line("  samepaged | ksmd alone", "% core", "idle_daemon", "info")
+	u = num(v(sp, "soak.unreached"))
+	h = num(v(sp, "soak.hard")) + num(v(kn, "soak.hard"))
+	if (u) printf "\nFAILURE: samepage missed the ideal saving in %d phases of the soak (see its FAIL lines)\n", u
+	if (num(v(kn, "soak.unreached"))) printf "\nNOTE: kernel KSM missed the ideal saving in %d phases of the soak (someone else switching it?)\n", num(v(kn, "soak.unreached"))
+	if (num(v(sp, "soak.pool_end"))) printf "\nFAILURE: the soak left %d pool pages once every process exited\n", num(v(sp, "soak.pool_end"))
+	if (h) printf "\nFAILURE: the soak saw %d processes or the daemon end otherwise than told\n", h
+}
 function v(arr, key) { return (key in arr) && arr[key] != "-" ? arr[key] : "" }
 { sp[$1] = $2; kn[$1] = $3 }
 END {
@@ -109,6 +143,7 @@ END {
 	if (bad) printf "\nFAILURE: %d pages differed from what the workloads wrote (see above)\n", bad
 	if (dist != "") print "\nWARNING: someone else changed kernel KSM during a kernel run of:" dist "; those kernel numbers are not valid"
 	if (slow) print "\nNOTE: the mixed load did not settle within its time limit"
+	if ("soak.generations" in sp) soak_table()
 	if (v(sp, c "merged_pct") != "" && (v(sp, c "merged_pct") < 100 || v(kn, c "merged_pct") < 100)) print "\nNOTE: not everything merged in the 2 x " big " MiB runs"
 	print "\nhashing row: samepage column XXH3_64bits, kernel column XXH64 (kernel KSM'"'"'s checksum), both in user space on one core"
 	print "bookkeeping row: growth between the 2 x 64 MiB and 2 x " big " MiB runs per added page (samepage: daemon RssAnon + libsamepage arena Rss; kernel: rmap_items, stable nodes, mm_slots x slab sizes)"
@@ -127,7 +162,8 @@ fi
 [ "$(id -u)" -eq 0 ] || { echo "bench/run.sh: needs root (kernel KSM, page frames)" >&2; exit 1; }
 
 make -j2 build/lib/libsamepage.so build/bin/samepaged build/bin/samepage \
-	build/bench/ksm_compare build/bench/mixed build/bench/steady build/bench/hashrate >/dev/null
+	build/bench/ksm_compare build/bench/mixed build/bench/steady build/bench/hashrate \
+	build/bench/soak >/dev/null
 
 KSM=/sys/kernel/mm/ksm
 knobs="pages_to_scan sleep_millisecs smart_scan"
@@ -167,8 +203,15 @@ step build/bench/ksm_compare --mib "$big" --repeat "$repeat" --quiet-wait "$quie
 step build/bench/mixed --mib "$mixed_mib" --quiet-wait "$quiet"
 step build/bench/steady --mib 256 --quiet-wait "$quiet"
 step build/bench/hashrate --mib 1024
+# A soak that fails (wrong bytes, saving not reached, pool pages left) still
+# gets its rows in the table; the exit status says so.
+soak_status=0
+if [ -n "$soak" ]; then
+	step build/bench/soak $quick --generations "$soak_gens" --quiet-wait "$quiet" || soak_status=$?
+fi
 clean=1
 echo
 echo "# all in $(($(date +%s) - start)) s"
 
 table "$sum"
+exit "$soak_status"
