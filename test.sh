@@ -28,5 +28,13 @@ else
 	echo "0 1 0" >>"$SAMEPAGE_TOTALS"
 	status=1
 fi
+# One daemon through generations of processes that merge, rewrite, fork,
+# exit and get killed (bench/soak.c; hours of it: bench/run.sh --soak).
+echo "== soak (one daemon, 2 generations)"
+rc=0
+build/bench/soak --quick --generations 2 --no-kernel --quiet-wait 0 >/tmp/samepage-soak.$$ 2>&1 || rc=$?
+tail -n 25 /tmp/samepage-soak.$$
+rm -f /tmp/samepage-soak.$$
+case $rc in 0) echo "1 0 0" ;; 77) echo "0 0 1" ;; *) echo "0 1 0"; status=1 ;; esac >>"$SAMEPAGE_TOTALS"
 awk '{p+=$1; f+=$2; s+=$3} END {printf "total: %d passed, %d failed, %d skipped\n", p, f, s}' "$SAMEPAGE_TOTALS"
 exit $status

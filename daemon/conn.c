@@ -59,21 +59,6 @@ void maybe_idle(struct samepaged *d)
 	malloc_trim(0);
 }
 
-/* A closing connection's requests to move pages (move.c) no longer count:
- * whatever it keeps mapping, it will not ask again. */
-static void withdraw_asks(struct samepaged *d, struct conn *c)
-{
-	uint64_t id, mine, *v;
-	size_t pos = 0;
-
-	while (map_next(&c->asked, &pos, &id, &mine))
-		if ((v = map_get(&d->intent, id)) && *v > mine)
-			*v -= mine;
-		else if (v)
-			map_del(&d->intent, id);
-	map_fini(&c->asked);
-}
-
 void conn_close(struct samepaged *d, struct conn *c)
 {
 	struct conn **pp;
@@ -101,7 +86,7 @@ void conn_close(struct samepaged *d, struct conn *c)
 	c->pairs = NULL;
 	c->look_addr = NULL;
 	c->look_maps = NULL;
-	withdraw_asks(d, c);
+	map_fini(&c->asked); /* its asks count no more (move.c) */
 	/* Invariant 2: the set outlives the connection while anyone maps its marker. */
 	set_closed(d, c);
 	maybe_idle(d);

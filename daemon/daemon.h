@@ -79,7 +79,7 @@ struct conn {
 	uint32_t nhints;
 	struct map hint_at;   /* addr → index in hints */
 	struct map hint_ids;  /* pool id → hints waiting with a reference to it */
-	struct map asked;     /* pool id → its mappings counted in samepaged.intent (move.c) */
+	struct map asked;     /* pool ids this process asked to move (move.c) */
 	struct sp_proc_stats st;
 	struct conn *next;
 };
@@ -112,7 +112,6 @@ struct samepaged {
 	uint64_t inplace;     /* pool pages given new content where their mappers are */
 	struct map moved;     /* pool id → the page C_MOVE copied it to (move.c) */
 	uint64_t moved_pages; /* pages copied by C_MOVE */
-	struct map intent;    /* pool id → its mappings whose process asked to move it */
 	double tokens;        /* scan budget bucket (pages) */
 	uint64_t last_refill_ns, last_sweep_ns;
 	int idle_exit_s;      /* exit after this long with no process; 0: never */

@@ -288,7 +288,6 @@ int samepaged_init(struct samepaged *d)
 	index_init(&d->ix);
 	map_init(&d->live);
 	map_init(&d->moved);
-	map_init(&d->intent);
 	d->zero_fd = zero_segment();
 	if (d->zero_fd < 0)
 		return d->zero_fd;
@@ -319,7 +318,6 @@ void samepaged_fini(struct samepaged *d)
 	index_fini(&d->ix);
 	map_fini(&d->live);
 	map_fini(&d->moved);
-	map_fini(&d->intent);
 	if (d->zero_fd >= 0)
 		close(d->zero_fd);
 	if (d->spare_fd >= 0)

@@ -12,7 +12,7 @@
  * gets the same new pages, so where the sharers' layouts agree they all end
  * up with one VMA for the run, and the old pages are freed when the last
  * of them lets go. A page is copied only once its mappers have all asked
- * (samepaged.intent): a sharer whose layout differs never asks, and
+ * (all_asked()): a sharer whose layout differs never asks, and
  * copying for the others would cost a page of saving each for good. The
  * process maps the new pages under the same
  * freeze-and-verify rules as any merge (invariant 1); nothing here touches
@@ -53,28 +53,22 @@ static uint32_t moved_to(struct samepaged *d, uint32_t id)
 	return SP_POOL_NONE;
 }
 
-/* Have all mappers of page id asked to move it? Each connection's
- * mappings of it count once (conn.asked), written copies not at all (they
- * read nothing of the page); a closing connection takes its count back
- * (conn_close()). */
+/* Have all mappers of page id asked to move it? c has now. Counted afresh
+ * each time from the askers' own references (conn.asked: the pages each
+ * asked for), so that a mapping that went since (written, unmapped, its
+ * process gone) never counts: only unwritten mappings of askers, against
+ * all unwritten mappings of the page. */
 static int all_asked(struct samepaged *d, struct conn *c, uint32_t id)
 {
 	struct pool_page *pg = pool_page(&d->pool, id);
-	uint64_t *v = map_get(&d->intent, id);
-	uint64_t weight = v ? *v : 0;
+	uint64_t askers = 0;
 
-	if (!map_get(&c->asked, id)) {
-		uint64_t mine = refs_count(&c->refs, id) - refs_count(&c->cowed, id);
-		if (map_put(&c->asked, id, mine))
-			return 0; /* out of memory: asked again later */
-		weight += mine;
-	}
-	if (weight >= pg->refs - pg->cowed) {
-		map_del(&d->intent, id);
-		return 1;
-	}
-	map_put(&d->intent, id, weight); /* out of memory: counted again later */
-	return 0;
+	if (map_put(&c->asked, id, 1))
+		return 0; /* out of memory: asked again later */
+	for (struct conn *x = d->conns; x; x = x->next)
+		if (x->asked.count && map_get(&x->asked, id))
+			askers += refs_count(&x->refs, id) - refs_count(&x->cowed, id);
+	return askers >= pg->refs - pg->cowed;
 }
 
 /* Copy page from into the reserved page to, index it in from's place and

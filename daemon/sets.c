@@ -76,7 +76,10 @@ static void page_adjust(struct samepaged *d, uint32_t id, int64_t drefs, int64_t
 	/* Invariant 2: nobody holds a reference, so no VMA maps it. */
 	stable_remove(&d->ix, &d->pool, id);
 	index_moved(d, id);
-	map_del(&d->intent, id);
+	/* Asks were for its old bytes: a reused id is asked for anew. */
+	for (struct conn *x = d->conns; x; x = x->next)
+		if (x->asked.count)
+			map_del(&x->asked, id);
 	pool_free(&d->pool, id);
 }
 

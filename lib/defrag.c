@@ -12,10 +12,12 @@
  * reference.
  */
 #define _GNU_SOURCE
+#include "fault.h"
 #include "lib.h"
 #include "sort.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Worth it: at least this many VMAs, of fewer pages than DEFRAG_AVG each
@@ -39,6 +41,10 @@ struct defrag_window {
 
 int defrag_init(struct lib *l)
 {
+	const char *v = sp_env("SAMEPAGE_DEFRAG_VMAS");
+
+	/* 0: from vm.max_map_count, at each pass (defrag_pass()). */
+	l->defrag_vmas = v ? strtoul(v, NULL, 10) : 0;
 	l->defrag = arena_alloc(&l->arena, sizeof(struct defrag_window));
 	return l->defrag ? 0 : -ENOMEM;
 }
@@ -200,7 +206,20 @@ int defrag_pass(struct lib *l, struct pass *ps)
 	uint32_t budget = DEFRAG_PAGES_PER_PASS;
 	int err = 0;
 
-	if (l->pass_seq < l->defrag_after || l->uffd < 0)
+	/* Moving trades pool pages for VMAs while sharers follow one another
+	 * (each maps the copies at its own next quiet pass, and the old pages
+	 * stay until the last has: bench/soak saw 1-2 % of the saving go that
+	 * way for seconds): worth it only where VMAs are running short, past
+	 * 1/8 of vm.max_map_count (SAMEPAGE_DEFRAG_VMAS sets another mark). */
+	size_t mark = l->defrag_vmas ? l->defrag_vmas : l->max_map_count / 8;
+	int asked = 0, gained = 0;
+
+	/* SAMEPAGE_FAULT=defrag: none, to tell its effects from others'. Once
+	 * it has asked, a process goes on below the mark until nothing is left
+	 * to gather: a sharer that stopped halfway would keep the old pages
+	 * while the others map the copies. */
+	if (l->pass_seq < l->defrag_after || l->uffd < 0 || fault_inject("defrag") ||
+	    (!l->defrag_active && l->vmas.total < mark))
 		return 0;
 	for (size_t i = 0; i < l->vmas.n && budget && !err && !l->stop;) {
 		if (l->vmas.v[i].kind != VMA_POOL) {
@@ -210,19 +229,25 @@ int defrag_pass(struct lib *l, struct pass *ps)
 		i = collect(l, w, i);
 		if (!w->n || !fragmented(w))
 			continue;
+		asked = l->defrag_active = 1;
 		err = ask_move(l, w);
 		if (err)
 			break;
-		if (!worth_it(l, w)) {
-			l->defrag_backoff = l->defrag_backoff ? 2 * l->defrag_backoff : 1;
-			if (l->defrag_backoff > DEFRAG_BACKOFF_MAX)
-				l->defrag_backoff = DEFRAG_BACKOFF_MAX;
-			l->defrag_after = l->pass_seq + l->defrag_backoff;
-			break;
-		}
-		l->defrag_backoff = 0;
-		ps->moved += remap(l, w);
 		budget = budget > w->n ? budget - w->n : 0;
+		if (!worth_it(l, w))
+			continue; /* the next window may be ready */
+		gained = 1;
+		ps->moved += remap(l, w);
+	}
+	if (!err && !asked)
+		l->defrag_active = 0; /* nothing left to gather */
+	if (asked && !gained) {
+		l->defrag_backoff = l->defrag_backoff ? 2 * l->defrag_backoff : 1;
+		if (l->defrag_backoff > DEFRAG_BACKOFF_MAX)
+			l->defrag_backoff = DEFRAG_BACKOFF_MAX;
+		l->defrag_after = l->pass_seq + l->defrag_backoff;
+	} else if (gained) {
+		l->defrag_backoff = 0;
 	}
 	return err;
 }

@@ -220,6 +220,8 @@ struct lib {
 	struct defrag_window *defrag; /* defrag.c's pages being moved */
 	uint64_t defrag_after;     /* no defragmenting before this pass (it gained nothing) */
 	uint32_t defrag_backoff;   /* passes waited after the last try that gained nothing */
+	size_t defrag_vmas;        /* SAMEPAGE_DEFRAG_VMAS: defragment past this many VMAs */
+	int defrag_active;         /* asked to move pages: go on until nothing is left */
 	unsigned char *msg;        /* SP_MAX_MSG: replies */
 	unsigned char *out;        /* SP_MAX_MSG: requests */
 	uint64_t *pm;              /* CHUNK_PAGES pagemap entries */
