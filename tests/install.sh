@@ -84,7 +84,7 @@ check "libsamepage.so -> $(readlink "$lib/libsamepage.so")" \
 # lib/libsamepage.map fails here.
 {
 	sed -n 's/^SAMEPAGE_API [^(]*[ *]\(samepage_[a-z_]*\)(.*/\1/p' include/samepage.h
-	sed -n 's/^EXPORT [^(]*[ *]\([A-Za-z_0-9]*\)(.*/\1/p' lib/preload.c
+	sed -n 's/^EXPORT [^(]*[ *]\([A-Za-z_0-9]*\)(.*/\1/p' lib/preload.c lib/preload_files.c
 } | sort -u >"$tmp/want.sym"
 nm -D --defined-only "$lib/libsamepage.so.$VERSION" | awk '{print $3}' | sort -u >"$tmp/have.sym"
 [ "$(wc -l <"$tmp/want.sym")" -ge 20 ] || fail "could not read the API from the sources"
