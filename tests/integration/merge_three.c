@@ -42,9 +42,11 @@ static int child(int rd, int wr, void *arg)
 		TU_CHECK(filter & 0x4, "coredump_filter %#lx lacks bit 2 (private file mappings)",
 			 filter);
 	}
-	/* COW: a write to a merged page is ours alone. */
-	p[0] = 0xee;
-	TU_CHECK(p[0] == 0xee && !memcmp(p + 1, ref + 1, NPAGES * PAGE - 1), "COW write");
+	/* COW: a write to a merged page is ours alone. Each writes its own
+	 * value: the same bytes in all three would merge again (as on kernel
+	 * KSM), and at once, the page now being offered as soon as written. */
+	p[0] = (unsigned char)(0xe0 + idx);
+	TU_CHECK(p[0] == 0xe0 + idx && !memcmp(p + 1, ref + 1, NPAGES * PAGE - 1), "COW write");
 	tu_send(wr, &a, sizeof(a));
 	tu_recv(rd, &cmd, 1);
 	return 0;
