@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include "cli.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,6 +83,33 @@ static int find_lib(char *lib, size_t len)
 	return 0;
 }
 
+/* An AddressSanitizer build of the library (build-asan) only loads into a
+ * program whose first library is ASan's runtime: uninstrumented programs
+ * (bash, python) get that runtime preloaded ahead of it, found where this
+ * program has it, and leak checking off unless asked for (their leaks are
+ * not ours to report, and would change their exit status). */
+static void asan_first(char *pre, size_t len)
+{
+#if defined(__SANITIZE_ADDRESS__)
+	extern void __asan_init(void);
+	Dl_info info;
+	size_t n, have = strlen(pre);
+
+	if (!dladdr((void *)__asan_init, &info) || !info.dli_fname || !strchr(info.dli_fname, '/'))
+		return;
+	n = strlen(info.dli_fname) + 1; /* "runtime:" */
+	if (n + have + 1 > len)
+		return;
+	memmove(pre + n, pre, have + 1);
+	memcpy(pre, info.dli_fname, n - 1);
+	pre[n - 1] = ':';
+	setenv("ASAN_OPTIONS", "detect_leaks=0", 0);
+#else
+	(void)pre;
+	(void)len;
+#endif
+}
+
 /* What every process below us inherits. */
 static void set_env(const struct cli *c, const char *lib, const struct run_opts *o, int warned)
 {
@@ -90,6 +118,7 @@ static void set_env(const struct cli *c, const char *lib, const struct run_opts 
 	const char *from;
 
 	snprintf(pre, sizeof(pre), "%s%s%s", lib, old && *old ? ":" : "", old ? old : "");
+	asan_first(pre, sizeof(pre));
 	cli_daemon_bin(bin, sizeof(bin), &from);
 	/* The daemon we just reached, by its path: every process below us
 	 * dials this one, whatever their environments later say of XDG. */
