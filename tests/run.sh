@@ -13,19 +13,27 @@ asan) export ASAN_OPTIONS="verify_asan_link_order=0:detect_leaks=0:abort_on_erro
       export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" ;;
 tsan) export TSAN_OPTIONS="halt_on_error=1:report_signal_unsafe=0:second_deadlock_stack=1:die_after_fork=0" ;;
 esac
-for t in "$O"/tests/unit/* "$O"/tests/integration/*; do
-	[ -x "$t" ] || continue
-	name=${t#"$O"/tests/}
+# Run one test and tally it: run_one NAME LABEL TIMEOUT PASS_LINES CMD...
+# (LABEL names it in PASS/FAIL lines; PASS_LINES of its output follow a pass).
+run_one() {
+	local name=$1 label=$2 limit=$3 keep=$4 start out rc secs
+	shift 4
 	start=$(date +%s.%N)
-	out=$(timeout "${TEST_TIMEOUT:-300}" "$t" 2>&1)
+	out=$(timeout "$limit" "$@" 2>&1)
 	rc=$?
 	secs=$(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)")
 	case $rc in
-	0) pass=$((pass + 1)); echo "PASS $name (${secs}s)" ;;
+	0) pass=$((pass + 1)); echo "PASS $label (${secs}s)"
+	   [ "$keep" -eq 0 ] || echo "$out" | tail -n "$keep" | sed 's/^/    /' ;;
 	77) skip=$((skip + 1)); echo "SKIP $name: $(echo "$out" | grep -m1 SKIP)" ;;
-	*) fail=$((fail + 1)); failed+=("$name"); echo "FAIL $name (exit $rc, ${secs}s)"
+	*) fail=$((fail + 1)); failed+=("$name"); echo "FAIL $label (exit $rc, ${secs}s)"
 	   echo "$out" | tail -n 30 | sed 's/^/    /' ;;
 	esac
+}
+for t in "$O"/tests/unit/* "$O"/tests/integration/*; do
+	[ -x "$t" ] || continue
+	name=${t#"$O"/tests/}
+	run_one "$name" "$name" "${TEST_TIMEOUT:-300}" 0 "$t"
 done
 # Shell tests (tests/*.sh: `make install` and the installed files), once:
 # the plain build, what a package ships.
@@ -33,16 +41,7 @@ if [ -z "${SAMEPAGE_SAN:-}" ]; then
 	for t in tests/*.sh; do
 		[ "$t" != tests/run.sh ] && [ -x "$t" ] || continue
 		name=${t#tests/}
-		start=$(date +%s.%N)
-		out=$(timeout "${TEST_TIMEOUT:-300}" "$t" "$O" 2>&1)
-		rc=$?
-		secs=$(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)")
-		case $rc in
-		0) pass=$((pass + 1)); echo "PASS $name (${secs}s)" ;;
-		77) skip=$((skip + 1)); echo "SKIP $name: $(echo "$out" | grep -m1 SKIP)" ;;
-		*) fail=$((fail + 1)); failed+=("$name"); echo "FAIL $name (exit $rc, ${secs}s)"
-		   echo "$out" | tail -n 30 | sed 's/^/    /' ;;
-		esac
+		run_one "$name" "$name" "${TEST_TIMEOUT:-300}" 0 "$t" "$O"
 	done
 fi
 # Real programs (QEMU, Redis, Python) under `samepage run`, in the small
@@ -52,17 +51,8 @@ if [ -z "${SAMEPAGE_SAN:-}" ] && [ -z "${SAMEPAGE_NO_EXAMPLES:-}" ]; then
 	for t in examples/*.sh; do
 		[ -x "$t" ] || continue
 		name=${t%.sh}
-		start=$(date +%s.%N)
-		out=$(SAMEPAGE_BUILD="$PWD/$O" timeout "${EXAMPLE_TIMEOUT:-600}" "$t" --small 2>&1)
-		rc=$?
-		secs=$(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)")
-		case $rc in
-		0) pass=$((pass + 1)); echo "PASS $name --small (${secs}s)"
-		   echo "$out" | tail -n 4 | sed 's/^/    /' ;;
-		77) skip=$((skip + 1)); echo "SKIP $name: $(echo "$out" | grep -m1 SKIP)" ;;
-		*) fail=$((fail + 1)); failed+=("$name"); echo "FAIL $name --small (exit $rc, ${secs}s)"
-		   echo "$out" | tail -n 30 | sed 's/^/    /' ;;
-		esac
+		run_one "$name" "$name --small" "${EXAMPLE_TIMEOUT:-600}" 4 \
+			env SAMEPAGE_BUILD="$PWD/$O" "$t" --small
 	done
 fi
 [ ${#failed[@]} -eq 0 ] || echo "failed: ${failed[*]}"
