@@ -18,7 +18,22 @@ static const char *keep(const char *name)
 	return v ? strdup(v) : NULL;
 }
 
-__attribute__((constructor)) static void inherit(void)
+/* A copy, not environ's own strings: setproctitle() overwrites those. */
+static char *const *copy_environ(void)
+{
+	size_t n = 0;
+	char **copy;
+
+	while (environ && environ[n])
+		n++;
+	copy = calloc(n + 1, sizeof(*copy));
+	for (size_t i = 0; copy && i < n; i++)
+		copy[i] = strdup(environ[i]);
+	return copy;
+}
+
+/* First of our constructors: the others ask what was inherited. */
+__attribute__((constructor(101))) static void inherit(void)
 {
 	const char *any = sp_env("SAMEPAGE_MERGE_ANY");
 	const char *warned = sp_env("SAMEPAGE_UFFD_WARNED");
@@ -33,6 +48,17 @@ __attribute__((constructor)) static void inherit(void)
 		inherited.preload = strdup(pre - strlen("LD_PRELOAD=")); /* environ's string */
 	inherited.merge_any = any && *any == '1';
 	inherited.uffd_warned = warned && *warned == '1';
+	inherited.environ = copy_environ();
+}
+
+void sp_env_refresh(void)
+{
+	char *const *old = inherited.environ;
+
+	inherited.environ = copy_environ();
+	for (char *const *e = old; e && *e; e++)
+		free(*e);
+	free((void *)old);
 }
 
 const struct sp_inherited *sp_inherited(void)
@@ -40,12 +66,22 @@ const struct sp_inherited *sp_inherited(void)
 	return &inherited;
 }
 
-const char *sp_env(const char *name)
+static const char *lookup(char *const *env, const char *name)
 {
 	size_t n = strlen(name);
 
-	for (char **e = environ; e && *e; e++)
-		if (!strncmp(*e, name, n) && (*e)[n] == '=')
+	for (char *const *e = env; e && *e; e++)
+		if (*e && !strncmp(*e, name, n) && (*e)[n] == '=')
 			return *e + n + 1;
 	return NULL;
+}
+
+const char *sp_env(const char *name)
+{
+	return lookup(environ, name);
+}
+
+const char *sp_env_inherited(const char *name)
+{
+	return lookup(inherited.environ, name);
 }

@@ -28,13 +28,25 @@ static int own_private_dir(const char *dir)
 	return 0;
 }
 
+void sp_where_now(struct sp_where *w)
+{
+	const struct sp_inherited *in = sp_inherited();
+
+	w->socket = in->socket ? in->socket : sp_env("SAMEPAGE_SOCKET");
+	w->xdg = in->xdg ? in->xdg : sp_env("XDG_RUNTIME_DIR");
+}
+
 int sp_socket_path(char *buf, size_t len)
 {
-	/* As inherited (env.h); unset then, as now (a program, or a test,
-	 * that sets them itself). */
-	const struct sp_inherited *in = sp_inherited();
-	const char *env = in->socket ? in->socket : sp_env("SAMEPAGE_SOCKET");
-	const char *xdg = in->xdg ? in->xdg : sp_env("XDG_RUNTIME_DIR");
+	struct sp_where w;
+
+	sp_where_now(&w);
+	return sp_socket_path_at(&w, buf, len);
+}
+
+int sp_socket_path_at(const struct sp_where *w, char *buf, size_t len)
+{
+	const char *env = w->socket, *xdg = w->xdg;
 	char dir[512];
 	int n, err;
 

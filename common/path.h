@@ -11,7 +11,21 @@
 
 #include <stddef.h>
 
-/* Fill buf with the socket path, creating its directory. 0 or -errno. */
+/* Where the daemon listens, as the environment names it: the variables
+ * read once, by whoever may read the environment (env.h). */
+struct sp_where {
+	const char *socket; /* SAMEPAGE_SOCKET or NULL */
+	const char *xdg;    /* XDG_RUNTIME_DIR or NULL */
+};
+
+/* As inherited (env.h); for a variable unset then, as now (a program, or a
+ * test, that sets it itself). Only where sp_env() may be called. */
+void sp_where_now(struct sp_where *w);
+
+/* Fill buf with the socket path w names, creating its directory. 0 or -errno. */
+int sp_socket_path_at(const struct sp_where *w, char *buf, size_t len);
+
+/* The two above in one: the daemon and the CLI. */
 int sp_socket_path(char *buf, size_t len);
 
 #endif

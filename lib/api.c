@@ -75,6 +75,9 @@ static void lib_create(void)
 	struct lib *l = arena_create(sizeof(*l), offsetof(struct lib, arena), LIB_ARENA_FIRST);
 	struct arena *ar;
 
+	/* The environment as of now, for the scanner (env.h): no thread of
+	 * ours reads the copy yet. */
+	sp_env_refresh();
 	if (!l) {
 		fprintf(stderr, "samepage: no address space for the library's %u MiB in process "
 				"%d (ulimit -v?): merging is off\n", LIB_ARENA_FIRST >> 20, (int)getpid());
@@ -491,6 +494,8 @@ void lib_atfork_parent(struct lib *l, struct fork_kid *k)
 
 void lib_atfork_child(struct lib *l, struct fork_kid *k)
 {
+	/* One thread now: the environment can be read safely (env.h). */
+	sp_env_refresh();
 	pthread_mutex_init(&l->lock, NULL);
 	pthread_cond_init(&l->wake, NULL);
 	/* The parent's userfaultfd belongs to the parent's mm. */

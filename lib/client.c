@@ -40,7 +40,6 @@
 #include "fault.h"
 #include "path.h"
 
-extern char **environ;
 
 enum { OUT_UNREF, OUT_COW };
 
@@ -58,17 +57,18 @@ static uint64_t now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* SAMEPAGE_FAULT=connect: the daemon is unreachable. */
+/* SAMEPAGE_FAULT=connect: the daemon is unreachable. The scanner dials
+ * too: what was inherited (env.h). */
 static int dial(const char *path)
 {
-	return fault_inject("connect") ? -ECONNREFUSED : sp_dial(path, 0, 1);
+	return fault_inject_inherited("connect") ? -ECONNREFUSED : sp_dial(path, 0, 1);
 }
 
 /* samepaged beside us: $SAMEPAGE_DAEMON, else ../bin/samepaged relative to
  * this library (build tree and install prefix alike), else $PATH. */
 static void daemon_path(char *buf, size_t len)
 {
-	const char *env = sp_env("SAMEPAGE_DAEMON");
+	const char *env = sp_env_inherited("SAMEPAGE_DAEMON");
 	Dl_info info;
 
 	if (env && *env) {
@@ -86,18 +86,20 @@ static void daemon_path(char *buf, size_t len)
 	snprintf(buf, len, "samepaged");
 }
 
-/* The daemon must not run under our preload, or it would scan itself. */
+/* The daemon must not run under our preload, or it would scan itself.
+ * The environment we inherited: the scanner may be the one spawning, and
+ * the program's own may be mid-setenv() on another thread (env.h). */
 static void clean_env(char **out, size_t max)
 {
 	size_t n = 0;
 
-	for (char **e = environ; e && *e && n + 1 < max; e++)
+	for (char *const *e = sp_inherited()->environ; e && *e && n + 1 < max; e++)
 		if (strncmp(*e, "LD_PRELOAD=", 11) && strncmp(*e, "SAMEPAGE_MERGE_ANY=", 19))
 			out[n++] = *e;
 	out[n] = NULL;
 }
 
-static int spawn_daemon(void)
+static int spawn_daemon(struct lib *l)
 {
 	char path[PATH_MAX];
 	char sock[108];
@@ -110,7 +112,7 @@ static int spawn_daemon(void)
 	int err;
 
 	daemon_path(path, sizeof(path));
-	err = sp_socket_path(sock, sizeof(sock));
+	err = sp_socket_path_at(&l->where, sock, sizeof(sock));
 	if (err)
 		return err;
 	clean_env(env, sizeof(env) / sizeof(env[0]));
@@ -146,17 +148,17 @@ static int spawn_daemon(void)
 
 /* A connected socket to the user's daemon, started if nobody listens.
  * -EAGAIN: a daemon listens but its backlog is full (alive, busy). */
-static int dial_or_spawn(void)
+static int dial_or_spawn(struct lib *l)
 {
 	char path[108];
-	int fd, err = sp_socket_path(path, sizeof(path));
+	int fd, err = sp_socket_path_at(&l->where, path, sizeof(path));
 
 	if (err)
 		return err;
 	fd = dial(path);
 	if (fd >= 0 || (fd != -ENOENT && fd != -ECONNREFUSED))
 		return fd;
-	err = spawn_daemon();
+	err = spawn_daemon(l);
 	if (err)
 		return err;
 	for (int i = 0; i < 100; i++) {
@@ -169,18 +171,28 @@ static int dial_or_spawn(void)
 	return fd;
 }
 
-int client_observer(int timeout_s, void *buf)
+int client_observer(struct lib *l, int timeout_s, void *buf)
 {
 	char path[108];
-	int fd = dial_or_spawn(), err;
+	int fd = dial_or_spawn(l), err;
 
 	/* That connection only made sure a daemon listens: an observer says
 	 * so in its C_HELLO, on a blocking socket of its own. */
 	if (fd < 0)
 		return fd;
 	close(fd);
-	err = sp_socket_path(path, sizeof(path));
+	err = sp_socket_path_at(&l->where, path, sizeof(path));
 	return err ? err : sp_observe(path, timeout_s, buf);
+}
+
+/* Copies: the program may rewrite its environment's strings later. */
+static void where_init(struct lib *l)
+{
+	struct sp_where now;
+
+	sp_where_now(&now);
+	l->where.socket = now.socket ? strdup(now.socket) : NULL;
+	l->where.xdg = now.xdg ? strdup(now.xdg) : NULL;
 }
 
 int client_init(struct lib *l)
@@ -192,6 +204,7 @@ int client_init(struct lib *l)
 	l->pipe_wr = -1;
 	l->marker_fd = -1;
 	l->kid_fd = -1;
+	where_init(l);
 	for (uint32_t i = 0; i < SP_MAX_SEGS; i++)
 		l->segs[i].fd = -1;
 	l->msg = arena_alloc(ar, SP_MAX_MSG);
@@ -260,7 +273,7 @@ static int send_hello(struct lib *l)
 /* Open a connection and send C_HELLO; its reply is read with the next. */
 static int conn_open(struct lib *l)
 {
-	int fd = dial_or_spawn(), sz = 1 << 20, err;
+	int fd = dial_or_spawn(l), sz = 1 << 20, err;
 	socklen_t len = sizeof(sz);
 
 	if (fd < 0)

@@ -218,7 +218,7 @@ int defrag_pass(struct lib *l, struct pass *ps)
 	 * it has asked, a process goes on below the mark until nothing is left
 	 * to gather: a sharer that stopped halfway would keep the old pages
 	 * while the others map the copies. */
-	if (l->pass_seq < l->defrag_after || l->uffd < 0 || fault_inject("defrag") ||
+	if (l->pass_seq < l->defrag_after || l->uffd < 0 || fault_inject_inherited("defrag") ||
 	    (!l->defrag_active && l->vmas.total < mark))
 		return 0;
 	for (size_t i = 0; i < l->vmas.n && budget && !err && !l->stop;) {

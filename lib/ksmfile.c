@@ -274,7 +274,7 @@ static int kf_sock(struct lib *l)
 {
 	if (l->kf.sock >= 0 && l->kf.sock_pid == getpid())
 		return 0;
-	l->kf.sock = client_observer(STAT_WAIT_S, l->kf.buf);
+	l->kf.sock = client_observer(l, STAT_WAIT_S, l->kf.buf);
 	l->kf.sock_pid = getpid();
 	return l->kf.sock < 0 ? l->kf.sock : 0;
 }

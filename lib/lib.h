@@ -25,6 +25,7 @@
 #include "env.h"
 #include "log.h"
 #include "os.h"
+#include "path.h"
 #include "proto.h"
 
 /* Per scanned page: kernel KSM's rmap_item, in 8 bytes.
@@ -150,6 +151,10 @@ struct lib {
 	 * the daemon is slow: only its close says it is gone, and then the
 	 * next D_HELLO says whether our references are still there. */
 	int sock;                  /* -1 when not connected */
+	/* Where the daemon listens, read from the environment once, by
+	 * client_init() on the program's thread: the scanner dials too, and
+	 * must not walk an environment another thread may be rewriting. */
+	struct sp_where where;
 	int ready;                 /* D_HELLO arrived on sock */
 	uint64_t instance;         /* the daemon our references live in; 0: none */
 	struct expect expect[EXPECT_MAX];
@@ -368,7 +373,7 @@ int client_init(struct lib *l);
 /* An observer connection (no memory; full scans do not wait for it), the
  * daemon started as for our own when none answers; blocking, with
  * timeouts of timeout_s. The fd or -errno. Lock not needed. */
-int client_observer(int timeout_s, void *buf);
+int client_observer(struct lib *l, int timeout_s, void *buf);
 /* Connect if needed and wait for D_HELLO. -EAGAIN: the daemon is busy
  * (try later, the connection stays), other -errno: no daemon. */
 int client_connect(struct lib *l);

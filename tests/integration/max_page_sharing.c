@@ -212,6 +212,74 @@ static struct counters from_frames(void)
 
 static struct counters want;
 
+/* Why R1 did not settle, for the next reader of a failed run: how the
+ * contents are spread over frames (pattern "2,1,1": one frame mapped by
+ * two processes, two by one each), which processes hold the lone frames,
+ * what each process's library and the daemon count. */
+static void stuck_report(void)
+{
+	char pat[64][16], buf[8192];
+	size_t npat = 0, count[64] = { 0 }, lone[NPROC] = { 0 }, n;
+	FILE *f;
+
+	for (size_t pg = 0; pg < M; pg++) {
+		uint64_t fr[NPROC];
+		int mult[NPROC], k = 0;
+		char p[16] = "";
+		size_t j;
+		for (int i = 0; i < NPROC; i++)
+			fr[i] = tu_pfn(c[i].pid, h[i].r1 + pg * PAGE);
+		for (int i = 0; i < NPROC; i++) {
+			int seen = 0, m = 0;
+			for (int x = 0; x < i; x++)
+				seen |= fr[x] == fr[i];
+			for (int x = 0; x < NPROC; x++)
+				m += fr[x] == fr[i];
+			if (m == 1)
+				lone[i]++;
+			if (!seen)
+				mult[k++] = m;
+		}
+		for (int a = 0; a < k; a++) /* descending */
+			for (int b = a + 1; b < k; b++)
+				if (mult[b] > mult[a]) {
+					int t = mult[a];
+					mult[a] = mult[b];
+					mult[b] = t;
+				}
+		for (int a = 0; a < k; a++)
+			snprintf(p + strlen(p), sizeof(p) - strlen(p), a ? ",%d" : "%d", mult[a]);
+		for (j = 0; j < npat && strcmp(pat[j], p); j++)
+			;
+		if (j == npat && npat < 64)
+			snprintf(pat[npat++], sizeof(pat[0]), "%s", p);
+		if (j < 64)
+			count[j]++;
+	}
+	for (size_t j = 0; j < npat; j++)
+		fprintf(stderr, "  R1 contents spread %s: %zu\n", pat[j], count[j]);
+	for (int i = 0; i < NPROC; i++) {
+		struct samepage_stat st;
+		memset(&st, 0xff, sizeof(st));
+		if (tu_send(c[i].wr, "s", 1) || tu_recv(c[i].rd, &st, sizeof(st)))
+			continue;
+		fprintf(stderr, "  process %d: %zu lone R1 frames; merging %llu, volatile %llu, "
+			"unshared %llu, rmap_items %llu\n", i, lone[i],
+			(unsigned long long)st.ksm_merging_pages,
+			(unsigned long long)st.pages_volatile,
+			(unsigned long long)st.pages_unshared,
+			(unsigned long long)st.ksm_rmap_items);
+	}
+	snprintf(buf, sizeof(buf), "%s status --json 2>&1", tu_bin("samepage"));
+	f = popen(buf, "r");
+	if (!f)
+		return;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	pclose(f);
+	buf[n] = 0;
+	fprintf(stderr, "  samepage status --json:\n%s\n", buf);
+}
+
 static int counters_are(void *arg)
 {
 	struct counters k = cli_counters();
@@ -266,7 +334,9 @@ int main(void)
 		TU_CHECK(tu_recv(c[i].rd, &h[i], sizeof(h[i])) == 0, "process %d died", i);
 
 	t0 = tu_now();
-	TU_CHECK(tu_wait(settled, NULL, 30),
+	if (!tu_wait(settled, NULL, 30))
+		stuck_report();
+	TU_CHECK(settled(NULL),
 		 "after 30 s: R1 %zu frames (want %u), R2 %zu frames (want %u)", r1_frames(),
 		 2 * M, r2_frames(), DUPS / MAXS);
 	usleep(500000); /* and it stays so */
