@@ -10,6 +10,9 @@
 #   hashrate     XXH3 / XXH64 / plain read GB/s of one core
 #   soak         (with --soak) one daemon through $SOAK_GENERATIONS generations
 #                of processes (issue 10): first against last generation
+#   remerge      2 x 64 MiB merged, every other page of both copies rewritten
+#                alike, 5 rounds (quick: 3), in 1 process and in 2: time until
+#                merged again, VMAs added (issue 10)
 # then one table: target, samepage, kernel KSM, ratio, wanted, met.
 #
 #   sudo bench/run.sh [--quick] [--soak] [--table SUMMARY]
@@ -31,11 +34,11 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-big=512 mixed_mib=256 repeat=${REPEAT:-3} table_only= quick= soak=
+big=512 mixed_mib=256 repeat=${REPEAT:-3} rounds=5 table_only= quick= soak=
 usage() { echo "usage: sudo bench/run.sh [--quick] [--soak] [--table SUMMARY]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
 	case $1 in
-	--quick) big=256 mixed_mib=128 repeat=1 quick=--quick; shift ;;
+	--quick) big=256 mixed_mib=128 repeat=1 rounds=3 quick=--quick; shift ;;
 	--soak) soak=1; shift ;;
 	--table) [ $# -ge 2 ] || usage; table_only=$2; shift 2 ;;
 	*) usage ;;
@@ -95,7 +98,7 @@ function v(arr, key) { return (key in arr) && arr[key] != "-" ? arr[key] : "" }
 { sp[$1] = $2; kn[$1] = $3 }
 END {
 	c = "cmp" big "."
-	printf "\n%-46s %-6s | %9s | %9s | %7s | %-22s | %s\n", "target (issue 3)", "unit", "samepage", "kernel", "sp/kern", "wanted", "met"
+	printf "\n%-46s %-6s | %9s | %9s | %7s | %-22s | %s\n", "target (issues 3, 10)", "unit", "samepage", "kernel", "sp/kern", "wanted", "met"
 	print "----------------------------------------------------------------------------------------------------------------------"
 	line("wall time until 2 x " big " MiB merged", "s", v(sp, c "merge_s"), v(kn, c "merge_s"), "ratio<=", 1/3, "<= 1/3 of kernel")
 	line("mixed 4 x " mixed " MiB: time to 99% of final saving", "s", v(sp, "mixed.t99_s"), v(kn, "mixed.t99_s"), "ratio<=", 1/3, "<= 1/3 of kernel")
@@ -123,6 +126,11 @@ END {
 	vs = v(sp, c "vmas_merged") != "" ? v(sp, c "vmas_merged") - v(sp, c "vmas_before") : ""
 	vk = v(kn, c "vmas_merged") != "" ? v(kn, c "vmas_merged") - v(kn, c "vmas_before") : ""
 	line("VMAs added by merging 2 x " big " MiB (per proc)", "count", vs, vk, "sp<=", handful, "a handful (<= " handful ")")
+	# issue 10: merged memory rewritten in scattered pages, merged again
+	line("re-merge after scattered rewrite, 1 process", "s", v(sp, "remerge.one.time_s"), v(kn, "remerge.one.time_s"), "ratio<=", 2, "<= 2 x kernel")
+	line("re-merge after scattered rewrite, 2 processes", "s", v(sp, "remerge.two.time_s"), v(kn, "remerge.two.time_s"), "ratio<=", 2, "<= 2 x kernel")
+	line("VMAs added by re-merge, 1 process", "count", v(sp, "remerge.one.vmas_added"), v(kn, "remerge.one.vmas_added"), "sp<=", handful, "a handful (<= " handful ")")
+	line("VMAs added by re-merge, 2 processes (per proc)", "count", v(sp, "remerge.two.vmas_added"), v(kn, "remerge.two.vmas_added"), "sp<=", handful, "a handful (<= " handful ")")
 	print ""
 	line("info: merged (2 x " big " MiB)", "%", v(sp, c "merged_pct"), v(kn, c "merged_pct"), "info", 0, "")
 	line("info: CPU per GiB saved, mixed load", "s/GiB", v(sp, "mixed.cpu_per_gib"), v(kn, "mixed.cpu_per_gib"), "info", 0, "")
@@ -134,6 +142,8 @@ END {
 	line("info: other CPU use, 2 x " big " MiB merge", "s", v(sp, c "other_cpu_s"), v(kn, c "other_cpu_s"), "info", 0, "~0: undisturbed")
 	line("info: other CPU use, mixed load", "s", v(sp, "mixed.other_cpu_s"), v(kn, "mixed.other_cpu_s"), "info", 0, "~0: undisturbed")
 	line("info: other CPU use, steady window", "s", v(sp, "steady.other_cpu_s"), v(kn, "steady.other_cpu_s"), "info", 0, "~0: undisturbed")
+	line("info: re-merge, first page again (1 proc)", "s", v(sp, "remerge.one.first_s"), v(kn, "remerge.one.first_s"), "info", 0, "")
+	line("info: re-merge, merger CPU while settled", "s/s", v(sp, "remerge.one.idle_cpu"), v(kn, "remerge.one.idle_cpu"), "info", 0, "")
 	bad = 0; dist = ""; slow = 0
 	for (key in sp) {
 		if (key ~ /\.bad$/) bad += num(sp[key]) + num(kn[key])
@@ -151,6 +161,8 @@ END {
 	print "stall rows: a separate run with a probe thread storing into random merging pages every 200 us (ksm_compare header);"
 	print "  (a) stores to pages not merged just before the store (they can only wait for merging in progress),"
 	print "  (b) all stores, including first writes to merged pages (COW faults: the first-write rows)"
+	print "re-merge rows: 2 x 64 MiB merged, every other page of both copies rewritten alike after 3 s untouched; median over"
+	print "  rounds of the time until every page pair shares a frame again; VMAs over the count after the first merge (bench/remerge.c)"
 }' "$1"
 }
 
@@ -163,7 +175,7 @@ fi
 
 make -j2 build/lib/libsamepage.so build/bin/samepaged build/bin/samepage \
 	build/bench/ksm_compare build/bench/mixed build/bench/steady build/bench/hashrate \
-	build/bench/soak >/dev/null
+	build/bench/soak build/bench/remerge >/dev/null
 
 KSM=/sys/kernel/mm/ksm
 knobs="pages_to_scan sleep_millisecs smart_scan"
@@ -205,6 +217,7 @@ step build/bench/steady --mib 256 --quiet-wait "$quiet"
 step build/bench/hashrate --mib 1024
 # A soak that fails (wrong bytes, saving not reached, pool pages left) still
 # gets its rows in the table; the exit status says so.
+step build/bench/remerge --mib 64 --rounds "$rounds" --layout both --quiet-wait "$quiet"
 soak_status=0
 if [ -n "$soak" ]; then
 	step build/bench/soak $quick --generations "$soak_gens" --quiet-wait "$quiet" || soak_status=$?
