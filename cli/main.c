@@ -76,7 +76,9 @@ static int help(struct cli *c, int argc, char **argv)
 	char *args[] = { argv[1], h, NULL };
 	const struct command *cmd;
 
-	if (argc < 2)
+	/* `samepage help`, `help --help`, `help help`: the overview, as git does. */
+	if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
+	    !strcmp(argv[1], "help"))
 		return cli_help(help_text);
 	cmd = find(argv[1]);
 	if (!cmd)

@@ -60,6 +60,10 @@ static void helps(void)
 	help_ok(cmd);
 	snprintf(cmd, sizeof(cmd), "%s help", sp);
 	help_ok(cmd);
+	snprintf(cmd, sizeof(cmd), "%s help --help", sp);
+	help_ok(cmd);
+	snprintf(cmd, sizeof(cmd), "%s help help", sp);
+	help_ok(cmd);
 	snprintf(cmd, sizeof(cmd), "%s --help", spd);
 	help_ok(cmd);
 	snprintf(cmd, sizeof(cmd), "%s -h", spd);
