@@ -93,9 +93,10 @@ static void draw_head(FILE *out, const struct top_frame *f)
 	line(out, f, t);
 	/* The least looked at last, where a narrow terminal cuts. */
 	snprintf(t, sizeof(t), "Knobs: run=%u pages_to_scan=%u sleep_millisecs=%u "
-		 "max_page_sharing=%u use_zero_pages=%u", s->knobs.v[KNOB_RUN],
+		 "max_page_sharing=%u use_zero_pages=%u smart_scan=%u", s->knobs.v[KNOB_RUN],
 		 s->knobs.v[KNOB_PAGES_TO_SCAN], s->knobs.v[KNOB_SLEEP_MILLISECS],
-		 s->knobs.v[KNOB_MAX_PAGE_SHARING], s->knobs.v[KNOB_USE_ZERO_PAGES]);
+		 s->knobs.v[KNOB_MAX_PAGE_SHARING], s->knobs.v[KNOB_USE_ZERO_PAGES],
+		 s->knobs.v[KNOB_SMART_SCAN]);
 	line(out, f, t);
 }
 

@@ -22,7 +22,7 @@ static const char help_text[] =
 	"                         live view: totals, saving over time, processes\n"
 	"  set [--save] KNOB=VALUE...\n"
 	"                         run, pages_to_scan, sleep_millisecs, use_zero_pages,\n"
-	"                         max_page_sharing (--save: in samepage.conf too)\n"
+	"                         max_page_sharing, smart_scan (--save: in samepage.conf too)\n"
 	"  unmerge [--pid PID]    unmerge every process's (or one's) pages\n"
 	"  reload                 check samepage.conf and have the daemon read it again\n"
 	"  daemon [--foreground]  start the user's daemon\n"

@@ -114,6 +114,8 @@ static void put_samepage(FILE *f, const struct sp_stat_r *r)
 		  (double)r->knobs.v[KNOB_MAX_PAGE_SHARING] },
 		{ "samepage_use_zero_pages", "gauge", "The use_zero_pages knob.",
 		  (double)r->knobs.v[KNOB_USE_ZERO_PAGES] },
+		{ "samepage_smart_scan", "gauge", "The smart_scan knob.",
+		  (double)r->knobs.v[KNOB_SMART_SCAN] },
 	};
 
 	for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++)

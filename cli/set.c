@@ -29,6 +29,7 @@ static const char help_text[] =
 	"  sleep_millisecs=N      0 to 60000\n"
 	"  use_zero_pages=0|1     merge zero pages into the kernel's zero page\n"
 	"  max_page_sharing=N     most mappings of one merged page (2 to 1048576)\n"
+	"  smart_scan=0|1         skip reading unique pages that stayed unchanged\n"
 	"\n"
 	"  -s, --save             also write them to the user's samepage.conf\n"
 	"                         ($XDG_CONFIG_HOME/samepage/samepage.conf), for the daemons\n"

@@ -19,9 +19,9 @@ enum {
 
 /* Every file of the kernel's /sys/kernel/mm/ksm (6.18). The knobs samepage
  * has no counterpart for show the kernel's defaults: samepage merges
- * across NUMA nodes, has no stable-node chains to prune, never has the
- * blind spot smart_scan trades for speed (it skips unchanged memory at
- * page-table speed instead) and has no scan-time advisor. */
+ * across NUMA nodes, has no stable-node chains to prune and has no
+ * scan-time advisor. Its smart_scan skips the same generations in every
+ * process, so it has not the kernel's blind spot (DESIGN.md). */
 const struct sp_ksm_file sp_ksm_files[] = {
 	FIXED("advisor_max_cpu", P_ULONG, "70"),
 	FIXED("advisor_max_pages_to_scan", P_ULONG, "30000"),
@@ -42,7 +42,7 @@ const struct sp_ksm_file sp_ksm_files[] = {
 	COUNTER("pages_volatile", G_VOLATILE),
 	KNOB("run", KNOB_RUN, P_UINT),
 	KNOB("sleep_millisecs", KNOB_SLEEP_MILLISECS, P_UINT),
-	FIXED("smart_scan", P_BOOL, "1"),
+	KNOB("smart_scan", KNOB_SMART_SCAN, P_BOOL),
 	COUNTER("stable_node_chains", G_CHAINS),
 	FIXED("stable_node_chains_prune_millisecs", P_UINT, "2000"),
 	COUNTER("stable_node_dups", G_DUPS),

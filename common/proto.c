@@ -207,6 +207,7 @@ int sp_validate(const struct sp_msg *m)
 
 static const char *const knob_names[KNOB_COUNT] = {
 	"run", "pages_to_scan", "sleep_millisecs", "use_zero_pages", "max_page_sharing",
+	"smart_scan",
 };
 
 const char *sp_knob_name(int knob)
@@ -230,6 +231,7 @@ static const struct { uint64_t min, max; } knob_ranges[KNOB_COUNT] = {
 	[KNOB_SLEEP_MILLISECS] = { 0, 60000 },
 	[KNOB_USE_ZERO_PAGES] = { 0, 1 },
 	[KNOB_MAX_PAGE_SHARING] = { 2, 1u << 20 },
+	[KNOB_SMART_SCAN] = { 0, 1 },
 };
 
 int sp_knob_range(int knob, uint64_t *min, uint64_t *max)

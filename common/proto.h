@@ -20,7 +20,7 @@
 
 #include "sizes.h"
 
-#define SP_PROTO_VERSION 2
+#define SP_PROTO_VERSION 3
 /* A SOCK_SEQPACKET message must fit the socket's send buffer whole
  * (net.core.wmem_default, 208 KiB here; EMSGSIZE beyond), so none exceeds
  * 72 KiB. */
@@ -55,7 +55,7 @@ struct sp_hdr {
 
 enum sp_knob {
 	KNOB_RUN, KNOB_PAGES_TO_SCAN, KNOB_SLEEP_MILLISECS, KNOB_USE_ZERO_PAGES,
-	KNOB_MAX_PAGE_SHARING, KNOB_COUNT
+	KNOB_MAX_PAGE_SHARING, KNOB_SMART_SCAN, KNOB_COUNT
 };
 
 struct sp_knobs {

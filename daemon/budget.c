@@ -38,6 +38,7 @@ void samepaged_default_knobs(struct sp_knobs *k)
 	k->v[KNOB_SLEEP_MILLISECS] = 20;
 	k->v[KNOB_USE_ZERO_PAGES] = 1;
 	k->v[KNOB_MAX_PAGE_SHARING] = 256;
+	k->v[KNOB_SMART_SCAN] = 1; /* the kernel's default */
 }
 
 /* ---- generations and full scans ---- */

@@ -246,17 +246,6 @@ uint64_t unstable_count(const struct index *ix)
 	return ix->unstable.count;
 }
 
-uint64_t unstable_count_live(const struct index *ix, int (*alive)(void *ctx, uint32_t conn),
-			     void *ctx)
-{
-	uint64_t n = 0, key, v;
-	size_t pos = 0;
-
-	while (map_next(&ix->unstable, &pos, &key, &v))
-		n += alive(ctx, unpack(v).conn);
-	return n;
-}
-
 int index_check(struct index *ix, struct pool *p)
 {
 	uint64_t chains = 0, dups = 0, heads = 0;

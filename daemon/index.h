@@ -64,10 +64,6 @@ int unstable_offer(struct index *ix, uint64_t hash, uint32_t conn, uint64_t addr
 /* Start a new generation: forget every entry. */
 void unstable_reset(struct index *ix);
 uint64_t unstable_count(const struct index *ix);
-/* Entries of connections still open (kernel KSM's pages_unshared: a
- * process that left takes its own with it). Walks the index. */
-uint64_t unstable_count_live(const struct index *ix, int (*alive)(void *ctx, uint32_t conn),
-			     void *ctx);
 
 /* Debug check of chain bookkeeping; 0 or -EUCLEAN. */
 int index_check(struct index *ix, struct pool *p);

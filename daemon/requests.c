@@ -204,9 +204,11 @@ static void fill_global(struct samepaged *d, struct sp_global_stats *g)
 	g->pool_written = d->written;
 	g->pages_inplace = d->inplace;
 	g->pages_moved = d->moved_pages;
-	/* As the kernel's: pages of live processes waiting in the unstable
-	 * index; a process that left takes its own with it. */
-	g->pages_unshared = unstable_count_live(&d->ix, conn_alive, d);
+	/* Unique pages of live processes, as their last passes counted them
+	 * (offered without a match, or skipped as quiet: smart_scan). Not the
+	 * unstable index's size: it is emptied whenever a generation ends, so
+	 * it read 0 between the passes of an idle host, however many unique
+	 * pages wait. A process that left takes its own with it. */
 	g->meta_bytes = index_bytes(&d->ix);
 	for (struct conn *h = d->held; h; h = h->next) {
 		g->held_sets++;
@@ -218,6 +220,7 @@ static void fill_global(struct samepaged *d, struct sp_global_stats *g)
 		g->processes++;
 		g->ksm_zero_pages += c->st.zero_pages;
 		g->pages_volatile += c->st.volatile_pages;
+		g->pages_unshared += c->st.unshared;
 		g->merge_vmas += c->st.merge_vmas;
 		g->vma_limited += c->st.vma_limited;
 		g->processes_limited += c->st.limited != 0;

@@ -57,6 +57,26 @@ static int maps_pool_page(const struct lib *l, const struct vma *v, uintptr_t p,
 
 /* What page p needs this pass, from its entry and pagemap entry: 1 when it
  * must be hashed (classify_hashed() goes on from there), else 0. */
+/* smart_scan (the kernel's knob, without its blind spot): a unique page
+ * offered SKIP_AFTER times unchanged and unmatched is offered again only in
+ * generations its period divides (2, then 4, then 8). The period is a power
+ * of two and the generation the daemon's, so every process skips the same
+ * generations: two equal quiet pages are still offered in one generation
+ * and meet (DESIGN.md, "Skipping quiet pages"). The age lives in the
+ * entry's pool field, unused while E_HASHED. */
+#define SKIP_AFTER 3u
+#define SKIP_AGE_MAX 15u
+
+static int skip_quiet(const struct lib *l, const struct entry *e, const struct pass *ps)
+{
+	uint32_t age = e->pool, period;
+
+	if (e->state != E_HASHED || age < SKIP_AFTER || !l->knobs.v[KNOB_SMART_SCAN])
+		return 0;
+	period = age - SKIP_AFTER >= 2 ? 8 : 2u << (age - SKIP_AFTER);
+	return ps->gen % period != 0;
+}
+
 static int classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, struct chunk *c,
 		    struct pass *ps, const struct vma **vc)
 {
@@ -132,6 +152,12 @@ hash:
 	 * 6 times slower. Once either side writes, the page is its own again. */
 	if (!PM_FILE(pm) && !PM_EXCLUSIVE(pm))
 		return 0;
+	/* Unique and quiet: not read this generation; still unshared. */
+	if (skip_quiet(l, e, ps)) {
+		ps->unshared++;
+		ps->skipped++;
+		return 0;
+	}
 	/* PROT_NONE memory merges too, as on kernel KSM: it is read through
 	 * /proc/self/mem (os_read_pages()). */
 	return *vc != NULL;
@@ -157,6 +183,7 @@ static void classify_hashed(struct lib *l, struct area *a, uintptr_t p, uint64_t
 		 * byte-for-byte check under the freeze. So two equal pages merge
 		 * in the pass that first sees them, not two or three passes later. */
 		e->csum = ENTRY_CSUM(h);
+		e->pool = 0; /* skip_quiet()'s age */
 		entry_set(l, e, E_HASHED);
 		ps->changed++;
 		/* Fresh all-zero memory is usually about to be written: zero
@@ -166,6 +193,8 @@ static void classify_hashed(struct lib *l, struct area *a, uintptr_t p, uint64_t
 	} else if (e->csum != ENTRY_CSUM(h)) {
 		/* Changed since the last pass: volatile, not offered. */
 		e->csum = ENTRY_CSUM(h);
+		if (e->state == E_HASHED)
+			e->pool = 0; /* skip_quiet()'s age: not quiet */
 		ps->volatile_pages++;
 		ps->changed++;
 		return;
@@ -174,6 +203,8 @@ static void classify_hashed(struct lib *l, struct area *a, uintptr_t p, uint64_t
 		c->zero[c->nzero++] = p;
 		return;
 	}
+	if (e->state == E_HASHED && e->pool < SKIP_AGE_MAX)
+		e->pool++; /* offered unchanged once more: skip_quiet()'s age */
 	c->look[c->nlook] = (struct sp_lookup_ent){ .hash = h, .addr = p };
 	/* Its VMA maps a pool page here, which it wrote: the daemon may put
 	 * the new content there, and the page merges again in place. */

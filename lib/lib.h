@@ -302,6 +302,7 @@ struct pass {
 	uint64_t gen;
 	int have_gen;
 	uint64_t volatile_pages, unshared, merged, changed, inplace, moved;
+	uint64_t skipped;  /* quiet unique pages not read (smart_scan) */
 	struct vma fresh;  /* the kernel's VMA, asked when the snapshot is stale */
 };
 int chunk_init(struct lib *l);

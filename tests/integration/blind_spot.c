@@ -33,12 +33,14 @@
  * some scans after its twin (which is being skipped by then) ends up in the
  * same 1-look-in-9-scans schedule with another phase, and the two never
  * meet: such pairs stay unmerged indefinitely, while the volatile half
- * keeps every scan busy and never merges either. samepage skips nothing:
- * its scanner offers every page that did not change since its previous
- * pass, on every pass, and a generation (the life of index.c's unstable
- * index) ends only once every scanning process completed a pass that began
- * inside it, so two quiet equal pages are always offered within one
- * generation.
+ * keeps every scan busy and never merges either. samepage skips quiet
+ * unique pages too (its smart_scan, on by default), but by the daemon's
+ * generation, not by a page's own count: from its fourth offer on a page
+ * is read only in generations divisible by 2, 4, then 8, the same
+ * generations in every process; and a generation (the life of index.c's
+ * unstable index) ends only once every scanning process completed a pass
+ * that began inside it, so two quiet equal pages are always offered within
+ * one generation (at the latest one divisible by 8).
  *
  * It can fail: a stable page left unmerged keeps distinct frames and the
  * MERGE_S wait fails with the count, the first unmerged pages' frames and

@@ -98,13 +98,13 @@ static void test_read(void)
 
 	sp_conf_init(&c);
 	TU_CHECK(read_text("# a comment\n\n  pages_to_scan\t=  500  # trailing\r\nrun=0\n"
-			   "sleep_millisecs = 7\nuse_zero_pages = 0\nmax_page_sharing = 2\n"
+			   "sleep_millisecs = 7\nuse_zero_pages = 0\nmax_page_sharing = 2\nsmart_scan = 0\n"
 			   "idle_exit = 0\npages_to_scan = 600\n", &c, errs, sizeof(errs)) == 0,
 		 "a good file refused: %s", errs);
 	TU_CHECK(c.has_knob == (1u << KNOB_COUNT) - 1 && c.knob[KNOB_PAGES_TO_SCAN] == 600 &&
 		 c.knob[KNOB_RUN] == 0 && c.knob[KNOB_SLEEP_MILLISECS] == 7 &&
 		 c.knob[KNOB_USE_ZERO_PAGES] == 0 && c.knob[KNOB_MAX_PAGE_SHARING] == 2 &&
-		 c.idle_exit == 0, "values read: pages_to_scan %u", c.knob[KNOB_PAGES_TO_SCAN]);
+		 c.knob[KNOB_SMART_SCAN] == 0 && c.idle_exit == 0, "values read: pages_to_scan %u", c.knob[KNOB_PAGES_TO_SCAN]);
 
 	/* Every bad line told, nothing changed. */
 	before = c;

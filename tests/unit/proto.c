@@ -600,7 +600,7 @@ static void test_knobs(void)
 	static const char *const names[KNOB_COUNT] = {
 		[KNOB_RUN] = "run", [KNOB_PAGES_TO_SCAN] = "pages_to_scan",
 		[KNOB_SLEEP_MILLISECS] = "sleep_millisecs", [KNOB_USE_ZERO_PAGES] = "use_zero_pages",
-		[KNOB_MAX_PAGE_SHARING] = "max_page_sharing",
+		[KNOB_MAX_PAGE_SHARING] = "max_page_sharing", [KNOB_SMART_SCAN] = "smart_scan",
 	};
 	static const struct { int knob; uint64_t v; int ok; } cases[] = {
 		{ KNOB_RUN, 0, 1 }, { KNOB_RUN, 1, 1 }, { KNOB_RUN, 2, 1 }, { KNOB_RUN, 3, 0 },
@@ -617,6 +617,7 @@ static void test_knobs(void)
 		{ KNOB_MAX_PAGE_SHARING, 2, 1 }, { KNOB_MAX_PAGE_SHARING, 256, 1 },
 		{ KNOB_MAX_PAGE_SHARING, 1u << 20, 1 }, { KNOB_MAX_PAGE_SHARING, (1u << 20) + 1, 0 },
 		{ KNOB_MAX_PAGE_SHARING, 0x100000002ull, 0 },
+		{ KNOB_SMART_SCAN, 0, 1 }, { KNOB_SMART_SCAN, 1, 1 }, { KNOB_SMART_SCAN, 2, 0 },
 		{ -1, 0, 0 }, { KNOB_COUNT, 0, 0 }, { KNOB_COUNT, 1, 0 }, { 1000, 1, 0 },
 	};
 	struct sp_knobs def;
