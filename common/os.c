@@ -13,6 +13,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -454,6 +455,18 @@ int os_apply_flags(uintptr_t a, size_t len, uint32_t flags)
 	if (flags & VF_NOHUGEPAGE)
 		os_madvise(p, len, MADV_NOHUGEPAGE);
 	return err;
+}
+
+int os_thread_nicer(int inc)
+{
+	pid_t tid = (pid_t)syscall(SYS_gettid);
+	int cur;
+
+	errno = 0;
+	cur = getpriority(PRIO_PROCESS, (id_t)tid);
+	if (cur == -1 && errno)
+		return -errno;
+	return setpriority(PRIO_PROCESS, (id_t)tid, cur + inc) ? -errno : 0;
 }
 
 void os_coredump_private_file(void)

@@ -118,6 +118,9 @@ void os_name_mapping(void *a, size_t len);
 int os_apply_flags(uintptr_t a, size_t len, uint32_t flags);
 /* Include private file mappings (merged pages) in core dumps. */
 void os_coredump_private_file(void);
+/* Lower the calling thread's priority by inc nice steps (only this
+ * thread; lowering needs no privilege). 0 or -errno. */
+int os_thread_nicer(int inc);
 /* Does reading dropped anonymous memory map the shared zero page? Not on
  * kernels booted without one (seen here: pvm_no_zero_page=1), where
  * use_zero_pages would save nothing. Assumed yes without PAGEMAP_SCAN. */
