@@ -233,6 +233,7 @@ struct exec_env {
 	char *v[4096];
 	char sock[160];
 	char domain[SP_DOMAIN_MAX + 32];
+	char asan[512];
 };
 
 static int has_var(char *const envp[], const char *name, size_t n)
@@ -260,7 +261,7 @@ static char **with_merge_env(char *const envp[], struct exec_env *b)
 
 	if (!any && !*dom)
 		return (char **)envp;
-	for (; envp && envp[n] && n + 7 < sizeof(b->v) / sizeof(b->v[0]); n++)
+	for (; envp && envp[n] && n + 8 < sizeof(b->v) / sizeof(b->v[0]); n++)
 		b->v[n] = envp[n];
 	if (envp && envp[n])
 		return (char **)envp; /* too many to copy; leave it as it is */
@@ -268,6 +269,17 @@ static char **with_merge_env(char *const envp[], struct exec_env *b)
 		b->v[n++] = "SAMEPAGE_MERGE_ANY=1";
 	if (any && !has_var(envp, "LD_PRELOAD=", 11) && pre)
 		b->v[n++] = pre;
+#if defined(__SANITIZE_ADDRESS__)
+	/* An ASan-built library brings ASan's runtime into every image it is
+	 * passed on to (cli/run.c puts it first in LD_PRELOAD); its options
+	 * (detect_leaks=0: LeakSanitizer cannot stop our scanner thread at
+	 * exit and says so on stderr) must follow it. */
+	const char *asan = sp_env_inherited("ASAN_OPTIONS");
+	if (any && asan && !has_var(envp, "ASAN_OPTIONS=", 13)) {
+		snprintf(b->asan, sizeof(b->asan), "ASAN_OPTIONS=%s", asan);
+		b->v[n++] = b->asan;
+	}
+#endif
 	/* `samepage run`'s advice on userfaultfd was given once for all. */
 	if (in->uffd_warned && !has_var(envp, "SAMEPAGE_UFFD_WARNED=", 21))
 		b->v[n++] = "SAMEPAGE_UFFD_WARNED=1";
