@@ -34,6 +34,7 @@
 #endif
 
 #define IDLE_MAX_MS 2000
+#define IDLE_FLOOR_MS 20 /* the longest idle sleep at sleep_millisecs=0 */
 #define SCAN_NICE 5 /* ksmd's */
 #define LIMIT_MARGIN 64 /* VMAs below the budget before merging resumes */
 
@@ -260,9 +261,15 @@ int scan_pass(struct lib *l)
 	if (!err) {
 		int quiet = !ps.merged && !ps.changed && !ps.moved;
 		int base = (int)l->knobs.v[KNOB_SLEEP_MILLISECS];
+		/* Quiet passes back off to 100 x sleep_millisecs, at most 2 s (the
+		 * default 20 ms): sleep_millisecs=0 asks for scanning without
+		 * pause, as ksmd does, and gets a look every 20 ms, so a rewrite
+		 * is seen within tens of milliseconds, not seconds. */
+		int max = base * 100 < IDLE_FLOOR_MS ? IDLE_FLOOR_MS :
+			  base * 100 > IDLE_MAX_MS ? IDLE_MAX_MS : base * 100;
 		l->idle_ms = !quiet ? 0 : l->idle_ms ? l->idle_ms * 2 : (base > 10 ? base : 10);
-		if (l->idle_ms > IDLE_MAX_MS)
-			l->idle_ms = IDLE_MAX_MS;
+		if (l->idle_ms > max)
+			l->idle_ms = max;
 	}
 	pthread_cond_broadcast(&l->wake);
 	pthread_mutex_unlock(&l->lock);
