@@ -144,6 +144,30 @@ static void rewrite_in_place(struct samepaged *d, uint32_t id, const void *bytes
 	d->inplace++;
 }
 
+/* How long a rewritten page waits for the other sharers of its pool page
+ * to rewrite it too: idle scanners look every 2 s at most. Not counted in
+ * generations: right after merging they pass every few milliseconds. */
+#define DEFER_MS 4000u
+
+/* c rewrote its page at a place its VMA maps pool page e->maps, which
+ * other mappings still read. When they rewrite it too (guests, workers
+ * and copies rewritten alike), the new content can go into that page in
+ * place, with no new mapping anywhere (reusable()); merging now into a
+ * new page would split every sharer's VMA, a VMA per rewritten page (the
+ * soak: ~285 per process against the kernel's 36). So c's page is not
+ * offered yet, for a few seconds since the first of them wrote it;
+ * after that it merges as any page. Changes when, never whether data is
+ * safe: the page stays c's own copy meanwhile. */
+static int defer_inplace(struct samepaged *d, struct conn *c, const struct sp_lookup_ent *e)
+{
+	uint32_t id = maps_of(e);
+	struct pool_page *pg = id == SP_POOL_NONE ? NULL : pool_page(&d->pool, id);
+
+	return pg && pg->cowed && pg->refs > pg->cowed && refs_count(&c->cowed, id) &&
+	       pool_seg_domain(&d->pool, id / SP_SEG_PAGES) == c->domain &&
+	       (uint32_t)(now_ns() / 1000000) - pg->cowed_ms < DEFER_MS;
+}
+
 int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l)
 {
 	struct sp_ids *r = (struct sp_ids *)d->buf; /* l lives in d->in */
@@ -187,6 +211,10 @@ int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l)
 		}
 		if (stable_has_in(d, c, key)) {
 			ids[i] = SP_POOL_CREATE; /* chain full: start a dup */
+			continue;
+		}
+		if (defer_inplace(d, c, &l->e[i])) {
+			ids[i] = SP_POOL_NONE;
 			continue;
 		}
 		err = unstable_offer(&d->ix, key, c->id, l->e[i].addr, partner_ok, &me,

@@ -32,7 +32,7 @@ struct pool_page {
 	uint32_t refs;  /* VMA references, summed over every holder */
 	uint32_t cowed; /* of those, mappings whose process wrote its copy (C_COW) */
 	uint32_t next;  /* next page with the same hash (stable chain) */
-	uint32_t pad;
+	uint32_t cowed_ms; /* when cowed last rose from 0 (ms, wrapping) */
 };
 
 struct pool_seg {

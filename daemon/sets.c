@@ -64,6 +64,8 @@ static void page_adjust(struct samepaged *d, uint32_t id, int64_t drefs, int64_t
 		  (int64_t)pg->cowed + dcowed <= (int64_t)pg->refs + drefs);
 	uint32_t live0 = pg->refs - pg->cowed, refs0 = pg->refs, live1;
 
+	if (!pg->cowed && dcowed > 0) /* the first writer: lookup.c's defer_inplace() */
+		pg->cowed_ms = (uint32_t)(now_ns() / 1000000);
 	pg->refs = (uint32_t)((int64_t)pg->refs + drefs);
 	pg->cowed = (uint32_t)((int64_t)pg->cowed + dcowed);
 	d->total_refs = (uint64_t)((int64_t)d->total_refs + drefs);
