@@ -5,6 +5,8 @@
 # kernel KSM off).
 #
 #   examples/qemu_guests.sh [--small]
+#   examples/qemu_guests.sh --images   only build the kernel and initramfs and
+#                                      print their paths (examples/libvirt.sh)
 #
 # Both guests (qemu-system-x86_64, TCG, 256 MiB, 1 vCPU) boot the same Debian
 # kernel with a busybox initramfs built here. Their /init runs
@@ -38,11 +40,12 @@ set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
-SMALL=0
+SMALL=0 IMAGES=0
 case "${1:-}" in
 --small) SMALL=1 ;;
+--images) SMALL=1 IMAGES=1 ;;
 "") ;;
-*) printf 'usage: %s [--small]\n' "$0" >&2; exit 2 ;;
+*) printf 'usage: %s [--small | --images]\n' "$0" >&2; exit 2 ;;
 esac
 
 say() { printf '%s\n' "$*"; }
@@ -161,6 +164,11 @@ if [ ! -s "$INITRD" ]; then
 	rm -rf "$ir"
 	mv "$INITRD.tmp" "$INITRD"
 	find "$cache" -name 'initrd-*.gz' ! -name "initrd-$key.gz" -delete
+fi
+
+if [ "$IMAGES" = 1 ]; then
+	printf '%s %s\n' "$KERNEL" "$INITRD"
+	exit 0
 fi
 
 # ---- 4. the run, with a samepage daemon of its own ----
