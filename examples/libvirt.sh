@@ -33,7 +33,7 @@ set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
-MIN_PCT=75
+MIN_PCT=${SP_MIN_PCT:-75}
 case "${1:-}" in
 --small) MIN_PCT=50 ;;
 --inner) ;;
@@ -187,5 +187,5 @@ trap 'rm -rf "$tmp"' EXIT
 say "== installing samepage into $tmp/prefix (make install)"
 make -C "$repo" -s install PREFIX="$tmp/prefix" >/dev/null
 rc=0
-unshare -m --propagation private "$0" --inner "$tmp" "$KERNEL" "$INITRD" || rc=$?
+SP_MIN_PCT=$MIN_PCT unshare -m --propagation private "$0" --inner "$tmp" "$KERNEL" "$INITRD" || rc=$?
 exit "$rc"
