@@ -71,7 +71,7 @@ static const char *lookup(char *const *env, const char *name)
 	size_t n = strlen(name);
 
 	for (char *const *e = env; e && *e; e++)
-		if (*e && !strncmp(*e, name, n) && (*e)[n] == '=')
+		if (!strncmp(*e, name, n) && (*e)[n] == '=')
 			return *e + n + 1;
 	return NULL;
 }

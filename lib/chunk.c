@@ -55,8 +55,6 @@ static int maps_pool_page(const struct lib *l, const struct vma *v, uintptr_t p,
 	       v->pgoff + (p - v->start) / SP_PAGE == id % SP_SEG_PAGES;
 }
 
-/* What page p needs this pass, from its entry and pagemap entry: 1 when it
- * must be hashed (classify_hashed() goes on from there), else 0. */
 /* smart_scan (the kernel's knob, without its blind spot): a unique page
  * offered SKIP_AFTER times unchanged and unmatched is offered again only in
  * generations its period divides (2, then 4, then 8). The period is a power
@@ -77,6 +75,8 @@ static int skip_quiet(const struct lib *l, const struct entry *e, const struct p
 	return ps->gen % period != 0;
 }
 
+/* What page p needs this pass, from its entry and pagemap entry: 1 when it
+ * must be hashed (classify_hashed() goes on from there), else 0. */
 static int classify(struct lib *l, struct area *a, uintptr_t p, uint64_t pm, struct chunk *c,
 		    struct pass *ps, const struct vma **vc)
 {

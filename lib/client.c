@@ -40,7 +40,6 @@
 #include "fault.h"
 #include "path.h"
 
-
 enum { OUT_UNREF, OUT_COW };
 
 /* A waiting application thread makes the scanner give way this soon. */

@@ -140,38 +140,21 @@ static struct samepage_stat stat0(void)
 	return st;
 }
 
-/* The daemon's counters, from `samepage status --json`. */
-static long long cli_get(const char *buf, const char *key)
-{
-	char pat[64];
-	const char *p;
-
-	snprintf(pat, sizeof(pat), "\"%s\": ", key);
-	p = strstr(buf, pat);
-	return p ? atoll(p + strlen(pat)) : -1;
-}
-
 struct counters { long long shared, pool, sharing, chains, dups; };
 
+/* The daemon's counters, from `samepage status --json` (-1 each when it
+ * could not be read). */
 static struct counters cli_counters(void)
 {
-	char cmd[4200], buf[8192];
-	struct counters k = { -1, -1, -1, -1, -1 };
-	size_t n;
-	FILE *f;
+	char buf[8192];
+	struct counters k;
 
-	snprintf(cmd, sizeof(cmd), "%s status --json 2>/dev/null", tu_bin("samepage"));
-	f = popen(cmd, "r");
-	if (!f)
-		return k;
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	pclose(f);
-	buf[n] = 0;
-	k.shared = cli_get(buf, "pages_shared");
-	k.pool = cli_get(buf, "pool_pages");
-	k.sharing = cli_get(buf, "pages_sharing");
-	k.chains = cli_get(buf, "stable_node_chains");
-	k.dups = cli_get(buf, "stable_node_dups");
+	tu_status_json(0, buf, sizeof(buf)); /* buf is what was read, maybe "" */
+	k.shared = tu_json_get(buf, "pages_shared");
+	k.pool = tu_json_get(buf, "pool_pages");
+	k.sharing = tu_json_get(buf, "pages_sharing");
+	k.chains = tu_json_get(buf, "stable_node_chains");
+	k.dups = tu_json_get(buf, "stable_node_dups");
 	return k;
 }
 
@@ -219,8 +202,7 @@ static struct counters want;
 static void stuck_report(void)
 {
 	char pat[64][16], buf[8192];
-	size_t npat = 0, count[64] = { 0 }, lone[NPROC] = { 0 }, n;
-	FILE *f;
+	size_t npat = 0, count[64] = { 0 }, lone[NPROC] = { 0 };
 
 	for (size_t pg = 0; pg < M; pg++) {
 		uint64_t fr[NPROC];
@@ -270,13 +252,8 @@ static void stuck_report(void)
 			(unsigned long long)st.pages_unshared,
 			(unsigned long long)st.ksm_rmap_items);
 	}
-	snprintf(buf, sizeof(buf), "%s status --json 2>&1", tu_bin("samepage"));
-	f = popen(buf, "r");
-	if (!f)
-		return;
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	pclose(f);
-	buf[n] = 0;
+	if (tu_status_json(0, buf, sizeof(buf)))
+		fprintf(stderr, "  samepage status --json failed\n");
 	fprintf(stderr, "  samepage status --json:\n%s\n", buf);
 }
 
