@@ -199,7 +199,12 @@ static void classify_hashed(struct lib *l, struct area *a, uintptr_t p, uint64_t
 		ps->changed++;
 		return;
 	}
-	if (l->knobs.v[KNOB_USE_ZERO_PAGES] && h == l->zero_hash) {
+	/* A merged page rewritten with zeros is a copy inside a pool VMA:
+	 * dropped, it would read the pool page (zero_span()). It merges like
+	 * any content, in place where it can; anonymous again, it becomes a
+	 * zero page. */
+	if (l->knobs.v[KNOB_USE_ZERO_PAGES] && h == l->zero_hash &&
+	    !(l->zero_page_ok && (e->state == E_MERGED || e->state == E_COWED))) {
 		c->zero[c->nzero++] = p;
 		return;
 	}

@@ -260,6 +260,15 @@ static void map_zero_runs(struct area *a, uintptr_t *addr, uint32_t *ok, const u
 	}
 }
 
+/* May the page whose VMA vc holds be dropped to read as the zero page?
+ * Only in anonymous memory: in a pool VMA (a merged page written since,
+ * a private copy over a file mapping), MADV_DONTNEED shows the pool page
+ * again, with its old bytes, where the application wrote zeros. */
+static int droppable(const struct vma_cache *vc)
+{
+	return vc->v.kind == VMA_ANON && !vc->v.ino;
+}
+
 static void zero_span(struct lib *l, struct area *a, uintptr_t *addr, uint32_t *ok, uint32_t n,
 		      int zfd)
 {
@@ -281,6 +290,7 @@ static void zero_span(struct lib *l, struct area *a, uintptr_t *addr, uint32_t *
 		os_read_pages(l->mem_fd, &addr[i], sizeof(*addr), k, l->abuf, mine);
 		for (uint32_t j = 0; j < k; j++)
 			ok[i + j] = mine[j] && replaceable(l, addr[i + j], &prot[i + j], &vc) &&
+				    (zfd >= 0 || droppable(&vc)) &&
 				    is_zero(l->abuf + (size_t)j * SP_PAGE);
 	}
 	if (zfd < 0) {
