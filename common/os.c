@@ -536,6 +536,13 @@ void os_read_pages(int mem_fd, const void *addr, size_t stride, uint32_t n, unsi
 	}
 }
 
+int os_copy_in(void *dst, const void *src, size_t len)
+{
+	struct iovec local = { dst, len }, remote = { (void *)src, len };
+	ssize_t r = syscall(SYS_process_vm_readv, getpid(), &local, 1UL, &remote, 1UL, 0UL);
+
+	return r == (ssize_t)len ? 0 : -EFAULT;
+}
 
 int os_marker_map(int fd, uintptr_t *addr)
 {

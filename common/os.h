@@ -103,6 +103,11 @@ void os_vmas_free(struct vma_list *l);
 void os_read_pages(int mem_fd, const void *addr, size_t stride, uint32_t n, unsigned char *buf,
 		   uint8_t *got);
 
+/* Copy len bytes of our own memory at src into dst without faulting (an
+ * argument the application passed us, which the kernel would have read
+ * with copy_from_user): 0, or -EFAULT where src is not readable. */
+int os_copy_in(void *dst, const void *src, size_t len);
+
 /* The VMA containing a, or NULL. l is sorted. */
 const struct vma *os_vma_find(const struct vma_list *l, uintptr_t a);
 

@@ -13,7 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stddef.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -199,6 +202,37 @@ int lib_discard(struct lib *l, uintptr_t s, uintptr_t e)
 void lib_forget(struct lib *l, uintptr_t s, uintptr_t e)
 {
 	track_forget(l, s, e);
+}
+
+/* Invariant 4: memory the application registers with its own userfaultfd
+ * is its own. We step aside before the kernel registers it: merged pages
+ * there become anonymous again while we can still freeze them (afterwards
+ * our registration would fail with EBUSY), so every write-protect and
+ * missing fault there is the application's from the first one, and the
+ * VMA, now userfaultfd-registered, is no longer tracked (track_eligible()).
+ * Kernel KSM keeps such pages merged and unshares them without a write
+ * fault (FAULT_FLAG_UNSHARE), which user space cannot do: an unmerge
+ * after the application's write-protect would have to write, and the write
+ * fault would reach its handler. The lock also keeps our freeze (a
+ * registration of our own) from making the application's fail with EBUSY. */
+int lib_foreign_uffd_register(struct lib *l, int fd, unsigned long req, void *reg)
+{
+	struct uffdio_register r;
+	uintptr_t s, e;
+	long ret;
+
+	lib_lock(l);
+	if (os_copy_in(&r, reg, sizeof(r)) == 0) {
+		s = (uintptr_t)r.range.start & ~(uintptr_t)(SP_PAGE - 1);
+		e = (uintptr_t)r.range.start + r.range.len;
+		if (e > s && lib_tracked(l, s, e)) {
+			scan_unmerge(l, s, e);
+			track_refresh(l);
+		}
+	}
+	ret = syscall(SYS_ioctl, fd, req, reg);
+	pthread_mutex_unlock(&l->lock);
+	return ret < 0 ? -errno : (int)ret;
 }
 
 /* ---- madvise ---- */

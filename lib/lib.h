@@ -260,6 +260,12 @@ int lib_tracked(struct lib *l, uintptr_t s, uintptr_t e);
 int lib_discard(struct lib *l, uintptr_t s, uintptr_t e);
 void lib_forget(struct lib *l, uintptr_t s, uintptr_t e);
 
+/* For the ioctl wrapper: the application registers memory with a
+ * userfaultfd of its own (UFFDIO_REGISTER on fd, argument reg): merged
+ * pages there become anonymous first, then the kernel registers them, all
+ * under lib.lock. The ioctl's result, or -errno. */
+int lib_foreign_uffd_register(struct lib *l, int fd, unsigned long req, void *reg);
+
 /* Take lib.lock from an application thread (a wrapper, the API): a
  * scanner waiting on the daemon sees us and gives the lock up. */
 void lib_lock(struct lib *l);

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * preload — kernel-interface compatibility. libsamepage exports madvise,
- * prctl, mmap, munmap, mremap, fork, _Fork, the exec family and
+ * prctl, ioctl (UFFDIO_REGISTER), mmap, munmap, mremap, fork, _Fork, the exec family and
  * posix_spawn, so a program run
  * under `samepage run` (LD_PRELOAD) or linked with the library gets kernel
  * KSM's interface served by samepage, and its own changes to memory we
@@ -23,6 +23,8 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -80,6 +82,23 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 	r = (int)syscall(SYS_madvise, addr, len, advice);
 	pthread_mutex_unlock(&l->lock);
 	return r;
+}
+
+/* Only UFFDIO_REGISTER on a userfaultfd that is not ours matters
+ * (lib_foreign_uffd_register()); every other ioctl is the system call,
+ * ours included (common/os.c calls this wrapper too). */
+EXPORT int ioctl(int fd, unsigned long req, ...)
+{
+	struct lib *l;
+	va_list ap;
+	void *arg;
+
+	va_start(ap, req);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	if (req != UFFDIO_REGISTER || !(l = lib_peek()) || fd == l->uffd)
+		return (int)syscall(SYS_ioctl, fd, req, arg);
+	return set_errno(lib_foreign_uffd_register(l, fd, req, arg));
 }
 
 EXPORT int prctl(int option, ...)
