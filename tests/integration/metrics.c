@@ -125,6 +125,8 @@ static void through_prometheus(const char *textdir, long long sharing)
 	pid_t ne, pr = -1;
 	FILE *f;
 	int ok = 0;
+	/* Ports of this run only: the sanitizer suites run side by side. */
+	int ne_port = 20000 + getpid() % 20000, pr_port = ne_port + 20000;
 
 	if (!have("prometheus-node-exporter")) {
 		printf("node_exporter not installed: not checked\n");
@@ -132,11 +134,11 @@ static void through_prometheus(const char *textdir, long long sharing)
 	}
 	snprintf(cmd, sizeof(cmd), "exec prometheus-node-exporter --collector.disable-defaults "
 		 "--collector.textfile --collector.textfile.directory=%s "
-		 "--web.listen-address=127.0.0.1:19191 >%s/ne.log 2>&1", textdir, dir);
+		 "--web.listen-address=127.0.0.1:%d >%s/ne.log 2>&1", textdir, ne_port, dir);
 	ne = start(cmd);
 	for (int i = 0; i < 100 && !ok; i++) {
 		tu_sleep_ms(100);
-		ok = http_get(19191, "/metrics", out, sizeof(out)) == 0 &&
+		ok = http_get(ne_port, "/metrics", out, sizeof(out)) == 0 &&
 		     strstr(out, "node_ksmd_pages_sharing");
 	}
 	TU_CHECK(ok, "node_exporter's textfile collector did not serve the metrics:\n%.2000s", out);
@@ -152,15 +154,15 @@ static void through_prometheus(const char *textdir, long long sharing)
 	f = fopen(conf, "w");
 	TU_CHECK(f, "prometheus.yml");
 	fprintf(f, "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: samepage\n"
-		   "    static_configs:\n      - targets: ['127.0.0.1:19191']\n");
+		   "    static_configs:\n      - targets: ['127.0.0.1:%d']\n", ne_port);
 	fclose(f);
 	snprintf(cmd, sizeof(cmd), "exec prometheus --config.file=%s --storage.tsdb.path=%s/tsdb "
-		 "--web.listen-address=127.0.0.1:19190 >%s/prom.log 2>&1", conf, dir, dir);
+		 "--web.listen-address=127.0.0.1:%d >%s/prom.log 2>&1", conf, dir, pr_port, dir);
 	pr = start(cmd);
 	ok = 0;
 	for (int i = 0; i < 300 && !ok; i++) {
 		tu_sleep_ms(100);
-		ok = http_get(19190, "/api/v1/query?query=node_ksmd_pages_sharing", out,
+		ok = http_get(pr_port, "/api/v1/query?query=node_ksmd_pages_sharing", out,
 			      sizeof(out)) == 0 && strstr(out, "\"result\":[{");
 	}
 	stop(pr);
