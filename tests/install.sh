@@ -6,7 +6,8 @@
 #    `mandoc -T lint` and `man -l`, each function's page found by name; a
 #    program built with `pkg-config --cflags --libs samepage` against the
 #    staged tree runs on the staged library; the bash completion loads; the
-#    udev rule; the installed samepaged, started by socket activation
+#    udev rule, and its effect (`udevadm test` on /dev/userfaultfd, put
+#    back afterwards); the installed samepaged, started by socket activation
 #    (systemd-socket-activate) on the path of the installed samepaged.socket,
 #    answers the installed `samepage status` and the program without
 #    SAMEPAGE_SOCKET (the unit's path is samepage's default);
@@ -110,6 +111,60 @@ done
 grep -q '^KERNEL=="userfaultfd".*GROUP="samepage".*MODE="0660"' \
 	"$root"/usr/lib/udev/rules.d/70-samepage-userfaultfd.rules ||
 	fail "the udev rule does not give group samepage read-write /dev/userfaultfd"
+# The rule's effect, as udev applies it (as root, where the machine has a
+# /dev/userfaultfd): `udevadm test` runs the rules for the device and sets
+# its group and mode for real, so what was there is put back afterwards.
+# udevadm comes from Debian's udev package, unpacked here when it is not
+# installed (installing it would start udevd). Then a member of the group
+# opens the device read-write and a non-member cannot.
+udev_effect() {
+	local dev=/dev/userfaultfd sys=/sys/devices/virtual/misc/userfaultfd udevadm was got
+	local made_group=0 made_char=0 data_before
+	if [ "$(id -u)" != 0 ] || [ ! -c "$dev" ] || [ ! -d "$sys" ]; then
+		echo "install.sh: not root, or no $dev: the udev rule's effect not checked"
+		return 0
+	fi
+	udevadm=$(command -v udevadm || true)
+	if [ -z "$udevadm" ]; then
+		(cd "$tmp" && apt-get download udev >/dev/null 2>&1) &&
+			dpkg-deb -x "$tmp"/udev_*.deb "$tmp/udev" 2>/dev/null
+		udevadm=$(ls "$tmp"/udev/bin/udevadm "$tmp"/udev/usr/bin/udevadm 2>/dev/null | head -1)
+	fi
+	if [ -z "$udevadm" ]; then
+		echo "install.sh: no udevadm (apt-get download udev failed): the udev rule's effect not checked"
+		return 0
+	fi
+	was=$(stat -c '%a %g' "$dev")
+	getent group samepage >/dev/null || { groupadd samepage && made_group=1; }
+	[ -e /dev/char ] || made_char=1
+	data_before=$(ls /run/udev/data 2>/dev/null)
+	mkdir -p /run/udev/rules.d
+	cp "$root"/usr/lib/udev/rules.d/70-samepage-userfaultfd.rules /run/udev/rules.d/
+	"$udevadm" test --action=add "$sys" >"$tmp/udev.log" 2>&1
+	got=$(stat -c '%a %G' "$dev")
+	if [ "$got" = "660 samepage" ]; then
+		check "a member of group samepage opens $dev read-write" \
+			setpriv --reuid=nobody --regid=nogroup --groups=samepage sh -c "exec 3<>$dev"
+		setpriv --reuid=nobody --regid=nogroup --clear-groups sh -c "exec 3<>$dev" 2>/dev/null &&
+			fail "a user outside group samepage opens $dev read-write"
+		echo "install.sh: udevadm test with the installed rule: $dev 660 root:samepage;" \
+			"a member opens it read-write, nobody else"
+	else
+		fail "udevadm test with the installed rule left $dev at '$got', not '660 samepage':
+$(tail -n 20 "$tmp/udev.log")"
+	fi
+	# Put back what was there.
+	rm -f /run/udev/rules.d/70-samepage-userfaultfd.rules
+	for f in $(ls /run/udev/data 2>/dev/null); do
+		grep -qx -- "$f" <<<"$data_before" || rm -f "/run/udev/data/$f"
+	done
+	[ "$made_char" = 0 ] || rm -rf /dev/char
+	chmod "${was%% *}" "$dev"
+	chgrp "${was##* }" "$dev"
+	[ "$made_group" = 0 ] || groupdel samepage
+	return 0
+}
+udev_effect
 comp=$(bash -c '. "$1"; complete -p samepage samepaged
 	COMP_WORDS=(samepage st); COMP_CWORD=1; _samepage; echo "${COMPREPLY[*]}"
 	COMP_WORDS=(samepage set pages); COMP_CWORD=2; _samepage; echo "${COMPREPLY[*]}"' \
