@@ -45,6 +45,11 @@ int os_munmap(void *a, size_t len)
 	return sys_ret(syscall(SYS_munmap, a, len));
 }
 
+int os_mprotect(void *a, size_t len, int prot)
+{
+	return sys_ret(syscall(SYS_mprotect, a, len, prot));
+}
+
 void *os_mremap(void *old, size_t oldlen, size_t len, int flags, void *new_addr)
 {
 	long r = syscall(SYS_mremap, old, oldlen, len, flags, new_addr);
@@ -412,22 +417,48 @@ struct sp_procmap_query {
 };
 #define SP_PROCMAP_QUERY _IOWR('f', 17, struct sp_procmap_query)
 
+static void vma_from_query(const struct sp_procmap_query *q, struct vma *v);
+
 int os_vma_query(int mapsfd, uintptr_t a, struct vma *v)
 {
 	struct sp_procmap_query q = { .size = sizeof(q), .query_addr = a };
 
 	if (ioctl(mapsfd, SP_PROCMAP_QUERY, &q) < 0)
 		return -errno;
-	memset(v, 0, sizeof(*v));
-	v->start = q.vma_start;
-	v->end = q.vma_end;
-	v->pgoff = q.vma_offset / SP_PAGE;
-	v->ino = q.inode;
-	v->prot = (q.vma_flags & 1 ? PROT_READ : 0) | (q.vma_flags & 2 ? PROT_WRITE : 0) |
-		  (q.vma_flags & 4 ? PROT_EXEC : 0);
-	v->private_ = !(q.vma_flags & 8);
-	v->kind = q.inode ? VMA_OTHER : VMA_ANON;
+	vma_from_query(&q, v);
 	return 0;
+}
+
+int os_vma_query_named(int mapsfd, uintptr_t a, struct vma *v)
+{
+	char name[128];
+	struct sp_procmap_query q = { .size = sizeof(q), .query_addr = a,
+				      .vma_name_addr = (uintptr_t)name,
+				      .vma_name_size = sizeof(name) };
+
+	if (ioctl(mapsfd, SP_PROCMAP_QUERY, &q) < 0) {
+		/* A longer name is not one of ours. */
+		if (errno == ENAMETOOLONG)
+			return os_vma_query(mapsfd, a, v);
+		return -errno;
+	}
+	vma_from_query(&q, v);
+	if (q.vma_name_size && !strncmp(name, "/memfd:samepage-pool", 20))
+		v->kind = VMA_POOL;
+	return 0;
+}
+
+static void vma_from_query(const struct sp_procmap_query *q, struct vma *v)
+{
+	memset(v, 0, sizeof(*v));
+	v->start = q->vma_start;
+	v->end = q->vma_end;
+	v->pgoff = q->vma_offset / SP_PAGE;
+	v->ino = q->inode;
+	v->prot = (q->vma_flags & 1 ? PROT_READ : 0) | (q->vma_flags & 2 ? PROT_WRITE : 0) |
+		  (q->vma_flags & 4 ? PROT_EXEC : 0);
+	v->private_ = !(q->vma_flags & 8);
+	v->kind = q->inode ? VMA_OTHER : VMA_ANON;
 }
 
 void os_name_mapping(void *a, size_t len)

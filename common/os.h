@@ -17,6 +17,8 @@
  * must not land in those wrappers (they take the library's lock). */
 void *os_mmap(void *a, size_t len, int prot, int flags, int fd, off_t off);
 int os_munmap(void *a, size_t len);
+/* mprotect(2), not the library's wrapper (which takes lib.lock): 0 or -errno. */
+int os_mprotect(void *a, size_t len, int prot);
 void *os_mremap(void *old, size_t oldlen, size_t len, int flags, void *new_addr);
 int os_madvise(void *a, size_t len, int advice);
 
@@ -116,6 +118,9 @@ const struct vma *os_vma_find(const struct vma_list *l, uintptr_t a);
  * VMA_ANON for inode 0, else VMA_OTHER). -ENOENT if a is unmapped,
  * -ENOTTY on kernels without the ioctl. */
 int os_vma_query(int mapsfd, uintptr_t a, struct vma *v);
+/* The same, and VMA_POOL where the mapping is one of samepage's segments
+ * (named /memfd:samepage-pool…), whichever daemon made it. */
+int os_vma_query_named(int mapsfd, uintptr_t a, struct vma *v);
 
 /* Give a mapping samepage's name in /proc/PID/maps (best effort). */
 void os_name_mapping(void *a, size_t len);

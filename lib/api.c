@@ -196,7 +196,10 @@ static int discard_area(struct lib *l, struct area *a, uintptr_t s, uintptr_t e)
 
 int lib_discard(struct lib *l, uintptr_t s, uintptr_t e)
 {
-	return track_each(l, s, e, discard_area);
+	int err = track_each(l, s, e, discard_area);
+	int err2 = merge_discard_moved(l, s, e);
+
+	return err ? err : err2;
 }
 
 void lib_forget(struct lib *l, uintptr_t s, uintptr_t e)

@@ -45,7 +45,7 @@ static void *map_chunk(size_t len)
 
 	if (m == MAP_FAILED)
 		return MAP_FAILED;
-	if (mprotect(m + GUARD, len, PROT_READ | PROT_WRITE) < 0) {
+	if (os_mprotect(m + GUARD, len, PROT_READ | PROT_WRITE) < 0) {
 		os_munmap(m, len + 2 * GUARD);
 		return MAP_FAILED;
 	}

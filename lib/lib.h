@@ -339,6 +339,11 @@ int merge_restore(struct lib *l, struct area *a, uintptr_t s, uintptr_t e);
 /* Discard merged pages of [s, e) for MADV_DONTNEED/FREE: fresh zeroed
  * anonymous pages (invariant 3). */
 int merge_discard(struct lib *l, struct area *a, uintptr_t s, uintptr_t e);
+/* The same for pool mappings in [s, e) that no entry knows as merged: an
+ * mremap moved them here (their entries were forgotten), or they have not
+ * been tracked again since. The kernel's VMAs decide. References stay on
+ * the pending list, dropped once nothing maps them (invariant 2). */
+int merge_discard_moved(struct lib *l, uintptr_t s, uintptr_t e);
 /* A fork child whose references could not be handed over: every private
  * mapping of a pool becomes anonymous memory with the same bytes, before
  * the child runs (it is alone: nothing is frozen). 0 or -errno. */

@@ -327,7 +327,7 @@ int merge_zero(struct lib *l, struct area *a, uintptr_t *addr, uint32_t n, uint3
 /* Replace [s, e) by fresh anonymous memory holding copy ? its bytes : zeros,
  * with the same protection and attributes. A page that cannot be read
  * leaves everything as it was (-EFAULT): its bytes are not lost. */
-static int to_anon(struct lib *l, struct area *a, uintptr_t s, uintptr_t e, uint8_t prot,
+static int to_anon(struct lib *l, uint32_t vmflags, uintptr_t s, uintptr_t e, uint8_t prot,
 		   int copy)
 {
 	size_t len = e - s;
@@ -351,8 +351,8 @@ static int to_anon(struct lib *l, struct area *a, uintptr_t s, uintptr_t e, uint
 			}
 		}
 	}
-	if ((prot != (PROT_READ | PROT_WRITE) && mprotect(tmp, len, prot) < 0) ||
-	    os_apply_flags((uintptr_t)tmp, len, a->vmflags) < 0 ||
+	if ((prot != (PROT_READ | PROT_WRITE) && os_mprotect(tmp, len, prot) < 0) ||
+	    os_apply_flags((uintptr_t)tmp, len, vmflags) < 0 ||
 	    os_mremap(tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)s) == MAP_FAILED) {
 		os_munmap(tmp, len);
 		return -errno;
@@ -436,7 +436,7 @@ static int restore_run(struct lib *l, struct area *a, uintptr_t s, uintptr_t e, 
 		return err;
 	/* Invariant 1: frozen while copied, so no write lands in the old page
 	 * after the copy was taken. */
-	err = to_anon(l, a, s, e, prot, 1);
+	err = to_anon(l, a->vmflags, s, e, prot, 1);
 	if (err)
 		os_uffd_unprotect(l->uffd, s, e - s);
 	os_uffd_thaw(l->uffd, s, e - s);
@@ -458,7 +458,7 @@ static int discard_run(struct lib *l, struct area *a, uintptr_t s, uintptr_t e, 
 {
 	/* Invariant 3: DONTNEED/FREE on a merged page must read back zeros;
 	 * on the private file mapping it would read the pool page again. */
-	int err = to_anon(l, a, s, e, prot, 0);
+	int err = to_anon(l, a->vmflags, s, e, prot, 0);
 
 	if (!err)
 		drop_refs(l, a, s, e);
@@ -468,6 +468,41 @@ static int discard_run(struct lib *l, struct area *a, uintptr_t s, uintptr_t e, 
 int merge_discard(struct lib *l, struct area *a, uintptr_t s, uintptr_t e)
 {
 	return for_merged_runs(l, a, s, e, discard_run);
+}
+
+int merge_discard_moved(struct lib *l, uintptr_t s, uintptr_t e)
+{
+	int err = 0, fresh = 0;
+
+	for (uintptr_t p = s; p < e;) {
+		struct vma v;
+		int r = os_vma_query_named(l->mapsfd, p, &v);
+		if (r == -ENOTTY) {
+			/* Before Linux 6.11: a fresh snapshot, once per call. */
+			r = fresh ? 0 : os_read_vmas(&l->vmas, l->text, TEXT_BYTES);
+			fresh = 1;
+			const struct vma *f = r ? NULL : os_vma_find(&l->vmas, p);
+			r = f ? 0 : -ENOENT;
+			if (f)
+				v = *f;
+		}
+		if (r) {
+			p += SP_PAGE; /* unmapped: the kernel will say ENOMEM */
+			continue;
+		}
+		uintptr_t q = v.end < e ? v.end : e;
+		/* Invariant 3: whatever our entries say, a private mapping of
+		 * our segments here would show the pool page again. */
+		for (uintptr_t t = p; v.private_ && v.kind == VMA_POOL && t < q;) {
+			uintptr_t u = q - t > CHUNK_PAGES * SP_PAGE ? t + CHUNK_PAGES * SP_PAGE : q;
+			r = to_anon(l, v.flags & (VF_LOCKED | VF_DONTDUMP | VF_DONTCOPY | VF_HUGEPAGE |
+						  VF_NOHUGEPAGE), t, u, v.prot, 0);
+			err = err ? err : r;
+			t = u;
+		}
+		p = q;
+	}
+	return err;
 }
 
 /* One private pool mapping becomes anonymous memory with its bytes. The
@@ -481,10 +516,10 @@ static int detach_vma(const struct vma *v)
 
 	if (tmp == MAP_FAILED)
 		return -ENOMEM;
-	if (!(v->prot & PROT_READ) && mprotect((void *)v->start, len, PROT_READ) < 0)
+	if (!(v->prot & PROT_READ) && os_mprotect((void *)v->start, len, PROT_READ) < 0)
 		goto fail;
 	memcpy(tmp, (void *)v->start, len);
-	if ((v->prot != (PROT_READ | PROT_WRITE) && mprotect(tmp, len, v->prot) < 0) ||
+	if ((v->prot != (PROT_READ | PROT_WRITE) && os_mprotect(tmp, len, v->prot) < 0) ||
 	    os_apply_flags((uintptr_t)tmp, len, v->flags & (VF_LOCKED | VF_DONTDUMP | VF_DONTCOPY |
 							    VF_HUGEPAGE | VF_NOHUGEPAGE)) < 0 ||
 	    os_mremap(tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)v->start) == MAP_FAILED)

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * preload — kernel-interface compatibility. libsamepage exports madvise,
- * prctl, ioctl (UFFDIO_REGISTER), mmap, munmap, mremap, fork, _Fork, the exec family and
+ * prctl, ioctl (UFFDIO_REGISTER), mprotect, pkey_mprotect, mmap, munmap, mremap, fork, _Fork, the exec family and
  * posix_spawn, so a program run
  * under `samepage run` (LD_PRELOAD) or linked with the library gets kernel
  * KSM's interface served by samepage, and its own changes to memory we
@@ -77,7 +77,7 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 	lib_lock(l);
 	/* Invariant 3: merged pages first become anonymous zero pages, then
 	 * the kernel applies the advice to plain anonymous memory. */
-	if (!(s & (SP_PAGE - 1)) && lib_tracked(l, s, e))
+	if (!(s & (SP_PAGE - 1)))
 		lib_discard(l, s, (e + SP_PAGE - 1) & ~(uintptr_t)(SP_PAGE - 1));
 	r = (int)syscall(SYS_madvise, addr, len, advice);
 	pthread_mutex_unlock(&l->lock);
@@ -143,6 +143,36 @@ EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 
 EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 	__attribute__((alias("mmap")));
+
+/* Never in the middle of a merge: the merge maps the pool with the
+ * protection it read under the freeze, and would undo a change made
+ * meanwhile (found by tests/integration/chaos.c: a page left PROT_NONE
+ * after the application had made it read-write again). */
+EXPORT int mprotect(void *addr, size_t len, int prot)
+{
+	struct lib *l = lib_peek();
+	int r;
+
+	if (!l)
+		return (int)syscall(SYS_mprotect, addr, len, prot);
+	lib_lock(l);
+	r = (int)syscall(SYS_mprotect, addr, len, prot);
+	pthread_mutex_unlock(&l->lock);
+	return r;
+}
+
+EXPORT int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
+{
+	struct lib *l = lib_peek();
+	int r;
+
+	if (!l)
+		return (int)syscall(SYS_pkey_mprotect, addr, len, prot, pkey);
+	lib_lock(l);
+	r = (int)syscall(SYS_pkey_mprotect, addr, len, prot, pkey);
+	pthread_mutex_unlock(&l->lock);
+	return r;
+}
 
 EXPORT int munmap(void *addr, size_t len)
 {
