@@ -474,7 +474,7 @@ int os_apply_flags(uintptr_t a, size_t len, uint32_t flags)
 
 	/* On fault: a locked private writable mapping would otherwise be
 	 * populated by write faults, copying every merged page at once. */
-	if ((flags & VF_LOCKED) && mlock2(p, len, MLOCK_ONFAULT) < 0)
+	if ((flags & VF_LOCKED) && syscall(SYS_mlock2, p, len, MLOCK_ONFAULT) < 0)
 		err = -errno;
 	if (flags & VF_DONTDUMP)
 		err = err ? err : os_madvise(p, len, MADV_DONTDUMP);

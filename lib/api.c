@@ -202,6 +202,12 @@ int lib_discard(struct lib *l, uintptr_t s, uintptr_t e)
 	return err ? err : err2;
 }
 
+void lib_attrs_changed(struct lib *l, uintptr_t s, uintptr_t e)
+{
+	if (lib_tracked(l, s, e))
+		track_refresh(l);
+}
+
 void lib_forget(struct lib *l, uintptr_t s, uintptr_t e)
 {
 	track_forget(l, s, e);

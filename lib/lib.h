@@ -266,6 +266,11 @@ void lib_forget(struct lib *l, uintptr_t s, uintptr_t e);
  * under lib.lock. The ioctl's result, or -errno. */
 int lib_foreign_uffd_register(struct lib *l, int fd, unsigned long req, void *reg);
 
+/* For the wrappers, lock held: the application changed attributes of
+ * [s, e) that merging carries over (mlock, MADV_DONTDUMP...): the tracked
+ * areas take them from the kernel again. */
+void lib_attrs_changed(struct lib *l, uintptr_t s, uintptr_t e);
+
 /* Take lib.lock from an application thread (a wrapper, the API): a
  * scanner waiting on the daemon sees us and gives the lock up. */
 void lib_lock(struct lib *l);

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * preload — kernel-interface compatibility. libsamepage exports madvise,
- * prctl, ioctl (UFFDIO_REGISTER), mprotect, pkey_mprotect, mmap, munmap, mremap, fork, _Fork, the exec family and
+ * prctl, ioctl (UFFDIO_REGISTER), mprotect, pkey_mprotect, the mlock
+ * family, mmap, munmap, mremap, fork, _Fork, the exec family and
  * posix_spawn, so a program run
  * under `samepage run` (LD_PRELOAD) or linked with the library gets kernel
  * KSM's interface served by samepage, and its own changes to memory we
@@ -53,6 +54,32 @@ static int set_errno(long r)
 	return (int)r;
 }
 
+/* The attributes a merge carries over to the pool mapping (mlock,
+ * MADV_DONTDUMP and DONTFORK, THP advice) are the tracked areas'. A change
+ * the application makes refreshes them under lib.lock, so no merge brings
+ * back what it just undid (tests/integration/chaos.c: a range mlock'ed,
+ * munlock'ed, merged meanwhile, stayed locked and MADV_DONTNEED failed). */
+static int attr_call(long nr, uintptr_t s, uintptr_t e, long a0, long a1, long a2)
+{
+	struct lib *l = lib_peek();
+	int r;
+
+	if (!l)
+		return (int)syscall(nr, a0, a1, a2);
+	lib_lock(l);
+	r = (int)syscall(nr, a0, a1, a2);
+	if (r == 0)
+		lib_attrs_changed(l, s, e);
+	pthread_mutex_unlock(&l->lock);
+	return r;
+}
+
+static int carried_advice(int advice)
+{
+	return advice == MADV_DONTDUMP || advice == MADV_DODUMP || advice == MADV_DONTFORK ||
+	       advice == MADV_DOFORK || advice == MADV_HUGEPAGE || advice == MADV_NOHUGEPAGE;
+}
+
 EXPORT int madvise(void *addr, size_t len, int advice)
 {
 	struct lib *l;
@@ -61,6 +88,8 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 
 	if (advice == MADV_MERGEABLE || advice == MADV_UNMERGEABLE)
 		return set_errno(samepage_madvise(addr, len, advice));
+	if (carried_advice(advice))
+		return attr_call(SYS_madvise, s, e, (long)addr, (long)len, advice);
 	l = lib_peek();
 	if (l && advice == MADV_REMOVE && e >= s) {
 		/* On private anonymous memory the kernel says EINVAL; on the
@@ -99,6 +128,33 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 	if (req != UFFDIO_REGISTER || !(l = lib_peek()) || fd == l->uffd)
 		return (int)syscall(SYS_ioctl, fd, req, arg);
 	return set_errno(lib_foreign_uffd_register(l, fd, req, arg));
+}
+
+EXPORT int mlock(const void *addr, size_t len)
+{
+	return attr_call(SYS_mlock, (uintptr_t)addr, (uintptr_t)addr + len, (long)addr, (long)len, 0);
+}
+
+EXPORT int mlock2(const void *addr, size_t len, unsigned int flags)
+{
+	return attr_call(SYS_mlock2, (uintptr_t)addr, (uintptr_t)addr + len, (long)addr, (long)len,
+			 (long)flags);
+}
+
+EXPORT int munlock(const void *addr, size_t len)
+{
+	return attr_call(SYS_munlock, (uintptr_t)addr, (uintptr_t)addr + len, (long)addr, (long)len,
+			 0);
+}
+
+EXPORT int mlockall(int flags)
+{
+	return attr_call(SYS_mlockall, 0, UINTPTR_MAX, flags, 0, 0);
+}
+
+EXPORT int munlockall(void)
+{
+	return attr_call(SYS_munlockall, 0, UINTPTR_MAX, 0, 0, 0);
 }
 
 EXPORT int prctl(int option, ...)

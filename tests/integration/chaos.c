@@ -9,7 +9,9 @@
  * with its scanner merging in between:
  *   write a content, write zeros, change one byte, MADV_DONTNEED,
  *   mprotect PROT_NONE and back, munmap + mmap anew, mremap away and back,
- *   MADV_UNMERGEABLE then MADV_MERGEABLE, fork a child that checks every
+ *   MADV_UNMERGEABLE then MADV_MERGEABLE, mlock and munlock, MADV_FREE
+ *   then a whole rewrite, MADV_PAGEOUT or MADV_COLD, mremap shrinking in
+ *   place, posix_spawn of /bin/true, fork a child that checks every
  *   byte, writes its own copy and checks again,
  * and after each operation it sleeps a few milliseconds, and every few
  * operations it compares every byte with a shadow copy in MAP_SHARED
@@ -28,12 +30,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <spawn.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "samepage.h"
 #include "testutil.h"
+
+extern char **environ;
 
 #define NPAGES 1024u   /* 4 MiB per process */
 #define NPROC 3
@@ -137,7 +142,7 @@ static void op(struct chaos *c)
 	uint32_t n = 1 + rnd(c, RUN_MAX), p = rnd(c, NPAGES - n + 1);
 	unsigned char *a = c->mem + (size_t)p * PAGE, *s = c->shadow + (size_t)p * PAGE;
 	size_t len = (size_t)n * PAGE;
-	uint32_t k = rnd(c, 100);
+	uint32_t k = rnd(c, 120);
 	int st;
 
 	if (k < 30) {
@@ -184,6 +189,38 @@ static void op(struct chaos *c)
 			 strerror(errno));
 		CK(madvise(a, len, MADV_MERGEABLE) == 0, "MADV_MERGEABLE: %s",
 			 strerror(errno));
+	} else if (k < 104) {
+		note(c, "mlock pages %u +%u, and munlock", p, n);
+		/* RLIMIT_MEMLOCK may refuse; what matters is the bytes. */
+		if (mlock(a, len) == 0) {
+			tu_sleep_ms((int)rnd(c, 10));
+			CK(munlock(a, len) == 0, "munlock: %s", strerror(errno));
+		}
+	} else if (k < 108) {
+		uint32_t v = rnd(c, NCONTENT);
+		note(c, "MADV_FREE pages %u +%u, then rewrite them whole", p, n);
+		CK(madvise(a, len, MADV_FREE) == 0, "MADV_FREE: %s", strerror(errno));
+		fill(c, p, n, v);
+	} else if (k < 112) {
+		note(c, "MADV_PAGEOUT / MADV_COLD pages %u +%u", p, n);
+		madvise(a, len, rnd(c, 2) ? MADV_PAGEOUT : MADV_COLD); /* hints */
+	} else if (k < 116 && n > 1) {
+		note(c, "mremap shrink pages %u +%u in place, mmap the tail anew", p, n);
+		CK(mremap(a, len, PAGE, 0) == a, "mremap shrink: %s", strerror(errno));
+		CK(mmap(a + PAGE, len - PAGE, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == a + PAGE, "mmap tail: %s",
+		   strerror(errno));
+		CK(madvise(a + PAGE, len - PAGE, MADV_MERGEABLE) == 0, "madvise: %s", strerror(errno));
+		memset(s + PAGE, 0, len - PAGE);
+	} else if (k < 116) {
+		note(c, "(nothing: a one-page shrink) %u +%u", p, n);
+	} else if (k < 118) {
+		note(c, "posix_spawn /bin/true (exec wrappers) %u %u", p, n);
+		pid_t pid;
+		char *argv[] = { "true", NULL };
+		CK(posix_spawn(&pid, "/bin/true", NULL, NULL, argv, environ) == 0, "posix_spawn");
+		CK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+		   "/bin/true: status %#x", st);
 	} else {
 		note(c, "fork, the child writes pages %u +%u", p, n);
 		pid_t pid = fork();
