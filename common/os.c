@@ -145,6 +145,7 @@ struct sp_pm_scan_arg {
 };
 struct sp_page_region { uint64_t start, end, categories; };
 #define SP_PAGEMAP_SCAN _IOWR('f', 16, struct sp_pm_scan_arg)
+#define SP_PAGE_IS_FILE (1 << 2)
 #define SP_PAGE_IS_PRESENT (1 << 3)
 #define SP_PAGE_IS_SWAPPED (1 << 4)
 #define SP_PAGE_IS_PFNZERO (1 << 5)
@@ -185,6 +186,30 @@ uintptr_t os_next_present(int pmfd, uintptr_t a, uintptr_t e)
 	if (n < 0)
 		return a;
 	return n ? (uintptr_t)r.start : e;
+}
+
+long os_written_anon(int pmfd, uintptr_t a, uintptr_t e, uintptr_t *start, uintptr_t *end,
+		     uint32_t max, uintptr_t *next)
+{
+	struct sp_page_region r[64];
+	struct sp_pm_scan_arg arg = {
+		.size = sizeof(arg), .start = a, .end = e, .vec = (uintptr_t)r,
+		.vec_len = max < 64 ? max : 64,
+		/* present, and neither the zero page nor a file page */
+		.category_mask = SP_PAGE_IS_PRESENT | SP_PAGE_IS_PFNZERO | SP_PAGE_IS_FILE,
+		.category_inverted = SP_PAGE_IS_PFNZERO | SP_PAGE_IS_FILE,
+		.return_mask = SP_PAGE_IS_PRESENT,
+	};
+	long n = ioctl(pmfd, SP_PAGEMAP_SCAN, &arg);
+
+	if (n < 0)
+		return -errno;
+	for (long i = 0; i < n; i++) {
+		start[i] = (uintptr_t)r[i].start;
+		end[i] = (uintptr_t)r[i].end;
+	}
+	*next = (uintptr_t)arg.walk_end;
+	return n;
 }
 
 static uint32_t flag_of(const char *f)

@@ -49,6 +49,13 @@ int os_pagemap(int pmfd, uintptr_t a, size_t n, uint64_t *out);
  * 6.7+; returns a (no skipping) where the ioctl is missing. */
 uintptr_t os_next_present(int pmfd, uintptr_t a, uintptr_t e);
 
+/* Runs [start[i], end[i]) of pages in [a, e) that are present anonymous
+ * pages of their own (not the zero page, not a file page): up to max
+ * runs (at most 64), how many, or -errno (PAGEMAP_SCAN, Linux 6.7+).
+ * *next: where the walk stopped, to go on from. */
+long os_written_anon(int pmfd, uintptr_t a, uintptr_t e, uintptr_t *start, uintptr_t *end,
+		     uint32_t max, uintptr_t *next);
+
 /* VMA flags from /proc/self/smaps "VmFlags", the ones that decide
  * eligibility (invariant 4) or must be carried over to a replacement
  * mapping (invariant 3). */

@@ -419,6 +419,7 @@ static void local_stats(struct lib *l, struct samepage_stat *st)
 {
 	struct sp_proc_stats p;
 
+	track_zero_settle(l);
 	lib_fill_stats(l, &p);
 	st->ksm_rmap_items = p.rmap_items;
 	st->ksm_zero_pages_process = p.zero_pages;

@@ -378,6 +378,7 @@ static int render(struct lib *l, const struct ksm_target *t, char *buf, size_t l
 	if (t->pid == getpid()) {
 		/* Our own entries: exact, and current to the last page. */
 		lib_lock(l);
+		track_zero_settle(l);
 		lib_fill_stats(l, &p);
 		pthread_mutex_unlock(&l->lock);
 	} else {

@@ -380,6 +380,12 @@ void track_recount(struct lib *l);
 /* The area holding p, or NULL (areas are sorted and disjoint). */
 struct area *track_area_at(struct lib *l, uintptr_t p);
 /* This process's counters as reported to the daemon. */
+/* Zero pages written since the scanner last looked become plain pages
+ * now, as the kernel counts a KSM zero page off ksm_zero_pages at its write
+ * fault: called where counters are read (ksm_stat, samepage_stat), so that
+ * they agree at once (the kernel's selftest test_unmerge_zero_pages). Lock
+ * held. */
+void track_zero_settle(struct lib *l);
 void lib_fill_stats(struct lib *l, struct sp_proc_stats *st);
 /* Is the page a mapping of a samepage file (a pool page, or a zero page
  * from the zero segment) that unmerging must turn back into anonymous? */

@@ -375,6 +375,25 @@ void lib_fill_stats(struct lib *l, struct sp_proc_stats *st)
 	st->mergeable = l->merge_any || l->nranges;
 }
 
+void track_zero_settle(struct lib *l)
+{
+	if (!l->zero_page_ok || l->st.zero <= 0)
+		return;
+	for (uint32_t i = 0; i < l->nareas; i++) {
+		struct area *a = &l->areas[i];
+		uintptr_t p = a->start, s[64], e[64];
+		while (p < a->end) {
+			long n = os_written_anon(l->pmfd, p, a->end, s, e, 64, &p);
+			if (n <= 0)
+				break;
+			for (long k = 0; k < n; k++)
+				for (uintptr_t q = s[k]; q < e[k]; q += SP_PAGE)
+					if (entry_of(a, q)->state == E_ZERO)
+						entry_set(l, entry_of(a, q), E_NEW);
+		}
+	}
+}
+
 /* Counters from the entries themselves (a fork child's first pass). */
 void track_recount(struct lib *l)
 {

@@ -188,6 +188,12 @@ static int zero_on(int rd, int wr, void *arg)
 	ref[(size_t)WPAGE * PAGE + 7] = 1;
 	fw = tu_pfn(getpid(), (uintptr_t)p + (uintptr_t)WPAGE * PAGE);
 	TU_CHECK_RETURN(fw && fw != zp, "written zero page has no frame of its own");
+	/* As the kernel counts it off at the write fault: at once, not at the
+	 * scanner's next pass (the kernel's test_unmerge_zero_pages). */
+	TU_CHECK_RETURN(!zp || (samepage_stat(&st) == 0 &&
+				st.ksm_zero_pages_process == ZPAGES - 1),
+			"ksm_zero_pages_process %llu right after the write, want %u",
+			(unsigned long long)st.ksm_zero_pages_process, ZPAGES - 1);
 	w = (struct want){ ZPAGES - 1, ZPAGES - 1, 0 };
 	TU_CHECK_RETURN(tu_wait(reached, &w, 20), "ksm_zero_pages did not drop to %u after a write",
 			ZPAGES - 1);
