@@ -2,9 +2,10 @@
 /*
  * Whatever an application does to merged memory, its bytes stay its own.
  *
- * Three processes each keep 4 MiB of mergeable memory whose pages hold one
- * of a few contents (zeros among them), so that most pages are merged, with
- * each other and across the processes, all the time. Each then runs random
+ * Three processes, two threads each, each thread with 4 MiB of mergeable
+ * memory of its own whose pages hold one of a few contents (zeros among
+ * them), so that most pages are merged, with each other and across the
+ * processes, all the time. Each thread then runs random
  * operations on random runs of pages, as applications do to their heaps,
  * with its scanner merging in between:
  *   write a content, write zeros, change one byte, MADV_DONTNEED,
@@ -26,6 +27,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +44,7 @@ extern char **environ;
 
 #define NPAGES 1024u   /* 4 MiB per process */
 #define NPROC 3
+#define THREADS 2      /* per process, each on a region of its own */
 #define NCONTENT 8     /* contents a page may hold; 0 is all zeros */
 #define RUN_MAX 48u    /* pages per operation at most */
 #define HISTORY 16
@@ -89,7 +92,7 @@ static int verify(struct chaos *c, const char *who)
 	return 0;
 }
 
-static struct chaos *crashing;
+static __thread struct chaos *crashing;
 
 /* A fault in a worker (or its fork child) names the page and the last
  * operations instead of dying silently. */
@@ -232,42 +235,75 @@ static void op(struct chaos *c)
 	}
 }
 
-static int worker(int rd, int wr, void *arg)
-{
-	static struct chaos c;
-	size_t len = (size_t)NPAGES * PAGE;
-	const char *env = getenv("SAMEPAGE_CHAOS_SECONDS");
-	double end = tu_now() + (env ? atof(env) : 12);
-	struct samepage_stat st;
-	(void)rd;
+struct run {
+	struct chaos c;
+	uint64_t seed;
+	double end;
+	int failed;
+};
 
-	struct sigaction sa = { .sa_sigaction = on_fault, .sa_flags = SA_SIGINFO };
-	crashing = &c;
-	sigaction(SIGSEGV, &sa, NULL);
-	sigaction(SIGBUS, &sa, NULL);
-	c.rng = 0x9e3779b97f4a7c15ull * (uint64_t)(uintptr_t)arg + 1;
+/* One thread's own region, its operations and checks: the threads of a
+ * process work at once, as an application's do, each on its own memory. */
+static void *thread_main(void *arg)
+{
+	struct run *r = arg;
+	struct chaos *c = &r->c;
+	size_t len = (size_t)NPAGES * PAGE;
+	struct samepage_stat st;
+
+	crashing = c;
+	c->rng = 0x9e3779b97f4a7c15ull * r->seed + 1;
 	for (uint32_t v = 1; v < NCONTENT; v++)
-		tu_fill(c.content[v], PAGE, 1000 + v); /* the same in every process */
-	c.mem = tu_map(len);
-	c.shadow = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	c.tmp = mmap(NULL, (size_t)RUN_MAX * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	CK(c.shadow != MAP_FAILED && c.tmp != MAP_FAILED, "mmap");
+		tu_fill(c->content[v], PAGE, 1000 + v); /* the same in every process */
+	c->mem = tu_map(len);
+	c->shadow = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	c->tmp = mmap(NULL, (size_t)RUN_MAX * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CK(c->shadow != MAP_FAILED && c->tmp != MAP_FAILED, "mmap");
 	for (uint32_t i = 0; i < NPAGES; i++)
-		fill(&c, i, 1, (i / 16) % NCONTENT);
-	CK(madvise(c.mem, len, MADV_MERGEABLE) == 0, "madvise: %s", strerror(errno));
-	while (tu_now() < end) {
-		op(&c);
-		tu_sleep_ms((int)rnd(&c, 8));
-		if (c.nops % 8 == 0) {
-			if (verify(&c, "process"))
-				return 1;
-			if (samepage_stat(&st) == 0 && st.ksm_merging_pages > c.merging_seen)
-				c.merging_seen = st.ksm_merging_pages;
+		fill(c, i, 1, (i / 16) % NCONTENT);
+	CK(madvise(c->mem, len, MADV_MERGEABLE) == 0, "madvise: %s", strerror(errno));
+	while (tu_now() < r->end && !r->failed) {
+		op(c);
+		tu_sleep_ms((int)rnd(c, 8));
+		if (c->nops % 8 == 0) {
+			if (verify(c, "process"))
+				r->failed = 1;
+			if (samepage_stat(&st) == 0 && st.ksm_merging_pages > c->merging_seen)
+				c->merging_seen = st.ksm_merging_pages;
 		}
 	}
-	if (verify(&c, "process at the end"))
+	if (!r->failed && verify(c, "process at the end"))
+		r->failed = 1;
+	return NULL;
+}
+
+static int worker(int rd, int wr, void *arg)
+{
+	static struct run runs[THREADS];
+	pthread_t t[THREADS];
+	const char *env = getenv("SAMEPAGE_CHAOS_SECONDS");
+	double end = tu_now() + (env ? atof(env) : 12);
+	struct sigaction sa = { .sa_sigaction = on_fault, .sa_flags = SA_SIGINFO };
+	uint64_t out[2] = { 0, 0 };
+	int failed = 0;
+	(void)rd;
+
+	sigaction(SIGSEGV, &sa, NULL);
+	sigaction(SIGBUS, &sa, NULL);
+	for (int i = 0; i < THREADS; i++) {
+		runs[i].seed = (uint64_t)(uintptr_t)arg * THREADS + (uint64_t)i;
+		runs[i].end = end;
+		CK(pthread_create(&t[i], NULL, thread_main, &runs[i]) == 0, "pthread_create");
+	}
+	for (int i = 0; i < THREADS; i++) {
+		pthread_join(t[i], NULL);
+		failed |= runs[i].failed;
+		out[0] += runs[i].c.nops;
+		if (runs[i].c.merging_seen > out[1])
+			out[1] = runs[i].c.merging_seen;
+	}
+	if (failed)
 		return 1;
-	uint64_t out[2] = { c.nops, c.merging_seen };
 	tu_send(wr, out, sizeof(out));
 	return 0;
 }
@@ -300,8 +336,8 @@ int main(void)
 	TU_CHECK(merging >= NPAGES / 4, "merging never really happened (at most %llu merging pages "
 		 "in a process): the operations were not checked against merged memory",
 		 (unsigned long long)merging);
-	printf("chaos: %d processes, %llu random operations on merged memory (up to %llu merging "
-	       "pages in a process), every byte as written\n", NPROC, (unsigned long long)ops,
+	printf("chaos: %d processes x %d threads, %llu random operations on merged memory (up to %llu merging "
+	       "pages in a process), every byte as written\n", NPROC, THREADS, (unsigned long long)ops,
 	       (unsigned long long)merging);
 	return 0;
 }
