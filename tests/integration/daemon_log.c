@@ -50,6 +50,9 @@ static int merger(int rd, int wr, void *arg)
 	tu_fill(p, (size_t)NP * PAGE, 7);
 	memcpy(p + (size_t)NP * PAGE, p, (size_t)NP * PAGE);
 	TU_CHECK_RETURN(madvise(p, (size_t)NP * 2 * PAGE, MADV_MERGEABLE) == 0, "madvise");
+	/* Connected before the test asks the daemon about us: the scanner
+	 * thread connects on its own time, late on a busy machine. */
+	TU_CHECK_RETURN(samepage_scan_now() == 0, "samepage_scan_now");
 	tu_send(wr, "r", 1);
 	tu_recv(rd, &c, 1);
 	return 0;
