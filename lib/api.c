@@ -296,6 +296,39 @@ static int ranges_remove(struct lib *l, uintptr_t s, uintptr_t e)
 	return 0;
 }
 
+/* MADV_MERGEABLE is a property of the mapping, as the kernel's
+ * VM_MERGEABLE is of the VMA: it goes with an unmap or a replacement, and
+ * moves with mremap. Lock held. */
+void lib_ranges_unmapped(struct lib *l, uintptr_t s, uintptr_t e)
+{
+	ranges_remove(l, s, e);
+}
+
+void lib_ranges_moved(struct lib *l, uintptr_t old, size_t oldlen, uintptr_t new_, size_t len,
+		      int keep_old)
+{
+	struct range moved[8];
+	uint32_t n = 0;
+	uintptr_t oe = old + (oldlen < len ? oldlen : len);
+
+	/* The madvised parts of what moved, shifted to where it went. */
+	for (uint32_t i = 0; i < l->nranges && n < 8; i++) {
+		uintptr_t rs = l->ranges[i].start > old ? l->ranges[i].start : old;
+		uintptr_t re = l->ranges[i].end < oe ? l->ranges[i].end : oe;
+		if (rs < re)
+			moved[n++] = (struct range){ rs - old + new_, re - old + new_ };
+	}
+	if (!keep_old)
+		ranges_remove(l, old, old + oldlen);
+	ranges_remove(l, new_, new_ + len); /* whatever was mapped there went */
+	for (uint32_t i = 0; i < n; i++)
+		ranges_add(l, moved[i].start, moved[i].end);
+	/* A range grown in place stays madvised up to where the old one was:
+	 * the kernel's grown VMA keeps its flags. */
+	if (len > oldlen && new_ == old && n && moved[n - 1].end == oe)
+		ranges_add(l, oe, old + len);
+}
+
 /* -ENOMEM when [s, e) has unmapped gaps, as madvise(2). */
 static int check_mapped(struct lib *l, uintptr_t s, uintptr_t e)
 {

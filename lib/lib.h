@@ -271,6 +271,13 @@ int lib_foreign_uffd_register(struct lib *l, int fd, unsigned long req, void *re
  * areas take them from the kernel again. */
 void lib_attrs_changed(struct lib *l, uintptr_t s, uintptr_t e);
 
+/* For the wrappers, lock held: [s, e) was unmapped or replaced (its
+ * MADV_MERGEABLE goes with it); [old, old+oldlen) moved to [new_, new_+len)
+ * (it goes along; keep_old: MREMAP_DONTUNMAP left the old mapping). */
+void lib_ranges_unmapped(struct lib *l, uintptr_t s, uintptr_t e);
+void lib_ranges_moved(struct lib *l, uintptr_t old, size_t oldlen, uintptr_t new_, size_t len,
+		      int keep_old);
+
 /* Take lib.lock from an application thread (a wrapper, the API): a
  * scanner waiting on the daemon sees us and gives the lock up. */
 void lib_lock(struct lib *l);

@@ -43,7 +43,16 @@
 #define MADV_DONTNEED_LOCKED 24
 #endif
 
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
+
 #define EXPORT __attribute__((visibility("default")))
+
+static size_t page_up(size_t len)
+{
+	return (len + SP_PAGE - 1) & ~(size_t)(SP_PAGE - 1);
+}
 
 static int set_errno(long r)
 {
@@ -191,8 +200,10 @@ EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 	/* Replacing memory we track: never in the middle of a merge. */
 	lib_lock(l);
 	r = (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
-	if (r != MAP_FAILED)
+	if (r != MAP_FAILED) {
 		lib_forget(l, s, s + len);
+		lib_ranges_unmapped(l, s, s + page_up(len));
+	}
 	pthread_mutex_unlock(&l->lock);
 	return r;
 }
@@ -240,8 +251,10 @@ EXPORT int munmap(void *addr, size_t len)
 		return (int)syscall(SYS_munmap, addr, len);
 	lib_lock(l);
 	r = (int)syscall(SYS_munmap, addr, len);
-	if (r == 0)
+	if (r == 0) {
 		lib_forget(l, s, s + len);
+		lib_ranges_unmapped(l, s, s + page_up(len));
+	}
 	pthread_mutex_unlock(&l->lock);
 	return r;
 }
@@ -267,6 +280,8 @@ EXPORT void *mremap(void *old, size_t oldlen, size_t len, int flags, ...)
 		lib_forget(l, (uintptr_t)old, (uintptr_t)old + oldlen);
 		if (flags & MREMAP_FIXED)
 			lib_forget(l, (uintptr_t)r, (uintptr_t)r + len);
+		lib_ranges_moved(l, (uintptr_t)old, page_up(oldlen), (uintptr_t)r, page_up(len),
+				 (flags & MREMAP_DONTUNMAP) != 0);
 	}
 	pthread_mutex_unlock(&l->lock);
 	return r;

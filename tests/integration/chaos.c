@@ -9,11 +9,14 @@
  * operations on random runs of pages, as applications do to their heaps,
  * with its scanner merging in between:
  *   write a content, write zeros, change one byte, MADV_DONTNEED,
- *   mprotect PROT_NONE and back, munmap + mmap anew, mremap away and back,
+ *   mprotect PROT_NONE and back, mmap anew over pages, mremap of the
+ *   whole region elsewhere, a scratch region merged and later unmapped,
  *   MADV_UNMERGEABLE then MADV_MERGEABLE, mlock and munlock, MADV_FREE
- *   then a whole rewrite, MADV_PAGEOUT or MADV_COLD, mremap shrinking in
- *   place, posix_spawn of /bin/true, fork a child that checks every
- *   byte, writes its own copy and checks again,
+ *   then a whole rewrite, MADV_PAGEOUT or MADV_COLD, posix_spawn of
+ *   /bin/true, fork a child that checks every byte, writes its own copy
+ *   and checks again
+ * (never leaving a hole in the address space that another thread's mmap
+ * could take: that would be the test's own race),
  * and after each operation it sleeps a few milliseconds, and every few
  * operations it compares every byte with a shadow copy in MAP_SHARED
  * memory (which is never merged). Any difference fails with the page, its
@@ -60,7 +63,8 @@ extern char **environ;
 	} while (0)
 
 struct chaos {
-	unsigned char *mem, *shadow, *tmp;
+	unsigned char *mem, *shadow, *scratch;
+	uint32_t scratch_n, scratch_v;
 	unsigned char content[NCONTENT][PAGE];
 	uint64_t rng;
 	char history[HISTORY][80];
@@ -171,21 +175,45 @@ static void op(struct chaos *c)
 		CK(mprotect(a, len, PROT_READ | PROT_WRITE) == 0, "mprotect: %s",
 			 strerror(errno));
 	} else if (k < 79) {
-		note(c, "munmap + mmap pages %u +%u", p, n);
-		CK(munmap(a, len) == 0, "munmap: %s", strerror(errno));
+		/* Never a hole another thread's mmap could take (glibc's spawn
+		 * stack, samepage's own buffers): replaced in one call. */
+		note(c, "mmap MAP_FIXED anew over pages %u +%u", p, n);
 		CK(mmap(a, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-			      -1, 0) == a, "mmap: %s", strerror(errno));
+			-1, 0) == a, "mmap: %s", strerror(errno));
 		CK(madvise(a, len, MADV_MERGEABLE) == 0, "madvise: %s", strerror(errno));
 		memset(s, 0, len);
+	} else if (k < 83) {
+		/* The whole region, wherever the kernel puts it. */
+		size_t all = (size_t)NPAGES * PAGE;
+		unsigned char *to = mremap(c->mem, all, all, MREMAP_MAYMOVE | MREMAP_DONTUNMAP);
+		note(c, "mremap the region elsewhere (DONTUNMAP where it can) %u %u", 0, NPAGES);
+		if (to == MAP_FAILED) /* MREMAP_DONTUNMAP: private anonymous only, 5.7+ */
+			to = mremap(c->mem, all, all, MREMAP_MAYMOVE);
+		CK(to != MAP_FAILED, "mremap: %s", strerror(errno));
+		if (to != c->mem)
+			munmap(c->mem, all); /* what DONTUNMAP left: empty, unmerged */
+		c->mem = to;
 	} else if (k < 86) {
-		note(c, "mremap pages %u +%u away and back", p, n);
-		CK(mremap(a, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, c->tmp) == c->tmp,
-			 "mremap away: %s", strerror(errno));
-		CK(mremap(c->tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, a) == a,
-			 "mremap back: %s", strerror(errno));
-		/* The hole mremap left at tmp: reserved again for the next one. */
-		CK(mmap(c->tmp, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
-			      0) == c->tmp, "mmap tmp: %s", strerror(errno));
+		/* Merged memory of its own, unmapped whole a while later. */
+		if (!c->scratch) {
+			c->scratch_v = rnd(c, NCONTENT);
+			note(c, "scratch region of %u pages, content %u", n, c->scratch_v);
+			c->scratch_n = n;
+			c->scratch = tu_map(len);
+			for (uint32_t i = 0; i < n; i++)
+				memcpy(c->scratch + (size_t)i * PAGE, c->content[c->scratch_v], PAGE);
+			CK(madvise(c->scratch, len, MADV_MERGEABLE) == 0, "madvise: %s",
+			   strerror(errno));
+		} else {
+			note(c, "scratch region of %u pages checked and unmapped (%u)", c->scratch_n,
+			     c->scratch_v);
+			for (uint32_t i = 0; i < c->scratch_n; i++)
+				CK(!memcmp(c->scratch + (size_t)i * PAGE, c->content[c->scratch_v],
+					   PAGE), "scratch page %u differs", i);
+			CK(munmap(c->scratch, (size_t)c->scratch_n * PAGE) == 0, "munmap: %s",
+			   strerror(errno));
+			c->scratch = NULL;
+		}
 	} else if (k < 93) {
 		note(c, "MADV_UNMERGEABLE, MADV_MERGEABLE pages %u +%u", p, n);
 		CK(madvise(a, len, MADV_UNMERGEABLE) == 0, "MADV_UNMERGEABLE: %s",
@@ -207,16 +235,6 @@ static void op(struct chaos *c)
 	} else if (k < 112) {
 		note(c, "MADV_PAGEOUT / MADV_COLD pages %u +%u", p, n);
 		madvise(a, len, rnd(c, 2) ? MADV_PAGEOUT : MADV_COLD); /* hints */
-	} else if (k < 116 && n > 1) {
-		note(c, "mremap shrink pages %u +%u in place, mmap the tail anew", p, n);
-		CK(mremap(a, len, PAGE, 0) == a, "mremap shrink: %s", strerror(errno));
-		CK(mmap(a + PAGE, len - PAGE, PROT_READ | PROT_WRITE,
-			MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == a + PAGE, "mmap tail: %s",
-		   strerror(errno));
-		CK(madvise(a + PAGE, len - PAGE, MADV_MERGEABLE) == 0, "madvise: %s", strerror(errno));
-		memset(s + PAGE, 0, len - PAGE);
-	} else if (k < 116) {
-		note(c, "(nothing: a one-page shrink) %u +%u", p, n);
 	} else if (k < 118) {
 		note(c, "posix_spawn /bin/true (exec wrappers) %u %u", p, n);
 		pid_t pid;
@@ -257,8 +275,7 @@ static void *thread_main(void *arg)
 		tu_fill(c->content[v], PAGE, 1000 + v); /* the same in every process */
 	c->mem = tu_map(len);
 	c->shadow = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	c->tmp = mmap(NULL, (size_t)RUN_MAX * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	CK(c->shadow != MAP_FAILED && c->tmp != MAP_FAILED, "mmap");
+	CK(c->shadow != MAP_FAILED, "mmap");
 	for (uint32_t i = 0; i < NPAGES; i++)
 		fill(c, i, 1, (i / 16) % NCONTENT);
 	CK(madvise(c->mem, len, MADV_MERGEABLE) == 0, "madvise: %s", strerror(errno));
