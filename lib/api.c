@@ -121,7 +121,9 @@ static void lib_create(void)
 	 * while libc runs these handlers, and our lock calls go through it. */
 	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 #endif
-	the_lib = l;
+	/* Published with release: lib_peek() on another thread (a wrapper)
+	 * reads it without pthread_once and must see l whole. */
+	__atomic_store_n(&the_lib, l, __ATOMIC_RELEASE);
 }
 
 struct lib *lib_get(void)
