@@ -210,6 +210,15 @@ void lib_attrs_changed(struct lib *l, uintptr_t s, uintptr_t e)
 		track_refresh(l);
 }
 
+int lib_unmerge_range(struct lib *l, uintptr_t s, uintptr_t e)
+{
+	int err = lib_tracked(l, s, e) ? scan_unmerge(l, s, e) : 0;
+
+	if (!err && lib_tracked(l, s, e))
+		err = track_refresh(l);
+	return err;
+}
+
 void lib_forget(struct lib *l, uintptr_t s, uintptr_t e)
 {
 	track_forget(l, s, e);

@@ -278,6 +278,10 @@ void lib_ranges_unmapped(struct lib *l, uintptr_t s, uintptr_t e);
 void lib_ranges_moved(struct lib *l, uintptr_t old, size_t oldlen, uintptr_t new_, size_t len,
 		      int keep_old);
 
+/* For the wrappers, lock held: merged pages of [s, e) become plain
+ * anonymous memory again, their bytes kept (MADV_WIPEONFORK needs it). */
+int lib_unmerge_range(struct lib *l, uintptr_t s, uintptr_t e);
+
 /* Take lib.lock from an application thread (a wrapper, the API): a
  * scanner waiting on the daemon sees us and gives the lock up. */
 void lib_lock(struct lib *l);

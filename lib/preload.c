@@ -100,6 +100,17 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 	if (carried_advice(advice))
 		return attr_call(SYS_madvise, s, e, (long)addr, (long)len, advice);
 	l = lib_peek();
+	if (l && advice == MADV_WIPEONFORK && !(s & (SP_PAGE - 1)) && e > s) {
+		/* Private anonymous memory only, says the kernel (EINVAL on a
+		 * file mapping, which a merged page is): merged pages of the
+		 * range become anonymous first; the VMA, wiped on fork, is not
+		 * merged again (track_eligible()). */
+		lib_lock(l);
+		lib_unmerge_range(l, s, (e + SP_PAGE - 1) & ~(uintptr_t)(SP_PAGE - 1));
+		r = (int)syscall(SYS_madvise, addr, len, advice);
+		pthread_mutex_unlock(&l->lock);
+		return r;
+	}
 	if (l && advice == MADV_REMOVE && e >= s) {
 		/* On private anonymous memory the kernel says EINVAL; on the
 		 * private file mapping of a merged page it would say EACCES. */
