@@ -25,6 +25,7 @@ LIB_SRC = $(wildcard lib/*.c) $(COMMON_SRC)
 DAEMON_SRC = $(filter-out daemon/main.c,$(wildcard daemon/*.c)) $(COMMON_SRC)
 CLI_SRC = $(wildcard cli/*.c) $(COMMON_SRC)
 TEST_LIB = tests/lib/testutil.c tests/lib/region.c
+# What integration tests (which link libsamepage) add: tests/lib/merging.h.
 BENCH_LIB = bench/benchlib.c
 
 UNIT = $(patsubst tests/unit/%.c,$(O)/tests/unit/%,$(wildcard tests/unit/*.c))
@@ -82,7 +83,7 @@ $(O)/$(1)/%: $(O)/obj/$(1)/%.o $(call obj,$(TEST_LIB) $(3)) $(O)/lib/libsamepage
 		-Wl,-rpath,'$$$$ORIGIN/$(2)lib' $$(LIBS)
 $(O)/obj/$(1)/%.o: CFLAGS += -Itests/lib
 endef
-$(eval $(call user_prog,tests/integration,../../))
+$(eval $(call user_prog,tests/integration,../../,tests/lib/merging.c))
 $(eval $(call user_prog,bench,../,$(BENCH_LIB)))
 $(eval $(call user_prog,examples,../))
 

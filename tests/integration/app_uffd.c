@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "samepage.h"
+#include "merging.h"
 #include "testutil.h"
 
 #define N 256u         /* 1 MiB per copy */
@@ -136,10 +137,7 @@ int main(void)
 			 "page %u of A lost the application's write-protection", i);
 
 	/* Passes while A is registered leave it alone. */
-	for (int k = 0; k < 5; k++) {
-		samepage_scan_now();
-		tu_sleep_ms(50);
-	}
+	tu_scan_passes(5);
 	TU_CHECK(tu_file_pages(getpid(), (uintptr_t)a, N) == 0,
 		 "A, registered with the application's userfaultfd, was merged again");
 
@@ -172,10 +170,7 @@ int main(void)
 					.mode = UFFDIO_REGISTER_MODE_MISSING };
 	TU_CHECK(ioctl(uffd, UFFDIO_REGISTER, &reg) == 0, "UFFDIO_REGISTER (missing) of C: %s",
 		 strerror(errno));
-	for (int k = 0; k < 5; k++) {
-		samepage_scan_now();
-		tu_sleep_ms(50);
-	}
+	tu_scan_passes(5);
 	TU_CHECK(tu_file_pages(getpid(), (uintptr_t)c, N) == 0,
 		 "%zu pages of C map the pool while it is registered",
 		 tu_file_pages(getpid(), (uintptr_t)c, N));

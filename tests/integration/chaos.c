@@ -353,8 +353,8 @@ int main(void)
 	TU_CHECK(merging >= NPAGES / 4, "merging never really happened (at most %llu merging pages "
 		 "in a process): the operations were not checked against merged memory",
 		 (unsigned long long)merging);
-	printf("chaos: %d processes x %d threads, %llu random operations on merged memory (up to %llu merging "
-	       "pages in a process), every byte as written\n", NPROC, THREADS, (unsigned long long)ops,
-	       (unsigned long long)merging);
+	printf("chaos: %d processes x %d threads, %llu random operations on merged memory "
+	       "(up to %llu merging pages in a process), every byte as written\n", NPROC, THREADS,
+	       (unsigned long long)ops, (unsigned long long)merging);
 	return 0;
 }

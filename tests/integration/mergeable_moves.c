@@ -20,27 +20,12 @@
 #include <unistd.h>
 
 #include "samepage.h"
+#include "merging.h"
 #include "testutil.h"
 
 #define N 256u
 
 static unsigned char *a, *b;
-
-static int merged(void *arg)
-{
-	(void)arg;
-	samepage_scan_now();
-	return tu_file_pages(getpid(), (uintptr_t)a, N) == N &&
-	       tu_file_pages(getpid(), (uintptr_t)b, N) == N;
-}
-
-static void passes(int n)
-{
-	for (int i = 0; i < n; i++) {
-		samepage_scan_now();
-		tu_sleep_ms(50);
-	}
-}
 
 int main(void)
 {
@@ -55,7 +40,8 @@ int main(void)
 	memcpy(b, a, len);
 	TU_CHECK(madvise(a, len, MADV_MERGEABLE) == 0 && madvise(b, len, MADV_MERGEABLE) == 0,
 		 "madvise: %s", strerror(errno));
-	TU_CHECK(tu_wait(merged, NULL, 30), "A and B did not merge within 30 s");
+	TU_CHECK(tu_wait(tu_copies_merged, &(struct tu_copies){ a, b, N }, 30),
+		 "A and B did not merge within 30 s");
 
 	/* 1. Moved: still mergeable where it went. */
 	unsigned char *to = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -64,7 +50,8 @@ int main(void)
 	TU_CHECK(a == to, "mremap: %s", strerror(errno));
 	tu_fill(a, len, 42);
 	tu_fill(b, len, 42);
-	TU_CHECK(tu_wait(merged, NULL, 30), "A, moved with mremap, did not merge with B again "
+	TU_CHECK(tu_wait(tu_copies_merged, &(struct tu_copies){ a, b, N }, 30),
+		 "A, moved with mremap, did not merge with B again "
 		 "(%zu of %u pages map the pool): MADV_MERGEABLE did not move with it",
 		 tu_file_pages(getpid(), (uintptr_t)a, N), N);
 
@@ -76,7 +63,7 @@ int main(void)
 	if (c == MAP_FAILED)
 		tu_skip("the address B had was taken meanwhile");
 	tu_fill(c, len, 42);
-	passes(8);
+	tu_scan_passes(8);
 	TU_CHECK(tu_file_pages(getpid(), (uintptr_t)c, N) == 0,
 		 "a mapping never madvised, made where B was unmapped, was merged (%zu pages)",
 		 tu_file_pages(getpid(), (uintptr_t)c, N));
@@ -85,7 +72,7 @@ int main(void)
 	TU_CHECK(mmap(a, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
 		      0) == a, "mmap: %s", strerror(errno));
 	tu_fill(a, len, 42);
-	passes(8);
+	tu_scan_passes(8);
 	TU_CHECK(tu_file_pages(getpid(), (uintptr_t)a, N) == 0 &&
 		 tu_file_pages(getpid(), (uintptr_t)c, N) == 0,
 		 "mappings never madvised were merged (%zu and %zu pages)",

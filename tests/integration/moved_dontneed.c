@@ -18,19 +18,12 @@
 #include <unistd.h>
 
 #include "samepage.h"
+#include "merging.h"
 #include "testutil.h"
 
 #define N 256u
 
 static unsigned char *a, *b;
-
-static int merged(void *arg)
-{
-	(void)arg;
-	samepage_scan_now();
-	return tu_file_pages(getpid(), (uintptr_t)a, N) == N &&
-	       tu_file_pages(getpid(), (uintptr_t)b, N) == N;
-}
 
 static void check_zero(const unsigned char *p, size_t len, const char *what)
 {
@@ -55,7 +48,8 @@ int main(void)
 	memcpy(ref, a, len);
 	TU_CHECK(madvise(a, len, MADV_MERGEABLE) == 0 && madvise(b, len, MADV_MERGEABLE) == 0,
 		 "madvise: %s", strerror(errno));
-	TU_CHECK(tu_wait(merged, NULL, 30), "the two copies did not merge within 30 s");
+	TU_CHECK(tu_wait(tu_copies_merged, &(struct tu_copies){ a, b, N }, 30),
+		 "the two copies did not merge within 30 s");
 
 	/* Round 1: moved elsewhere, half of it discarded there. */
 	away = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

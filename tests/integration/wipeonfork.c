@@ -18,19 +18,12 @@
 #include <unistd.h>
 
 #include "samepage.h"
+#include "merging.h"
 #include "testutil.h"
 
 #define N 256u
 
 static unsigned char *a, *b;
-
-static int merged(void *arg)
-{
-	(void)arg;
-	samepage_scan_now();
-	return tu_file_pages(getpid(), (uintptr_t)a, N) == N &&
-	       tu_file_pages(getpid(), (uintptr_t)b, N) == N;
-}
 
 int main(void)
 {
@@ -50,7 +43,8 @@ int main(void)
 	memcpy(ref, a, len);
 	TU_CHECK(madvise(a, len, MADV_MERGEABLE) == 0 && madvise(b, len, MADV_MERGEABLE) == 0,
 		 "madvise: %s", strerror(errno));
-	TU_CHECK(tu_wait(merged, NULL, 30), "A and B did not merge within 30 s");
+	TU_CHECK(tu_wait(tu_copies_merged, &(struct tu_copies){ a, b, N }, 30),
+		 "A and B did not merge within 30 s");
 
 	TU_CHECK(madvise(a, len, MADV_WIPEONFORK) == 0, "MADV_WIPEONFORK on merged memory: %s",
 		 strerror(errno));
@@ -66,10 +60,7 @@ int main(void)
 	TU_CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st), "child");
 	TU_CHECK(WEXITSTATUS(st) != 2, "the fork child did not find A wiped");
 	TU_CHECK(WEXITSTATUS(st) == 0, "the fork child found B changed");
-	for (int i = 0; i < 5; i++) {
-		samepage_scan_now();
-		tu_sleep_ms(50);
-	}
+	tu_scan_passes(5);
 	TU_CHECK(tu_file_pages(getpid(), (uintptr_t)a, N) == 0, "A, wiped on fork, merged again");
 	TU_CHECK(!memcmp(a, ref, len) && !memcmp(b, ref, len), "the parent's bytes changed");
 	printf("wipeonfork: MADV_WIPEONFORK on merged memory accepted; the fork child found it "

@@ -25,19 +25,12 @@
 #include <unistd.h>
 
 #include "samepage.h"
+#include "merging.h"
 #include "testutil.h"
 
 #define N 1024u /* 4 MiB per copy */
 
 static unsigned char *a, *b;
-
-static int merged(void *arg)
-{
-	(void)arg;
-	samepage_scan_now();
-	return tu_file_pages(getpid(), (uintptr_t)a, N) == N &&
-	       tu_file_pages(getpid(), (uintptr_t)b, N) == N;
-}
 
 /* Distinct frames among the zeroed pages of copy A that are present. */
 static size_t zeroed_frames(void)
@@ -76,7 +69,8 @@ int main(void)
 	memcpy(ref + len, b, len);
 	TU_CHECK(madvise(a, len, MADV_MERGEABLE) == 0 && madvise(b, len, MADV_MERGEABLE) == 0,
 		 "madvise: %s", strerror(errno));
-	TU_CHECK(tu_wait(merged, NULL, 30), "the two copies did not merge within 30 s");
+	TU_CHECK(tu_wait(tu_copies_merged, &(struct tu_copies){ a, b, N }, 30),
+		 "the two copies did not merge within 30 s");
 
 	for (uint32_t i = 0; i < N; i += 2) {
 		memset(a + (size_t)i * PAGE, 0, PAGE);
@@ -88,10 +82,7 @@ int main(void)
 	}
 	/* Passes enough to find the zeroed pages and act on them (the first
 	 * one used to drop them), then on until they share frames again. */
-	for (int k = 0; k < 5; k++) {
-		samepage_scan_now();
-		tu_sleep_ms(100);
-	}
+	tu_scan_passes(5);
 	int remerged = tu_wait(zeros_merged, NULL, 30);
 	for (uint32_t i = 0; i < N; i++) {
 		TU_CHECK(!memcmp(a + (size_t)i * PAGE, ref + (size_t)i * PAGE, PAGE),
