@@ -39,6 +39,12 @@ void samepaged_default_knobs(struct sp_knobs *k)
 	k->v[KNOB_USE_ZERO_PAGES] = 1;
 	k->v[KNOB_MAX_PAGE_SHARING] = 256;
 	k->v[KNOB_SMART_SCAN] = 1; /* the kernel's default */
+	/* The kernel's defaults: the advisor off, and its bounds. */
+	k->v[KNOB_ADVISOR_MODE] = ADVISOR_NONE;
+	k->v[KNOB_ADVISOR_MAX_CPU] = 70;
+	k->v[KNOB_ADVISOR_MIN_PAGES_TO_SCAN] = 500;
+	k->v[KNOB_ADVISOR_MAX_PAGES_TO_SCAN] = 30000;
+	k->v[KNOB_ADVISOR_TARGET_SCAN_TIME] = 200;
 }
 
 /* ---- generations and full scans ---- */
@@ -68,6 +74,7 @@ void maybe_end_generation(struct samepaged *d)
 		return;
 	d->gen++;
 	d->full_scans++;
+	advisor_scan_done(d);
 	unstable_reset(&d->ix);
 	for (struct conn *c = d->conns; c; c = c->next)
 		c->pass_done = 0;
@@ -95,7 +102,8 @@ static void refill(struct samepaged *d)
  * grants of a few pages, each costing a whole budget request and chunk:
  * 27 us of CPU per page at 200 pages per 20 ms against 4 at 16384 (two
  * scanners reading 64 MiB each on every pass), so scanning's cost no
- * longer followed pages_to_scan. Until a batch is there: nothing, and how
+ * longer followed pages_to_scan, as the scan-time advisor's CPU cap
+ * assumes it does (advisor.c). Until a batch is there: nothing, and how
  * long it takes to come. */
 static void grant(struct samepaged *d, uint32_t want, struct sp_budget_r *r)
 {
@@ -126,6 +134,7 @@ int on_budget(struct samepaged *d, struct conn *c, const struct sp_budget *b)
 	c->st = b->st;
 	c->last_seen_ns = now_ns();
 	d->pages_scanned += b->scanned;
+	advisor_account(d, c, b);
 	if ((b->flags & BUDGET_PASS_DONE) && b->pass_gen >= d->gen)
 		c->pass_done = 1;
 	maybe_end_generation(d);
