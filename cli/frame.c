@@ -92,11 +92,12 @@ static void draw_head(FILE *out, const struct top_frame *f)
 		 a, (unsigned long long)s->g.full_scans, b, c);
 	line(out, f, t);
 	/* The least looked at last, where a narrow terminal cuts. */
-	snprintf(t, sizeof(t), "Knobs: run=%u pages_to_scan=%u sleep_millisecs=%u "
+	snprintf(t, sizeof(t), "Knobs: run=%u pages_to_scan=%u%s sleep_millisecs=%u "
 		 "max_page_sharing=%u use_zero_pages=%u smart_scan=%u", s->knobs.v[KNOB_RUN],
-		 s->knobs.v[KNOB_PAGES_TO_SCAN], s->knobs.v[KNOB_SLEEP_MILLISECS],
-		 s->knobs.v[KNOB_MAX_PAGE_SHARING], s->knobs.v[KNOB_USE_ZERO_PAGES],
-		 s->knobs.v[KNOB_SMART_SCAN]);
+		 s->knobs.v[KNOB_PAGES_TO_SCAN],
+		 s->knobs.v[KNOB_ADVISOR_MODE] == ADVISOR_SCAN_TIME ? " (advisor)" : "",
+		 s->knobs.v[KNOB_SLEEP_MILLISECS], s->knobs.v[KNOB_MAX_PAGE_SHARING],
+		 s->knobs.v[KNOB_USE_ZERO_PAGES], s->knobs.v[KNOB_SMART_SCAN]);
 	line(out, f, t);
 }
 

@@ -7,12 +7,10 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "num.h"
 
 int knob_arg(struct cli *c, char *arg, int *knob, uint64_t *value)
 {
-	char *eq = strchr(arg, '='), names[128] = "";
-	uint64_t min, max;
+	char *eq = strchr(arg, '='), names[320] = "", takes[64];
 	int k, err;
 
 	if (!eq)
@@ -27,20 +25,26 @@ int knob_arg(struct cli *c, char *arg, int *knob, uint64_t *value)
 		return cli_usage_error(c, "unknown knob '%.*s' (knobs: %s)", (int)(eq - arg), arg,
 				       names);
 	}
-	sp_knob_range(k, &min, &max);
-	err = sp_parse_u64(eq + 1, min, max, value);
-	if (err)
-		return cli_usage_error(c, "%s=%s: %s (%s takes %llu to %llu)", arg, eq + 1,
-				       err == -ERANGE ? "out of range" : "not a number", arg,
-				       (unsigned long long)min, (unsigned long long)max);
+	err = sp_knob_parse(k, eq + 1, value);
+	if (err) {
+		sp_knob_takes(k, takes, sizeof(takes));
+		return cli_usage_error(c, "%s=%s: %s (%s takes %s)", arg, eq + 1,
+				       err == -ERANGE ? "out of range" :
+				       k == KNOB_ADVISOR_MODE ? "no such mode" : "not a number",
+				       arg, takes);
+	}
 	*knob = k;
 	return 0;
 }
 
 void knob_print_change(int knob, uint32_t before, uint32_t after)
 {
+	char was[32], now[32];
+
+	sp_knob_format(knob, before, was, sizeof(was));
+	sp_knob_format(knob, after, now, sizeof(now));
 	if (before == after)
-		printf("%s = %u (unchanged)\n", sp_knob_name(knob), after);
+		printf("%s = %s (unchanged)\n", sp_knob_name(knob), now);
 	else
-		printf("%s = %u (was %u)\n", sp_knob_name(knob), after, before);
+		printf("%s = %s (was %s)\n", sp_knob_name(knob), now, was);
 }

@@ -116,6 +116,17 @@ static void put_samepage(FILE *f, const struct sp_stat_r *r)
 		  (double)r->knobs.v[KNOB_USE_ZERO_PAGES] },
 		{ "samepage_smart_scan", "gauge", "The smart_scan knob.",
 		  (double)r->knobs.v[KNOB_SMART_SCAN] },
+		{ "samepage_advisor_scan_time", "gauge", "1: advisor_mode is scan-time (the "
+		  "advisor sets pages_to_scan).", (double)r->knobs.v[KNOB_ADVISOR_MODE] },
+		{ "samepage_advisor_max_cpu_percent", "gauge", "The advisor_max_cpu knob: all "
+		  "scanners' CPU, percent of one CPU.", (double)r->knobs.v[KNOB_ADVISOR_MAX_CPU] },
+		{ "samepage_advisor_min_pages_to_scan", "gauge", "The advisor_min_pages_to_scan "
+		  "knob.", (double)r->knobs.v[KNOB_ADVISOR_MIN_PAGES_TO_SCAN] },
+		{ "samepage_advisor_max_pages_to_scan", "gauge", "The advisor_max_pages_to_scan "
+		  "knob.", (double)r->knobs.v[KNOB_ADVISOR_MAX_PAGES_TO_SCAN] },
+		{ "samepage_advisor_target_scan_time_seconds", "gauge", "The "
+		  "advisor_target_scan_time knob.",
+		  (double)r->knobs.v[KNOB_ADVISOR_TARGET_SCAN_TIME] },
 	};
 
 	for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++)

@@ -25,10 +25,18 @@ static const char help_text[] =
 	"\n"
 	"  -h, --help  this text\n";
 
+/* With the scan-time advisor on, pages_to_scan is its own: the daemon
+ * leaves the file's value for when it is off (daemon/config.c). */
+static int advisors(const struct sp_stat_r *r, int k)
+{
+	return k == KNOB_PAGES_TO_SCAN && r->knobs.v[KNOB_ADVISOR_MODE] != ADVISOR_NONE;
+}
+
 static int applied(const struct sp_conf *conf, const struct sp_stat_r *r)
 {
 	for (int k = 0; k < KNOB_COUNT; k++)
-		if ((conf->has_knob & (1u << k)) && r->knobs.v[k] != conf->knob[k])
+		if ((conf->has_knob & (1u << k)) && r->knobs.v[k] != conf->knob[k] &&
+		    !advisors(r, k))
 			return 0;
 	return 1;
 }
@@ -107,9 +115,15 @@ int cmd_reload(struct cli *c, int argc, char **argv)
 		      "log says why)\n", stderr);
 		return 1;
 	}
-	for (int k = 0; k < KNOB_COUNT; k++)
-		if (conf.has_knob & (1u << k))
+	for (int k = 0; k < KNOB_COUNT; k++) {
+		if (!(conf.has_knob & (1u << k)))
+			continue;
+		if (advisors(&after, k) && after.knobs.v[k] != conf.knob[k])
+			printf("%s = %u (the scan-time advisor's; samepage.conf's %u is for "
+			       "advisor_mode=none)\n", sp_knob_name(k), after.knobs.v[k], conf.knob[k]);
+		else
 			knob_print_change(k, before.knobs.v[k], after.knobs.v[k]);
+	}
 	if (!conf.has_knob)
 		printf("reloaded; samepage.conf sets no knob\n");
 	return 0;

@@ -30,6 +30,14 @@ static const char help_text[] =
 	"  use_zero_pages=0|1     merge zero pages into the kernel's zero page\n"
 	"  max_page_sharing=N     most mappings of one merged page (2 to 1048576)\n"
 	"  smart_scan=0|1         skip reading unique pages that stayed unchanged\n"
+	"  advisor_mode=none|scan-time\n"
+	"                         scan-time: pages_to_scan follows each full scan, so that\n"
+	"                         one takes advisor_target_scan_time (it starts at\n"
+	"                         advisor_min_pages_to_scan, and cannot be set meanwhile)\n"
+	"  advisor_max_cpu=N      the scanners' CPU it allows, % of one CPU (default 70)\n"
+	"  advisor_min_pages_to_scan=N  where it starts (1 to 16777216, default 500)\n"
+	"  advisor_max_pages_to_scan=N  its highest (1 to 16777216, default 30000)\n"
+	"  advisor_target_scan_time=N   seconds a full scan should take (default 200)\n"
 	"\n"
 	"  -s, --save             also write them to the user's samepage.conf\n"
 	"                         ($XDG_CONFIG_HOME/samepage/samepage.conf), for the daemons\n"
@@ -230,21 +238,60 @@ static int save(const struct set_opts *o)
 	return 0;
 }
 
-/* Each knob, told as it changes. */
+static const struct sp_set *asked(const struct set_opts *o, int knob)
+{
+	for (int i = 0; i < o->n; i++)
+		if (o->req[i].knob == (uint32_t)knob)
+			return &o->req[i];
+	return NULL;
+}
+
+/* The kernel refuses pages_to_scan while its advisor is on (and so does
+ * the daemon): said before anything changes, with what to do instead. */
+static int advisor_allows(struct cli *c, const struct set_opts *o, const struct sp_stat_r *now)
+{
+	const struct sp_set *mode = asked(o, KNOB_ADVISOR_MODE);
+	uint32_t after = mode ? (uint32_t)mode->value : now->knobs.v[KNOB_ADVISOR_MODE];
+
+	if (!asked(o, KNOB_PAGES_TO_SCAN) || after == ADVISOR_NONE)
+		return 0;
+	fprintf(stderr, "samepage set: pages_to_scan is the scan-time advisor's while "
+			"advisor_mode=scan-time; set advisor_mode=none with it, or bound the "
+			"advisor (advisor_min_pages_to_scan, advisor_max_pages_to_scan, "
+			"advisor_max_cpu)\n");
+	c->told = 1;
+	return -EINVAL;
+}
+
+/* Each knob, told as it changes, as given but rank by rank (sp_knob_rank:
+ * the advisor's bounds, then advisor_mode, then the others, pages_to_scan
+ * among them); switching the advisor moves pages_to_scan, and that is told
+ * too. */
 static int apply(struct cli *c, const struct set_opts *o)
 {
-	struct sp_stat_r before;
+	struct sp_stat_r before, after;
 	struct sp_msg m;
 	int err = cli_connect(c, 1);
 
 	if (!err)
 		err = cli_stat(c, 0, &before);
-	for (int i = 0; i < o->n && !err; i++) {
-		err = cli_call(c, C_SET, &o->req[i], sizeof(o->req[i]), D_ACK, &m);
-		if (!err)
-			knob_print_change((int)o->req[i].knob, before.knobs.v[o->req[i].knob],
-					  (uint32_t)o->req[i].value);
-	}
+	if (!err)
+		err = advisor_allows(c, o, &before);
+	for (int rank = 0; rank < SP_KNOB_RANKS; rank++)
+		for (int i = 0; i < o->n && !err; i++) {
+			const struct sp_set *s = &o->req[i];
+			if (sp_knob_rank((int)s->knob) != rank)
+				continue;
+			err = cli_call(c, C_SET, s, sizeof(*s), D_ACK, &m);
+			if (!err)
+				knob_print_change((int)s->knob, before.knobs.v[s->knob],
+						  (uint32_t)s->value);
+		}
+	if (!err && asked(o, KNOB_ADVISOR_MODE) && !asked(o, KNOB_PAGES_TO_SCAN) &&
+	    cli_stat(c, 0, &after) == 0 &&
+	    after.knobs.v[KNOB_ADVISOR_MODE] != before.knobs.v[KNOB_ADVISOR_MODE])
+		knob_print_change(KNOB_PAGES_TO_SCAN, before.knobs.v[KNOB_PAGES_TO_SCAN],
+				  after.knobs.v[KNOB_PAGES_TO_SCAN]);
 	fflush(stdout);
 	return err;
 }

@@ -47,7 +47,28 @@ static void print_fields(const struct field *f, size_t n, int json, int *first)
 		if (json)
 			printf("%s\"%s\": %lld", *first ? "" : ", ", f[i].name, (long long)f[i].v);
 		else
-			printf("%-22s %lld\n", f[i].name, (long long)f[i].v);
+			printf("%-25s %lld\n", f[i].name, (long long)f[i].v);
+		*first = 0;
+	}
+}
+
+/* The knobs, as `samepage set` takes them: advisor_mode by name (a JSON
+ * string), the others as numbers. */
+static void print_knobs(const struct sp_knobs *k, int json, int *first)
+{
+	char text[32];
+
+	for (int i = 0; i < KNOB_COUNT; i++) {
+		struct field f = { sp_knob_name(i), k->v[i] };
+		if (i != KNOB_ADVISOR_MODE) {
+			print_fields(&f, 1, json, first);
+			continue;
+		}
+		sp_knob_format(i, k->v[i], text, sizeof(text));
+		if (json)
+			printf("%s\"%s\": \"%s\"", *first ? "" : ", ", f.name, text);
+		else
+			printf("%-25s %s\n", f.name, text);
 		*first = 0;
 	}
 }
@@ -61,7 +82,6 @@ static int64_t process_profit(const struct sp_stat_r *r)
 static void print_global(const struct sp_stat_r *r, int json, int *first)
 {
 	const struct sp_global_stats *g = &r->g;
-	struct field knobs[KNOB_COUNT];
 	struct field glob[] = {
 		{ "pages_shared", (int64_t)g->pages_shared },
 		{ "pages_sharing", (int64_t)g->pages_sharing },
@@ -86,9 +106,7 @@ static void print_global(const struct sp_stat_r *r, int json, int *first)
 		{ "pool_written", (int64_t)g->pool_written },
 	};
 
-	for (int k = 0; k < KNOB_COUNT; k++)
-		knobs[k] = (struct field){ sp_knob_name(k), r->knobs.v[k] };
-	print_fields(knobs, KNOB_COUNT, json, first);
+	print_knobs(&r->knobs, json, first);
 	print_fields(glob, sizeof(glob) / sizeof(glob[0]), json, first);
 }
 
@@ -124,7 +142,7 @@ static void print_status(const struct sp_stat_r *r, int json, int timed)
 	} else if (timed) {
 		char clock[16];
 		fmt_clock(clock, sizeof(clock));
-		printf("%-22s %s\n", "time", clock);
+		printf("%-25s %s\n", "time", clock);
 	}
 	if (r->has_proc)
 		print_proc(r, json, &first);

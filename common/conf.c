@@ -91,21 +91,25 @@ static void known_keys(char *buf, size_t len)
 static int conf_set(struct sp_conf *c, const char *key, const char *val, char *why, size_t len)
 {
 	int k = sp_knob_lookup(key), err;
-	uint64_t v, min = 0, max = SP_CONF_IDLE_MAX;
-	char keys[160];
+	uint64_t v;
+	char keys[320], takes[64];
 
 	if (k < 0 && strcmp(key, KEY_IDLE)) {
 		known_keys(keys, sizeof(keys));
 		snprintf(why, len, "unknown key '%s' (keys: %s)", key, keys);
 		return -EINVAL;
 	}
-	if (k >= 0)
-		sp_knob_range(k, &min, &max);
-	err = sp_parse_u64(val, min, max, &v);
+	if (k >= 0) {
+		err = sp_knob_parse(k, val, &v);
+		sp_knob_takes(k, takes, sizeof(takes));
+	} else {
+		err = sp_parse_u64(val, 0, SP_CONF_IDLE_MAX, &v);
+		snprintf(takes, sizeof(takes), "0 to %u", SP_CONF_IDLE_MAX);
+	}
 	if (err) {
-		snprintf(why, len, "%s = %s: %s (%s takes %llu to %llu)", key, val,
-			 err == -ERANGE ? "out of range" : "not a number", key,
-			 (unsigned long long)min, (unsigned long long)max);
+		snprintf(why, len, "%s = %s: %s (%s takes %s)", key, val,
+			 err == -ERANGE ? "out of range" :
+			 k == KNOB_ADVISOR_MODE ? "no such mode" : "not a number", key, takes);
 		return -EINVAL;
 	}
 	if (k < 0) {
@@ -121,7 +125,7 @@ static int conf_set(struct sp_conf *c, const char *key, const char *val, char *w
 static int read_lines(FILE *f, const char *path, struct sp_conf *c, FILE *errs,
 		      const char *prefix)
 {
-	char *line = NULL, *key, *val, why[320];
+	char *line = NULL, *key, *val, why[512];
 	size_t cap = 0;
 	unsigned no = 0;
 	int err = 0, kind;
@@ -217,9 +221,13 @@ static int make_parents(const char *path)
  * does not set it. */
 static void new_line(const struct sp_conf *upd, int k, char *buf, size_t len)
 {
+	char v[32];
+
 	buf[0] = 0;
-	if (k < KNOB_COUNT && (upd->has_knob & (1u << k)))
-		snprintf(buf, len, "%s = %u\n", sp_knob_name(k), upd->knob[k]);
+	if (k < KNOB_COUNT && (upd->has_knob & (1u << k))) {
+		sp_knob_format(k, upd->knob[k], v, sizeof(v));
+		snprintf(buf, len, "%s = %s\n", sp_knob_name(k), v);
+	}
 	else if (k == KNOB_COUNT && upd->idle_exit >= 0)
 		snprintf(buf, len, "%s = %lld\n", KEY_IDLE, (long long)upd->idle_exit);
 }

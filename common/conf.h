@@ -2,8 +2,9 @@
 /*
  * conf — samepage.conf, the settings a daemon starts with: the kernel's
  * knob names (run, pages_to_scan, sleep_millisecs, use_zero_pages,
- * max_page_sharing) and the daemon's idle_exit, as `key = value` lines
- * with `#` comments.
+ * max_page_sharing, smart_scan, advisor_mode and the advisor's four) and the
+ * daemon's idle_exit, as `key = value` lines with `#` comments (values as
+ * `samepage set` takes them: numbers, advisor_mode none or scan-time).
  *
  * The daemon reads /etc/samepage.conf, then the user's own file
  * ($XDG_CONFIG_HOME/samepage/samepage.conf, else

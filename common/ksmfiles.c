@@ -19,15 +19,16 @@ enum {
 
 /* Every file of the kernel's /sys/kernel/mm/ksm (6.18). The knobs samepage
  * has no counterpart for show the kernel's defaults: samepage merges
- * across NUMA nodes, has no stable-node chains to prune and has no
- * scan-time advisor. Its smart_scan skips the same generations in every
- * process, so it has not the kernel's blind spot (DESIGN.md). */
+ * across NUMA nodes and has no stable-node chains to prune. Its smart_scan
+ * skips the same generations in every process, so it has not the kernel's
+ * blind spot, and its scan-time advisor caps all scanners' CPU together
+ * (DESIGN.md). */
 const struct sp_ksm_file sp_ksm_files[] = {
-	FIXED("advisor_max_cpu", P_ULONG, "70"),
-	FIXED("advisor_max_pages_to_scan", P_ULONG, "30000"),
-	FIXED("advisor_min_pages_to_scan", P_ULONG, "500"),
-	FIXED("advisor_mode", P_ADVISOR, "[none] scan-time"),
-	FIXED("advisor_target_scan_time", P_ULONG, "200"),
+	KNOB("advisor_max_cpu", KNOB_ADVISOR_MAX_CPU, P_ULONG),
+	KNOB("advisor_max_pages_to_scan", KNOB_ADVISOR_MAX_PAGES_TO_SCAN, P_ULONG),
+	KNOB("advisor_min_pages_to_scan", KNOB_ADVISOR_MIN_PAGES_TO_SCAN, P_ULONG),
+	KNOB("advisor_mode", KNOB_ADVISOR_MODE, P_ADVISOR),
+	KNOB("advisor_target_scan_time", KNOB_ADVISOR_TARGET_SCAN_TIME, P_ULONG),
 	COUNTER("full_scans", G_FULL_SCANS),
 	COUNTER("general_profit", G_PROFIT),
 	COUNTER("ksm_zero_pages", G_ZERO),
@@ -93,6 +94,10 @@ int sp_ksm_render(const struct sp_ksm_file *f, const struct sp_stat_r *r, char *
 {
 	switch (f->kind) {
 	case KSM_KNOB:
+		if (f->index == KNOB_ADVISOR_MODE) /* the kernel's: every mode, [the one on] */
+			return fitted(snprintf(buf, len, "%s\n", r->knobs.v[f->index] ==
+					       ADVISOR_SCAN_TIME ? "none [scan-time]" :
+					       "[none] scan-time"), len);
 		return fitted(snprintf(buf, len, "%u\n", r->knobs.v[f->index]), len);
 	case KSM_COUNTER:
 		return fitted(snprintf(buf, len, "%lld\n", (long long)counter(&r->g, f->index)),
@@ -237,7 +242,7 @@ static int parse_value(const struct sp_ksm_file *f, const char *s, unsigned long
 	case P_BOOL:
 		return k_strtobool(s, v);
 	case P_ADVISOR:
-		*v = 0;
+		*v = k_streq(s, "scan-time") ? ADVISOR_SCAN_TIME : ADVISOR_NONE;
 		return k_streq(s, "none") || k_streq(s, "scan-time") ? 0 : -EINVAL;
 	default:
 		return -EACCES;
@@ -264,8 +269,6 @@ int sp_ksm_parse_write(const struct sp_ksm_file *f, const char *buf, size_t n,
 	if (f->kind == KSM_FIXED) {
 		/* The kernel's own range checks, then nothing to do. */
 		if (!strcmp(f->name, "merge_across_nodes") && v > 1)
-			return -EINVAL;
-		if (!strcmp(f->name, "advisor_target_scan_time") && v < 1)
 			return -EINVAL;
 		*set = (struct sp_set){ .knob = KNOB_COUNT };
 		return 0;

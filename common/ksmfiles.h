@@ -70,8 +70,11 @@ int sp_ksm_render_proc(int which, const struct sp_proc_stats *p, char *buf, size
  * for what it refuses, -ERANGE where its store passes kstrto*'s on;
  * -EACCES for a read-only file). Values the kernel accepts but samepage
  * cannot honour (pages_to_scan 0 or above 2^24, sleep_millisecs above
- * 60000, max_page_sharing above 2^20) are -EINVAL: sp_knob_check()'s
- * ranges. */
+ * 60000, max_page_sharing above 2^20, advisor_min_pages_to_scan and
+ * advisor_max_pages_to_scan 0 or above 2^24, advisor_max_cpu and
+ * advisor_target_scan_time above 2^32 - 1) are -EINVAL: sp_knob_check()'s
+ * ranges. pages_to_scan while advisor_mode is scan-time is the daemon's
+ * -EINVAL, as the kernel's. */
 int sp_ksm_parse_write(const struct sp_ksm_file *f, const char *buf, size_t n,
 		       struct sp_set *set);
 

@@ -4,11 +4,14 @@
 #include "proto.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include <xxhash.h>
+
+#include "num.h"
 
 int sp_sendv(int sock, uint16_t type, const void *a, uint32_t alen,
 	     const void *b, uint32_t blen)
@@ -207,9 +210,26 @@ int sp_validate(const struct sp_msg *m)
 
 static const char *const knob_names[KNOB_COUNT] = {
 	"run", "pages_to_scan", "sleep_millisecs", "use_zero_pages", "max_page_sharing",
-	"smart_scan",
+	"smart_scan", "advisor_mode", "advisor_max_cpu", "advisor_min_pages_to_scan",
+	"advisor_max_pages_to_scan", "advisor_target_scan_time",
 };
 
+static const char *const advisor_names[] = { [ADVISOR_NONE] = "none",
+					     [ADVISOR_SCAN_TIME] = "scan-time" };
+#define NADVISORS (sizeof(advisor_names) / sizeof(advisor_names[0]))
+
+int sp_knob_rank(int knob)
+{
+	switch (knob) {
+	case KNOB_ADVISOR_MAX_CPU: case KNOB_ADVISOR_MIN_PAGES_TO_SCAN:
+	case KNOB_ADVISOR_MAX_PAGES_TO_SCAN: case KNOB_ADVISOR_TARGET_SCAN_TIME:
+		return 0;
+	case KNOB_ADVISOR_MODE:
+		return 1;
+	default:
+		return 2;
+	}
+}
 const char *sp_knob_name(int knob)
 {
 	return knob >= 0 && knob < KNOB_COUNT ? knob_names[knob] : NULL;
@@ -224,7 +244,10 @@ int sp_knob_lookup(const char *name)
 }
 
 /* The kernel refuses max_page_sharing 0 and 1 too: a page shared by one
- * mapper saves nothing. */
+ * mapper saves nothing. The advisor's page counts are pages_to_scan's
+ * range, since they become pages_to_scan; its CPU share is a percentage of
+ * one CPU over all scanners, so more than 100 means more than one core
+ * (the kernel takes any number for both, and 0). */
 static const struct { uint64_t min, max; } knob_ranges[KNOB_COUNT] = {
 	[KNOB_RUN] = { 0, 2 },
 	[KNOB_PAGES_TO_SCAN] = { 1, 1u << 24 },
@@ -232,6 +255,11 @@ static const struct { uint64_t min, max; } knob_ranges[KNOB_COUNT] = {
 	[KNOB_USE_ZERO_PAGES] = { 0, 1 },
 	[KNOB_MAX_PAGE_SHARING] = { 2, 1u << 20 },
 	[KNOB_SMART_SCAN] = { 0, 1 },
+	[KNOB_ADVISOR_MODE] = { ADVISOR_NONE, ADVISOR_SCAN_TIME },
+	[KNOB_ADVISOR_MAX_CPU] = { 0, UINT32_MAX },
+	[KNOB_ADVISOR_MIN_PAGES_TO_SCAN] = { 1, 1u << 24 },
+	[KNOB_ADVISOR_MAX_PAGES_TO_SCAN] = { 1, 1u << 24 },
+	[KNOB_ADVISOR_TARGET_SCAN_TIME] = { 1, UINT32_MAX }, /* seconds */
 };
 
 int sp_knob_range(int knob, uint64_t *min, uint64_t *max)
@@ -250,6 +278,42 @@ int sp_knob_check(int knob, uint64_t v)
 	if (sp_knob_range(knob, &min, &max))
 		return -EINVAL;
 	return v >= min && v <= max ? 0 : -EINVAL;
+}
+
+int sp_knob_parse(int knob, const char *text, uint64_t *value)
+{
+	uint64_t min, max;
+
+	if (sp_knob_range(knob, &min, &max))
+		return -EINVAL;
+	if (knob != KNOB_ADVISOR_MODE)
+		return sp_parse_u64(text, min, max, value);
+	for (size_t i = 0; i < NADVISORS; i++)
+		if (!strcmp(text, advisor_names[i])) {
+			*value = i;
+			return 0;
+		}
+	return -EINVAL;
+}
+
+int sp_knob_format(int knob, uint32_t value, char *buf, size_t len)
+{
+	if (knob == KNOB_ADVISOR_MODE && value < NADVISORS)
+		return snprintf(buf, len, "%s", advisor_names[value]);
+	return snprintf(buf, len, "%u", value);
+}
+
+void sp_knob_takes(int knob, char *buf, size_t len)
+{
+	uint64_t min = 0, max = 0;
+
+	if (knob == KNOB_ADVISOR_MODE) {
+		snprintf(buf, len, "%s or %s", advisor_names[ADVISOR_NONE],
+			 advisor_names[ADVISOR_SCAN_TIME]);
+		return;
+	}
+	sp_knob_range(knob, &min, &max);
+	snprintf(buf, len, "%llu to %llu", (unsigned long long)min, (unsigned long long)max);
 }
 
 uint64_t sp_domain_id(const char *name)

@@ -20,7 +20,7 @@
 
 #include "sizes.h"
 
-#define SP_PROTO_VERSION 3
+#define SP_PROTO_VERSION 4
 /* A SOCK_SEQPACKET message must fit the socket's send buffer whole
  * (net.core.wmem_default, 208 KiB here; EMSGSIZE beyond), so none exceeds
  * 72 KiB. */
@@ -53,10 +53,19 @@ struct sp_hdr {
 	uint32_t len; /* payload bytes after this header */
 };
 
+/* The kernel's knobs (/sys/kernel/mm/ksm), under its names. The advisor's
+ * five are the scan-time advisor's (daemon/advisor.c): advisor_mode is
+ * enum sp_advisor; with it at ADVISOR_SCAN_TIME the daemon sets
+ * pages_to_scan itself after every full scan, and refuses it from anyone
+ * else, as the kernel does. */
 enum sp_knob {
 	KNOB_RUN, KNOB_PAGES_TO_SCAN, KNOB_SLEEP_MILLISECS, KNOB_USE_ZERO_PAGES,
-	KNOB_MAX_PAGE_SHARING, KNOB_SMART_SCAN, KNOB_COUNT
+	KNOB_MAX_PAGE_SHARING, KNOB_SMART_SCAN, KNOB_ADVISOR_MODE, KNOB_ADVISOR_MAX_CPU,
+	KNOB_ADVISOR_MIN_PAGES_TO_SCAN, KNOB_ADVISOR_MAX_PAGES_TO_SCAN,
+	KNOB_ADVISOR_TARGET_SCAN_TIME, KNOB_COUNT
 };
+/* advisor_mode's values; written and shown by name ("none", "scan-time"). */
+enum sp_advisor { ADVISOR_NONE, ADVISOR_SCAN_TIME };
 
 struct sp_knobs {
 	uint32_t v[KNOB_COUNT];
@@ -100,6 +109,9 @@ struct sp_budget {
 	uint32_t flags;
 	uint64_t pass_gen;   /* generation the finished pass started in */
 	uint64_t scanned;    /* pages scanned since the previous request */
+	/* The scanner thread's CPU time so far (CLOCK_THREAD_CPUTIME_ID), for
+	 * the scan-time advisor's cap on all scanners' CPU (advisor.c). */
+	uint64_t cpu_ns;
 	struct sp_proc_stats st;
 };
 struct sp_budget_r {
@@ -230,5 +242,20 @@ int sp_knob_lookup(const char *name);
 int sp_knob_check(int knob, uint64_t value);
 /* The knob's range [*min, *max], for messages: 0, or -EINVAL for no such knob. */
 int sp_knob_range(int knob, uint64_t *min, uint64_t *max);
+/* A knob's value as a person types it (`samepage set`, samepage.conf): a
+ * decimal number in its range, or for advisor_mode "none" or "scan-time".
+ * 0, -EINVAL (not a value of it) or -ERANGE (a number out of range). */
+int sp_knob_parse(int knob, const char *text, uint64_t *value);
+/* value as text into buf (a number, advisor_mode's name); snprintf's result. */
+int sp_knob_format(int knob, uint32_t value, char *buf, size_t len);
+/* What the knob takes, for messages ("2 to 1048576", "none or scan-time"). */
+void sp_knob_takes(int knob, char *buf, size_t len);
+/* Knobs given together (`samepage set`, samepage.conf) are applied rank by
+ * rank, in their own order within one: 0 the advisor's bounds, 1
+ * advisor_mode (switching it on starts pages_to_scan at
+ * advisor_min_pages_to_scan), 2 the others (pages_to_scan, which the
+ * advisor refuses while it is on, after advisor_mode). */
+#define SP_KNOB_RANKS 3
+int sp_knob_rank(int knob);
 
 #endif

@@ -39,6 +39,12 @@ void samepaged_default_knobs(struct sp_knobs *k)
 	k->v[KNOB_USE_ZERO_PAGES] = 1;
 	k->v[KNOB_MAX_PAGE_SHARING] = 256;
 	k->v[KNOB_SMART_SCAN] = 1; /* the kernel's default */
+	/* The kernel's defaults: the advisor off, and its bounds. */
+	k->v[KNOB_ADVISOR_MODE] = ADVISOR_NONE;
+	k->v[KNOB_ADVISOR_MAX_CPU] = 70;
+	k->v[KNOB_ADVISOR_MIN_PAGES_TO_SCAN] = 500;
+	k->v[KNOB_ADVISOR_MAX_PAGES_TO_SCAN] = 30000;
+	k->v[KNOB_ADVISOR_TARGET_SCAN_TIME] = 200;
 }
 
 /* ---- generations and full scans ---- */
@@ -68,6 +74,7 @@ void maybe_end_generation(struct samepaged *d)
 		return;
 	d->gen++;
 	d->full_scans++;
+	advisor_scan_done(d);
 	unstable_reset(&d->ix);
 	for (struct conn *c = d->conns; c; c = c->next)
 		c->pass_done = 0;
@@ -89,6 +96,30 @@ static void refill(struct samepaged *d)
 		d->tokens = cap;
 }
 
+/* A grant is a batch: what was asked, or pages_to_scan when that is less,
+ * as ksmd scans pages_to_scan pages at each wake. Handing out whatever
+ * trickled into the bucket gave scanners competing at a low pages_to_scan
+ * grants of a few pages, each costing a whole budget request and chunk:
+ * 27 us of CPU per page at 200 pages per 20 ms against 4 at 16384 (two
+ * scanners reading 64 MiB each on every pass), so scanning's cost no
+ * longer followed pages_to_scan, as the scan-time advisor's CPU cap
+ * assumes it does (advisor.c). Until a batch is there: nothing, and how
+ * long it takes to come. */
+static void grant(struct samepaged *d, uint32_t want, struct sp_budget_r *r)
+{
+	uint32_t pts = d->knobs.v[KNOB_PAGES_TO_SCAN];
+	uint32_t batch = want < pts ? want : pts;
+
+	if (!want) /* a pass reported done: nothing to wait for */
+		return;
+	if (d->tokens >= batch) {
+		r->grant = want < d->tokens ? want : (uint32_t)d->tokens;
+		d->tokens -= r->grant;
+		return;
+	}
+	r->wait_ms = 1 + (uint32_t)((batch - d->tokens) * d->knobs.v[KNOB_SLEEP_MILLISECS] / pts);
+}
+
 int on_budget(struct samepaged *d, struct conn *c, const struct sp_budget *b)
 {
 	struct sp_budget_r r = { .gen = d->gen, .knobs = d->knobs };
@@ -103,6 +134,7 @@ int on_budget(struct samepaged *d, struct conn *c, const struct sp_budget *b)
 	c->st = b->st;
 	c->last_seen_ns = now_ns();
 	d->pages_scanned += b->scanned;
+	advisor_account(d, c, b);
 	if ((b->flags & BUDGET_PASS_DONE) && b->pass_gen >= d->gen)
 		c->pass_done = 1;
 	maybe_end_generation(d);
@@ -115,13 +147,6 @@ int on_budget(struct samepaged *d, struct conn *c, const struct sp_budget *b)
 		return reply(c, D_BUDGET, &r, sizeof(r));
 	}
 	refill(d);
-	r.grant = b->want < d->tokens ? b->want : (uint32_t)d->tokens;
-	d->tokens -= r.grant;
-	if (!r.grant) {
-		uint32_t want = b->want < d->knobs.v[KNOB_PAGES_TO_SCAN] ?
-				b->want : d->knobs.v[KNOB_PAGES_TO_SCAN];
-		r.wait_ms = 1 + (uint32_t)((uint64_t)want * d->knobs.v[KNOB_SLEEP_MILLISECS] /
-					   d->knobs.v[KNOB_PAGES_TO_SCAN]);
-	}
+	grant(d, b->want, &r);
 	return reply(c, D_BUDGET, &r, sizeof(r));
 }

@@ -30,12 +30,50 @@ static void on_hangup(int sig)
 }
 
 /* What changed, for the log: "pages_to_scan 16384 -> 500, ...". */
-static void note_change(char *said, size_t len, const char *key, long long from, long long to)
+static void note(char *said, size_t len, const char *key, const char *what)
 {
 	size_t n = strlen(said);
 
 	if (n < len)
-		snprintf(said + n, len - n, "%s%s %lld -> %lld", n ? ", " : "", key, from, to);
+		snprintf(said + n, len - n, "%s%s %s", n ? ", " : "", key, what);
+}
+
+static void note_knob(char *said, size_t len, int k, uint32_t from, uint32_t to)
+{
+	char a[32], b[32], what[80];
+
+	sp_knob_format(k, from, a, sizeof(a));
+	sp_knob_format(k, to, b, sizeof(b));
+	snprintf(what, sizeof(what), "%s -> %s", a, b);
+	note(said, len, sp_knob_name(k), what);
+}
+
+/* One knob of the file; each knob that moved is told (switching the
+ * advisor moves pages_to_scan). With the advisor on, pages_to_scan is the
+ * advisor's: the file's value is not applied, and no error either (it is
+ * the value for a daemon with the advisor off). */
+static void apply_knob(struct samepaged *d, int k, uint32_t v, char *said, size_t len)
+{
+	struct sp_knobs before = d->knobs;
+
+	if (knob_store(d, k, v)) {
+		note(said, len, sp_knob_name(k), "left to the scan-time advisor");
+		return;
+	}
+	for (int j = 0; j < KNOB_COUNT; j++)
+		if (before.v[j] != d->knobs.v[j])
+			note_knob(said, len, j, before.v[j], d->knobs.v[j]);
+}
+
+/* The file's knobs, in the order the kernel's stores make sense in
+ * (sp_knob_rank). */
+static void apply_knobs(struct samepaged *d, const struct sp_conf *c, char *said, size_t len)
+{
+	for (int rank = 0; rank < SP_KNOB_RANKS; rank++)
+		for (int k = 0; k < KNOB_COUNT; k++)
+			if (sp_knob_rank(k) == rank && (c->has_knob & (1u << k)) &&
+			    d->knobs.v[k] != c->knob[k])
+				apply_knob(d, k, c->knob[k], said, len);
 }
 
 static void apply(struct samepaged *d, const struct sp_conf *c, int at_start, char *said,
@@ -43,18 +81,16 @@ static void apply(struct samepaged *d, const struct sp_conf *c, int at_start, ch
 {
 	int idle = d->idle_exit_arg;
 
-	for (int k = 0; k < KNOB_COUNT; k++) {
-		if (!(c->has_knob & (1u << k)) || d->knobs.v[k] == c->knob[k])
-			continue;
-		note_change(said, len, sp_knob_name(k), d->knobs.v[k], c->knob[k]);
-		d->knobs.v[k] = c->knob[k];
-	}
+	apply_knobs(d, c, said, len);
 	if (idle < 0 && c->idle_exit >= 0)
 		idle = (int)c->idle_exit;
 	else if (idle < 0)
 		idle = at_start ? d->idle_exit_default : d->idle_exit_s;
-	if (!at_start && idle != d->idle_exit_s)
-		note_change(said, len, "idle_exit", d->idle_exit_s, idle);
+	if (!at_start && idle != d->idle_exit_s) {
+		char what[48];
+		snprintf(what, sizeof(what), "%d -> %d", d->idle_exit_s, idle);
+		note(said, len, "idle_exit", what);
+	}
 	d->idle_exit_s = idle;
 }
 

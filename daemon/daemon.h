@@ -16,6 +16,8 @@
  *   move.c      defragmentation: C_MOVE copies scattered pages to an extent
  *   conn.c      connections: accept, find, close
  *   budget.c    the scan budget and the unstable index's generations
+ *   advisor.c   the scan-time advisor: pages_to_scan from each full scan's
+ *               length and CPU; the knob stores it changes
  *   sets.c      who holds a reference: sets, markers, held sets
  *   config.c    samepage.conf: read at start and on SIGHUP
  *   pool.c index.c refs.c map.c   the pool, the two indexes, a set's
@@ -59,6 +61,8 @@ struct conn {
 	int pass_done;        /* completed a pass begun in the current generation */
 	int unmerge_pending;  /* `samepage unmerge --pid` for this process */
 	uint64_t last_seen_ns; /* last budget request */
+	uint64_t cpu_ns;      /* its scanner thread's CPU time at its last budget request */
+	int cpu_seen;         /* cpu_ns was reported */
 	uint64_t domain;      /* merge domain: only pages of one domain ever merge */
 	uint64_t key_mix;     /* XORed into its content hashes: index keys (key_of) */
 	int marker_fd;        /* the process's marker (-1: none: the set dies with the connection) */
@@ -84,6 +88,17 @@ struct conn {
 	struct conn *next;
 };
 
+/* The scan-time advisor's record of the full scan under way and the ones
+ * before (advisor.c; the kernel's struct advisor_ctx). */
+struct advisor {
+	uint64_t start_ns;    /* its first chunk's budget request; 0: not begun */
+	uint64_t cpu_ns;      /* scanner CPU reported during it */
+	uint64_t daemon_cpu0; /* the daemon's own CPU time at its start */
+	uint64_t scan_ms;     /* the last full scan's length; 0: none yet */
+	uint64_t change;      /* average change of the scan's length, percent */
+	int partial;          /* begun before a switch or across run != 1: not timed whole */
+};
+
 struct samepaged {
 	int lfd, efd;
 	uint64_t sock_ino, sock_dev; /* the socket we bound: removed at exit only if still there */
@@ -100,6 +115,7 @@ struct samepaged {
 	struct map live;      /* id → struct conn * of open connections (unstable entries name them) */
 	uint32_t next_id;
 	struct sp_knobs knobs;
+	struct advisor adv;
 	uint64_t gen;         /* unstable-index generation */
 	uint64_t full_scans, pages_scanned, total_refs;
 	/* Pool pages by their mappings (refs - cowed), kept as refs change:
@@ -154,6 +170,21 @@ void sweep_held(struct samepaged *d);
 /* ---- budget.c ---- */
 void maybe_end_generation(struct samepaged *d);
 int on_budget(struct samepaged *d, struct conn *c, const struct sp_budget *b);
+
+/* ---- advisor.c ---- */
+/* Set a knob as the kernel's store function does (C_SET, samepage.conf):
+ * 0, or -EINVAL for a value out of range and for pages_to_scan while the
+ * advisor is on. Switching advisor_mode starts pages_to_scan afresh. */
+int knob_store(struct samepaged *d, int knob, uint32_t value);
+/* A budget request: the scanner's CPU, and the start of a full scan. */
+void advisor_account(struct samepaged *d, struct conn *c, const struct sp_budget *b);
+/* A full scan (generation) ended: with the advisor on, a new pages_to_scan. */
+void advisor_scan_done(struct samepaged *d);
+/* The kernel's scan_time_advisor(): pages_to_scan after a full scan of
+ * scan_ns that took cpu_ns of CPU, the last one having taken prev_scan_ms
+ * (0: none); *change is the running average it keeps (0 at first). */
+uint32_t advisor_next(const struct sp_knobs *k, uint64_t scan_ns, uint64_t cpu_ns,
+		      uint64_t prev_scan_ms, uint64_t *change);
 
 /* ---- conn.c ---- */
 int conn_alive(void *ctx, uint32_t id);

@@ -304,18 +304,31 @@ static int on_procs(struct samepaged *d, struct conn *c, const struct sp_procs_r
 	return reply(c, D_PROCS, r, (uint32_t)(sizeof(*r) + r->n * sizeof(r->e[0])));
 }
 
+/* Each knob that changed, for the log ("advisor_mode: none -> scan-time";
+ * switching the advisor moves pages_to_scan too). */
+static void log_knobs(const struct sp_knobs *before, const struct sp_knobs *after, pid_t by)
+{
+	char from[32], to[32];
+
+	for (int k = 0; k < KNOB_COUNT; k++) {
+		if (before->v[k] == after->v[k])
+			continue;
+		sp_knob_format(k, before->v[k], from, sizeof(from));
+		sp_knob_format(k, after->v[k], to, sizeof(to));
+		sp_logl(SP_LOG_INFO, "%s: %s -> %s (set by process %d)", sp_knob_name(k), from, to,
+			(int)by);
+	}
+}
+
 static int on_set(struct samepaged *d, struct conn *c, const struct sp_set *s)
 {
-	int err = sp_knob_check((int)s->knob, s->value);
+	struct sp_knobs before = d->knobs;
+	int err = s->value > UINT32_MAX ? -EINVAL : knob_store(d, (int)s->knob, (uint32_t)s->value);
 
-	if (!err && d->knobs.v[s->knob] != (uint32_t)s->value)
-		sp_logl(SP_LOG_INFO, "%s: %u -> %llu (set by process %d)", sp_knob_name((int)s->knob),
-			d->knobs.v[s->knob], (unsigned long long)s->value, (int)c->pid);
-	else if (err)
+	if (err)
 		sp_logl(SP_LOG_DEBUG, "process %d: knob %u = %llu refused: %s", (int)c->pid, s->knob,
 			(unsigned long long)s->value, strerror(-err));
-	if (!err)
-		d->knobs.v[s->knob] = (uint32_t)s->value;
+	log_knobs(&before, &d->knobs, c->pid);
 	return ack(c, err);
 }
 

@@ -67,12 +67,24 @@ int scan_unmerge(struct lib *l, uintptr_t s, uintptr_t e)
 	return track_each(l, s, e, unmerge_area);
 }
 
+/* This thread's CPU time: only the scanner asks for budget, and the
+ * daemon's scan-time advisor caps the sum over every scanner. */
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts))
+		return 0;
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 /* Ask for budget; applies knobs and run=2. Grant, or -errno. */
 static int64_t budget(struct lib *l, uint32_t want, int pass_done, struct pass *ps,
 		      uint32_t *wait_ms)
 {
 	struct sp_budget b = { .want = want, .flags = pass_done ? BUDGET_PASS_DONE : 0,
-			       .pass_gen = ps->gen, .scanned = l->scanned_since_report };
+			       .pass_gen = ps->gen, .scanned = l->scanned_since_report,
+			       .cpu_ns = thread_cpu_ns() };
 	struct sp_msg m;
 	struct sp_budget_r r;
 	int err;

@@ -59,7 +59,9 @@
 #include "testutil.h"
 
 /* sp_send()/sp_recv()/sp_domain_id() are internal to libsamepage (hidden):
- * the raw-protocol part uses this copy of the very same source. */
+ * the raw-protocol part uses this copy of the very same source (and of
+ * num.c, which its knob parsing calls). */
+#include "num.c"
 #include "proto.c"
 
 /* Weak: before merge domains the library has no such call. */

@@ -6,7 +6,8 @@
  *    kernel KSM off all along (/sys/kernel/mm/ksm: run 0, pages_shared 0):
  *    samepage served them;
  *  - `samepage status --json` prints one JSON object with the kernel's key
- *    names, pages_shared/pages_sharing showing the merge, and
+ *    names (numbers, and advisor_mode's name "none"), pages_shared/
+ *    pages_sharing showing the merge, and
  *    `samepage status --pid PID --json` the /proc/PID/ksm_stat keys;
  *  - two copies calling prctl(PR_SET_MEMORY_MERGE, 1) merge;
  *  - two copies under `samepage run --merge-any` that ask for nothing merge;
@@ -179,10 +180,33 @@ static long sysfs(const char *name)
 	return v;
 }
 
-/* ---- a flat JSON object of integers, parsed strictly ---- */
+/* ---- a flat JSON object of integers (and names: advisor_mode's
+ * "none"), parsed strictly ---- */
 
 #define MAXKEYS 64
-struct json { int n; char key[MAXKEYS][48]; long long val[MAXKEYS]; };
+struct json {
+	int n;
+	char key[MAXKEYS][48];
+	long long val[MAXKEYS];
+	char text[MAXKEYS][16]; /* a name's value ("" for a number) */
+};
+
+/* A name: lower-case letters and '-', as advisor_mode's; 0 or what is wrong. */
+static const char *json_name(const char *s, char *out, const char **end)
+{
+	size_t n = 0;
+
+	for (s++; (*s >= 'a' && *s <= 'z') || *s == '-'; s++) {
+		if (n + 1 >= 16)
+			return "name too long";
+		out[n++] = *s;
+	}
+	out[n] = 0;
+	if (*s != '"' || !n)
+		return "value not an integer or a name";
+	*end = s + 1;
+	return NULL;
+}
 
 static const char *ws(const char *s)
 {
@@ -221,9 +245,18 @@ static const char *json_parse(const char *s, struct json *j)
 			return "missing ':'";
 		s = ws(s);
 		errno = 0;
-		j->val[j->n] = strtoll(s, &end, 10);
-		if (end == s || errno)
-			return "value not an integer";
+		j->text[j->n][0] = 0;
+		j->val[j->n] = -1;
+		if (*s == '"') {
+			const char *why = json_name(s, j->text[j->n], &s);
+			if (why)
+				return why;
+			end = (char *)s;
+		} else {
+			j->val[j->n] = strtoll(s, &end, 10);
+			if (end == s || errno)
+				return "value not an integer";
+		}
 		j->n++;
 		s = ws(end);
 		if (*s == ',') {
@@ -236,6 +269,15 @@ static const char *json_parse(const char *s, struct json *j)
 	}
 	if (*ws(s))
 		return "text after the object";
+	return NULL;
+}
+
+/* The name key holds, or NULL. */
+static const char *json_text(const struct json *j, const char *key)
+{
+	for (int i = 0; i < j->n; i++)
+		if (!strcmp(j->key[i], key) && j->text[i][0])
+			return j->text[i];
 	return NULL;
 }
 
@@ -281,13 +323,16 @@ static void status_json(const char *args, struct json *j)
 	TU_CHECK(st == 0, "samepage %s: exit %d", args, st);
 	TU_CHECK(nl && nl[1] == 0, "samepage %s: not exactly one line: '%s'", args, out);
 	err = json_parse(out, j);
-	TU_CHECK(!err, "samepage %s: not a flat JSON object of integers (%s): %s", args, err, out);
+	TU_CHECK(!err, "samepage %s: not a flat JSON object of integers and names (%s): %s", args,
+		 err, out);
 }
 
 static const char *const global_keys[] = {
 	"pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "pages_scanned",
 	"full_scans", "ksm_zero_pages", "general_profit", "stable_node_chains", "stable_node_dups",
 	"run", "pages_to_scan", "sleep_millisecs", "use_zero_pages", "max_page_sharing",
+	"smart_scan", "advisor_mode", "advisor_max_cpu", "advisor_min_pages_to_scan",
+	"advisor_max_pages_to_scan", "advisor_target_scan_time",
 };
 static const char *const proc_keys[] = {
 	"ksm_rmap_items", "ksm_zero_pages", "ksm_merging_pages", "ksm_process_profit",
@@ -394,6 +439,8 @@ int main(void)
 	TU_CHECK(json_get(&j, "pages_sharing", &v) && v > 0, "pages_sharing %lld", v);
 	TU_CHECK(json_get(&j, "general_profit", &v) && v > 0, "general_profit %lld", v);
 	TU_CHECK(json_get(&j, "run", &v) && v == 1, "run %lld", v);
+	TU_CHECK(json_text(&j, "advisor_mode") && !strcmp(json_text(&j, "advisor_mode"), "none"),
+		 "advisor_mode is not \"none\"");
 	for (int i = 0; i < 3; i++)
 		check_proc(ps[i].pid, pages, 0);
 	stop(ps, 3);

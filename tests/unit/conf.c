@@ -99,22 +99,32 @@ static void test_read(void)
 	sp_conf_init(&c);
 	TU_CHECK(read_text("# a comment\n\n  pages_to_scan\t=  500  # trailing\r\nrun=0\n"
 			   "sleep_millisecs = 7\nuse_zero_pages = 0\nmax_page_sharing = 2\nsmart_scan = 0\n"
+			   "advisor_mode = scan-time\nadvisor_max_cpu = 150\n"
+			   "advisor_min_pages_to_scan = 700\nadvisor_max_pages_to_scan = 9000\n"
+			   "advisor_target_scan_time = 3\n"
 			   "idle_exit = 0\npages_to_scan = 600\n", &c, errs, sizeof(errs)) == 0,
 		 "a good file refused: %s", errs);
 	TU_CHECK(c.has_knob == (1u << KNOB_COUNT) - 1 && c.knob[KNOB_PAGES_TO_SCAN] == 600 &&
 		 c.knob[KNOB_RUN] == 0 && c.knob[KNOB_SLEEP_MILLISECS] == 7 &&
 		 c.knob[KNOB_USE_ZERO_PAGES] == 0 && c.knob[KNOB_MAX_PAGE_SHARING] == 2 &&
-		 c.knob[KNOB_SMART_SCAN] == 0 && c.idle_exit == 0, "values read: pages_to_scan %u", c.knob[KNOB_PAGES_TO_SCAN]);
+		 c.knob[KNOB_SMART_SCAN] == 0 && c.knob[KNOB_ADVISOR_MODE] == ADVISOR_SCAN_TIME &&
+		 c.knob[KNOB_ADVISOR_MAX_CPU] == 150 && c.knob[KNOB_ADVISOR_MIN_PAGES_TO_SCAN] == 700 &&
+		 c.knob[KNOB_ADVISOR_MAX_PAGES_TO_SCAN] == 9000 &&
+		 c.knob[KNOB_ADVISOR_TARGET_SCAN_TIME] == 3 && c.idle_exit == 0,
+		 "values read: pages_to_scan %u", c.knob[KNOB_PAGES_TO_SCAN]);
 
 	/* Every bad line told, nothing changed. */
 	before = c;
 	memset(errs, 0, sizeof(errs));
 	TU_CHECK(read_text("sleep_millisecs = 9\nbogus = 1\npages_to_scan = 0\nrun = x\n"
-			   "just words\n= 5\nrun =\nmax_page_sharing = 99999999999999999999999\n",
+			   "just words\n= 5\nrun =\nmax_page_sharing = 99999999999999999999999\n"
+			   "advisor_mode = 1\nadvisor_target_scan_time = 0\n",
 			   &c, errs, sizeof(errs)) == -EINVAL, "a bad file taken");
 	TU_CHECK(!memcmp(&c, &before, sizeof(c)), "a bad file changed something");
 	snprintf(path, sizeof(path), "%s/t.conf", dir);
-	for (int line = 2; line <= 8; line++) {
+	TU_CHECK(strstr(errs, "advisor_mode = 1: no such mode (advisor_mode takes none or "
+			      "scan-time)"), "a bad advisor_mode not told: '%s'", errs);
+	for (int line = 2; line <= 10; line++) {
 		snprintf(want, sizeof(want), "test: %s:%d: ", path, line);
 		TU_CHECK(strstr(errs, want), "line %d not told: '%s'", line, errs);
 	}
@@ -195,6 +205,17 @@ static void test_save(void)
 	TU_CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0640, "mode %o not kept",
 		 st.st_mode & 0777);
 	TU_CHECK(temp_files(sub) == 0, "a temporary file was left");
+
+	/* advisor_mode is written by name (its line reads back: test_read()). */
+	sp_conf_init(&upd);
+	upd.knob[KNOB_ADVISOR_MODE] = ADVISOR_SCAN_TIME;
+	upd.has_knob = 1u << KNOB_ADVISOR_MODE;
+	TU_CHECK(sp_conf_save(path, &upd, stderr, "test") == 0, "save advisor_mode");
+	TU_CHECK(tu_read_text(path, text, sizeof(text)) == 0 &&
+		 strstr(text, "\nadvisor_mode = scan-time\n"), "advisor_mode saved as '%s'", text);
+	upd.knob[KNOB_PAGES_TO_SCAN] = 77;
+	upd.knob[KNOB_MAX_PAGE_SHARING] = 9;
+	upd.has_knob = 1u << KNOB_PAGES_TO_SCAN | 1u << KNOB_MAX_PAGE_SHARING;
 
 	/* Through a link: the link stays, its target changes. */
 	snprintf(link, sizeof(link), "%s/link.conf", sub);

@@ -8,7 +8,9 @@
  *  - C_SET with a bad value for every knob, an unknown knob, or a value
  *    that only fits after truncation to 32 bits gets D_ACK -EINVAL and
  *    leaves the knobs as they were (C_STAT shows them); a good value is
- *    applied;
+ *    applied; advisor_mode=scan-time starts pages_to_scan at
+ *    advisor_min_pages_to_scan and refuses pages_to_scan (-EINVAL), the
+ *    same mode again changes nothing, none puts the default back;
  *  - C_STAT for an unknown pid gets D_ACK -ESRCH, for our own pid a D_STAT
  *    with the process;
  *  - C_PROCS lists the processes (not the observers) in (pid, id) order
@@ -334,6 +336,10 @@ static void test_set(int g)
 		{ KNOB_PAGES_TO_SCAN, (1u << 24) + 1 }, { KNOB_SLEEP_MILLISECS, 60001 },
 		{ KNOB_USE_ZERO_PAGES, 2 }, { KNOB_MAX_PAGE_SHARING, 0 },
 		{ KNOB_MAX_PAGE_SHARING, 1 }, { KNOB_MAX_PAGE_SHARING, 0x100000002ull },
+		{ KNOB_ADVISOR_MODE, 2 }, { KNOB_ADVISOR_MODE, 0x100000001ull },
+		{ KNOB_ADVISOR_MAX_CPU, 1ull << 32 }, { KNOB_ADVISOR_MIN_PAGES_TO_SCAN, 0 },
+		{ KNOB_ADVISOR_MAX_PAGES_TO_SCAN, (1u << 24) + 1 },
+		{ KNOB_ADVISOR_TARGET_SCAN_TIME, 0 },
 		{ KNOB_COUNT, 1 }, { 0xffffffffu, 1 }, { 0x80000000u, 1 },
 	};
 	struct sp_stat_r st;
@@ -366,6 +372,49 @@ static void test_set(int g)
 	s.value = defaults.v[KNOB_PAGES_TO_SCAN];
 	send_ok(g, C_SET, &s, sizeof(s));
 	TU_CHECK(expect_ack(g, "C_SET") == 0, "restoring pages_to_scan refused");
+}
+
+static int32_t set_knob(int g, uint32_t knob, uint64_t v)
+{
+	struct sp_set s = { .knob = knob, .value = v };
+
+	send_ok(g, C_SET, &s, sizeof(s));
+	return expect_ack(g, "C_SET");
+}
+
+/* The kernel's stores: advisor_mode=scan-time starts pages_to_scan at
+ * advisor_min_pages_to_scan, pages_to_scan is then refused (-EINVAL),
+ * writing the mode it is in changes nothing, and none puts back the
+ * default pages_to_scan. */
+static void test_set_advisor(int g)
+{
+	struct sp_stat_r st;
+
+	TU_CHECK(set_knob(g, KNOB_ADVISOR_MIN_PAGES_TO_SCAN, 777) == 0, "min_pages_to_scan=777");
+	TU_CHECK(set_knob(g, KNOB_ADVISOR_MODE, ADVISOR_SCAN_TIME) == 0, "advisor_mode=scan-time");
+	st = gstat(g);
+	TU_CHECK(st.knobs.v[KNOB_ADVISOR_MODE] == ADVISOR_SCAN_TIME &&
+		 st.knobs.v[KNOB_PAGES_TO_SCAN] == 777,
+		 "advisor on: mode %u pages_to_scan %u, want 1 and 777",
+		 st.knobs.v[KNOB_ADVISOR_MODE], st.knobs.v[KNOB_PAGES_TO_SCAN]);
+	TU_CHECK(set_knob(g, KNOB_PAGES_TO_SCAN, 5000) == -EINVAL,
+		 "pages_to_scan taken with the advisor on");
+	TU_CHECK(set_knob(g, KNOB_ADVISOR_MIN_PAGES_TO_SCAN, 900) == 0 &&
+		 set_knob(g, KNOB_ADVISOR_MODE, ADVISOR_SCAN_TIME) == 0,
+		 "scan-time again refused");
+	st = gstat(g);
+	TU_CHECK(st.knobs.v[KNOB_PAGES_TO_SCAN] == 777,
+		 "pages_to_scan %u after writing the mode it was in, want 777 still",
+		 st.knobs.v[KNOB_PAGES_TO_SCAN]);
+	TU_CHECK(set_knob(g, KNOB_ADVISOR_MODE, ADVISOR_NONE) == 0, "advisor_mode=none");
+	st = gstat(g);
+	TU_CHECK(st.knobs.v[KNOB_PAGES_TO_SCAN] == defaults.v[KNOB_PAGES_TO_SCAN],
+		 "advisor off: pages_to_scan %u, want the default %u",
+		 st.knobs.v[KNOB_PAGES_TO_SCAN], defaults.v[KNOB_PAGES_TO_SCAN]);
+	TU_CHECK(set_knob(g, KNOB_ADVISOR_MIN_PAGES_TO_SCAN,
+			  defaults.v[KNOB_ADVISOR_MIN_PAGES_TO_SCAN]) == 0, "restoring min");
+	st = gstat(g);
+	TU_CHECK(!memcmp(&st.knobs, &defaults, sizeof(defaults)), "knobs not back to the defaults");
 }
 
 static void test_stat(int g)
@@ -1627,6 +1676,7 @@ int main(void)
 
 	test_hello();
 	test_set(g);
+	test_set_advisor(g);
 	test_stat(g);
 	test_procs(g);
 	test_pages(g);

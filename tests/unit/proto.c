@@ -601,6 +601,10 @@ static void test_knobs(void)
 		[KNOB_RUN] = "run", [KNOB_PAGES_TO_SCAN] = "pages_to_scan",
 		[KNOB_SLEEP_MILLISECS] = "sleep_millisecs", [KNOB_USE_ZERO_PAGES] = "use_zero_pages",
 		[KNOB_MAX_PAGE_SHARING] = "max_page_sharing", [KNOB_SMART_SCAN] = "smart_scan",
+		[KNOB_ADVISOR_MODE] = "advisor_mode", [KNOB_ADVISOR_MAX_CPU] = "advisor_max_cpu",
+		[KNOB_ADVISOR_MIN_PAGES_TO_SCAN] = "advisor_min_pages_to_scan",
+		[KNOB_ADVISOR_MAX_PAGES_TO_SCAN] = "advisor_max_pages_to_scan",
+		[KNOB_ADVISOR_TARGET_SCAN_TIME] = "advisor_target_scan_time",
 	};
 	static const struct { int knob; uint64_t v; int ok; } cases[] = {
 		{ KNOB_RUN, 0, 1 }, { KNOB_RUN, 1, 1 }, { KNOB_RUN, 2, 1 }, { KNOB_RUN, 3, 0 },
@@ -618,6 +622,18 @@ static void test_knobs(void)
 		{ KNOB_MAX_PAGE_SHARING, 1u << 20, 1 }, { KNOB_MAX_PAGE_SHARING, (1u << 20) + 1, 0 },
 		{ KNOB_MAX_PAGE_SHARING, 0x100000002ull, 0 },
 		{ KNOB_SMART_SCAN, 0, 1 }, { KNOB_SMART_SCAN, 1, 1 }, { KNOB_SMART_SCAN, 2, 0 },
+		{ KNOB_ADVISOR_MODE, ADVISOR_NONE, 1 }, { KNOB_ADVISOR_MODE, ADVISOR_SCAN_TIME, 1 },
+		{ KNOB_ADVISOR_MODE, 2, 0 },
+		{ KNOB_ADVISOR_MAX_CPU, 0, 1 }, { KNOB_ADVISOR_MAX_CPU, 70, 1 },
+		{ KNOB_ADVISOR_MAX_CPU, UINT32_MAX, 1 }, { KNOB_ADVISOR_MAX_CPU, 1ull << 32, 0 },
+		{ KNOB_ADVISOR_MIN_PAGES_TO_SCAN, 0, 0 }, { KNOB_ADVISOR_MIN_PAGES_TO_SCAN, 1, 1 },
+		{ KNOB_ADVISOR_MIN_PAGES_TO_SCAN, 1u << 24, 1 },
+		{ KNOB_ADVISOR_MIN_PAGES_TO_SCAN, (1u << 24) + 1, 0 },
+		{ KNOB_ADVISOR_MAX_PAGES_TO_SCAN, 0, 0 }, { KNOB_ADVISOR_MAX_PAGES_TO_SCAN, 30000, 1 },
+		{ KNOB_ADVISOR_MAX_PAGES_TO_SCAN, (1u << 24) + 1, 0 },
+		{ KNOB_ADVISOR_TARGET_SCAN_TIME, 0, 0 }, { KNOB_ADVISOR_TARGET_SCAN_TIME, 1, 1 },
+		{ KNOB_ADVISOR_TARGET_SCAN_TIME, UINT32_MAX, 1 },
+		{ KNOB_ADVISOR_TARGET_SCAN_TIME, 1ull << 32, 0 },
 		{ -1, 0, 0 }, { KNOB_COUNT, 0, 0 }, { KNOB_COUNT, 1, 0 }, { 1000, 1, 0 },
 	};
 	struct sp_knobs def;
@@ -644,6 +660,47 @@ static void test_knobs(void)
 	for (int k = 0; k < KNOB_COUNT; k++)
 		TU_CHECK(sp_knob_check(k, def.v[k]) == 0, "default %s=%u out of range", names[k],
 			 def.v[k]);
+	/* The kernel's defaults for the advisor: off, 70 %, 500 to 30000, 200 s. */
+	TU_CHECK(def.v[KNOB_ADVISOR_MODE] == ADVISOR_NONE && def.v[KNOB_ADVISOR_MAX_CPU] == 70 &&
+		 def.v[KNOB_ADVISOR_MIN_PAGES_TO_SCAN] == 500 &&
+		 def.v[KNOB_ADVISOR_MAX_PAGES_TO_SCAN] == 30000 &&
+		 def.v[KNOB_ADVISOR_TARGET_SCAN_TIME] == 200, "the advisor's defaults");
+}
+
+/* Knob values as typed and shown: advisor_mode by name, the rest numbers;
+ * knobs given together go in an order where each store makes sense. */
+static void test_knob_text(void)
+{
+	char buf[64];
+	uint64_t v = 99;
+
+	TU_CHECK(sp_knob_parse(KNOB_ADVISOR_MODE, "scan-time", &v) == 0 && v == ADVISOR_SCAN_TIME,
+		 "advisor_mode=scan-time");
+	TU_CHECK(sp_knob_parse(KNOB_ADVISOR_MODE, "none", &v) == 0 && v == ADVISOR_NONE,
+		 "advisor_mode=none");
+	TU_CHECK(sp_knob_parse(KNOB_ADVISOR_MODE, "1", &v) == -EINVAL &&
+		 sp_knob_parse(KNOB_ADVISOR_MODE, "scan", &v) == -EINVAL &&
+		 sp_knob_parse(KNOB_ADVISOR_MODE, "", &v) == -EINVAL, "advisor_mode takes names only");
+	TU_CHECK(sp_knob_parse(KNOB_ADVISOR_MAX_CPU, "150", &v) == 0 && v == 150, "max_cpu=150");
+	TU_CHECK(sp_knob_parse(KNOB_ADVISOR_TARGET_SCAN_TIME, "0", &v) == -ERANGE,
+		 "target_scan_time=0");
+	TU_CHECK(sp_knob_parse(KNOB_PAGES_TO_SCAN, "12x", &v) == -EINVAL, "pages_to_scan=12x");
+	sp_knob_format(KNOB_ADVISOR_MODE, ADVISOR_SCAN_TIME, buf, sizeof(buf));
+	TU_CHECK(!strcmp(buf, "scan-time"), "format scan-time: %s", buf);
+	sp_knob_format(KNOB_ADVISOR_MODE, ADVISOR_NONE, buf, sizeof(buf));
+	TU_CHECK(!strcmp(buf, "none"), "format none: %s", buf);
+	sp_knob_format(KNOB_RUN, 2, buf, sizeof(buf));
+	TU_CHECK(!strcmp(buf, "2"), "format run: %s", buf);
+	sp_knob_takes(KNOB_ADVISOR_MODE, buf, sizeof(buf));
+	TU_CHECK(!strcmp(buf, "none or scan-time"), "advisor_mode takes: %s", buf);
+	sp_knob_takes(KNOB_MAX_PAGE_SHARING, buf, sizeof(buf));
+	TU_CHECK(!strcmp(buf, "2 to 1048576"), "max_page_sharing takes: %s", buf);
+	for (int k = 0; k < KNOB_COUNT; k++)
+		TU_CHECK(sp_knob_rank(k) >= 0 && sp_knob_rank(k) < SP_KNOB_RANKS, "rank of %s",
+			 sp_knob_name(k));
+	TU_CHECK(sp_knob_rank(KNOB_ADVISOR_MIN_PAGES_TO_SCAN) < sp_knob_rank(KNOB_ADVISOR_MODE) &&
+		 sp_knob_rank(KNOB_ADVISOR_MODE) < sp_knob_rank(KNOB_PAGES_TO_SCAN),
+		 "advisor_mode goes after its start value and before pages_to_scan");
 }
 
 /* 100k random messages: never a crash or an overread (payloads sit in
@@ -696,6 +753,7 @@ int main(void)
 	test_validate();
 	test_roundtrip();
 	test_knobs();
+	test_knob_text();
 	test_fuzz();
 	test_wire();
 	test_malformed();
