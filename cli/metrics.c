@@ -86,6 +86,8 @@ static void put_samepage(FILE *f, const struct sp_stat_r *r)
 		  (double)g->ksm_zero_pages },
 		{ "samepage_pages_scanned_total", "counter", "Pages scanned (pages_scanned).",
 		  (double)g->pages_scanned },
+		{ "samepage_pages_skipped_total", "counter", "Pages smart_scan did not read "
+		  "(pages_skipped).", (double)g->pages_skipped },
 		{ "samepage_stable_node_chains", "gauge", "Contents held by more than one pool "
 		  "page.", (double)g->stable_node_chains },
 		{ "samepage_stable_node_dups", "gauge", "Pool pages in such chains.",

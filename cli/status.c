@@ -88,6 +88,7 @@ static void print_global(const struct sp_stat_r *r, int json, int *first)
 		{ "pages_unshared", (int64_t)g->pages_unshared },
 		{ "pages_volatile", (int64_t)g->pages_volatile },
 		{ "pages_scanned", (int64_t)g->pages_scanned },
+		{ "pages_skipped", (int64_t)g->pages_skipped },
 		{ "full_scans", (int64_t)g->full_scans },
 		{ "ksm_zero_pages", (int64_t)g->ksm_zero_pages },
 		{ "general_profit", g->general_profit },

@@ -10,7 +10,7 @@
 /* KSM_COUNTER indexes. */
 enum {
 	G_SHARED, G_SHARING, G_UNSHARED, G_VOLATILE, G_SCANNED, G_FULL_SCANS, G_ZERO,
-	G_PROFIT, G_CHAINS, G_DUPS,
+	G_PROFIT, G_CHAINS, G_DUPS, G_SKIPPED,
 };
 
 #define KNOB(n, k, p) { n, KSM_KNOB, p, 0644, k, NULL }
@@ -37,7 +37,7 @@ const struct sp_ksm_file sp_ksm_files[] = {
 	COUNTER("pages_scanned", G_SCANNED),
 	COUNTER("pages_shared", G_SHARED),
 	COUNTER("pages_sharing", G_SHARING),
-	{ "pages_skipped", KSM_ZERO, P_NONE, 0444, 0, NULL },
+	COUNTER("pages_skipped", G_SKIPPED),
 	KNOB("pages_to_scan", KNOB_PAGES_TO_SCAN, P_UINT),
 	COUNTER("pages_unshared", G_UNSHARED),
 	COUNTER("pages_volatile", G_VOLATILE),
@@ -80,6 +80,7 @@ static int64_t counter(const struct sp_global_stats *g, int index)
 	case G_ZERO: return (int64_t)g->ksm_zero_pages;
 	case G_PROFIT: return g->general_profit;
 	case G_CHAINS: return (int64_t)g->stable_node_chains;
+	case G_SKIPPED: return (int64_t)g->pages_skipped;
 	default: return (int64_t)g->stable_node_dups;
 	}
 }

@@ -109,6 +109,7 @@ struct sp_budget {
 	uint32_t flags;
 	uint64_t pass_gen;   /* generation the finished pass started in */
 	uint64_t scanned;    /* pages scanned since the previous request */
+	uint64_t skipped;    /* of those, pages smart_scan skipped (pages_skipped) */
 	/* The scanner thread's CPU time so far (CLOCK_THREAD_CPUTIME_ID), for
 	 * the scan-time advisor's cap on all scanners' CPU (advisor.c). */
 	uint64_t cpu_ns;
@@ -199,6 +200,7 @@ struct sp_global_stats {
 	uint64_t processes_limited; /* processes whose merging waits for VMA room */
 	uint64_t pages_inplace; /* pages merged again into the pool page they left */
 	uint64_t pages_moved; /* pages copied to consecutive pool pages (defragmentation) */
+	uint64_t pages_skipped; /* pages smart_scan did not read, all time */
 };
 struct sp_stat_r {
 	struct sp_global_stats g;

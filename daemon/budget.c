@@ -134,6 +134,7 @@ int on_budget(struct samepaged *d, struct conn *c, const struct sp_budget *b)
 	c->st = b->st;
 	c->last_seen_ns = now_ns();
 	d->pages_scanned += b->scanned;
+	d->pages_skipped += b->skipped;
 	advisor_account(d, c, b);
 	if ((b->flags & BUDGET_PASS_DONE) && b->pass_gen >= d->gen)
 		c->pass_done = 1;

@@ -117,7 +117,7 @@ struct samepaged {
 	struct sp_knobs knobs;
 	struct advisor adv;
 	uint64_t gen;         /* unstable-index generation */
-	uint64_t full_scans, pages_scanned, total_refs;
+	uint64_t full_scans, pages_scanned, pages_skipped, total_refs;
 	/* Pool pages by their mappings (refs - cowed), kept as refs change:
 	 * pages_shared counts pages mapped at least once, pages_sharing the
 	 * mappings beyond the first, written the pages only written copies

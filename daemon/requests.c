@@ -196,6 +196,7 @@ static void fill_global(struct samepaged *d, struct sp_global_stats *g)
 	g->pages_shared = d->shared;
 	g->pages_sharing = d->sharing;
 	g->pages_scanned = d->pages_scanned;
+	g->pages_skipped = d->pages_skipped;
 	g->full_scans = d->full_scans;
 	g->stable_node_chains = d->ix.chains;
 	g->stable_node_dups = d->ix.dups;

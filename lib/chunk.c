@@ -156,6 +156,7 @@ hash:
 	if (skip_quiet(l, e, ps)) {
 		ps->unshared++;
 		ps->skipped++;
+		l->skipped_since_report++;
 		return 0;
 	}
 	/* PROT_NONE memory merges too, as on kernel KSM: it is read through

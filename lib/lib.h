@@ -213,6 +213,7 @@ struct lib {
 	uint32_t npending;
 	struct lib_stats st;
 	uint64_t scanned_since_report;
+	uint64_t skipped_since_report; /* of those, smart_scan's (pages_skipped) */
 	uint64_t pass_seq;         /* completed passes */
 	int kick;                  /* run a pass now */
 	int idle_ms;               /* back-off after quiet passes */

@@ -84,6 +84,7 @@ static int64_t budget(struct lib *l, uint32_t want, int pass_done, struct pass *
 {
 	struct sp_budget b = { .want = want, .flags = pass_done ? BUDGET_PASS_DONE : 0,
 			       .pass_gen = ps->gen, .scanned = l->scanned_since_report,
+			       .skipped = l->skipped_since_report,
 			       .cpu_ns = thread_cpu_ns() };
 	struct sp_msg m;
 	struct sp_budget_r r;
@@ -95,6 +96,7 @@ static int64_t budget(struct lib *l, uint32_t want, int pass_done, struct pass *
 		return err;
 	memcpy(&r, m.p, sizeof(r));
 	l->scanned_since_report = 0;
+	l->skipped_since_report = 0;
 	l->knobs = r.knobs;
 	l->gen = r.gen;
 	if (!ps->have_gen) {

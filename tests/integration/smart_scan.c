@@ -11,7 +11,8 @@
  *  - the first SKIP_AFTER passes read every page (skipped 0);
  *  - later passes skip all N pages in most generations, and read all of
  *    them again in every 8th (lib/chunk.c skip_quiet());
- *  - pages_unshared counts the N pages all along, skipped or not.
+ *  - pages_unshared counts the N pages all along, skipped or not, and
+ *    pages_skipped every page a pass did not read;
  * Then `samepage set smart_scan=0`: every later pass reads every page.
  * Finally a twin: a second process maps a copy of the pages, and they
  * merge although the first process's pages are being skipped (the same
@@ -147,8 +148,15 @@ int main(void)
 	TU_CHECK(k.other == 0, "%u passes skipped some pages only", k.other);
 	TU_CHECK(tu_status("pages_unshared") == N, "pages_unshared %lld, want %u (skipped pages "
 		 "are unshared too)", tu_status("pages_unshared"), N);
+	/* pages_skipped, as the kernel's: every page smart_scan did not read
+	 * (the last pass's may reach the daemon with the next request). */
+	long long skipped = tu_status("pages_skipped");
+	TU_CHECK(skipped >= (long long)(k.all_skipped - 1) * N && skipped > 0,
+		 "pages_skipped %lld after %u passes that skipped all %u pages", skipped,
+		 k.all_skipped, N);
 	printf("smart_scan=1: %u passes, %u read every page, %u skipped all %u; "
-	       "pages_unshared %u\n", k.passes, k.all_read, k.all_skipped, N, N);
+	       "pages_unshared %u, pages_skipped %lld\n", k.passes, k.all_read, k.all_skipped, N,
+	       N, skipped);
 
 	TU_CHECK(tu_cli("set smart_scan=0 >/dev/null") == 0, "samepage set smart_scan=0");
 	kick_passes(p, 10); /* the knob reaches the scanner with its next budget */
