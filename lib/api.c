@@ -212,11 +212,7 @@ void lib_attrs_changed(struct lib *l, uintptr_t s, uintptr_t e)
 
 int lib_unmerge_range(struct lib *l, uintptr_t s, uintptr_t e)
 {
-	int err = lib_tracked(l, s, e) ? scan_unmerge(l, s, e) : 0;
-
-	if (!err && lib_tracked(l, s, e))
-		err = track_refresh(l);
-	return err;
+	return lib_tracked(l, s, e) ? scan_unmerge(l, s, e) : 0;
 }
 
 void lib_forget(struct lib *l, uintptr_t s, uintptr_t e)
@@ -310,9 +306,25 @@ static int ranges_remove(struct lib *l, uintptr_t s, uintptr_t e)
 /* MADV_MERGEABLE is a property of the mapping, as the kernel's
  * VM_MERGEABLE is of the VMA: it goes with an unmap or a replacement, and
  * moves with mremap. Lock held. */
+/* Does [s, e) touch a madvised range? */
+static int ranges_touch(const struct lib *l, uintptr_t s, uintptr_t e)
+{
+	for (uint32_t i = 0; i < l->nranges; i++)
+		if (l->ranges[i].start < e && l->ranges[i].end > s)
+			return 1;
+	return 0;
+}
+
 void lib_ranges_unmapped(struct lib *l, uintptr_t s, uintptr_t e)
 {
+	if (!ranges_touch(l, s, e))
+		return;
 	ranges_remove(l, s, e);
+	/* The areas follow at once, not at the next pass: a mapping made
+	 * there next must not be scanned by the pass under way (merge-any
+	 * needs none of this: every anonymous mapping is eligible). */
+	if (!l->merge_any)
+		track_refresh(l);
 }
 
 void lib_ranges_moved(struct lib *l, uintptr_t old, size_t oldlen, uintptr_t new_, size_t len,
@@ -338,6 +350,8 @@ void lib_ranges_moved(struct lib *l, uintptr_t old, size_t oldlen, uintptr_t new
 	 * the kernel's grown VMA keeps its flags. */
 	if (len > oldlen && new_ == old && n && moved[n - 1].end == oe)
 		ranges_add(l, oe, old + len);
+	if (n && !l->merge_any)
+		track_refresh(l); /* as lib_ranges_unmapped() */
 }
 
 /* -ENOMEM when [s, e) has unmapped gaps, as madvise(2). */

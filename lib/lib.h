@@ -280,7 +280,8 @@ void lib_ranges_moved(struct lib *l, uintptr_t old, size_t oldlen, uintptr_t new
 		      int keep_old);
 
 /* For the wrappers, lock held: merged pages of [s, e) become plain
- * anonymous memory again, their bytes kept (MADV_WIPEONFORK needs it). */
+ * anonymous memory again, their bytes kept (MADV_WIPEONFORK needs it; the
+ * caller refreshes the areas once the advice is applied). */
 int lib_unmerge_range(struct lib *l, uintptr_t s, uintptr_t e);
 
 /* Take lib.lock from an application thread (a wrapper, the API): a

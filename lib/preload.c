@@ -108,6 +108,10 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		lib_lock(l);
 		lib_unmerge_range(l, s, (e + SP_PAGE - 1) & ~(uintptr_t)(SP_PAGE - 1));
 		r = (int)syscall(SYS_madvise, addr, len, advice);
+		/* Untracked now, before any pass merges it again (a pool
+		 * mapping would not be wiped on fork). */
+		if (r == 0)
+			lib_attrs_changed(l, s, e);
 		pthread_mutex_unlock(&l->lock);
 		return r;
 	}
