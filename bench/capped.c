@@ -24,8 +24,10 @@
  *   - a run during which others used more than --max-other of a core
  *     (default 0.3; "others": the machine's busy time less the merger's,
  *     the workloads' and this program's) is *disturbed*: it steers the
- *     calibration only when no undisturbed run does, and is never counted
- *     (at most 4 runs more than the above are made to replace them).
+ *     calibration like any other (one within the tolerance is repeated at
+ *     the same knobs), but counts only when no undisturbed run landed
+ *     within the tolerance (at most 4 runs more than the above are made
+ *     to replace disturbed ones).
  *   - the CPU share of a run: merger CPU from the madvise until 90% of the
  *     saving, over that time. Merger CPU: ksmd's (schedstat of the kernel
  *     thread), or samepaged's (all its threads) plus the workloads'
@@ -57,7 +59,9 @@
  *       [--sleep-ms-samepage MS] [--sleep-ms-kernel MS]
  *       [--tolerance PCT] [--calib-runs N] [--start-samepage PAGES]
  *       [--start-kernel PAGES] [--max-other CORES] [--timeout SEC] [--repeat R]
- *       [--quiet-wait SEC] [--only samepage|kernel] [--summary FILE]
+ *       [--quiet-wait SEC] [--only samepage|kernel] [--trace] [--summary FILE]
+ *
+ * --trace prints every poll (time, share merged, CPU) on stderr.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -91,6 +95,7 @@ struct opts {
 	int calib_runs, timeout_s, repeat, quiet_s, only;
 	double tol;                /* relative */
 	double max_other;          /* others' CPU, in cores, a run may see */
+	int trace;                 /* print every poll on stderr */
 	long long start[2];        /* first guess of pages_to_scan, 0: derived */
 };
 
@@ -315,6 +320,14 @@ static void measure(enum mode mode, long long pages, const struct opts *o, struc
 	 * program's own. */
 	res->other_cpu_s = machine_busy_s() - busy0 - (double)(self_ns() - self0) / 1e9;
 
+	/* The curve itself: whether merging goes at the budget's pace or
+	 * stalls somewhere is read from it. */
+	for (size_t i = 0; o->trace && i < r.ns; i++)
+		fprintf(stderr, "trace %s pages_to_scan=%lld t=%.3f merged=%.1f%% cpu=%.3f "
+				"(merger %.3f scanners %.3f)\n", mode_name[mode], pages, r.s[i].t,
+			100 * r.s[i].merged / (double)r.npages, r.s[i].merger + r.s[i].scan,
+			r.s[i].merger, r.s[i].scan);
+
 	struct sample last = r.s[r.ns - 1];
 	double final = last.merged;
 	if (final > 0) {
@@ -482,20 +495,31 @@ static int disturbed(const struct result *r, const struct opts *o)
 	return r->window_s > 0 && r->other_cpu_s / r->window_s > o->max_other;
 }
 
-/* Without a calibrated run, the one nearest the target counts alone
- * (undisturbed ones first). */
+/* Without a calibrated run: the runs within the tolerance, however
+ * disturbed (the least disturbed first, --repeat of them at most), or
+ * else the one nearest the target, count; the report says so. */
 static void fall_back(struct series *s, double target, const struct opts *o)
 {
 	int best = -1;
 
-	for (int pass = 0; pass < 2 && best < 0; pass++)
-		for (int i = 0; i < s->n; i++) {
-			if (!pass && disturbed(&s->run[i], o))
-				continue;
-			if (best < 0 || dabs(s->run[i].share_pct / 100 - target) <
-					dabs(s->run[best].share_pct / 100 - target))
-				best = i;
-		}
+	while (s->ncounted < o->repeat) {
+		int pick = -1;
+		for (int i = 0; i < s->n; i++)
+			if (!s->counted[i] && within(s->run[i].share_pct, target, o->tol) &&
+			    (pick < 0 || s->run[i].other_cpu_s / s->run[i].window_s <
+						 s->run[pick].other_cpu_s / s->run[pick].window_s))
+				pick = i;
+		if (pick < 0)
+			break;
+		s->counted[pick] = 1;
+		s->ncounted++;
+	}
+	if (s->ncounted)
+		return;
+	for (int i = 0; i < s->n; i++)
+		if (best < 0 || dabs(s->run[i].share_pct / 100 - target) <
+				dabs(s->run[best].share_pct / 100 - target))
+			best = i;
 	if (best >= 0) {
 		s->counted[best] = 1;
 		s->ncounted = 1;
@@ -534,17 +558,19 @@ static void judge(struct series *s, const struct opts *o, double target, enum mo
 		s->done = s->ncounted >= o->repeat;
 	} else if (s->n >= o->calib_runs) {
 		s->done = 1;
+	} else if (within(r->share_pct, target, o->tol)) {
+		/* Within the tolerance, but disturbed: the same knobs again,
+		 * hoping for a quieter machine. */
 	} else {
-		/* From the undisturbed runs, if any. */
+		/* From every run, disturbed ones too: their shares are noisier,
+		 * but steering by the undisturbed ones alone repeated the same
+		 * knobs for as long as others kept the machine busy. */
 		double p[MAX_RUNS], sh[MAX_RUNS];
-		int n = 0;
-		for (int pass = 0; pass < 2 && !n; pass++)
-			for (int i = 0; i < s->n; i++)
-				if (pass || !disturbed(&s->run[i], o)) {
-					p[n] = s->run[i].pages;
-					sh[n++] = s->run[i].share_pct / 100;
-				}
-		s->pages = next_pages(mode, p, sh, n, target);
+		for (int i = 0; i < s->n; i++) {
+			p[i] = s->run[i].pages;
+			sh[i] = s->run[i].share_pct / 100;
+		}
+		s->pages = next_pages(mode, p, sh, s->n, target);
 	}
 	if (s->n >= max_runs)
 		s->done = 1;
@@ -625,8 +651,10 @@ static void report(const struct opts *o, double target, struct series ser[2], co
 			continue;
 		if (!ser[m].calibrated)
 			printf("NOTE: %s never came within %.0f%% of %d%% of a core undisturbed in %d "
-			       "runs; the run nearest to it is reported\n", mode_name[m],
-			       o->tol * 100, pct, ser[m].n);
+			       "runs; reported: %s\n", mode_name[m], o->tol * 100, pct, ser[m].n,
+			       within(med[m].share_pct, target, o->tol) ?
+			       "runs within it, though others disturbed them" :
+			       "the run nearest to it");
 		else if (ser[m].ncounted < o->repeat)
 			printf("NOTE: %s: only %d of %d runs at the calibrated knobs were undisturbed "
 			       "(others used more than %.2f of a core)\n", mode_name[m],
@@ -662,7 +690,7 @@ static void usage(void)
 			"[--sleep-ms-samepage MS] [--sleep-ms-kernel MS] [--tolerance PCT] "
 			"[--calib-runs N] [--start-samepage PAGES] [--start-kernel PAGES] "
 			"[--max-other CORES] [--timeout SEC] [--repeat R] [--quiet-wait SEC] "
-			"[--only samepage|kernel] [--summary FILE]\n");
+			"[--only samepage|kernel] [--trace] [--summary FILE]\n");
 	exit(2);
 }
 
@@ -689,6 +717,10 @@ static void parse(int argc, char **argv, struct opts *o)
 			usage();
 		if (c)
 			continue;
+		if (!strcmp(argv[i], "--trace")) {
+			o->trace = 1;
+			continue;
+		}
 		if (i + 1 >= argc)
 			usage();
 		if (!strcmp(argv[i], "--mib"))
