@@ -13,11 +13,16 @@
 #   remerge      2 x 64 MiB merged, every other page of both copies rewritten
 #                alike, 5 rounds (quick: 3), in 1 process and in 2: time until
 #                merged again, VMAs added (issue 10)
+#   capped       2 x 256 MiB (quick: 64) with both mergers held to 10% and 25%
+#                of one core, pages_to_scan calibrated by measured CPU: time
+#                to 90% of the saving at equal CPU (issue 12); median of
+#                $CAPPED_REPEAT runs at the calibrated knobs
 # then one table: target, samepage, kernel KSM, ratio, wanted, met.
 #
 #   sudo bench/run.sh [--quick] [--soak] [--table SUMMARY]
 #
-# --quick: 2 x 256 MiB instead of 512, 1 run, mixed 4 x 128 MiB (checks the
+# --quick: 2 x 256 MiB instead of 512, 1 run, mixed 4 x 128 MiB, capped
+# 2 x 64 MiB with 1 run per share at the calibrated knobs (checks the
 # pipeline; the targets are stated for the full sizes), and the soak's
 # --quick. --soak: the soak too, after the rest (50 generations: about
 # 25 minutes more; with --quick 10 generations, about 4).
@@ -26,7 +31,9 @@
 # Environment: REPEAT (default 3), QUIET_WAIT (seconds each run waits at most
 # for an idle machine, default 10), VMA_HANDFUL (VMAs merging may add to a
 # process and still be "a handful", default 32), KEEP_SUMMARY=FILE (keep the
-# raw key/value lines), SOAK_GENERATIONS (default 50, with --quick 10).
+# raw key/value lines), SOAK_GENERATIONS (default 50, with --quick 10),
+# CAPPED_SHARES (% of one core, default 10,25), CAPPED_REPEAT (runs at the
+# calibrated knobs, default 2, with --quick 1).
 #
 # The programs switch kernel KSM off and restore the knobs they changed even
 # on errors and signals; this script does it once more should one not finish
@@ -34,11 +41,11 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-big=512 mixed_mib=256 repeat=${REPEAT:-3} rounds=5 table_only= quick= soak=
+big=512 mixed_mib=256 repeat=${REPEAT:-3} rounds=5 table_only= quick= soak= capped_mib=256
 usage() { echo "usage: sudo bench/run.sh [--quick] [--soak] [--table SUMMARY]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
 	case $1 in
-	--quick) big=256 mixed_mib=128 repeat=1 rounds=3 quick=--quick; shift ;;
+	--quick) big=256 mixed_mib=128 repeat=1 rounds=3 quick=--quick capped_mib=64; shift ;;
 	--soak) soak=1; shift ;;
 	--table) [ $# -ge 2 ] || usage; table_only=$2; shift 2 ;;
 	*) usage ;;
@@ -47,10 +54,13 @@ done
 soak_gens=${SOAK_GENERATIONS:-$([ -n "$quick" ] && echo 10 || echo 50)}
 quiet=${QUIET_WAIT:-10}
 handful=${VMA_HANDFUL:-32}
+capped_shares=${CAPPED_SHARES:-10,25}
+capped_repeat=${CAPPED_REPEAT:-$([ -n "$quick" ] && echo 1 || echo 2)}
 
 # The table from the summary lines in $1. Ratios are samepage / kernel KSM.
 table() {
-awk -v big="$big" -v mixed="$mixed_mib" -v handful="$handful" '
+awk -v big="$big" -v mixed="$mixed_mib" -v handful="$handful" -v capped_mib="$capped_mib" \
+	-v capped_shares="$capped_shares" '
 function have(key) { return (key in sp) && sp[key] != "-" && (key in kn) && kn[key] != "-" }
 function num(x) { return x + 0 }
 function fmt(x) { return x == "" ? "-" : sprintf(x >= 100 || x <= -100 ? "%.0f" : "%.3g", x) }
@@ -98,7 +108,7 @@ function v(arr, key) { return (key in arr) && arr[key] != "-" ? arr[key] : "" }
 { sp[$1] = $2; kn[$1] = $3 }
 END {
 	c = "cmp" big "."
-	printf "\n%-46s %-6s | %9s | %9s | %7s | %-22s | %s\n", "target (issues 3, 10)", "unit", "samepage", "kernel", "sp/kern", "wanted", "met"
+	printf "\n%-46s %-6s | %9s | %9s | %7s | %-22s | %s\n", "target (issues 3, 10, 12)", "unit", "samepage", "kernel", "sp/kern", "wanted", "met"
 	print "----------------------------------------------------------------------------------------------------------------------"
 	line("wall time until 2 x " big " MiB merged", "s", v(sp, c "merge_s"), v(kn, c "merge_s"), "ratio<=", 1/3, "<= 1/3 of kernel")
 	line("mixed 4 x " mixed " MiB: time to 99% of final saving", "s", v(sp, "mixed.t99_s"), v(kn, "mixed.t99_s"), "ratio<=", 1/3, "<= 1/3 of kernel")
@@ -131,6 +141,13 @@ END {
 	line("re-merge after scattered rewrite, 2 processes", "s", v(sp, "remerge.two.time_s"), v(kn, "remerge.two.time_s"), "ratio<=", 2, "<= 2 x kernel")
 	line("VMAs added by re-merge, 1 process", "count", v(sp, "remerge.one.vmas_added"), v(kn, "remerge.one.vmas_added"), "sp<=", handful, "a handful (<= " handful ")")
 	line("VMAs added by re-merge, 2 processes (per proc)", "count", v(sp, "remerge.two.vmas_added"), v(kn, "remerge.two.vmas_added"), "sp<=", handful, "a handful (<= " handful ")")
+	# Issue 12: both mergers held to the same CPU share (bench/capped.c).
+	ncap = split(capped_shares, cap, ",")
+	for (ci = 1; ci <= ncap; ci++) {
+		cp = "capped" cap[ci] "."
+		line("time to 90% at equal CPU (" cap[ci] "% of a core)", "s", v(sp, cp "t90_s"), v(kn, cp "t90_s"), "ratio<=", 0.5, "<= 1/2 of kernel")
+		line("  CPU share used until then", "%", v(sp, cp "share_pct"), v(kn, cp "share_pct"), "info", 0, "both within 10% of " cap[ci])
+	}
 	print ""
 	line("info: merged (2 x " big " MiB)", "%", v(sp, c "merged_pct"), v(kn, c "merged_pct"), "info", 0, "")
 	line("info: CPU per GiB saved, mixed load", "s/GiB", v(sp, "mixed.cpu_per_gib"), v(kn, "mixed.cpu_per_gib"), "info", 0, "")
@@ -144,6 +161,13 @@ END {
 	line("info: other CPU use, steady window", "s", v(sp, "steady.other_cpu_s"), v(kn, "steady.other_cpu_s"), "info", 0, "~0: undisturbed")
 	line("info: re-merge, first page again (1 proc)", "s", v(sp, "remerge.one.first_s"), v(kn, "remerge.one.first_s"), "info", 0, "")
 	line("info: re-merge, merger CPU while settled", "s/s", v(sp, "remerge.one.idle_cpu"), v(kn, "remerge.one.idle_cpu"), "info", 0, "")
+	for (ci = 1; ci <= ncap; ci++) {
+		cp = "capped" cap[ci] "."
+		line("info: capped " cap[ci] "%: time to 50% of the saving", "s", v(sp, cp "t50_s"), v(kn, cp "t50_s"), "info", 0, "")
+		line("info: capped " cap[ci] "%: pages_to_scan (20 ms)", "pages", v(sp, cp "pages"), v(kn, cp "pages"), "info", 0, "calibrated")
+		line("info: capped " cap[ci] "%: merger CPU until 90%", "s", v(sp, cp "cpu90_s"), v(kn, cp "cpu90_s"), "info", 0, "")
+		line("info: other CPU use, capped " cap[ci] "%", "s", v(sp, cp "other_cpu_s"), v(kn, cp "other_cpu_s"), "info", 0, "~0: undisturbed")
+	}
 	bad = 0; dist = ""; slow = 0
 	for (key in sp) {
 		if (key ~ /\.bad$/) bad += num(sp[key]) + num(kn[key])
@@ -153,6 +177,11 @@ END {
 	if (bad) printf "\nFAILURE: %d pages differed from what the workloads wrote (see above)\n", bad
 	if (dist != "") print "\nWARNING: someone else changed kernel KSM during a kernel run of:" dist "; those kernel numbers are not valid"
 	if (slow) print "\nNOTE: the mixed load did not settle within its time limit"
+	for (ci = 1; ci <= ncap; ci++) {
+		cc = "capped" cap[ci] ".calibrated"
+		if ((cc in sp) && (v(sp, cc) == "0" || v(kn, cc) == "0"))
+			print "\nNOTE: capped " cap[ci] "%: a merger never came within 10% of the share; its run nearest to it is in the table"
+	}
 	if ("soak.generations" in sp) soak_table()
 	if (v(sp, c "merged_pct") != "" && (v(sp, c "merged_pct") < 100 || v(kn, c "merged_pct") < 100)) print "\nNOTE: not everything merged in the 2 x " big " MiB runs"
 	print "\nhashing row: samepage column XXH3_64bits, kernel column XXH64 (kernel KSM'"'"'s checksum), both in user space on one core"
@@ -163,6 +192,8 @@ END {
 	print "  (b) all stores, including first writes to merged pages (COW faults: the first-write rows)"
 	print "re-merge rows: 2 x 64 MiB merged, every other page of both copies rewritten alike after 3 s untouched; median over"
 	print "  rounds of the time until every page pair shares a frame again; VMAs over the count after the first merge (bench/remerge.c)"
+	print "equal-CPU rows: 2 x " capped_mib " MiB of identical pages; each merger'"'"'s pages_to_scan (sleep_millisecs=20) calibrated until its"
+	print "  CPU (ksmd | samepaged + scanners) from the madvise until 90% of the saving is the share of one core; median time to 90% (bench/capped.c)"
 }' "$1"
 }
 
@@ -175,7 +206,7 @@ fi
 
 make -j2 build/lib/libsamepage.so build/bin/samepaged build/bin/samepage \
 	build/bench/ksm_compare build/bench/mixed build/bench/steady build/bench/hashrate \
-	build/bench/soak build/bench/remerge >/dev/null
+	build/bench/soak build/bench/remerge build/bench/capped >/dev/null
 
 KSM=/sys/kernel/mm/ksm
 knobs="pages_to_scan sleep_millisecs smart_scan"
@@ -218,6 +249,7 @@ step build/bench/hashrate --mib 1024
 # A soak that fails (wrong bytes, saving not reached, pool pages left) still
 # gets its rows in the table; the exit status says so.
 step build/bench/remerge --mib 64 --rounds "$rounds" --layout both --quiet-wait "$quiet"
+step build/bench/capped --mib "$capped_mib" --shares "$capped_shares" --repeat "$capped_repeat" --quiet-wait "$quiet"
 soak_status=0
 if [ -n "$soak" ]; then
 	step build/bench/soak $quick --generations "$soak_gens" --quiet-wait "$quiet" || soak_status=$?
