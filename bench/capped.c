@@ -412,11 +412,12 @@ static double sqrt_approx(double x)
 }
 
 /* A first guess, in pages per millisecond of sleep_millisecs per unit of
- * load(): measured here with 2 x 64 MiB (kernel: 1667 pages / 20 ms gave
- * 24% of a core; samepage: 286 gave 23%). */
+ * load(), from calibrated runs of 2 x 256 MiB on the development VM
+ * (kernel: 463 pages / 20 ms used 10% of a core, 1438 25%; samepage: 186
+ * used 9.7%). Elsewhere the search corrects it. */
 static long long first_guess(enum mode mode, double share, int sleep_ms)
 {
-	double per_ms = mode == M_KERNEL ? 250 : 60;
+	double per_ms = mode == M_KERNEL ? 210 : 90;
 
 	return clamp_pages(load(mode, share) * sleep_ms * per_ms);
 }
@@ -427,8 +428,8 @@ static long long first_guess(enum mode mode, double share, int sleep_ms)
  * halfway (geometrically) when that lands on or outside either. Before,
  * from the run nearest the target: load() proportional to pages_to_scan,
  * at most 4 x or 1/4 of its pages per step (a disturbed run must not send
- * the search far off). A value tried already is never proposed again: a
- * repeat at the same knobs teaches the search nothing. */
+ * the search far off), and at least 5% away from any value tried: a
+ * repeat at the same knobs would teach the search little. */
 static long long next_pages(enum mode mode, const double *pages, const double *share, int n,
 			    double target)
 {
