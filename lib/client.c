@@ -830,6 +830,7 @@ static int fetch_seg(struct lib *l, uint32_t seg)
 	}
 	v->fd = m.fd;
 	v->ino = st.st_ino;
+	l->had_segments = 1;
 	return 0;
 }
 
@@ -852,6 +853,7 @@ int client_zero_fd(struct lib *l)
 	}
 	l->zero_fd = m.fd;
 	l->zero_ino = st.st_ino;
+	l->had_segments = 1;
 	return m.fd;
 }
 

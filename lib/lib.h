@@ -188,6 +188,10 @@ struct lib {
 	int zero_fd;               /* else zero pages map the daemon's zero segment */
 	uint64_t zero_hash;        /* XXH3 of an all-zero page */
 	uint64_t zero_ino;
+	/* A segment (pool or zero) was ever fetched, here or in a parent
+	 * before fork: only then can a pool mapping be anywhere in us, and
+	 * merge_discard_moved() has anything to look for. */
+	int had_segments;
 
 	int pipe_wr;               /* page pipe to the daemon (C_PIPE), -1: none yet */
 	uint32_t pipe_pages;       /* its capacity */

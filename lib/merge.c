@@ -474,6 +474,10 @@ int merge_discard_moved(struct lib *l, uintptr_t s, uintptr_t e)
 {
 	int err = 0, fresh = 0;
 
+	/* The madvise wrapper's hot path (allocators purge with DONTNEED):
+	 * no VMA queries in a process that never mapped a segment. */
+	if (!l->had_segments)
+		return 0;
 	for (uintptr_t p = s; p < e;) {
 		struct vma v;
 		int r = os_vma_query_named(l->mapsfd, p, &v);
