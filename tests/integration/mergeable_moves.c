@@ -34,14 +34,11 @@ int main(void)
 
 	tu_require_merging();
 	tu_private_daemon();
-	a = tu_map(len);
-	b = tu_map(len);
-	tu_fill(a, len, 41);
-	memcpy(b, a, len);
-	TU_CHECK(madvise(a, len, MADV_MERGEABLE) == 0 && madvise(b, len, MADV_MERGEABLE) == 0,
-		 "madvise: %s", strerror(errno));
-	TU_CHECK(tu_wait(tu_copies_merged, &(struct tu_copies){ a, b, N }, 30),
-		 "A and B did not merge within 30 s");
+	struct tu_copies ab;
+
+	tu_merge_copies(&ab, N, 41);
+	a = (unsigned char *)ab.a;
+	b = (unsigned char *)ab.b;
 
 	/* 1. Moved: still mergeable where it went. */
 	unsigned char *to = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

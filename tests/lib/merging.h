@@ -19,6 +19,9 @@ struct tu_copies {
 /* For tu_wait(): one scan pass of this process now, then 1 when every page
  * of both copies maps a pool page. */
 int tu_copies_merged(void *copies);
+/* Two fresh copies of n pages filled from seed (tu_fill), both
+ * MADV_MERGEABLE, merged (fails the test after 30 s): *c describes them. */
+void tu_merge_copies(struct tu_copies *c, size_t n, uint64_t seed);
 /* n scan passes of this process, 50 ms apart. */
 void tu_scan_passes(int n);
 
