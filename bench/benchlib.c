@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define KSM "/sys/kernel/mm/ksm/"
@@ -596,4 +598,11 @@ void report_disturbed(const char *key)
 		printf("NOTE: someone else changed kernel KSM (run or budget) while it was "
 		       "measured: the kernel's numbers are not valid\n");
 	summary(key, 0, bench.ksm.disturbed, 1, 1);
+}
+
+int bench_mergeable(enum mode mode, void *p, size_t len)
+{
+	int r = mode == M_KERNEL ? (int)syscall(SYS_madvise, p, len, MADV_MERGEABLE) :
+				   madvise(p, len, MADV_MERGEABLE); /* libsamepage's */
+	return r ? -errno : 0;
 }

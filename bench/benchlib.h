@@ -26,6 +26,9 @@
 #include "testutil.h"
 
 enum mode { M_SAMEPAGE, M_KERNEL };
+/* MADV_MERGEABLE on [p, p+len) for one merger: kernel KSM through the
+ * system call, samepage through libsamepage's madvise(). 0 or -errno. */
+int bench_mergeable(enum mode mode, void *p, size_t len);
 extern const char *const mode_name[2];
 
 /* Threads of a workload whose names start with this are the benchmark's

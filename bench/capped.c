@@ -131,10 +131,7 @@ static int worker(int rd, int wr, void *arg)
 		return 3;
 	while (tu_recv(rd, &cmd, 1) == 0) {
 		if (cmd == CMD_MADVISE) {
-			int r = w->mode == M_KERNEL ?
-				(int)syscall(SYS_madvise, p, len, MADV_MERGEABLE) :
-				madvise(p, len, MADV_MERGEABLE); /* libsamepage's */
-			r = r ? -errno : 0;
+			int r = bench_mergeable(w->mode, p, len);
 			tu_send(wr, &r, sizeof(r));
 		} else if (cmd == CMD_VERIFY) {
 			uint64_t bad = 0;

@@ -269,10 +269,7 @@ static int worker(int rd, int wr, void *arg)
 					return 6;
 				probing = 1;
 			}
-			int r = w->mode == M_KERNEL ?
-				(int)syscall(SYS_madvise, p, len, MADV_MERGEABLE) :
-				madvise(p, len, MADV_MERGEABLE); /* libsamepage's */
-			r = r ? -errno : 0;
+			int r = bench_mergeable(w->mode, p, len);
 			tu_send(wr, &r, sizeof(r));
 		} else if (cmd == CMD_STALL_STOP) {
 			uint64_t total = 0;

@@ -97,13 +97,6 @@ struct wctx {
 	int ncopies;
 };
 
-static int mark_mergeable(enum mode mode, void *p, size_t len)
-{
-	int r = mode == M_KERNEL ? (int)syscall(SYS_madvise, p, len, MADV_MERGEABLE) :
-				   madvise(p, len, MADV_MERGEABLE); /* libsamepage's */
-	return r ? -errno : 0;
-}
-
 /* Round r's new content into every copy, page by page as an application
  * updating both would; the seconds it took (the COW faults). */
 static double rewrite(unsigned char *const *copy, int ncopies, size_t npages, int r)
@@ -159,7 +152,7 @@ static int worker(int rd, int wr, void *arg)
 		if (cmd == CMD_MADVISE) {
 			int rc = 0;
 			for (int k = 0; k < w->ncopies && !rc; k++)
-				rc = mark_mergeable(w->mode, copy[k], len);
+				rc = bench_mergeable(w->mode, copy[k], len);
 			tu_send(wr, &rc, sizeof(rc));
 		} else if (cmd == CMD_REWRITE) {
 			if (tu_recv(rd, &r, sizeof(r)))
