@@ -21,7 +21,8 @@ LIBS = -lxxhash -ldl
 # One folder per part (README, "Layout"): common/ is shared by all three
 # programs, lib/ is libsamepage, daemon/ is samepaged, cli/ is samepage.
 COMMON_SRC = $(wildcard common/*.c)
-LIB_SRC = $(wildcard lib/*.c) $(COMMON_SRC)
+# conf.c (the configuration file) is the daemon's and the CLI's, not the library's.
+LIB_SRC = $(wildcard lib/*.c) $(filter-out common/conf.c,$(COMMON_SRC))
 DAEMON_SRC = $(filter-out daemon/main.c,$(wildcard daemon/*.c)) $(COMMON_SRC)
 CLI_SRC = $(wildcard cli/*.c) $(COMMON_SRC)
 TEST_LIB = tests/lib/testutil.c tests/lib/region.c

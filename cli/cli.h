@@ -73,12 +73,6 @@ int cli_parse_count(struct cli *c, const char *opt, const char *s, uint64_t min,
 int cli_help(const char *text);
 
 /* ---- daemon.c ---- */
-/* samepaged's path: $SAMEPAGE_DAEMON, else beside this program; *from
- * says which, for messages. */
-void cli_daemon_bin(char *out, size_t len, const char **from);
-/* Start the user's daemon and wait until it listens: 0 or -errno, the
- * reason told on stderr (the path tried, when it is not there). */
-int cli_start_daemon(void);
 int cmd_daemon(struct cli *c, int argc, char **argv);
 
 /* ---- connect.c ---- */
@@ -118,10 +112,27 @@ struct procs {
  * c->daemon_pid. 0 or -errno. */
 int procs_fetch(struct cli *c, struct procs *p);
 void procs_free(struct procs *p);
+
+/* ---- pidstat.c ---- */
+/* One stat file (path): its command name (comm may be NULL), state
+ * letter and utime + stime in clock ticks. 0 or -errno. */
+int proc_read_stat(const char *path, char *comm, size_t clen, char *state, uint64_t *ticks);
 /* utime + stime of a whole process, in clock ticks; -1 when gone. */
 int64_t proc_cpu_ticks(pid_t pid);
 /* One process's state letter from /proc/PID/stat, '?' when gone. */
 char proc_state(pid_t pid);
+/* CPU of the process's scanner threads, in clock ticks (0 when gone). */
+uint64_t proc_scanner_ticks(pid_t pid);
+
+/* ---- spawn.c ---- */
+/* samepaged's path: $SAMEPAGE_DAEMON, else beside this program; *from
+ * says which, for messages. */
+void cli_daemon_bin(char *out, size_t len, const char **from);
+/* The binary must be there and runnable: 0, or -errno told with the path. */
+int cli_check_daemon_bin(const char *bin, const char *from);
+/* Start the user's daemon and wait until it listens: 0 or -errno, the
+ * reason told on stderr (the path tried, when it is not there). */
+int cli_start_daemon(void);
 
 /* ---- uffd.c ---- */
 /* Whether this user can have userfaultfd; if not, say what that means

@@ -2,6 +2,7 @@
 /* conn — see conn.h. */
 #define _GNU_SOURCE
 #include "conn.h"
+#include "os.h"
 
 #include <errno.h>
 #include <string.h>
@@ -30,7 +31,7 @@ int sp_dial(const char *path, int timeout_s, int nonblock)
 	 * listen backlog is full: a daemon that is alive but not accepting). */
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		int err = -errno;
-		close(fd);
+		raw_close(fd);
 		return err;
 	}
 	return fd;
@@ -48,7 +49,7 @@ int sp_reply_check(struct sp_msg *m, uint16_t want)
 		return -EPROTO;
 	memcpy(&a, m->p, sizeof(a));
 	if (m->fd >= 0) {
-		close(m->fd);
+		raw_close(m->fd);
 		m->fd = -1;
 	}
 	if (want == D_ACK)
@@ -76,7 +77,7 @@ int sp_observe(const char *path, int timeout_s, void *buf)
 		return fd;
 	err = sp_call(fd, buf, C_HELLO, &h, sizeof(h), D_HELLO, &m);
 	if (err) {
-		close(fd);
+		raw_close(fd);
 		return err;
 	}
 	return fd;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "env.h"
+#include "os.h"
 
 /* Set-ID for another user or group: the loader runs it in secure mode. */
 static int secure(const struct stat *st)
@@ -27,7 +28,7 @@ static int has_interp(int fd, const Elf64_Ehdr *eh)
 	for (unsigned i = 0; i < eh->e_phnum; i++) {
 		Elf64_Phdr ph;
 		off_t at = (off_t)(eh->e_phoff + (uint64_t)i * eh->e_phentsize);
-		if (eh->e_phentsize < sizeof(ph) || pread(fd, &ph, sizeof(ph), at) != sizeof(ph))
+		if (eh->e_phentsize < sizeof(ph) || raw_pread(fd, &ph, sizeof(ph), at) != sizeof(ph))
 			return -ENOEXEC;
 		if (ph.p_type == PT_INTERP)
 			return 1;
@@ -39,7 +40,7 @@ int sp_exec_kind(const char *path)
 {
 	Elf64_Ehdr eh;
 	struct stat st;
-	int fd = open(path, O_RDONLY | O_CLOEXEC), err;
+	int fd = raw_open(path, O_RDONLY | O_CLOEXEC, 0), err;
 
 	if (fd < 0)
 		return -errno;
@@ -53,14 +54,14 @@ int sp_exec_kind(const char *path)
 	}
 	/* Not a 64-bit ELF (a script, a 32-bit program): not ours to judge. */
 	err = SP_EXEC_OK;
-	if (pread(fd, &eh, sizeof(eh), 0) != sizeof(eh) || memcmp(eh.e_ident, ELFMAG, SELFMAG) ||
+	if (raw_pread(fd, &eh, sizeof(eh), 0) != sizeof(eh) || memcmp(eh.e_ident, ELFMAG, SELFMAG) ||
 	    eh.e_ident[EI_CLASS] != ELFCLASS64)
 		goto out;
 	err = has_interp(fd, &eh);
 	if (err >= 0)
 		err = err ? SP_EXEC_OK : SP_EXEC_STATIC;
 out:
-	close(fd);
+	raw_close(fd);
 	return err;
 }
 

@@ -2,6 +2,7 @@
 /* log — see log.h. */
 #define _GNU_SOURCE
 #include "log.h"
+#include "os.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -10,20 +11,34 @@
 #include <time.h>
 #include <unistd.h>
 
-void sp_log(const char *fmt, ...)
+static void log_va(int fd, const char *fmt, va_list ap)
 {
 	char buf[1024];
-	va_list ap;
-	int n;
+	int n = vsnprintf(buf, sizeof(buf), fmt, ap);
 
-	va_start(ap, fmt);
-	n = vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
 	if (n > (int)sizeof(buf) - 1)
 		n = (int)sizeof(buf) - 1;
-	if (n > 0 && write(2, buf, (size_t)n) < 0) {
+	if (n > 0 && raw_write(fd, buf, (size_t)n) < 0) {
 		/* nowhere to say it */
 	}
+}
+
+void sp_log(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_va(2, fmt, ap);
+	va_end(ap);
+}
+
+void sp_log_fd(int fd, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_va(fd, fmt, ap);
+	va_end(ap);
 }
 
 /* The log's one piece of state: set once by sp_log_init(), before any

@@ -14,6 +14,8 @@
 /* Write the formatted text (the caller ends it with a newline) to stderr;
  * cut at 1 KiB. */
 void sp_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The same to descriptor fd (a stderr kept aside, for instance). */
+void sp_log_fd(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The daemon's log, by syslog priority. Lines above the level set by
  * SAMEPAGE_LOG_LEVEL (error, warning, info, debug; default info) are not

@@ -71,18 +71,18 @@ int os_uffd_open(void)
 
 	if (fault_inject("uffd"))
 		return -EPERM;
-	dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	dev = raw_open("/dev/userfaultfd", O_RDWR | O_CLOEXEC, 0);
 	if (dev >= 0) {
-		fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
-		close(dev);
+		fd = raw_ioctl(dev, USERFAULTFD_IOC_NEW, (void *)(uintptr_t)(O_CLOEXEC | O_NONBLOCK));
+		raw_close(dev);
 	}
 	if (fd < 0)
 		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 	if (fd < 0)
 		return -errno;
-	if (ioctl(fd, UFFDIO_API, &api) < 0) {
+	if (raw_ioctl(fd, UFFDIO_API, &api) < 0) {
 		int err = errno == EINVAL ? -ENOSYS : -errno;
-		close(fd);
+		raw_close(fd);
 		return err;
 	}
 	return fd;
@@ -95,11 +95,11 @@ int os_uffd_freeze(int uffd, uintptr_t a, size_t len)
 					  .mode = UFFDIO_WRITEPROTECT_MODE_WP };
 	struct uffdio_range r = { a, len };
 
-	if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0)
+	if (raw_ioctl(uffd, UFFDIO_REGISTER, &reg) < 0)
 		return -errno;
-	if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) < 0) {
+	if (raw_ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) < 0) {
 		int err = -errno;
-		ioctl(uffd, UFFDIO_UNREGISTER, &r);
+		raw_ioctl(uffd, UFFDIO_UNREGISTER, &r);
 		return err;
 	}
 	return 0;
@@ -109,14 +109,14 @@ int os_uffd_unprotect(int uffd, uintptr_t a, size_t len)
 {
 	struct uffdio_writeprotect wp = { .range = { a, len }, .mode = 0 };
 
-	return sys_ret(ioctl(uffd, UFFDIO_WRITEPROTECT, &wp));
+	return sys_ret(raw_ioctl(uffd, UFFDIO_WRITEPROTECT, &wp));
 }
 
 int os_uffd_thaw(int uffd, uintptr_t a, size_t len)
 {
 	struct uffdio_range r = { a, len };
-	int err = sys_ret(ioctl(uffd, UFFDIO_WAKE, &r));
-	int err2 = sys_ret(ioctl(uffd, UFFDIO_UNREGISTER, &r));
+	int err = sys_ret(raw_ioctl(uffd, UFFDIO_WAKE, &r));
+	int err2 = sys_ret(raw_ioctl(uffd, UFFDIO_UNREGISTER, &r));
 
 	/* Unregistering wakes too; a writer may only be left blocked when both fail. */
 	return err && err2 ? err2 : 0;
@@ -127,7 +127,7 @@ int os_pagemap(int pmfd, uintptr_t a, size_t n, uint64_t *out)
 	size_t want = n * sizeof(uint64_t), got = 0;
 
 	while (got < want) {
-		ssize_t r = pread(pmfd, (char *)out + got, want - got,
+		ssize_t r = raw_pread(pmfd, (char *)out + got, want - got,
 				  (off_t)(a / SP_PAGE * sizeof(uint64_t) + got));
 		if (r < 0 && errno == EINTR)
 			continue;
@@ -165,7 +165,7 @@ int os_has_zero_page(int pmfd)
 	if ((void *)p == MAP_FAILED)
 		return 1;
 	(void)p[0]; /* a read fault: the zero page, where there is one */
-	n = ioctl(pmfd, SP_PAGEMAP_SCAN, &arg);
+	n = raw_ioctl(pmfd, SP_PAGEMAP_SCAN, &arg);
 	os_munmap((void *)p, SP_PAGE);
 	return n != 0; /* 1 region: it is the zero page; -1: cannot tell */
 }
@@ -181,7 +181,7 @@ uintptr_t os_next_present(int pmfd, uintptr_t a, uintptr_t e)
 		.category_anyof_mask = SP_PAGE_IS_PRESENT | SP_PAGE_IS_SWAPPED,
 		.return_mask = SP_PAGE_IS_PRESENT | SP_PAGE_IS_SWAPPED,
 	};
-	long n = ioctl(pmfd, SP_PAGEMAP_SCAN, &arg);
+	long n = raw_ioctl(pmfd, SP_PAGEMAP_SCAN, &arg);
 
 	if (n < 0)
 		return a;
@@ -200,7 +200,7 @@ long os_written_anon(int pmfd, uintptr_t a, uintptr_t e, uintptr_t *start, uintp
 		.category_inverted = SP_PAGE_IS_PFNZERO | SP_PAGE_IS_FILE,
 		.return_mask = SP_PAGE_IS_PRESENT,
 	};
-	long n = ioctl(pmfd, SP_PAGEMAP_SCAN, &arg);
+	long n = raw_ioctl(pmfd, SP_PAGEMAP_SCAN, &arg);
 
 	if (n < 0)
 		return -errno;
@@ -365,7 +365,7 @@ int os_parse_vmas(struct vma_list *l, const char *text, size_t len)
 /* One read of the whole file, a buffer of whole lines at a time. */
 static int read_vmas_once(struct vma_list *l, char *buf, size_t buflen)
 {
-	int fd = open("/proc/self/smaps", O_RDONLY | O_CLOEXEC);
+	int fd = raw_open("/proc/self/smaps", O_RDONLY | O_CLOEXEC, 0);
 	size_t have_bytes = 0;
 	int err = 0;
 
@@ -374,7 +374,7 @@ static int read_vmas_once(struct vma_list *l, char *buf, size_t buflen)
 	l->n = 0;
 	l->total = 0;
 	for (;;) {
-		ssize_t r = read(fd, buf + have_bytes, buflen - have_bytes - 1);
+		ssize_t r = raw_read(fd, buf + have_bytes, buflen - have_bytes - 1);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0) {
@@ -393,7 +393,7 @@ static int read_vmas_once(struct vma_list *l, char *buf, size_t buflen)
 		if (r == 0)
 			break;
 	}
-	close(fd);
+	raw_close(fd);
 	return err;
 }
 
@@ -448,7 +448,7 @@ int os_vma_query(int mapsfd, uintptr_t a, struct vma *v)
 {
 	struct sp_procmap_query q = { .size = sizeof(q), .query_addr = a };
 
-	if (ioctl(mapsfd, SP_PROCMAP_QUERY, &q) < 0)
+	if (raw_ioctl(mapsfd, SP_PROCMAP_QUERY, &q) < 0)
 		return -errno;
 	vma_from_query(&q, v);
 	return 0;
@@ -461,7 +461,7 @@ int os_vma_query_named(int mapsfd, uintptr_t a, struct vma *v)
 				      .vma_name_addr = (uintptr_t)name,
 				      .vma_name_size = sizeof(name) };
 
-	if (ioctl(mapsfd, SP_PROCMAP_QUERY, &q) < 0) {
+	if (raw_ioctl(mapsfd, SP_PROCMAP_QUERY, &q) < 0) {
 		/* A longer name is not one of ours. */
 		if (errno == ENAMETOOLONG)
 			return os_vma_query(mapsfd, a, v);
@@ -528,12 +528,12 @@ int os_thread_nicer(int inc)
 void os_coredump_private_file(void)
 {
 	char buf[32];
-	int fd = open("/proc/self/coredump_filter", O_RDWR | O_CLOEXEC);
+	int fd = raw_open("/proc/self/coredump_filter", O_RDWR | O_CLOEXEC, 0);
 	ssize_t n;
 
 	if (fd < 0)
 		return;
-	n = read(fd, buf, sizeof(buf) - 1);
+	n = raw_read(fd, buf, sizeof(buf) - 1);
 	if (n > 0) {
 		buf[n] = 0;
 		unsigned long f = strtoul(buf, NULL, 16) | 0x4; /* bit 2: private file-backed */
@@ -542,17 +542,17 @@ void os_coredump_private_file(void)
 			/* best effort: a read-only /proc leaves cores without merged pages */
 		}
 	}
-	close(fd);
+	raw_close(fd);
 }
 
 size_t os_max_map_count(void)
 {
 	char buf[32];
-	int fd = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
-	ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+	int fd = raw_open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC, 0);
+	ssize_t n = fd >= 0 ? raw_read(fd, buf, sizeof(buf) - 1) : -1;
 
 	if (fd >= 0)
-		close(fd);
+		raw_close(fd);
 	if (n <= 0)
 		return 65530;
 	buf[n] = 0;
@@ -586,7 +586,7 @@ void os_read_pages(int mem_fd, const void *addr, size_t stride, uint32_t n, unsi
 			 * (FOLL_FORCE) and fails on the latter. */
 			uintptr_t a = (uintptr_t)remote[done].iov_base;
 			got[i] = mem_fd >= 0 &&
-				 pread(mem_fd, buf + (size_t)i * SP_PAGE, SP_PAGE, (off_t)a) == SP_PAGE;
+				 raw_pread(mem_fd, buf + (size_t)i * SP_PAGE, SP_PAGE, (off_t)a) == SP_PAGE;
 			i++;
 		}
 	}
@@ -627,12 +627,12 @@ int os_marker_create(int *fd, uintptr_t *addr)
 		return -errno;
 	if (ftruncate(f, SP_PAGE) < 0) {
 		err = -errno;
-		close(f);
+		raw_close(f);
 		return err;
 	}
 	err = os_marker_map(f, addr);
 	if (err) {
-		close(f);
+		raw_close(f);
 		return err;
 	}
 	*fd = f;

@@ -10,7 +10,10 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <fcntl.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 /* Raw system calls for the mappings samepage makes itself. The library
  * exports mmap, munmap, mremap and madvise to interpose them; its own calls
@@ -21,6 +24,42 @@ int os_munmap(void *a, size_t len);
 int os_mprotect(void *a, size_t len, int prot);
 void *os_mremap(void *old, size_t oldlen, size_t len, int flags, void *new_addr);
 int os_madvise(void *a, size_t len, int advice);
+
+/* The descriptor calls of everything linked into libsamepage (lib/ and
+ * common/). The library exports open, read, pread, write, close and ioctl
+ * to serve the KSM files and to see an application's own userfaultfd
+ * (lib/preload_files.c, lib/preload.c); its own calls must reach the
+ * kernel, not those wrappers, or calls would run upward. They stand in for
+ * libc's one for one, so they keep libc's convention: -1 and errno. */
+static inline int raw_open(const char *path, int flags, mode_t mode)
+{
+	return (int)syscall(SYS_openat, AT_FDCWD, path, flags, mode);
+}
+
+static inline int raw_close(int fd)
+{
+	return (int)syscall(SYS_close, fd);
+}
+
+static inline ssize_t raw_read(int fd, void *buf, size_t n)
+{
+	return syscall(SYS_read, fd, buf, n);
+}
+
+static inline ssize_t raw_pread(int fd, void *buf, size_t n, off_t off)
+{
+	return syscall(SYS_pread64, fd, buf, n, off);
+}
+
+static inline ssize_t raw_write(int fd, const void *buf, size_t n)
+{
+	return syscall(SYS_write, fd, buf, n);
+}
+
+static inline int raw_ioctl(int fd, unsigned long req, void *arg)
+{
+	return (int)syscall(SYS_ioctl, fd, req, arg);
+}
 
 /* Open a userfaultfd able to write-protect anonymous and shmem memory:
  * /dev/userfaultfd first (works for its group/others when readable), then

@@ -12,6 +12,7 @@
 #include <xxhash.h>
 
 #include "num.h"
+#include "os.h"
 
 int sp_sendv(int sock, uint16_t type, const void *a, uint32_t alen,
 	     const void *b, uint32_t blen)
@@ -98,11 +99,11 @@ static int take_cmsgs(struct msghdr *mh, struct sp_msg *m)
 			if (nfds++ == 0)
 				m->fd = fd;
 			else
-				close(fd);
+				raw_close(fd);
 		}
 	}
 	if (nfds > 1 && m->fd >= 0) {
-		close(m->fd);
+		raw_close(m->fd);
 		m->fd = -1;
 	}
 	return nfds > 1 ? -EPROTO : 0; /* no message carries more than one */
@@ -138,13 +139,13 @@ int sp_recv(int sock, void *buf, struct sp_msg *m)
 	m->p = (unsigned char *)buf + sizeof(m->h);
 	if (m->fd >= 0 && m->h.type != D_SEG && m->h.type != C_PIPE && m->h.type != C_HELLO &&
 	    m->h.type != C_FORK && m->h.type != C_MARKER) {
-		close(m->fd); /* only these carry a descriptor */
+		raw_close(m->fd); /* only these carry a descriptor */
 		m->fd = -1;
 	}
 	return 0;
 bad:
 	if (m->fd >= 0)
-		close(m->fd);
+		raw_close(m->fd);
 	m->fd = -1;
 	return -EPROTO;
 }

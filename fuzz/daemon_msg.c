@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * libFuzzer target: the daemon's message handling (daemon.c, proto.c,
+ * libFuzzer target: the daemon's message handling (daemon/requests.c and
+ * what it calls: lookup.c, move.c, sets.c, common/proto.c,
  * pool.c, index.c, refs.c, map.c), in process.
  *
  * Each input is one conversation with a fresh daemon (samepaged_init(): no

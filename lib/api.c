@@ -91,9 +91,9 @@ static void lib_create(void)
 	pthread_cond_init(&l->wake, NULL);
 	l->stack = arena_alloc(ar, STACK_BYTES);
 	l->zpage = arena_alloc(ar, SP_PAGE);
-	l->pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	l->mem_fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
-	l->mapsfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	l->pmfd = raw_open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC, 0);
+	l->mem_fd = raw_open("/proc/self/mem", O_RDONLY | O_CLOEXEC, 0);
+	l->mapsfd = raw_open("/proc/self/maps", O_RDONLY | O_CLOEXEC, 0);
 	/* Each part sets up its own state (lib.h): no part sizes another's. */
 	if (!l->stack || !l->zpage || l->pmfd < 0 || l->mapsfd < 0 || client_init(l) ||
 	    track_init(l) || chunk_init(l) || defrag_init(l) || merge_init(l) ||
@@ -113,7 +113,7 @@ static void lib_create(void)
 	if (lib_inherit_domain(l) < 0) {
 		warn_domain();
 		if (l->uffd >= 0)
-			close(l->uffd);
+			raw_close(l->uffd);
 		l->uffd = -EINVAL;
 	}
 #if !defined(__SANITIZE_THREAD__)
@@ -135,21 +135,6 @@ struct lib *lib_get(void)
 struct lib *lib_peek(void)
 {
 	return __atomic_load_n(&the_lib, __ATOMIC_ACQUIRE);
-}
-
-void lib_lock(struct lib *l)
-{
-	if (pthread_mutex_trylock(&l->lock) == 0)
-		return;
-	__atomic_add_fetch(&l->waiters, 1, __ATOMIC_RELAXED);
-	pthread_mutex_lock(&l->lock);
-	__atomic_sub_fetch(&l->waiters, 1, __ATOMIC_RELAXED);
-}
-
-void lib_kick(struct lib *l)
-{
-	l->kick = 1;
-	pthread_cond_broadcast(&l->wake);
 }
 
 /* lock held */
@@ -578,10 +563,10 @@ static void wait_detached(struct lib *l, struct fork_kid *k)
 		l->keep_refs = 1; /* we cannot know when it is done */
 		return;
 	}
-	close(k->done[1]);
-	while (read(k->done[0], &st, 1) < 0 && errno == EINTR)
+	raw_close(k->done[1]);
+	while (raw_read(k->done[0], &st, 1) < 0 && errno == EINTR)
 		;
-	close(k->done[0]);
+	raw_close(k->done[0]);
 	/* No byte: it died, and maps nothing now. */
 	if (st == 2)
 		l->keep_refs = 1;
@@ -602,25 +587,25 @@ void lib_atfork_child(struct lib *l, struct fork_kid *k)
 	pthread_cond_init(&l->wake, NULL);
 	/* The parent's userfaultfd belongs to the parent's mm. */
 	if (l->uffd >= 0)
-		close(l->uffd);
+		raw_close(l->uffd);
 	l->uffd = os_uffd_open();
 	/* /proc/self/... named the parent when it was opened. */
-	close(l->pmfd);
-	close(l->mapsfd);
+	raw_close(l->pmfd);
+	raw_close(l->mapsfd);
 	if (l->mem_fd >= 0)
-		close(l->mem_fd);
-	l->pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	l->mapsfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-	l->mem_fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+		raw_close(l->mem_fd);
+	l->pmfd = raw_open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC, 0);
+	l->mapsfd = raw_open("/proc/self/maps", O_RDONLY | O_CLOEXEC, 0);
+	l->mem_fd = raw_open("/proc/self/mem", O_RDONLY | O_CLOEXEC, 0);
 	ksmfile_atfork_child(l);
 	if (k->mode == KID_DETACH) {
 		unsigned char st = merge_detach_all(l) == 0 ? 1 : 2;
-		if (k->done[1] >= 0 && write(k->done[1], &st, 1) != 1) {
+		if (k->done[1] >= 0 && raw_write(k->done[1], &st, 1) != 1) {
 			/* the parent then counts us as failed or dead: it keeps its references */
 		}
 		if (k->done[0] >= 0) {
-			close(k->done[0]);
-			close(k->done[1]);
+			raw_close(k->done[0]);
+			raw_close(k->done[1]);
 		}
 	}
 	client_fork_child(l, k);

@@ -179,7 +179,7 @@ int client_observer(struct lib *l, int timeout_s, void *buf)
 	 * so in its C_HELLO, on a blocking socket of its own. */
 	if (fd < 0)
 		return fd;
-	close(fd);
+	raw_close(fd);
 	err = sp_socket_path_at(&l->where, path, sizeof(path));
 	return err ? err : sp_observe(path, timeout_s, buf);
 }
@@ -221,7 +221,7 @@ int client_init(struct lib *l)
 static void conn_lost(struct lib *l)
 {
 	if (l->sock >= 0)
-		close(l->sock);
+		raw_close(l->sock);
 	l->sock = -1;
 	l->ready = 0;
 	l->nexpect = 0;
@@ -237,12 +237,12 @@ static void refs_died(struct lib *l)
 	if (l->refs_lost)
 		l->refs_lost(l); /* scan.c: entries forget their pool pages */
 	if (l->zero_fd >= 0)
-		close(l->zero_fd);
+		raw_close(l->zero_fd);
 	l->zero_fd = -1;
 	for (uint32_t s = 0; s < SP_MAX_SEGS; s++) {
 		struct segview *v = &l->segs[s];
 		if (v->fd >= 0)
-			close(v->fd);
+			raw_close(v->fd);
 		v->fd = -1;
 		v->refs = 0;
 	}
@@ -303,11 +303,11 @@ static void own_marker(struct lib *l)
 	struct sp_fork f = { 0 };
 	if (sp_sendmsg(l->sock, C_MARKER, &f, sizeof(f), fd, MSG_DONTWAIT)) {
 		os_munmap((void *)addr, SP_PAGE);
-		close(fd);
+		raw_close(fd);
 		return;
 	}
 	os_munmap((void *)l->marker_addr, SP_PAGE);
-	close(l->marker_fd);
+	raw_close(l->marker_fd);
 	l->marker_fd = fd;
 	l->marker_addr = addr;
 	l->marker_shared = 0;
@@ -339,7 +339,7 @@ static void queue(struct lib *l, uint8_t kind, uint32_t id)
 static void settle_stale(struct lib *l, uint8_t fate, struct sp_msg *m)
 {
 	if (m->fd >= 0)
-		close(m->fd);
+		raw_close(m->fd);
 	if (m->h.type == D_ACK)
 		return;
 	if (fate == R_UNREF) {
@@ -482,8 +482,8 @@ int client_call_fd(struct lib *l, uint16_t type, const void *req, uint32_t len, 
 	err = sp_sendmsg(l->sock, type, req, len, fd, MSG_DONTWAIT);
 	if (err) {
 		if (err != -EAGAIN)
-			conn_lost(l);
-		return err == -EAGAIN ? -EAGAIN : -ENOTCONN;
+			conn_lost(l); /* and err says why: EPIPE, EMSGSIZE... */
+		return err;
 	}
 	/* What a fork child's copy (C_FORK) was taken from is stale now. */
 	if (type == C_LOOKUP || type == C_CREATE || type == C_HINTS || type == C_MOVE)
@@ -515,7 +515,7 @@ void client_flush(struct lib *l)
 {
 	while (l->sock >= 0 && l->ready && l->out_head < l->nout) {
 		int queued = 0;
-		if (ioctl(l->sock, SIOCOUTQ, &queued) == 0 && queued > l->sndbuf / 2)
+		if (raw_ioctl(l->sock, SIOCOUTQ, &queued) == 0 && queued > l->sndbuf / 2)
 			break;
 		uint8_t kind = l->out_kind[l->out_head];
 		uint32_t k = 0;
@@ -568,7 +568,7 @@ void client_cow(struct lib *l, const uint32_t *ids, uint32_t n)
 void client_forget_pipe(struct lib *l)
 {
 	if (l->pipe_wr >= 0)
-		close(l->pipe_wr);
+		raw_close(l->pipe_wr);
 	l->pipe_wr = -1;
 }
 
@@ -589,9 +589,9 @@ static int open_pipe(struct lib *l)
 	if (p.pages > SP_MAX_CREATE)
 		p.pages = SP_MAX_CREATE;
 	err = p.pages ? client_call_fd(l, C_PIPE, &p, sizeof(p), fds[0], D_ACK, &m, 0) : -EPIPE;
-	close(fds[0]);
+	raw_close(fds[0]);
 	if (err) {
-		close(fds[1]);
+		raw_close(fds[1]);
 		return err;
 	}
 	/* Never block on it: a stalled daemon must not stall us. */
@@ -618,10 +618,10 @@ static int splice_pages(struct lib *l, const struct sp_lookup_ent *e, uint32_t n
 		if (k < 0 && errno == EINTR)
 			continue;
 		if (k < 0 && errno == EFAULT && l->mem_fd >= 0 &&
-		    pread(l->mem_fd, l->abuf, SP_PAGE, (off_t)e[first].addr) == SP_PAGE) {
+		    raw_pread(l->mem_fd, l->abuf, SP_PAGE, (off_t)e[first].addr) == SP_PAGE) {
 			/* PROT_NONE: read through /proc/self/mem and copied
 			 * into the pipe (write, not vmsplice: abuf is reused). */
-			k = write(l->pipe_wr, l->abuf, SP_PAGE); /* PIPE_BUF: whole or not */
+			k = raw_write(l->pipe_wr, l->abuf, SP_PAGE); /* PIPE_BUF: whole or not */
 			if (k == SP_PAGE) {
 				done += SP_PAGE;
 				continue;
@@ -726,7 +726,7 @@ void client_fork_prepare(struct lib *l, struct fork_kid *k)
 		return;
 	}
 	if (l->kid_fd >= 0)
-		close(l->kid_fd);
+		raw_close(l->kid_fd);
 	l->kid_fd = -1;
 	if (l->sock < 0) {
 		err = conn_open(l);
@@ -749,7 +749,7 @@ void client_fork_prepare(struct lib *l, struct fork_kid *k)
 		if (err != -EAGAIN)
 			conn_lost(l);
 		os_munmap((void *)k->addr, SP_PAGE);
-		close(k->fd);
+		raw_close(k->fd);
 		k->fd = -1;
 		return;
 	}
@@ -771,7 +771,7 @@ void client_fork_child(struct lib *l, struct fork_kid *k)
 {
 	/* The connection, its pipe and its pending replies are the parent's. */
 	if (l->sock >= 0)
-		close(l->sock);
+		raw_close(l->sock);
 	l->sock = -1;
 	l->ready = 0;
 	l->nexpect = 0;
@@ -780,7 +780,7 @@ void client_fork_child(struct lib *l, struct fork_kid *k)
 	/* So is the parent's marker: we are not the parent. */
 	if (l->marker_fd >= 0) {
 		os_munmap((void *)l->marker_addr, SP_PAGE);
-		close(l->marker_fd);
+		raw_close(l->marker_fd);
 	}
 	l->marker_fd = -1;
 	l->marker_addr = 0;
@@ -796,7 +796,7 @@ void client_fork_child(struct lib *l, struct fork_kid *k)
 		l->hello_forked = 1;
 	} else {
 		if (l->kid_fd >= 0)
-			close(l->kid_fd);
+			raw_close(l->kid_fd);
 		l->out_head = l->nout = 0;
 		if (k->mode == KID_DETACH) {
 			/* merge_detach_all() gave every pool page back: nothing
@@ -825,7 +825,7 @@ static int fetch_seg(struct lib *l, uint32_t seg)
 	if (m.fd < 0)
 		return -EPROTO;
 	if (fstat(m.fd, &st) < 0) {
-		close(m.fd);
+		raw_close(m.fd);
 		return -EPROTO;
 	}
 	v->fd = m.fd;
@@ -848,7 +848,7 @@ int client_zero_fd(struct lib *l)
 		return err;
 	if (m.fd < 0 || fstat(m.fd, &st) < 0) {
 		if (m.fd >= 0)
-			close(m.fd);
+			raw_close(m.fd);
 		return -EPROTO;
 	}
 	l->zero_fd = m.fd;
@@ -879,7 +879,7 @@ void client_seg_ref(struct lib *l, uint32_t id, int delta)
 	/* Holding a segment's fd with no reference would keep a retired
 	 * segment's memory alive and could alias a new segment of that slot. */
 	if (!v->refs && v->fd >= 0) {
-		close(v->fd);
+		raw_close(v->fd);
 		v->fd = -1;
 	}
 }

@@ -55,19 +55,6 @@
  * core back to the scanners and the daemon it is waiting for. */
 #define PACE_US 1000
 
-/* This file's own descriptor calls go to the kernel directly: close and
- * pread are our wrappers too (preload_files.c), which would treat the
- * memfds being worked on as the application's. */
-static void sys_close(int fd)
-{
-	syscall(SYS_close, fd);
-}
-
-static ssize_t sys_pread(int fd, void *buf, size_t n, off_t off)
-{
-	return syscall(SYS_pread64, fd, buf, n, off);
-}
-
 static uint64_t now_us(void)
 {
 	struct timespec ts;
@@ -93,7 +80,7 @@ void ksmfile_atfork_child(struct lib *l)
 	 * its), and the lock may have been held by a thread that is gone. */
 	pthread_mutex_init(&l->kf.lock, NULL);
 	if (l->kf.sock >= 0)
-		sys_close(l->kf.sock);
+		raw_close(l->kf.sock);
 	l->kf.sock = -1;
 }
 
@@ -293,7 +280,7 @@ static int kf_call(struct lib *l, uint16_t type, const void *req, uint32_t len, 
 		err = sp_call(l->kf.sock, l->kf.buf, type, req, len, want, m);
 		if (err != -ECONNRESET && err != -EPIPE && err != -ENOTCONN)
 			return err;
-		sys_close(l->kf.sock);
+		raw_close(l->kf.sock);
 		l->kf.sock = -1;
 	}
 	return err;
@@ -421,7 +408,7 @@ static int fill(struct lib *l, int fd, const struct ksm_target *t)
 	if (pwrite(wfd, text, (size_t)n, 0) != n || ftruncate(wfd, n) < 0)
 		err = -errno;
 	if (wfd != fd)
-		sys_close(wfd);
+		raw_close(wfd);
 	return err;
 }
 
@@ -454,7 +441,7 @@ static int new_memfd(const struct ksm_target *t)
 		return -errno;
 	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL) < 0) {
 		int err = -errno;
-		sys_close(fd);
+		raw_close(fd);
 		return err;
 	}
 	return fd;
@@ -480,7 +467,7 @@ int ksmfile_open(struct lib *l, const struct ksm_target *t, int flags)
 	/* Write-only: nothing to show, and no daemon to ask yet. */
 	err = acc == O_WRONLY ? 0 : fill(l, fd, t);
 	if (err) {
-		sys_close(fd);
+		raw_close(fd);
 		return err;
 	}
 	__atomic_store_n(&l->kf.armed, 1, __ATOMIC_RELEASE);
@@ -492,7 +479,7 @@ int ksmfile_open(struct lib *l, const struct ksm_target *t, int flags)
 	/* A descriptor with the access asked for: write() on a read-only
 	 * one is EBADF, as on the kernel's file. */
 	out = reopen(fd, acc | (flags & O_CLOEXEC));
-	sys_close(fd);
+	raw_close(fd);
 	return out;
 }
 
@@ -538,8 +525,8 @@ ssize_t ksmfile_write(struct lib *l, int fd, const void *buf, size_t n, int *han
 		return -EBADF;
 	if (!n)
 		return 0; /* sysfs calls no store for nothing */
-	if (n > 4096)
-		n = 4096; /* a store sees one page at most */
+	if (n > SP_PAGE)
+		n = SP_PAGE; /* a store sees one page at most */
 	err = apply(l, &t, buf, n);
 	return err ? err : (ssize_t)n;
 }
@@ -548,20 +535,16 @@ ssize_t ksmfile_write(struct lib *l, int fd, const void *buf, size_t n, int *han
  * stderr: the program's own write succeeded long ago. */
 static void report(const struct lib *l, const struct ksm_target *t, int err)
 {
-	char name[160], msg[256];
-	int n;
+	char name[160];
 
 	target_name(t, name, sizeof(name));
-	n = snprintf(msg, sizeof(msg), "samepage: %s: %s\n", name + strlen(NAME_PREFIX),
-		     strerror(-err));
-	if (n > 0 && syscall(SYS_write, l->kf.err >= 0 ? l->kf.err : 2, msg, (size_t)n) < 0) {
-		/* nowhere left to say it */
-	}
+	sp_log_fd(l->kf.err >= 0 ? l->kf.err : 2, "samepage: %s: %s\n", name + strlen(NAME_PREFIX),
+		  strerror(-err));
 }
 
 int ksmfile_flush(struct lib *l, int fd)
 {
-	char buf[4096];
+	char buf[SP_PAGE];
 	struct ksm_target t;
 	struct stat st;
 	ssize_t n;
@@ -574,9 +557,9 @@ int ksmfile_flush(struct lib *l, int fd)
 	if (wfd < 0)
 		return wfd;
 	/* Taken once: whichever descriptor of it goes next finds it empty. */
-	n = sys_pread(wfd, buf, sizeof(buf), 0);
+	n = raw_pread(wfd, buf, sizeof(buf), 0);
 	err = n < 0 || ftruncate(wfd, 0) < 0 ? -errno : 0;
-	sys_close(wfd);
+	raw_close(wfd);
 	if (!err)
 		err = apply(l, &t, buf, (size_t)n);
 	if (err)
@@ -597,51 +580,35 @@ int ksmfile_enabled(void)
 
 /* An image exec'd with a KSM file as stdin, stdout or stderr (`cat <
  * /sys/kernel/mm/ksm/run`, `/bin/echo 1 > /sys/kernel/mm/ksm/run`) checks
- * descriptors from the start. A program writing one through stdio
- * (coreutils' echo) writes past our write() and closes it past our close()
- * at exit (close_stdout): a descriptor of our own keeps its bytes for the
- * destructor below. */
-__attribute__((constructor)) static void ksmfile_inherited(void)
+ * descriptors from the start (preload_files.c's constructor). A program
+ * writing one through stdio (coreutils' echo) writes past our write() and
+ * closes it past our close() at exit (close_stdout): a descriptor of our
+ * own keeps its bytes for ksmfile_release(). */
+void ksmfile_hold(struct lib *l, int fd)
 {
-	const char *pre = sp_env("LD_PRELOAD");
-	struct ksm_target t;
-	struct lib *l;
-
-	if (!pre || !strstr(pre, "libsamepage"))
-		return;
-	for (int fd = 0; fd < 3; fd++) {
-		if (!ksmfile_owned(fd, &t) || !(l = lib_get()))
-			continue;
-		__atomic_store_n(&l->kf.armed, 1, __ATOMIC_RELEASE);
-		l->kf.held[fd] = (fcntl(fd, F_GETFL) & O_ACCMODE) == O_WRONLY ?
-					 fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
-		/* gnulib's close_stdout closes stderr too before we can say
-		 * what went wrong. */
-		if (l->kf.held[fd] >= 0 && l->kf.err < 0)
-			l->kf.err = fcntl(2, F_DUPFD_CLOEXEC, 3);
-	}
+	__atomic_store_n(&l->kf.armed, 1, __ATOMIC_RELEASE);
+	l->kf.held[fd] = (fcntl(fd, F_GETFL) & O_ACCMODE) == O_WRONLY ?
+				 fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
+	/* gnulib's close_stdout closes stderr too before we can say what
+	 * went wrong. */
+	if (l->kf.held[fd] >= 0 && l->kf.err < 0)
+		l->kf.err = fcntl(2, F_DUPFD_CLOEXEC, 3);
 }
 
 /* Bytes left in a KSM file we hold at exit are applied before the process
- * ends (its parent, a shell, reads the file next). A refused value ends
- * the program with status 1, as its failed write would have on the
- * kernel's file. */
-__attribute__((destructor)) static void ksmfile_exit(void)
+ * ends (its parent, a shell, reads the file next). */
+int ksmfile_release(struct lib *l)
 {
-	struct lib *l = lib_peek();
 	int failed = 0;
 
-	if (!l || !ksmfile_armed(l))
-		return;
 	for (int i = 0; i < 3; i++)
 		if (l->kf.held[i] >= 0) {
 			failed |= ksmfile_flush(l, l->kf.held[i]) < 0;
-			sys_close(l->kf.held[i]);
+			raw_close(l->kf.held[i]);
 			l->kf.held[i] = -1;
 		}
 	if (l->kf.err >= 0)
-		sys_close(l->kf.err);
+		raw_close(l->kf.err);
 	l->kf.err = -1;
-	if (failed)
-		_exit(1);
+	return failed ? -EIO : 0;
 }

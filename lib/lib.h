@@ -249,7 +249,12 @@ struct lib *lib_get(void);
 struct lib *lib_peek(void);
 /* Start the scanner thread if merging is wanted and it is not running. */
 int lib_start_scanner(struct lib *l);
-void lib_kick(struct lib *l);
+/* Wake the scanner for a pass now (lock held). */
+static inline void lib_kick(struct lib *l)
+{
+	l->kick = 1;
+	pthread_cond_broadcast(&l->wake);
+}
 
 /* fork(), in api.c: lock held from prepare to parent/child. The fork()
  * and _Fork() wrappers call them; pthread_atfork handlers do for forks
@@ -290,7 +295,14 @@ int lib_unmerge_range(struct lib *l, uintptr_t s, uintptr_t e);
 
 /* Take lib.lock from an application thread (a wrapper, the API): a
  * scanner waiting on the daemon sees us and gives the lock up. */
-void lib_lock(struct lib *l);
+static inline void lib_lock(struct lib *l)
+{
+	if (pthread_mutex_trylock(&l->lock) == 0)
+		return;
+	__atomic_add_fetch(&l->waiters, 1, __ATOMIC_RELAXED);
+	pthread_mutex_lock(&l->lock);
+	__atomic_sub_fetch(&l->waiters, 1, __ATOMIC_RELAXED);
+}
 
 /* ksmfile.c: the KSM files, for preload.c's open, fopen, read and write
  * wrappers (lock not held; see ksmfile.c). */
@@ -308,6 +320,10 @@ int ksmfile_open(struct lib *l, const struct ksm_target *t, int flags);
 int ksmfile_armed(const struct lib *l);
 /* Is fd a KSM file (ours, from any process or image): 1 and *t, or 0. */
 int ksmfile_owned(int fd, struct ksm_target *t);
+/* A KSM file open as descriptor fd (0-2) at exec: served from the start;
+ * at exit, ksmfile_release() applies what is left (-EIO if refused). */
+void ksmfile_hold(struct lib *l, int fd);
+int ksmfile_release(struct lib *l);
 /* Before a read of fd at off (-1: its file offset): a KSM file read from
  * its start shows its text as it is now. 0 or -errno. */
 int ksmfile_before_read(struct lib *l, int fd, off_t off);

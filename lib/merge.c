@@ -156,7 +156,7 @@ static void read_pool_pages(struct lib *l, const struct merge_item *it, const in
 		while (j < n && fd[j] == fd[i] && it[j].id == it[j - 1].id + 1)
 			j++;
 		size_t len = (size_t)(j - i) * SP_PAGE;
-		ssize_t k = pread(fd[i], l->vbuf + (size_t)i * SP_PAGE, len,
+		ssize_t k = raw_pread(fd[i], l->vbuf + (size_t)i * SP_PAGE, len,
 				  (off_t)(it[i].id % SP_SEG_PAGES) * SP_PAGE);
 		memset(got + i, k == (ssize_t)len, j - i);
 		i = j;

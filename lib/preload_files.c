@@ -25,6 +25,7 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -376,3 +377,30 @@ EXPORT FILE *fopen(const char *path, const char *mode)
 }
 
 EXPORT FILE *fopen64(const char *path, const char *mode) __attribute__((alias("fopen")));
+
+/* ---- descriptors inherited at exec, bytes left at exit ---- */
+
+/* `cat < /sys/kernel/mm/ksm/run` or `/bin/echo 1 > .../run`: the file is
+ * already open when the image starts (ksmfile_hold()). */
+__attribute__((constructor)) static void inherited(void)
+{
+	const char *pre = sp_env("LD_PRELOAD");
+	struct ksm_target t;
+	struct lib *l;
+
+	if (!pre || !strstr(pre, "libsamepage"))
+		return;
+	for (int fd = 0; fd < 3; fd++)
+		if (ksmfile_owned(fd, &t) && (l = lib_get()))
+			ksmfile_hold(l, fd);
+}
+
+/* A refused value ends the program with status 1, as its failed write
+ * would have on the kernel's file. */
+__attribute__((destructor)) static void at_exit(void)
+{
+	struct lib *l = lib_peek();
+
+	if (l && ksmfile_armed(l) && ksmfile_release(l))
+		_exit(1);
+}
