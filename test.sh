@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and integration tests and the small versions of
 # examples/*.sh (QEMU, Redis, Python under samepage), then the tests built
-# with AddressSanitizer+UBSan and with ThreadSanitizer (side by side), then a short run of
-# the fuzz targets. Installs what is missing.
+# with AddressSanitizer+UBSan and with ThreadSanitizer and a short run of
+# the fuzz targets (side by side), then a short soak. Installs what is missing.
 set -eu
 cd "$(dirname "$0")"
 scripts/deps.sh
@@ -15,31 +15,40 @@ SAMEPAGE_TOTALS=$(mktemp)
 trap 'rm -f "$SAMEPAGE_TOTALS"' EXIT
 echo "== tests (plain build)"
 tests/run.sh build || status=1
-# The two sanitizer suites side by side: each test has a daemon of its own
+# The sanitizer suites side by side, TSan's (the slowest) in two shards,
+# with the short fuzz run beside them: each test has a daemon of its own
 # (its own socket), and the tests must stand a busy machine anyway; this
-# keeps the whole suite near ten minutes. Each suite's output is printed
-# whole once both are done.
+# keeps the whole suite near ten minutes. Each part's output is printed
+# whole once all are done.
 san_out=$(mktemp -d)
 trap 'rm -f "$SAMEPAGE_TOTALS"; rm -rf "$san_out"' EXIT
+pids=()
 SAMEPAGE_SAN=asan tests/run.sh build-asan >"$san_out/asan" 2>&1 &
-asan_pid=$!
-SAMEPAGE_SAN=tsan tests/run.sh build-tsan >"$san_out/tsan" 2>&1 &
-tsan_pid=$!
-wait "$asan_pid" || status=1
-wait "$tsan_pid" || status=1
-echo "== tests (ASan+UBSan)"
-cat "$san_out/asan"
-echo "== tests (TSan)"
-cat "$san_out/tsan"
+pids+=($!)
+SAMEPAGE_SAN=tsan SAMEPAGE_SHARD=1/2 tests/run.sh build-tsan >"$san_out/tsan1" 2>&1 &
+pids+=($!)
+SAMEPAGE_SAN=tsan SAMEPAGE_SHARD=2/2 tests/run.sh build-tsan >"$san_out/tsan2" 2>&1 &
+pids+=($!)
 # A short coverage-guided run of each fuzz target (fuzz/README.md; hours of
 # it belong to `fuzz/run.sh 3600`).
+(
+	if FUZZ_NO_MERGE=1 fuzz/run.sh 20; then
+		echo "2 0 0" >>"$SAMEPAGE_TOTALS"
+	else
+		echo "0 1 0" >>"$SAMEPAGE_TOTALS"
+		exit 1
+	fi
+) >"$san_out/fuzz" 2>&1 &
+pids+=($!)
+for p in "${pids[@]}"; do
+	wait "$p" || status=1
+done
+echo "== tests (ASan+UBSan)"
+cat "$san_out/asan"
+echo "== tests (TSan, in two shards)"
+cat "$san_out/tsan1" "$san_out/tsan2"
 echo "== fuzz (20 s per target)"
-if FUZZ_NO_MERGE=1 fuzz/run.sh 20; then
-	echo "2 0 0" >>"$SAMEPAGE_TOTALS"
-else
-	echo "0 1 0" >>"$SAMEPAGE_TOTALS"
-	status=1
-fi
+cat "$san_out/fuzz"
 # One daemon through generations of processes that merge, rewrite, fork,
 # exit and get killed (bench/soak.c; hours of it: bench/run.sh --soak).
 echo "== soak (one daemon, 2 generations)"

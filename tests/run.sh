@@ -30,14 +30,20 @@ run_one() {
 	   echo "$out" | tail -n 30 | sed 's/^/    /' ;;
 	esac
 }
+# SAMEPAGE_SHARD=K/N: only every Nth program from the Kth (test.sh runs a
+# slow suite as shards side by side).
+shard=${SAMEPAGE_SHARD:-1/1}
+shard_k=${shard%/*} shard_n=${shard#*/} i=0
 for t in "$O"/tests/unit/* "$O"/tests/integration/*; do
 	[ -x "$t" ] || continue
+	i=$((i + 1))
+	[ $(((i - 1) % shard_n)) -eq $((shard_k - 1)) ] || continue
 	name=${t#"$O"/tests/}
 	run_one "$name" "$name" "${TEST_TIMEOUT:-300}" 0 "$t"
 done
 # Shell tests (tests/*.sh: `make install` and the installed files), once:
 # the plain build, what a package ships.
-if [ -z "${SAMEPAGE_SAN:-}" ]; then
+if [ -z "${SAMEPAGE_SAN:-}" ] && [ "$shard_k" -eq 1 ]; then
 	for t in tests/*.sh; do
 		[ "$t" != tests/run.sh ] && [ -x "$t" ] || continue
 		name=${t#tests/}
@@ -47,7 +53,7 @@ fi
 # Real programs (QEMU, Redis, Python) under `samepage run`, in the small
 # versions of examples/*.sh, once: the plain build (a sanitizer-built library
 # cannot be preloaded into programs that were not built with it).
-if [ -z "${SAMEPAGE_SAN:-}" ] && [ -z "${SAMEPAGE_NO_EXAMPLES:-}" ]; then
+if [ -z "${SAMEPAGE_SAN:-}" ] && [ -z "${SAMEPAGE_NO_EXAMPLES:-}" ] && [ "$shard_k" -eq 1 ]; then
 	for t in examples/*.sh; do
 		[ -x "$t" ] || continue
 		name=${t%.sh}
@@ -56,6 +62,8 @@ if [ -z "${SAMEPAGE_SAN:-}" ] && [ -z "${SAMEPAGE_NO_EXAMPLES:-}" ]; then
 	done
 fi
 [ ${#failed[@]} -eq 0 ] || echo "failed: ${failed[*]}"
-echo "${SAMEPAGE_SAN:-plain}: $pass passed, $fail failed, $skip skipped"
+label=${SAMEPAGE_SAN:-plain}
+[ "$shard" = 1/1 ] || label="$label $shard"
+echo "$label: $pass passed, $fail failed, $skip skipped"
 [ -z "${SAMEPAGE_TOTALS:-}" ] || echo "$pass $fail $skip" >>"$SAMEPAGE_TOTALS"
 [ "$fail" -eq 0 ]

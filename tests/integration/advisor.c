@@ -314,9 +314,16 @@ static void check_cap(void)
 	printf("advisor_max_cpu=%d: scanners %.0f %%, daemon %.0f %% of one CPU; pages_to_scan "
 	       "%lld, %lld full scans\n", CAP, capped, dcapped, tu_status("pages_to_scan"),
 	       tu_status("full_scans") - scans0);
-	TU_CHECK(capped + dcapped <= CAP * 1.5 + 5,
+	/* Under a sanitizer every request costs the daemon several times its
+	 * CPU (the advisor caps the scanners' pages, not the daemon's work):
+	 * the margin grows, still far below the 45-70 % uncapped. */
+	double slack = getenv("SAMEPAGE_SAN") && *getenv("SAMEPAGE_SAN") ? 2.0 : 1.5;
+	TU_CHECK(capped + dcapped <= CAP * slack + 5,
 		 "scanners %.0f %% + daemon %.0f %% of one CPU, over the cap of %d %%", capped,
 		 dcapped, CAP);
+	TU_CHECK(capped + dcapped < free_cpu + dfree,
+		 "capped (%.0f %%) no lower than uncapped (%.0f %%)", capped + dcapped,
+		 free_cpu + dfree);
 	TU_CHECK(capped > 0, "the scanners stopped");
 	for (int i = 0; i < 2; i++)
 		stop(&c[i]);
