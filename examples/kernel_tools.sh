@@ -127,7 +127,7 @@ else
 		>"$tmp/cc.log" 2>&1 || bad "ksm_functional_tests does not build: $(tail -3 "$tmp/cc.log")"
 	# shellcheck disable=SC2086
 	gcc -O2 $inc -o "$bin/ksm_tests" "$mm/ksm_tests.c" "$mm/vm_util.c" "$mm/thp_settings.c" -lnuma \
-		>"$tmp/cc.log" 2>&1 || say "ksm_tests does not build (libnuma-dev?): $(tail -1 "$tmp/cc.log")"
+		>"$tmp/cc.log" 2>&1 || bad "ksm_tests does not build (libnuma-dev: scripts/deps.sh): $(tail -1 "$tmp/cc.log")"
 	if [ -x "$bin/ksm_functional_tests" ]; then
 		# Its own session: a child it leaves behind is killed with it.
 		(cd "$bin" && timeout -s KILL 300 setsid "$SP" run -- ./ksm_functional_tests \

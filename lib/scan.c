@@ -242,7 +242,16 @@ static int pass_locked(struct lib *l, struct pass *ps)
 		ps->have_gen = 1;
 	}
 	int64_t g = budget(l, 0, 1, ps, &wait);
-	return g < 0 ? (int)g : 0;
+	if (g < 0)
+		return (int)g;
+	/* Hints name pages with a reference already ours (another page
+	 * matched them in the unstable index): the walk takes them after each
+	 * budget, but a process whose areas all went (unmapped) walks nothing,
+	 * and their references would stay with the daemon for good (run=2
+	 * then never finished). Taken here, those of pages gone go back. */
+	if (l->hints_waiting)
+		return chunk_hints(l, ps);
+	return 0;
 }
 
 /* SAMEPAGE_DEBUG=1: one line per pass on stderr. */

@@ -13,6 +13,8 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v fuser >/dev/null || need+=(psmisc)
 command -v bc >/dev/null || need+=(bc)
+# examples/kernel_tools.sh builds the kernel's ksm_tests.c, which links libnuma.
+[ -e /usr/include/numa.h ] || need+=(libnuma-dev)
 # tests/install.sh: man pages linted and rendered, a program built through
 # pkg-config, the daemon started by socket activation and the units
 # verified as systemd would (the package only provides these tools; it does
