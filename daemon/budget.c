@@ -42,10 +42,34 @@ static int conn_scans(const struct conn *c)
  * waited for: the unstable index must not grow stale forever. */
 #define SILENT_NS (5ull * 1000000000ull)
 
+/* Merging resumed (run back to 1): passes reported while it was stopped
+ * saw the memory as it was then, and memory madvised meanwhile may be in
+ * none of them. A new generation begins, counting no full scan, so two
+ * full scans after `echo 1 > run` are two passes over everything (the
+ * kernel's selftests wait for exactly that, then count merged pages). */
+static void resume_generation(struct samepaged *d)
+{
+	d->stopped = 0;
+	d->gen++;
+	unstable_reset(&d->ix);
+	for (struct conn *c = d->conns; c; c = c->next)
+		c->pass_done = 0;
+}
+
 void maybe_end_generation(struct samepaged *d)
 {
 	uint64_t now = now_ns();
 	int any = 0;
+
+	/* As ksmd: no full scans while merging is stopped (run 0 or 2). */
+	if (d->knobs.v[KNOB_RUN] != 1) {
+		d->stopped = 1;
+		return;
+	}
+	if (d->stopped) {
+		resume_generation(d);
+		return;
+	}
 
 	for (struct conn *c = d->conns; c; c = c->next) {
 		if (!conn_scans(c) || now - c->last_seen_ns > SILENT_NS)

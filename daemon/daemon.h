@@ -117,6 +117,7 @@ struct samepaged {
 	struct sp_knobs knobs;
 	struct advisor adv;
 	uint64_t gen;         /* unstable-index generation */
+	int stopped;          /* run was not 1 when a generation last could end */
 	uint64_t full_scans, pages_scanned, pages_skipped, total_refs;
 	/* Pool pages by their mappings (refs - cowed), kept as refs change:
 	 * pages_shared counts pages mapped at least once, pages_sharing the
