@@ -436,6 +436,9 @@ int chunk_hints(struct lib *l, struct pass *ps)
 	uint32_t drop[CHUNK_PAGES], ndrop = 0, n;
 	struct sp_msg m;
 	int err = client_call(l, C_HINTS, &q, sizeof(q), D_HINTS, &m);
+	/* Merging stopped (run 0 or 2): as ksmd, nothing merges; hints from
+	 * before the stop give their references back. */
+	int stopped = l->knobs.v[KNOB_RUN] != 1;
 
 	if (err)
 		return err;
@@ -452,7 +455,8 @@ int chunk_hints(struct lib *l, struct pass *ps)
 		if (h->id / SP_SEG_PAGES >= SP_MAX_SEGS)
 			return -EPROTO;
 		client_seg_ref(l, h->id, +1);
-		if (!e || h->addr % SP_PAGE || e->state == E_MERGED || e->state == E_ZERO) {
+		if (stopped || !e || h->addr % SP_PAGE || e->state == E_MERGED ||
+		    e->state == E_ZERO) {
 			drop[ndrop++] = h->id;
 		} else {
 			c->m[c->nm++] = (struct merge_item){ .addr = h->addr, .id = h->id };
