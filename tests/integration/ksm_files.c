@@ -62,14 +62,8 @@ static long real_value(const char *name)
 
 static int probe_failures;
 
-#define PROBE(cond, ...)                                                    \
-	do {                                                                \
-		if (!(cond)) {                                              \
-			printf("FAIL probe: " __VA_ARGS__);                 \
-			printf("\n");                                       \
-			probe_failures++;                                   \
-		}                                                           \
-	} while (0)
+/* testutil's report-and-go-on check, counted for the probe's exit status. */
+#define PROBE(cond, ...) TU_EXPECT(&probe_failures, cond, __VA_ARGS__)
 
 static int open_errno(const char *path, int flags)
 {
@@ -321,7 +315,8 @@ static void check_probe(const char *self)
 	FILE *f;
 	int st;
 
-	snprintf(cmd, sizeof(cmd), "%s run -- %s probe", tu_bin("samepage"), self);
+	/* Its FAIL lines (stderr) in the message, with its summary. */
+	snprintf(cmd, sizeof(cmd), "%s run -- %s probe 2>&1", tu_bin("samepage"), self);
 	f = popen(cmd, "r");
 	TU_CHECK(f, "popen");
 	n = fread(out, 1, sizeof(out) - 1, f);
