@@ -81,7 +81,9 @@ static void name_holders(struct cli *c)
 	}
 	for (size_t i = 0; i < p.n; i++) {
 		const struct proc *x = &p.v[i];
-		uint64_t held = x->e.st.merging_pages + x->e.st.zero_pages;
+		/* The daemon's count, not the process's last report: one stopped
+		 * between merging and its next budget request reported none. */
+		uint64_t held = x->e.refs - x->e.cowed + x->e.st.zero_pages;
 		if (!held)
 			continue;
 		fprintf(stderr, "samepage set:   pid %d (%s): %llu pages%s\n", (int)x->e.pid,

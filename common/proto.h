@@ -20,7 +20,7 @@
 
 #include "sizes.h"
 
-#define SP_PROTO_VERSION 4
+#define SP_PROTO_VERSION 5
 /* A SOCK_SEQPACKET message must fit the socket's send buffer whole
  * (net.core.wmem_default, 208 KiB here; EMSGSIZE beyond), so none exceeds
  * 72 KiB. */
@@ -34,7 +34,7 @@
 #define SP_MAX_HINTS 4096u            /* pages in one D_HINTS */
 #define SP_MAX_UNREF 16384u
 #define SP_MAX_MOVE 512u              /* pages in one C_MOVE: a scan chunk */
-#define SP_MAX_PROCS 512u             /* processes in one D_PROCS (96 bytes each) */
+#define SP_MAX_PROCS 512u             /* processes in one D_PROCS (112 bytes each) */
 #define SP_POOL_NONE 0xffffffffu      /* lookup: no match, kept in the unstable index */
 #define SP_POOL_CREATE 0xfffffffeu    /* lookup: match in the unstable index, send the page */
 /* C_UNREF: the reference dropped is one its mapper had written (C_COW). */
@@ -176,7 +176,11 @@ struct sp_proc_ent {
 	uint32_t id;        /* its connection, never reused while the daemon lives */
 	uint32_t flags;
 	uint32_t silent_ms; /* since its last budget request; UINT32_MAX: none yet */
-	struct sp_proc_stats st;
+	struct sp_proc_stats st; /* as of its last budget request */
+	/* The daemon's own count of the pool references it holds, and of
+	 * those the written ones: current even when the process stopped
+	 * between merging and reporting (st is then behind). */
+	uint64_t refs, cowed;
 };
 struct sp_procs {
 	uint32_t n;

@@ -277,6 +277,8 @@ static void proc_entry(const struct conn *c, uint64_t now, struct sp_proc_ent *e
 	e->flags = (c->unmerge_pending ? PROC_UNMERGING : 0) | (c->parked ? PROC_PARKED : 0);
 	e->silent_ms = silent > UINT32_MAX ? UINT32_MAX : (uint32_t)silent;
 	e->st = c->st;
+	e->refs = c->refs.total;
+	e->cowed = c->cowed.total;
 }
 
 static int on_procs(struct samepaged *d, struct conn *c, const struct sp_procs_req *q)

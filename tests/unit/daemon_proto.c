@@ -457,6 +457,23 @@ static void procs_req(int fd, int32_t after_pid, uint32_t after_id, struct sp_pr
 	memcpy(e, m.p + sizeof(*r), r->n * sizeof(*e));
 }
 
+/* References the daemon lists for all connections (D_PROCS' refs), and
+ * the most any one holds. */
+static uint64_t procs_refs(int fd, uint64_t *most)
+{
+	static struct sp_proc_ent e[SP_MAX_PROCS];
+	struct sp_procs r;
+	uint64_t sum = 0;
+
+	*most = 0;
+	procs_req(fd, 0, 0, &r, e);
+	for (uint32_t i = 0; i < r.n; i++) {
+		sum += e[i].refs;
+		*most = e[i].refs > *most ? e[i].refs : *most;
+	}
+	return sum;
+}
+
 #define MANY_CONNS 530
 
 static void test_procs(int g)
@@ -630,7 +647,7 @@ static void test_pages(int g)
 	static unsigned char page[PAGE];
 	int a = connect_hello(), b = connect_hello(), b2 = connect_hello();
 	uint32_t x, y, id;
-	uint64_t h;
+	uint64_t h, held, most;
 	struct sp_stat_r st;
 	struct sp_msg m;
 
@@ -651,6 +668,11 @@ static void test_pages(int g)
 	report_unshared(b2, 0);
 
 	x = create(a, page);
+	/* D_PROCS counts the references from the daemon's own sets: a process
+	 * stopped before its next budget request is still named (`set run=2`) */
+	held = procs_refs(g, &most);
+	TU_CHECK(held == 1 && most == 1, "D_PROCS after create: %llu references, %llu the most",
+		 (unsigned long long)held, (unsigned long long)most);
 	st = gstat(g);
 	TU_CHECK(st.g.pool_pages == 1 && st.g.pages_shared == 1 && st.g.pages_sharing == 0,
 		 "after create: pool %llu shared %llu sharing %llu",
@@ -661,6 +683,9 @@ static void test_pages(int g)
 	st = gstat(g);
 	TU_CHECK(st.g.pool_pages == 1 && st.g.pages_sharing == 1, "after lookup: sharing %llu",
 		 (unsigned long long)st.g.pages_sharing);
+	held = procs_refs(g, &most);
+	TU_CHECK(held == 2 && most == 1, "D_PROCS after lookup: %llu references, %llu the most",
+		 (unsigned long long)held, (unsigned long long)most);
 	unref(b2, x);
 	/* the same content created again is the same page */
 	tu_fill(page, PAGE, 4242);

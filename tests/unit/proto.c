@@ -566,8 +566,10 @@ static void test_wire(void)
 		{ "sp_budget_r.knobs", offsetof(struct sp_budget_r, knobs), 24 },
 		{ "sp_ids.id", offsetof(struct sp_ids, id), 4 },
 		{ "sp_procs_req", sizeof(struct sp_procs_req), 8 },
-		{ "sp_proc_ent", sizeof(struct sp_proc_ent), 96 },
+		{ "sp_proc_ent", sizeof(struct sp_proc_ent), 112 },
 		{ "sp_proc_ent.st", offsetof(struct sp_proc_ent, st), 16 },
+		{ "sp_proc_ent.refs", offsetof(struct sp_proc_ent, refs), 96 },
+		{ "sp_proc_ent.cowed", offsetof(struct sp_proc_ent, cowed), 104 },
 		{ "sp_procs", sizeof(struct sp_procs), 16 },
 		{ "sp_procs.e", offsetof(struct sp_procs, e), 16 },
 	};
