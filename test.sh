@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and integration tests and the small versions of
-# examples/*.sh (QEMU, Redis, Python under samepage), then the tests built
-# with AddressSanitizer+UBSan and with ThreadSanitizer and a short run of
-# the fuzz targets (side by side), then a short soak. Installs what is missing.
+# examples/*.sh (QEMU, Redis, Python under samepage), side by side, then the
+# tests built with AddressSanitizer+UBSan and with ThreadSanitizer and a short
+# run of the fuzz targets (side by side), then a short soak. Installs what is
+# missing.
 set -eu
 cd "$(dirname "$0")"
 scripts/deps.sh
@@ -12,43 +13,62 @@ make -j"$(nproc)" O=build-tsan SAN="-fsanitize=thread" all
 status=0
 export SAMEPAGE_TOTALS
 SAMEPAGE_TOTALS=$(mktemp)
-trap 'rm -f "$SAMEPAGE_TOTALS"' EXIT
-echo "== tests (plain build)"
-tests/run.sh build || status=1
-# The sanitizer suites side by side, TSan's (the slowest) in two shards,
-# with the short fuzz run beside them: each test has a daemon of its own
-# (its own socket), and the tests must stand a busy machine anyway; this
-# keeps the whole suite near ten minutes. Each part's output is printed
-# whole once all are done.
-san_out=$(mktemp -d)
-trap 'rm -f "$SAMEPAGE_TOTALS"; rm -rf "$san_out"' EXIT
-pids=()
-SAMEPAGE_SAN=asan tests/run.sh build-asan >"$san_out/asan" 2>&1 &
-pids+=($!)
-SAMEPAGE_SAN=tsan SAMEPAGE_SHARD=1/2 tests/run.sh build-tsan >"$san_out/tsan1" 2>&1 &
-pids+=($!)
-SAMEPAGE_SAN=tsan SAMEPAGE_SHARD=2/2 tests/run.sh build-tsan >"$san_out/tsan2" 2>&1 &
-pids+=($!)
-# A short coverage-guided run of each fuzz target (fuzz/README.md; hours of
-# it belong to `fuzz/run.sh 3600`).
-(
+out=$(mktemp -d)
+trap 'rm -f "$SAMEPAGE_TOTALS"; rm -rf "$out"' EXIT
+# `job NAME CMD...` starts CMD beside the others, its output kept as NAME;
+# `jobs_wait` waits for all, and each output is then printed whole. Each test has a
+# daemon of its own (its own socket), and the tests must stand a busy
+# machine anyway; this keeps the whole suite near ten minutes.
+jobs_pids=()
+job() {
+	local name=$1
+	shift
+	"$@" >"$out/$name" 2>&1 &
+	jobs_pids+=($!)
+}
+jobs_wait() {
+	for p in "${jobs_pids[@]}"; do
+		wait "$p" || status=1
+	done
+	jobs_pids=()
+}
+# Tests that change the whole machine (vm.max_map_count) first, with
+# nothing beside them (tests/run.sh's ALONE).
+echo "== tests that change the whole machine, alone (plain build)"
+SAMEPAGE_ONLY=alone tests/run.sh build || status=1
+export SAMEPAGE_NOT_ALONE=1
+# The plain build: its tests in two shards, beside the examples (QEMU,
+# Redis, Python, the kernel's own KSM tools), which mostly wait.
+job plain1 env SAMEPAGE_NO_EXAMPLES=1 SAMEPAGE_SHARD=1/2 tests/run.sh build
+job plain2 env SAMEPAGE_NO_EXAMPLES=1 SAMEPAGE_SHARD=2/2 tests/run.sh build
+job examples env SAMEPAGE_ONLY=examples tests/run.sh build
+jobs_wait
+echo "== tests (plain build, in two shards)"
+cat "$out/plain1" "$out/plain2"
+echo "== examples (plain build)"
+cat "$out/examples"
+# The sanitizer suites, TSan's (the slowest) in two shards, with a short
+# coverage-guided run of each fuzz target beside them (fuzz/README.md;
+# hours of it belong to `fuzz/run.sh 3600`).
+job asan env SAMEPAGE_SAN=asan tests/run.sh build-asan
+job tsan1 env SAMEPAGE_SAN=tsan SAMEPAGE_SHARD=1/2 tests/run.sh build-tsan
+job tsan2 env SAMEPAGE_SAN=tsan SAMEPAGE_SHARD=2/2 tests/run.sh build-tsan
+fuzz_short() {
 	if FUZZ_NO_MERGE=1 fuzz/run.sh 20; then
 		echo "2 0 0" >>"$SAMEPAGE_TOTALS"
 	else
 		echo "0 1 0" >>"$SAMEPAGE_TOTALS"
-		exit 1
+		return 1
 	fi
-) >"$san_out/fuzz" 2>&1 &
-pids+=($!)
-for p in "${pids[@]}"; do
-	wait "$p" || status=1
-done
+}
+job fuzz fuzz_short
+jobs_wait
 echo "== tests (ASan+UBSan)"
-cat "$san_out/asan"
+cat "$out/asan"
 echo "== tests (TSan, in two shards)"
-cat "$san_out/tsan1" "$san_out/tsan2"
+cat "$out/tsan1" "$out/tsan2"
 echo "== fuzz (20 s per target)"
-cat "$san_out/fuzz"
+cat "$out/fuzz"
 # One daemon through generations of processes that merge, rewrite, fork,
 # exit and get killed (bench/soak.c; hours of it: bench/run.sh --soak).
 echo "== soak (one daemon, 2 generations)"

@@ -30,20 +30,33 @@ run_one() {
 	   echo "$out" | tail -n 30 | sed 's/^/    /' ;;
 	esac
 }
+# Tests that change the whole machine (a sysctl), which nothing may run
+# beside: test.sh runs them first, on their own (SAMEPAGE_ONLY=alone), and
+# the rest side by side (SAMEPAGE_NOT_ALONE=1).
+ALONE=" integration/vma_budget "
 # SAMEPAGE_SHARD=K/N: only every Nth program from the Kth (test.sh runs a
-# slow suite as shards side by side).
+# slow suite as shards side by side). SAMEPAGE_ONLY=examples: only the
+# examples; SAMEPAGE_NO_EXAMPLES=1: all but them.
 shard=${SAMEPAGE_SHARD:-1/1}
 shard_k=${shard%/*} shard_n=${shard#*/} i=0
+only=${SAMEPAGE_ONLY:-}
+case $only in ""|examples|alone) ;;
+*) echo "SAMEPAGE_ONLY=$only: 'examples' or 'alone'" >&2; exit 2 ;;
+esac
 for t in "$O"/tests/unit/* "$O"/tests/integration/*; do
-	[ -x "$t" ] || continue
+	[ "$only" != examples ] && [ -x "$t" ] || continue
+	name=${t#"$O"/tests/}
+	case $ALONE in
+	*" $name "*) [ -z "${SAMEPAGE_NOT_ALONE:-}" ] || continue ;;
+	*) [ "$only" != alone ] || continue ;;
+	esac
 	i=$((i + 1))
 	[ $(((i - 1) % shard_n)) -eq $((shard_k - 1)) ] || continue
-	name=${t#"$O"/tests/}
 	run_one "$name" "$name" "${TEST_TIMEOUT:-300}" 0 "$t"
 done
 # Shell tests (tests/*.sh: `make install` and the installed files), once:
 # the plain build, what a package ships.
-if [ -z "${SAMEPAGE_SAN:-}" ] && [ "$shard_k" -eq 1 ]; then
+if [ -z "${SAMEPAGE_SAN:-}" ] && [ -z "$only" ] && [ "$shard_k" -eq 1 ]; then
 	for t in tests/*.sh; do
 		[ "$t" != tests/run.sh ] && [ -x "$t" ] || continue
 		name=${t#tests/}
@@ -53,7 +66,7 @@ fi
 # Real programs (QEMU, Redis, Python) under `samepage run`, in the small
 # versions of examples/*.sh, once: the plain build (a sanitizer-built library
 # cannot be preloaded into programs that were not built with it).
-if [ -z "${SAMEPAGE_SAN:-}" ] && [ -z "${SAMEPAGE_NO_EXAMPLES:-}" ] && [ "$shard_k" -eq 1 ]; then
+if [ -z "${SAMEPAGE_SAN:-}" ] && [ -z "${SAMEPAGE_NO_EXAMPLES:-}" ] && [ "$only" != alone ] && [ "$shard_k" -eq 1 ]; then
 	for t in examples/*.sh; do
 		[ -x "$t" ] || continue
 		name=${t%.sh}
@@ -64,6 +77,7 @@ fi
 [ ${#failed[@]} -eq 0 ] || echo "failed: ${failed[*]}"
 label=${SAMEPAGE_SAN:-plain}
 [ "$shard" = 1/1 ] || label="$label $shard"
+[ -z "$only" ] || label="$label, $only"
 echo "$label: $pass passed, $fail failed, $skip skipped"
 [ -z "${SAMEPAGE_TOTALS:-}" ] || echo "$pass $fail $skip" >>"$SAMEPAGE_TOTALS"
 [ "$fail" -eq 0 ]

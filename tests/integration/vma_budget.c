@@ -320,9 +320,11 @@ int main(void)
 	pid_t t;
 
 	setvbuf(stdout, NULL, _IOLBF, 0); /* nothing pending when we fork */
-	/* vm.max_map_count is the whole machine's: the sanitizer suites run
-	 * side by side (test.sh), and a lowered limit fails the other one's
-	 * tests (a fork child's mmap, seen). The plain suite runs alone. */
+	/* vm.max_map_count is the whole machine's: a lowered limit fails the
+	 * tests beside it (a fork child's mmap, seen) and stops the QEMU of
+	 * the examples. test.sh runs the plain build's copy with nothing
+	 * beside it (tests/run.sh's ALONE); the sanitizer suites, side by
+	 * side, skip it. */
 	if (getenv("SAMEPAGE_SAN") && *getenv("SAMEPAGE_SAN"))
 		tu_skip("lowers vm.max_map_count for the whole machine: plain suite only");
 	tu_require_merging();
