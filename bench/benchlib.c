@@ -606,3 +606,45 @@ int bench_mergeable(enum mode mode, void *p, size_t len)
 				   madvise(p, len, MADV_MERGEABLE); /* libsamepage's */
 	return r ? -errno : 0;
 }
+
+unsigned char *bench_map_pages(size_t npages)
+{
+	size_t len = npages * PAGE;
+	unsigned char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+				-1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	/* The raw call: libsamepage's madvise() need not see it. */
+	syscall(SYS_madvise, p, len, MADV_NOHUGEPAGE);
+	return p;
+}
+
+void bench_send(struct tu_child *c, int k, char cmd)
+{
+	if (tu_send(c[k].wr, &cmd, 1))
+		TU_FAIL("worker %d gone", k);
+}
+
+uint64_t bench_verify_all(struct tu_child *c, int n)
+{
+	uint64_t bad = 0;
+
+	for (int k = 0; k < n; k++) {
+		uint64_t b;
+		bench_send(c, k, CMD_VERIFY);
+		if (tu_recv(c[k].rd, &b, sizeof(b)))
+			TU_FAIL("worker %d died verifying", k);
+		bad += b;
+	}
+	return bad;
+}
+
+void bench_quit_all(struct tu_child *c, int n)
+{
+	for (int k = 0; k < n; k++) {
+		bench_send(c, k, CMD_QUIT);
+		if (tu_reap(&c[k]) != 0)
+			TU_FAIL("worker %d exited badly", k);
+	}
+}

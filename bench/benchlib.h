@@ -31,6 +31,23 @@ enum mode { M_SAMEPAGE, M_KERNEL };
 int bench_mergeable(enum mode mode, void *p, size_t len);
 extern const char *const mode_name[2];
 
+/* ---- the workload's processes (tu_spawn()ed, driven by one-byte commands) ---- */
+
+/* What every workload process understands; a benchmark adds letters of its
+ * own. CMD_MADVISE: bench_mergeable() on its memory, answered with an int;
+ * CMD_VERIFY: the pages that differ from what it wrote, a uint64_t;
+ * CMD_QUIT: exit 0. */
+enum { CMD_MADVISE = 'm', CMD_VERIFY = 'v', CMD_QUIT = 'q' };
+/* npages of fresh private anonymous memory in 4 KiB pages for both mergers
+ * (THP would have to be split first), or NULL. */
+unsigned char *bench_map_pages(size_t npages);
+/* cmd to workload process k of c[]; one that is gone fails the benchmark. */
+void bench_send(struct tu_child *c, int k, char cmd);
+/* CMD_VERIFY to each of c[n]: the pages that differ, all told. */
+uint64_t bench_verify_all(struct tu_child *c, int n);
+/* CMD_QUIT to each of c[n]; each must exit 0. */
+void bench_quit_all(struct tu_child *c, int n);
+
 /* Threads of a workload whose names start with this are the benchmark's
  * own (a stall probe, a rewriter): their CPU is the workload's, never
  * counted as samepage's scanner. */

@@ -106,8 +106,6 @@ static void fill_page(void *pg, size_t i)
 	tu_fill(pg, PAGE, SEED ^ (i * 0x9E3779B97F4A7C15ull));
 }
 
-enum { CMD_MADVISE = 'm', CMD_VERIFY = 'v', CMD_QUIT = 'q' };
-
 struct wctx { enum mode mode; size_t npages; };
 
 static int worker(int rd, int wr, void *arg)
@@ -119,11 +117,9 @@ static int worker(int rd, int wr, void *arg)
 	char cmd;
 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
+	p = bench_map_pages(w->npages);
+	if (!p)
 		return 2;
-	/* 4 KiB pages for both mergers (THP would have to be split first). */
-	syscall(SYS_madvise, p, len, MADV_NOHUGEPAGE);
 	for (size_t i = 0; i < w->npages; i++) /* the first touch, before any timing */
 		fill_page(p + i * PAGE, i);
 	a = (uintptr_t)p;
@@ -190,12 +186,6 @@ static void cpu_now(const struct run *r, uint64_t *merger, uint64_t *scan, uint6
 					proc_ns(sp_daemon_pid(), NULL, NULL);
 	*scan = s;
 	*main_ns = m;
-}
-
-static void send_cmd(struct run *r, int k, char cmd)
-{
-	if (tu_send(r->c[k].wr, &cmd, 1))
-		TU_FAIL("worker %d gone", k);
 }
 
 static void add_sample(struct run *r, double t, size_t merged, const uint64_t base[3])
@@ -285,7 +275,7 @@ static void measure(enum mode mode, long long pages, const struct opts *o, struc
 	if (mode == M_KERNEL && (err = ksm_start()))
 		TU_FAIL("cannot switch kernel KSM on: %s", strerror(-err));
 	for (int k = 0; k < NPROC; k++)
-		send_cmd(&r, k, CMD_MADVISE);
+		bench_send(r.c, k, CMD_MADVISE);
 	for (int k = 0; k < NPROC; k++) {
 		int rc;
 		if (tu_recv(r.c[k].rd, &rc, sizeof(rc)) || rc)
@@ -351,19 +341,10 @@ static void measure(enum mode mode, long long pages, const struct opts *o, struc
 	if (mode == M_KERNEL)
 		res->ksm_other_pages = (double)ksm_other_rmap_items(r.pids, NPROC);
 
-	for (int k = 0; k < NPROC; k++) {
-		uint64_t bad;
-		send_cmd(&r, k, CMD_VERIFY);
-		if (tu_recv(r.c[k].rd, &bad, sizeof(bad)))
-			TU_FAIL("worker %d died verifying", k);
-		res->bad += (double)bad;
-	}
-	for (int k = 0; k < NPROC; k++) {
-		send_cmd(&r, k, CMD_QUIT);
-		if (tu_reap(&r.c[k]) != 0)
-			TU_FAIL("worker %d exited badly", k);
+	res->bad = (double)bench_verify_all(r.c, NPROC);
+	bench_quit_all(r.c, NPROC);
+	for (int k = 0; k < NPROC; k++)
 		free(r.pm[k]);
-	}
 	free(r.s);
 	if (mode == M_KERNEL)
 		ksm_off();

@@ -109,8 +109,7 @@ static void fill_page(void *pg, size_t i)
 /* ---- the workload process ---- */
 
 enum {
-	CMD_MADVISE = 'm', CMD_WRITE = 'w', CMD_VERIFY = 'v', CMD_QUIT = 'q',
-	CMD_STALL_STOP = 's'
+	CMD_WRITE = 'w', CMD_STALL_STOP = 's' /* and benchlib's CMD_* */
 };
 
 /* Stall samples, in memory shared with the parent (MAP_SHARED: never
@@ -244,8 +243,8 @@ static int worker(int rd, int wr, void *arg)
 	char cmd;
 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
+	p = bench_map_pages(w->npages);
+	if (!p)
 		return 2;
 	pr.p = p;
 	if (w->stall) {
@@ -254,8 +253,6 @@ static int worker(int rd, int wr, void *arg)
 		if (pr.pmfd < 0 || pr.kpfd < 0)
 			return 7;
 	}
-	/* 4 KiB pages for both mergers (THP would have to be split first). */
-	syscall(SYS_madvise, p, len, MADV_NOHUGEPAGE);
 	for (size_t i = 0; i < w->npages; i++) /* the first touch, before any timing */
 		fill_page(p + i * PAGE, i);
 	a = (uintptr_t)p;
@@ -358,12 +355,6 @@ static uint64_t cpu_ns(const struct run *r, pid_t ksmd, uint64_t *merger, uint64
 	return *merger + s + wk;
 }
 
-static void send_cmd(struct run *r, int k, char cmd)
-{
-	if (tu_send(r->c[k].wr, &cmd, 1))
-		TU_FAIL("worker %d gone", k);
-}
-
 static void start_workers(struct run *r, struct wctx *w)
 {
 	for (int k = 0; k < NPROC; k++) {
@@ -386,7 +377,7 @@ static void start_merging(struct run *r)
 	if (r->mode == M_KERNEL && (err = ksm_start()))
 		TU_FAIL("cannot switch kernel KSM on: %s", strerror(-err));
 	for (int k = 0; k < NPROC; k++)
-		send_cmd(r, k, CMD_MADVISE);
+		bench_send(r->c, k, CMD_MADVISE);
 	for (int k = 0; k < NPROC; k++) {
 		int rc;
 		if (tu_recv(r->c[k].rd, &rc, sizeof(rc)) || rc)
@@ -510,7 +501,7 @@ static void write_each(struct run *r, const struct write_q *q, double *first, do
 	*first = *again = 0;
 	for (int k = 0; k < NPROC; k++) {
 		struct write_r wr;
-		send_cmd(r, k, CMD_WRITE);
+		bench_send(r->c, k, CMD_WRITE);
 		if (tu_send(r->c[k].wr, q, sizeof(*q)) || tu_recv(r->c[k].rd, &wr, sizeof(wr)))
 			TU_FAIL("worker %d died in the write test", k);
 		*first += wr.first_ns / NPROC;
@@ -558,21 +549,11 @@ static void write_phase(struct run *r, pid_t ksmd, const struct opts *o, struct 
 /* Verify, stop the workers, stop the merger; the number of bad pages. */
 static double finish(struct run *r, double *pool_after_exit)
 {
-	double bad = 0;
+	double bad = (double)bench_verify_all(r->c, NPROC);
 
-	for (int k = 0; k < NPROC; k++) {
-		uint64_t b;
-		send_cmd(r, k, CMD_VERIFY);
-		if (tu_recv(r->c[k].rd, &b, sizeof(b)))
-			TU_FAIL("worker %d died verifying", k);
-		bad += (double)b;
-	}
-	for (int k = 0; k < NPROC; k++) {
-		send_cmd(r, k, CMD_QUIT);
-		if (tu_reap(&r->c[k]) != 0)
-			TU_FAIL("worker %d exited badly", k);
+	bench_quit_all(r->c, NPROC);
+	for (int k = 0; k < NPROC; k++)
 		free(r->pm[k]);
-	}
 	if (r->mode == M_KERNEL) {
 		ksm_off();
 		return bad;
@@ -655,7 +636,7 @@ static void measure_stall(enum mode mode, const struct opts *o, struct result *r
 	res->stall_merged_pct = 100.0 * (double)merged / (double)r.npages;
 	for (int k = 0; k < NPROC; k++) {
 		uint64_t total;
-		send_cmd(&r, k, CMD_STALL_STOP);
+		bench_send(r.c, k, CMD_STALL_STOP);
 		if (tu_recv(r.c[k].rd, &total, sizeof(total)))
 			TU_FAIL("worker %d died stopping its probe", k);
 	}

@@ -107,7 +107,7 @@ static void fill_volatile(void *pg, int idx, size_t j, uint32_t gen)
 
 /* ---- the workload process ---- */
 
-enum { CMD_MADVISE = 'm', CMD_STOP = 's', CMD_VERIFY = 'v', CMD_QUIT = 'q' };
+enum { CMD_STOP = 's' }; /* and benchlib's CMD_* */
 
 struct wctx { enum mode mode; struct layout l; int idx, period_ms; };
 
@@ -190,13 +190,11 @@ static int worker(int rd, int wr, void *arg)
 	char cmd;
 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	p = bench_map_pages(w->l.npages);
 	rw.gen = calloc(rw.n ? rw.n : 1, sizeof(*rw.gen));
-	if (p == MAP_FAILED || !rw.gen)
+	if (!p || !rw.gen)
 		return 2;
 	rw.vol = p + w->l.zero_end * PAGE;
-	/* 4 KiB pages for both mergers (THP would have to be split first). */
-	syscall(SYS_madvise, p, len, MADV_NOHUGEPAGE);
 	for (size_t i = 0; i < w->l.npages; i++) { /* the first touch, before any timing */
 		if (i < w->l.common)
 			fill_common(p + i * PAGE, i);
@@ -309,12 +307,6 @@ static long long full_scans(enum mode mode)
 	return mode == M_KERNEL ? ksm_get("full_scans") : tu_status("full_scans");
 }
 
-static void send_cmd(struct run *r, int k, char cmd)
-{
-	if (tu_send(r->c[k].wr, &cmd, 1))
-		TU_FAIL("worker %d gone", k);
-}
-
 static double ideal_pages(const struct layout *l)
 {
 	/* The common pages once instead of NPROC times; the zero pages for
@@ -351,7 +343,7 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 		TU_FAIL("cannot switch kernel KSM on: %s", strerror(-err));
 	fs0 = full_scans(mode);
 	for (int k = 0; k < NPROC; k++)
-		send_cmd(&r, k, CMD_MADVISE);
+		bench_send(r.c, k, CMD_MADVISE);
 	for (int k = 0; k < NPROC; k++) {
 		int rc;
 		if (tu_recv(r.c[k].rd, &rc, sizeof(rc)) || rc)
@@ -431,22 +423,12 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 
 	for (int k = 0; k < NPROC; k++) {
 		char ack;
-		send_cmd(&r, k, CMD_STOP);
+		bench_send(r.c, k, CMD_STOP);
 		if (tu_recv(r.c[k].rd, &ack, 1))
 			TU_FAIL("worker %d died stopping its rewriter", k);
 	}
-	for (int k = 0; k < NPROC; k++) {
-		uint64_t bad;
-		send_cmd(&r, k, CMD_VERIFY);
-		if (tu_recv(r.c[k].rd, &bad, sizeof(bad)))
-			TU_FAIL("worker %d died verifying", k);
-		res->bad += (double)bad;
-	}
-	for (int k = 0; k < NPROC; k++) {
-		send_cmd(&r, k, CMD_QUIT);
-		if (tu_reap(&r.c[k]) != 0)
-			TU_FAIL("worker %d exited badly", k);
-	}
+	res->bad = (double)bench_verify_all(r.c, NPROC);
+	bench_quit_all(r.c, NPROC);
 	if (mode == M_KERNEL)
 		ksm_off();
 	else

@@ -89,7 +89,7 @@ static void fill_page(void *p, size_t pg, int r)
 
 /* ---- the workload process: ncopies copies of npages ---- */
 
-enum { CMD_MADVISE = 'm', CMD_REWRITE = 'r', CMD_VERIFY = 'v', CMD_QUIT = 'q' };
+enum { CMD_REWRITE = 'r' }; /* and benchlib's CMD_* */
 
 struct wctx {
 	enum mode mode;
@@ -137,11 +137,9 @@ static int worker(int rd, int wr, void *arg)
 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	for (int k = 0; k < w->ncopies; k++) {
-		copy[k] = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (copy[k] == MAP_FAILED)
+		copy[k] = bench_map_pages(w->npages);
+		if (!copy[k])
 			return 2;
-		/* 4 KiB pages for both mergers (THP would have to be split first). */
-		syscall(SYS_madvise, copy[k], len, MADV_NOHUGEPAGE);
 		for (size_t pg = 0; pg < w->npages; pg++) /* first touch, before any timing */
 			fill_page(copy[k] + pg * PAGE, pg, 0);
 		addr[k] = (uintptr_t)copy[k];
@@ -204,12 +202,6 @@ struct run {
 	int nrounds;
 	double other_rmap_pages;
 };
-
-static void send_cmd(struct run *r, int k, char cmd)
-{
-	if (tu_send(r->c[k].wr, &cmd, 1))
-		TU_FAIL("worker %d gone", k);
-}
 
 static void start_workers(struct run *r, struct wctx *w)
 {
@@ -326,7 +318,7 @@ static void start_merging(struct run *r)
 	if (r->mode == M_KERNEL && (err = ksm_start()))
 		TU_FAIL("cannot switch kernel KSM on: %s", strerror(-err));
 	for (int k = 0; k < r->nproc; k++)
-		send_cmd(r, k, CMD_MADVISE);
+		bench_send(r->c, k, CMD_MADVISE);
 	for (int k = 0; k < r->nproc; k++) {
 		int rc;
 		if (tu_recv(r->c[k].rd, &rc, sizeof(rc)) || rc)
@@ -355,7 +347,7 @@ static void first_merge(struct run *r, const struct opts *o)
 static void send_round(struct run *r, char cmd, int round)
 {
 	for (int k = 0; k < r->nproc; k++) {
-		send_cmd(r, k, cmd);
+		bench_send(r->c, k, cmd);
 		if (tu_send(r->c[k].wr, &round, sizeof(round)))
 			TU_FAIL("worker %d gone", k);
 	}
@@ -458,11 +450,7 @@ static void one_round(struct run *r, const struct opts *o, int n)
 
 static void finish(struct run *r)
 {
-	for (int k = 0; k < r->nproc; k++) {
-		send_cmd(r, k, CMD_QUIT);
-		if (tu_reap(&r->c[k]) != 0)
-			TU_FAIL("worker %d exited badly", k);
-	}
+	bench_quit_all(r->c, r->nproc);
 	for (int k = 0; k < 2; k++)
 		free(r->pm[k]);
 	if (r->mode == M_KERNEL)

@@ -274,9 +274,9 @@ static uint64_t expect_child(const struct plan *p, size_t i)
 
 /* ---- the workload process ---- */
 
-enum {
-	CMD_MADVISE = 'm', CMD_REWRITE = 'r', CMD_VERIFY = 'v', CMD_FORK = 'f',
-	CMD_CHILD_VERIFY = 'c', CMD_CHILD_EXIT = 'e', CMD_CHILD_KILL = 'k', CMD_QUIT = 'q'
+enum { /* and benchlib's CMD_* */
+	CMD_REWRITE = 'r', CMD_FORK = 'f', CMD_CHILD_VERIFY = 'c', CMD_CHILD_EXIT = 'e',
+	CMD_CHILD_KILL = 'k'
 };
 
 /* Every command but CMD_QUIT answers one of these. Verify: v = pages
@@ -459,12 +459,9 @@ static int worker(int rd, int wr, void *arg)
 	char cmd;
 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	w.mem = mmap(NULL, w.npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		     -1, 0);
-	if (w.mem == MAP_FAILED)
+	w.mem = bench_map_pages(w.npages);
+	if (!w.mem)
 		return 2;
-	/* 4 KiB pages for both mergers (THP would have to be split first). */
-	syscall(SYS_madvise, w.mem, w.npages * PAGE, MADV_NOHUGEPAGE);
 	for (size_t i = 0; i < w.npages; i++)
 		tu_fill(w.mem + i * PAGE, PAGE, expect(w.p, w.k, i, 0));
 	a = (uintptr_t)w.mem;

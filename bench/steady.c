@@ -65,8 +65,6 @@ static void fill(void *pg, int idx, size_t i, size_t half)
 
 /* ---- the workload process ---- */
 
-enum { CMD_MADVISE = 'm', CMD_VERIFY = 'v', CMD_QUIT = 'q' };
-
 struct wctx { enum mode mode; size_t npages; int idx; };
 
 static int worker(int rd, int wr, void *arg)
@@ -78,10 +76,9 @@ static int worker(int rd, int wr, void *arg)
 	char cmd;
 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
+	p = bench_map_pages(w->npages);
+	if (!p)
 		return 2;
-	syscall(SYS_madvise, p, len, MADV_NOHUGEPAGE);
 	for (size_t i = 0; i < w->npages; i++)
 		fill(p + i * PAGE, w->idx, i, w->npages / 2);
 	a = (uintptr_t)p;
@@ -159,12 +156,6 @@ static long long counter(enum mode mode, const char *name)
 	return mode == M_KERNEL ? ksm_get(name) : tu_status(name);
 }
 
-static void send_cmd(struct run *r, int k, char cmd)
-{
-	if (tu_send(r->c[k].wr, &cmd, 1))
-		TU_FAIL("worker %d gone", k);
-}
-
 static void measure(enum mode mode, const struct opts *o, struct result *res)
 {
 	struct run r = { .mode = mode, .npages = o->mib * 256 };
@@ -192,7 +183,7 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 	if (mode == M_KERNEL && (err = ksm_start()))
 		TU_FAIL("cannot switch kernel KSM on: %s", strerror(-err));
 	for (int k = 0; k < NPROC; k++)
-		send_cmd(&r, k, CMD_MADVISE);
+		bench_send(r.c, k, CMD_MADVISE);
 	for (int k = 0; k < NPROC; k++) {
 		int rc;
 		if (tu_recv(r.c[k].rd, &rc, sizeof(rc)) || rc)
@@ -243,18 +234,8 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 	if (mode == M_KERNEL)
 		res->ksm_other_pages = (double)ksm_other_rmap_items(r.pids, NPROC);
 
-	for (int k = 0; k < NPROC; k++) {
-		uint64_t bad;
-		send_cmd(&r, k, CMD_VERIFY);
-		if (tu_recv(r.c[k].rd, &bad, sizeof(bad)))
-			TU_FAIL("worker %d died verifying", k);
-		res->bad += (double)bad;
-	}
-	for (int k = 0; k < NPROC; k++) {
-		send_cmd(&r, k, CMD_QUIT);
-		if (tu_reap(&r.c[k]) != 0)
-			TU_FAIL("worker %d exited badly", k);
-	}
+	res->bad = (double)bench_verify_all(r.c, NPROC);
+	bench_quit_all(r.c, NPROC);
 	if (mode == M_KERNEL)
 		ksm_off();
 	else
