@@ -115,6 +115,8 @@ END {
 	line("mixed: final saving", "MiB", v(sp, "mixed.final_mib"), v(kn, "mixed.final_mib"), "ratio>=", 1, ">= kernel")
 	line("CPU per GiB merged (2 x " big " MiB)", "s/GiB", v(sp, c "cpu_per_gib"), v(kn, c "cpu_per_gib"), "ratio<=", 0.5, "<= 1/2 of kernel")
 	line("CPU per GiB scanned, steady (10000/20 ms)", "s/GiB", v(sp, "steady.cpu_per_gib"), v(kn, "steady.cpu_per_gib"), "ratio<=", 1, "<= kernel")
+	line("fork child dumping merged memory (BGSAVE)", "s", v(sp, "fork_read.child_s"), v(kn, "fork_read.child_s"), "ratio<=", 1.2, "<= 1.2 x kernel")
+	line("  parent's stores meanwhile", "1/s", v(sp, "fork_read.stores_per_s"), v(kn, "fork_read.stores_per_s"), "info", 0, "")
 	rd = v(sp, "hash.read_gbs")
 	line("hashing per core: XXH3 (sp) | XXH64 (kernel)", "GB/s", v(sp, "hash.xxh3_gbs"), v(kn, "hash.xxh3_gbs"), "sp>=", 0.8 * rd, sprintf(">= 80%% of read %.1f", rd))
 	# Bookkeeping: what grows with the pages, between the two sizes (fixed
@@ -206,7 +208,7 @@ fi
 
 make -j2 build/lib/libsamepage.so build/bin/samepaged build/bin/samepage \
 	build/bench/ksm_compare build/bench/mixed build/bench/steady build/bench/hashrate \
-	build/bench/soak build/bench/remerge build/bench/capped >/dev/null
+	build/bench/soak build/bench/remerge build/bench/capped build/bench/fork_read >/dev/null
 
 KSM=/sys/kernel/mm/ksm
 knobs="pages_to_scan sleep_millisecs smart_scan"
@@ -245,6 +247,7 @@ step build/bench/ksm_compare --mib 64 --repeat 1 --no-stall --quiet-wait "$quiet
 step build/bench/ksm_compare --mib "$big" --repeat "$repeat" --quiet-wait "$quiet"
 step build/bench/mixed --mib "$mixed_mib" --quiet-wait "$quiet"
 step build/bench/steady --mib 256 --quiet-wait "$quiet"
+step build/bench/fork_read --mib 256 --repeat "$repeat" --quiet-wait "$quiet"
 step build/bench/hashrate --mib 1024
 # A soak that fails (wrong bytes, saving not reached, pool pages left) still
 # gets its rows in the table; the exit status says so.
