@@ -648,3 +648,17 @@ void bench_quit_all(struct tu_child *c, int n)
 			TU_FAIL("worker %d exited badly", k);
 	}
 }
+
+void bench_median_doubles(const void *runs, int n, size_t size, void *out)
+{
+	double v[64];
+
+	if (n > 64)
+		TU_FAIL("%d runs: at most 64", n);
+	for (size_t f = 0; f < size / sizeof(double); f++) {
+		for (int i = 0; i < n; i++)
+			memcpy(&v[i], (const char *)runs + (size_t)i * size + f * sizeof(double),
+			       sizeof(double));
+		((double *)out)[f] = median(v, n);
+	}
+}

@@ -140,6 +140,9 @@ size_t count_distinct(const uint64_t *v, size_t n, uint64_t *table, size_t cap);
 
 /* The median of v[n] (sorted in place). */
 double median(double *v, int n);
+/* Field by field, the median of n (at most 64) results of a struct made
+ * only of doubles, size bytes each, laid out one after another: into out. */
+void bench_median_doubles(const void *runs, int n, size_t size, void *out);
 void sort_u32(uint32_t *v, size_t n);
 /* The q-quantile (0..1) of n sorted values, nearest rank. */
 uint32_t quantile_u32(const uint32_t *sorted, size_t n, double q);

@@ -247,17 +247,9 @@ static void report(const struct opts *o, struct result runs[2][16], int n, const
 	const struct result *s = &med[0], *k = &med[1];
 	int hs = have[M_SAMEPAGE], hk = have[M_KERNEL];
 
-	for (int m = 0; m < 2; m++) {
-		double v[16];
-		if (!have[m])
-			continue;
-#define MEDIAN(f)                                 \
-	for (int i = 0; i < n; i++)               \
-		v[i] = runs[m][i].f;              \
-	med[m].f = median(v, n);
-		RESULT_FIELDS(MEDIAN)
-#undef MEDIAN
-	}
+	for (int m = 0; m < 2; m++)
+		if (have[m])
+			bench_median_doubles(runs[m], n, sizeof(struct result), &med[m]);
 #define ROW(name, unit, expr_s, expr_k) row(name, unit, expr_s, expr_k, hs, hk)
 	printf("\nworkload: %d processes x %zu MiB, all identical, merged at "
 	       "pages_to_scan=100000 sleep_millisecs=0; then process 0 forks a child that checks "

@@ -683,14 +683,7 @@ static void measure_stall(enum mode mode, const struct opts *o, struct result *r
 
 static void median_result(const struct result *runs, int n, struct result *out)
 {
-	double v[64];
-
-#define MEDIAN(f)                                 \
-	for (int i = 0; i < n; i++)               \
-		v[i] = runs[i].f;                 \
-	out->f = median(v, n);
-	RESULT_FIELDS(MEDIAN)
-#undef MEDIAN
+	bench_median_doubles(runs, n, sizeof(*runs), out);
 }
 
 /* Merger CPU (samepaged + scanners | ksmd) per GiB of memory saved. */
