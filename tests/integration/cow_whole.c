@@ -38,12 +38,6 @@ static int remerged(void *arg)
 	return samepage_stat(&st) == 0 && st.ksm_merging_pages == NPAGES;
 }
 
-static int pool_empty(void *arg)
-{
-	(void)arg;
-	return tu_status("pool_pages") == 0;
-}
-
 static int child(int rd, int wr, void *arg)
 {
 	unsigned char *p = tu_map(LEN), *ref = malloc(LEN);
@@ -133,7 +127,7 @@ int main(void)
 				 "pool_pages %lld while the other process maps them all",
 				 tu_status("pool_pages"));
 	}
-	TU_CHECK(tu_wait(pool_empty, NULL, 20), "pool_pages %lld after everything was written",
+	TU_CHECK(tu_wait(tu_pool_empty, NULL, 20), "pool_pages %lld after everything was written",
 		 tu_status("pool_pages"));
 	for (int i = 0; i < 2; i++) {
 		tu_send(c[i].wr, "q", 1);

@@ -233,12 +233,6 @@ static void cut_and_reconnect(struct proc *a, struct proc *b, struct tu_region_s
 	printf("connection cut: A1 reconnected with its references, A and B intact\n");
 }
 
-static int pool_empty(void *arg)
-{
-	(void)arg;
-	return tu_status("pool_pages") == 0;
-}
-
 int main(void)
 {
 	static struct stall st[MAX_STALLS];
@@ -302,7 +296,7 @@ int main(void)
 		tu_region_cmd(a[i].c.wr, a[i].c.rd, TU_RC_QUIT, 0, NULL, 0);
 		TU_CHECK(tu_reap(&a[i].c) == 0, "A%d exit", i + 1);
 	}
-	TU_CHECK(tu_wait(pool_empty, NULL, 20), "pool not empty after every process left: %lld",
+	TU_CHECK(tu_wait(tu_pool_empty, NULL, 20), "pool not empty after every process left: %lld",
 		 tu_status("pool_pages"));
 	printf("PASS: %d stalls, no byte lost, one daemon, pool empty at the end\n", n);
 	return 0;

@@ -422,20 +422,15 @@ static void expect_apart(const struct proc *a, size_t oa, const struct proc *b, 
 		  a->name, a->domain, b->name, b->domain, shared, n);
 }
 
-static int scans_reached(void *arg)
-{
-	return tu_status("full_scans") >= *(long long *)arg;
-}
-
 /* k more full scans: every scanning process completed a pass that began
  * after now, so equal pages anywhere would have met in the indexes. */
 static void wait_scans(int k, const char *when)
 {
-	long long want = tu_status("full_scans") + k;
+	struct tu_counter want = { "full_scans", tu_status("full_scans") + k };
 
-	TU_CHECK(want >= k, "samepage status --json: no full_scans");
-	TU_CHECK(tu_wait(scans_reached, &want, 20), "%s: full_scans stuck below %lld for 20 s",
-		 when, want);
+	TU_CHECK(want.at_least >= k, "samepage status --json: no full_scans");
+	TU_CHECK(tu_wait(tu_counter_reached, &want, 20),
+		 "%s: full_scans stuck below %lld for 20 s", when, want.at_least);
 }
 
 static void verify(struct proc *p)

@@ -187,19 +187,6 @@ static int pq_merged(void *arg)
 	return tu_frames(pids, addrs, 2, N) <= N + 16;
 }
 
-static int r_merged(void *arg)
-{
-	(void)arg;
-	/* R's region is 2N pages: two identical halves (seed of an N-page fill twice). */
-	return tu_status("pool_pages") >= N;
-}
-
-static int pool_empty(void *arg)
-{
-	(void)arg;
-	return tu_status("pool_pages") == 0;
-}
-
 int main(void)
 {
 	struct tu_region_spec q_spec = { .pages = N, .seed = SEED, .madvise = 1 };
@@ -234,7 +221,9 @@ int main(void)
 	struct tu_child r2;
 	tu_spawn(&r2, q_main, &r_spec);
 	TU_CHECK(tu_recv(r2.rd, &r_rep, sizeof(r_rep)) == 0, "R2 start");
-	TU_CHECK(tu_wait(r_merged, NULL, 30), "R did not merge");
+	/* R's region is 2N pages: two identical halves (seed of an N-page fill twice). */
+	TU_CHECK(tu_wait(tu_counter_reached, &(struct tu_counter){ "pool_pages", N }, 30),
+		 "R did not merge");
 	usleep(500 * 1000);
 
 	c = 'e';
@@ -246,7 +235,7 @@ int main(void)
 	tu_region_cmd(r.wr, r.rd, TU_RC_QUIT, 0, NULL, 0);
 	tu_region_cmd(r2.wr, r2.rd, TU_RC_QUIT, 0, NULL, 0);
 	TU_CHECK(tu_reap(&r) == 0 && tu_reap(&r2) == 0, "R exit");
-	TU_CHECK(tu_wait(pool_empty, NULL, 10), "pool_pages %lld after everyone left",
+	TU_CHECK(tu_wait(tu_pool_empty, NULL, 10), "pool_pages %lld after everyone left",
 		 tu_status("pool_pages"));
 	printf("PASS: fork(), _Fork(), daemon(3) and a detached child kept their memory\n");
 	return 0;

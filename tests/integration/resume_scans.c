@@ -27,14 +27,6 @@
 #define PAGES 512u
 #define ROUNDS 12
 
-static long long scans_wanted;
-
-static int scanned_twice(void *arg)
-{
-	(void)arg;
-	return tu_status("full_scans") >= scans_wanted;
-}
-
 int main(void)
 {
 	size_t len = (size_t)PAGES * PAGE;
@@ -50,9 +42,9 @@ int main(void)
 		memset(m, 0, len); /* present, written: zero pages to merge */
 		TU_CHECK(madvise(m, len, MADV_MERGEABLE) == 0, "MADV_MERGEABLE: %s",
 			 strerror(errno));
-		scans_wanted = tu_status("full_scans") + 2;
+		struct tu_counter scans = { "full_scans", tu_status("full_scans") + 2 };
 		TU_CHECK(tu_cli("set run=1 >/dev/null") == 0, "round %d: run=1", round);
-		TU_CHECK(tu_wait(scanned_twice, NULL, 30), "round %d: no two full scans in 30 s",
+		TU_CHECK(tu_wait(tu_counter_reached, &scans, 30), "round %d: no two full scans in 30 s",
 			 round);
 		TU_CHECK(samepage_stat(&st) == 0, "samepage_stat");
 		TU_CHECK(st.ksm_zero_pages_process == PAGES,

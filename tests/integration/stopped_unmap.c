@@ -28,12 +28,6 @@
 #define N 256u
 #define ROUNDS 10
 
-static int all_sharing(void *arg)
-{
-	(void)arg;
-	return tu_status("pages_sharing") >= 2 * N - 2;
-}
-
 static int nothing_shared(void *arg)
 {
 	(void)arg;
@@ -54,6 +48,8 @@ static void merged_then_stopped(struct tu_copies *c, uint64_t seed, const char *
 
 int main(void)
 {
+	/* 2 MiB of one byte: two pool pages, each mapped N times. */
+	struct tu_counter all_sharing = { "pages_sharing", 2 * N - 2 };
 	size_t len = (size_t)N * PAGE;
 	struct tu_copies c;
 
@@ -79,8 +75,8 @@ int main(void)
 		memset(m, 0xcf, 2 * len);
 		TU_CHECK(madvise(m, 2 * len, MADV_MERGEABLE) == 0, "MADV_MERGEABLE: %s",
 			 strerror(errno));
-		TU_CHECK(tu_wait(all_sharing, NULL, 30), "one byte over 2 MiB: pages_sharing %lld",
-			 tu_status("pages_sharing"));
+		TU_CHECK(tu_wait(tu_counter_reached, &all_sharing, 30),
+			 "one byte over 2 MiB: pages_sharing %lld", tu_status("pages_sharing"));
 		TU_CHECK(madvise(m, len, MADV_DONTNEED) == 0, "MADV_DONTNEED: %s", strerror(errno));
 		TU_CHECK(madvise(m, 2 * len, MADV_UNMERGEABLE) == 0, "MADV_UNMERGEABLE: %s",
 			 strerror(errno));

@@ -309,6 +309,19 @@ long long tu_status(const char *key)
 	return tu_json_get(buf, key);
 }
 
+int tu_counter_reached(void *counter)
+{
+	const struct tu_counter *c = counter;
+
+	return tu_status(c->key) >= c->at_least;
+}
+
+int tu_pool_empty(void *unused)
+{
+	(void)unused;
+	return tu_status("pool_pages") == 0;
+}
+
 uint64_t tu_xorshift(uint64_t *state)
 {
 	uint64_t x = *state;

@@ -97,6 +97,11 @@ long long tu_status(const char *key);
 int tu_status_json(pid_t pid, char *buf, size_t len);
 /* The integer value of "key" in such a line; -1 when missing. */
 long long tu_json_get(const char *json, const char *key);
+/* For tu_wait(): 1 once the status counter key has reached at_least. */
+struct tu_counter { const char *key; long long at_least; };
+int tu_counter_reached(void *counter);
+/* For tu_wait(): 1 once the daemon's pool is empty (pool_pages 0). */
+int tu_pool_empty(void *unused);
 /* PID of the private daemon, or 0. */
 pid_t tu_daemon_pid(void);
 /* Stop the private daemon (SIGTERM; SIGKILL after 1 s) and remove its
