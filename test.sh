@@ -15,10 +15,10 @@ export SAMEPAGE_TOTALS
 SAMEPAGE_TOTALS=$(mktemp)
 out=$(mktemp -d)
 trap 'rm -f "$SAMEPAGE_TOTALS"; rm -rf "$out"' EXIT
-# `job NAME CMD...` starts CMD beside the others, its output kept as NAME;
-# `jobs_wait` waits for all, and each output is then printed whole. Each test has a
+# `job NAME CMD...` starts CMD beside the others, its output kept in
+# $out/NAME to be printed whole; `jobs_wait` waits for all. Each test has a
 # daemon of its own (its own socket), and the tests must stand a busy
-# machine anyway; this keeps the whole suite near ten minutes.
+# machine anyway; this keeps the whole suite near seven minutes.
 jobs_pids=()
 job() {
 	local name=$1
@@ -32,10 +32,12 @@ jobs_wait() {
 	done
 	jobs_pids=()
 }
-# Tests that change the whole machine (vm.max_map_count) first, with
-# nothing beside them (tests/run.sh's ALONE).
-echo "== tests that change the whole machine, alone (plain build)"
+# Tests that change the whole machine (vm.max_map_count) first, one at a
+# time with nothing beside them (tests/run.sh's ALONE), in every build.
+echo "== tests that change the whole machine, alone (plain, ASan+UBSan, TSan)"
 SAMEPAGE_ONLY=alone tests/run.sh build || status=1
+SAMEPAGE_ONLY=alone SAMEPAGE_SAN=asan tests/run.sh build-asan || status=1
+SAMEPAGE_ONLY=alone SAMEPAGE_SAN=tsan tests/run.sh build-tsan || status=1
 export SAMEPAGE_NOT_ALONE=1
 # The plain build: its tests in two shards, beside the examples (QEMU,
 # Redis, Python, the kernel's own KSM tools), which mostly wait.
@@ -73,9 +75,8 @@ cat "$out/fuzz"
 # exit and get killed (bench/soak.c; hours of it: bench/run.sh --soak).
 echo "== soak (one daemon, 2 generations)"
 rc=0
-build/bench/soak --quick --generations 2 --no-kernel --quiet-wait 0 >/tmp/samepage-soak.$$ 2>&1 || rc=$?
-tail -n 25 /tmp/samepage-soak.$$
-rm -f /tmp/samepage-soak.$$
+build/bench/soak --quick --generations 2 --no-kernel --quiet-wait 0 >"$out/soak" 2>&1 || rc=$?
+tail -n 25 "$out/soak"
 case $rc in 0) echo "1 0 0" ;; 77) echo "0 0 1" ;; *) echo "0 1 0"; status=1 ;; esac >>"$SAMEPAGE_TOTALS"
 awk '{p+=$1; f+=$2; s+=$3} END {printf "total: %d passed, %d failed, %d skipped\n", p, f, s}' "$SAMEPAGE_TOTALS"
 exit $status

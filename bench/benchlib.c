@@ -626,6 +626,22 @@ void bench_send(struct tu_child *c, int k, char cmd)
 		TU_FAIL("worker %d gone", k);
 }
 
+void bench_start_merging(struct tu_child *c, int n, enum mode mode)
+{
+	int err;
+
+	if (mode == M_KERNEL && (err = ksm_start()))
+		TU_FAIL("cannot switch kernel KSM on: %s", strerror(-err));
+	for (int k = 0; k < n; k++)
+		bench_send(c, k, CMD_MADVISE);
+	for (int k = 0; k < n; k++) {
+		int rc;
+		if (tu_recv(c[k].rd, &rc, sizeof(rc)) || rc)
+			TU_FAIL("%s: madvise(MADV_MERGEABLE) in worker %d: %s", mode_name[mode], k,
+				strerror(-rc));
+	}
+}
+
 uint64_t bench_verify_all(struct tu_child *c, int n)
 {
 	uint64_t bad = 0;

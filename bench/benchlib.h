@@ -41,6 +41,9 @@ enum { CMD_MADVISE = 'm', CMD_VERIFY = 'v', CMD_QUIT = 'q' };
 /* npages of fresh private anonymous memory in 4 KiB pages for both mergers
  * (THP would have to be split first), or NULL. */
 unsigned char *bench_map_pages(size_t npages);
+/* Kernel KSM switched on (mode M_KERNEL), then CMD_MADVISE to each of c[n]:
+ * a refusal fails the benchmark. */
+void bench_start_merging(struct tu_child *c, int n, enum mode mode);
 /* cmd to workload process k of c[]; one that is gone fails the benchmark. */
 void bench_send(struct tu_child *c, int k, char cmd);
 /* CMD_VERIFY to each of c[n]: the pages that differ, all told. */

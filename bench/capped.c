@@ -272,16 +272,7 @@ static void measure(enum mode mode, long long pages, const struct opts *o, struc
 	self0 = self_ns();
 	t0 = tu_now();
 	add_sample(&r, 0, 0, base);
-	if (mode == M_KERNEL && (err = ksm_start()))
-		TU_FAIL("cannot switch kernel KSM on: %s", strerror(-err));
-	for (int k = 0; k < NPROC; k++)
-		bench_send(r.c, k, CMD_MADVISE);
-	for (int k = 0; k < NPROC; k++) {
-		int rc;
-		if (tu_recv(r.c[k].rd, &rc, sizeof(rc)) || rc)
-			TU_FAIL("%s: madvise(MADV_MERGEABLE) in worker %d: %s", mode_name[mode], k,
-				strerror(-rc));
-	}
+	bench_start_merging(r.c, NPROC, mode);
 	deadline = t0 + o->timeout_s;
 	while (!bench_interrupted() && tu_now() < deadline) {
 		double p0 = tu_now(), dt;

@@ -176,18 +176,8 @@ static void merge(struct run *r, enum mode mode, const struct opts *o, struct re
 {
 	double t0 = tu_now(), deadline = t0 + o->timeout_s;
 	size_t merged = 0;
-	int err;
 
-	if (mode == M_KERNEL && (err = ksm_start()))
-		TU_FAIL("cannot switch kernel KSM on: %s", strerror(-err));
-	for (int k = 0; k < NPROC; k++)
-		bench_send(r->c, k, CMD_MADVISE);
-	for (int k = 0; k < NPROC; k++) {
-		int rc;
-		if (tu_recv(r->c[k].rd, &rc, sizeof(rc)) || rc)
-			TU_FAIL("%s: madvise(MADV_MERGEABLE) in worker %d: %s", mode_name[mode], k,
-				strerror(-rc));
-	}
+	bench_start_merging(r->c, NPROC, mode);
 	while (!bench_interrupted() && tu_now() < deadline &&
 	       (merged = same_frames(r->pids, r->addr, r->npages, r->pm)) < r->npages) {
 		ksm_check();

@@ -369,23 +369,6 @@ static void start_workers(struct run *r, struct wctx *w)
 			TU_FAIL("worker %d failed to start", k);
 }
 
-/* Switch the merger on (kernel) and madvise in every worker. */
-static void start_merging(struct run *r)
-{
-	int err;
-
-	if (r->mode == M_KERNEL && (err = ksm_start()))
-		TU_FAIL("cannot switch kernel KSM on: %s", strerror(-err));
-	for (int k = 0; k < NPROC; k++)
-		bench_send(r->c, k, CMD_MADVISE);
-	for (int k = 0; k < NPROC; k++) {
-		int rc;
-		if (tu_recv(r->c[k].rd, &rc, sizeof(rc)) || rc)
-			TU_FAIL("%s: madvise(MADV_MERGEABLE) in worker %d: %s", mode_name[r->mode],
-				k, strerror(-rc));
-	}
-}
-
 /* 10 ms between polls, or 3 times as long as the poll took: a pagemap
  * poll of 2 x 512 MiB takes tens of ms, and polling without a pause would
  * take a good part of one of this machine's two CPUs from the mergers. */
@@ -406,7 +389,7 @@ static void merge_phase(struct run *r, pid_t ksmd, const struct opts *o, struct 
 
 	t0ns = cpu_ns(r, ksmd, &m0, &s0, &k0);
 	t0 = tu_now();
-	start_merging(r);
+	bench_start_merging(r->c, NPROC, r->mode);
 	deadline = t0 + o->timeout_s;
 	while (!bench_interrupted() && tu_now() < deadline) {
 		double p0 = tu_now(), dt;
@@ -620,7 +603,7 @@ static void measure_stall(enum mode mode, const struct opts *o, struct result *r
 	setup_merger(mode, o);
 	start_workers(&r, w);
 	t0 = tu_now();
-	start_merging(&r);
+	bench_start_merging(r.c, NPROC, r.mode);
 	deadline = t0 + 2 * res->merge_s + 2;
 	if (deadline > t0 + o->stall_max_s)
 		deadline = t0 + o->stall_max_s;

@@ -339,17 +339,8 @@ static void measure(enum mode mode, const struct opts *o, struct result *res)
 	busy0 = machine_busy_s();
 	cpu_ns(&r, &m0, &s0, &b0);
 	t0 = tu_now();
-	if (mode == M_KERNEL && (err = ksm_start()))
-		TU_FAIL("cannot switch kernel KSM on: %s", strerror(-err));
-	fs0 = full_scans(mode);
-	for (int k = 0; k < NPROC; k++)
-		bench_send(r.c, k, CMD_MADVISE);
-	for (int k = 0; k < NPROC; k++) {
-		int rc;
-		if (tu_recv(r.c[k].rd, &rc, sizeof(rc)) || rc)
-			TU_FAIL("%s: madvise(MADV_MERGEABLE) in worker %d: %s", mode_name[mode], k,
-				strerror(-rc));
-	}
+	fs0 = full_scans(mode); /* none while kernel KSM is off */
+	bench_start_merging(r.c, NPROC, mode);
 	for (double poll_s = 0;;) {
 		struct sample *sm = &res->s[res->ns < MAX_SAMPLES ? res->ns++ : MAX_SAMPLES - 1];
 		uint64_t m, s, b;

@@ -311,22 +311,6 @@ static void wait_merged(struct run *r, double t0, size_t shared0, int timeout_s,
 		p->done_s = tu_now() - t0; /* not merged: the time waited */
 }
 
-static void start_merging(struct run *r)
-{
-	int err;
-
-	if (r->mode == M_KERNEL && (err = ksm_start()))
-		TU_FAIL("cannot switch kernel KSM on: %s", strerror(-err));
-	for (int k = 0; k < r->nproc; k++)
-		bench_send(r->c, k, CMD_MADVISE);
-	for (int k = 0; k < r->nproc; k++) {
-		int rc;
-		if (tu_recv(r->c[k].rd, &rc, sizeof(rc)) || rc)
-			TU_FAIL("%s: madvise(MADV_MERGEABLE) in worker %d: %s", mode_name[r->mode],
-				k, strerror(-rc));
-	}
-}
-
 static void first_merge(struct run *r, const struct opts *o)
 {
 	struct progress p;
@@ -335,7 +319,7 @@ static void first_merge(struct run *r, const struct opts *o)
 	r->frames_before = frames(r);
 	vmas_now(r, r->vmas_before);
 	t0 = tu_now();
-	start_merging(r);
+	bench_start_merging(r->c, r->nproc, r->mode);
 	wait_merged(r, t0, 0, o->timeout_s * 2, &p);
 	r->merge_s = p.done_s;
 	r->merge_pct = 100.0 * (double)p.shared / (double)r->npages;

@@ -323,11 +323,8 @@ int main(void)
 	setvbuf(stdout, NULL, _IOLBF, 0); /* nothing pending when we fork */
 	/* vm.max_map_count is the whole machine's: a lowered limit fails the
 	 * tests beside it (a fork child's mmap, seen) and stops the QEMU of
-	 * the examples. test.sh runs the plain build's copy with nothing
-	 * beside it (tests/run.sh's ALONE); the sanitizer suites, side by
-	 * side, skip it. */
-	if (getenv("SAMEPAGE_SAN") && *getenv("SAMEPAGE_SAN"))
-		tu_skip("lowers vm.max_map_count for the whole machine: plain suite only");
+	 * the examples, so test.sh runs this with nothing beside it
+	 * (tests/run.sh's ALONE). */
 	tu_require_merging();
 	tu_private_daemon();
 	/* The budget alone: defragmentation (past 1/8 of the limit, 250 here)
