@@ -259,6 +259,11 @@ static void hint(struct samepaged *d, struct conn *c, uint32_t look, uint32_t id
 	if (!o || o->st.limited || o->nhints >= HINTS_MAX_ || map_get(&o->hint_at, it->addr) ||
 	    hints_reserve(o))
 		return;
+	/* max_page_sharing: id may be a page found pooled already (someone
+	 * pooled the content between c's lookup and its C_CREATE), which c's
+	 * reference filled; o then finds the content as any page does. */
+	if (pool_page(&d->pool, id)->refs >= d->knobs.v[KNOB_MAX_PAGE_SHARING])
+		return;
 	/* Invariant 2: the reference is o's before o maps the page. */
 	if (ref_take(d, o, id))
 		return;

@@ -1064,6 +1064,38 @@ static int hint_has(const struct sp_hint *e, uint32_t n, uint64_t addr, uint32_t
 }
 
 /* The unstable match of two processes: B creates, A is told. */
+/* max_page_sharing holds for a hint too. A and B match in the unstable
+ * index; before B sends the page, E pools the same content (one mapper of
+ * two allowed). B's C_CREATE then takes E's page, which is full with B:
+ * A gets no hint (it took a third mapping, seen once in twenty runs of
+ * integration/max_page_sharing), and finds the content itself later. */
+static void test_hint_full(int g)
+{
+	static unsigned char pg[PAGE];
+	int a = connect_hello(), b = connect_hello(), e = connect_hello();
+	uint32_t id, x;
+	uint64_t h;
+
+	tu_fill(pg, PAGE, 7301);
+	h = hash_of(pg);
+	TU_CHECK(set_knob(g, KNOB_MAX_PAGE_SHARING, 2) == 0, "max_page_sharing=2");
+	TU_CHECK(lookup(a, h, 0xa0000) == SP_POOL_NONE, "A's offer");
+	TU_CHECK(lookup(b, h, 0xb0000) == SP_POOL_CREATE, "B's offer did not match A's");
+	x = create(e, pg);
+	pool_now(g, 1, 0, "E pooled the content");
+	create_n(b, pg, 1, NULL, (uint32_t[]){ 0 }, &id);
+	TU_CHECK(id == x, "B's create: %#x, want E's page %u", id, x);
+	pool_now(g, 1, 1, "B took E's page, which max_page_sharing=2 then fills");
+	TU_CHECK(budget_hints(a) == 0, "A was hinted a page already mapped twice");
+	unref(b, x);
+	unref(e, x);
+	pool_now(g, 0, 0, "B and E dropped theirs");
+	TU_CHECK(set_knob(g, KNOB_MAX_PAGE_SHARING, 256) == 0, "max_page_sharing=256");
+	hangup(a);
+	hangup(b);
+	hangup(e);
+}
+
 static void test_hints(int g)
 {
 	static unsigned char pg[8 * PAGE];
@@ -1708,6 +1740,7 @@ int main(void)
 	test_pipe(g);
 	test_create_pipe(g);
 	test_hints(g);
+	test_hint_full(g);
 	test_reuse(g);
 	test_move(g);
 	test_fd_passing(g);
