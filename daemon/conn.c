@@ -83,9 +83,11 @@ void conn_close(struct samepaged *d, struct conn *c)
 	free(c->pairs);
 	free(c->look_addr);
 	free(c->look_maps);
+	free(c->look_run);
 	c->pairs = NULL;
 	c->look_addr = NULL;
 	c->look_maps = NULL;
+	c->look_run = NULL;
 	map_fini(&c->asked); /* its asks count no more (move.c) */
 	/* Invariant 2: the set outlives the connection while anyone maps its marker. */
 	set_closed(d, c);

@@ -77,6 +77,7 @@ struct conn {
 	struct unstable_item *pairs;
 	uint64_t *look_addr;  /* the addresses of that C_LOOKUP's entries */
 	uint32_t *look_maps;  /* the pool page its VMA maps there, written (LOOKUP_MAPS), or none */
+	uint8_t *look_run;    /* 1: answered SP_POOL_CREATE to make a run's extent (run_pick()) */
 	uint32_t npairs;
 	/* Merge hints for this process (references already taken for it). */
 	struct sp_hint *hints;

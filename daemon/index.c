@@ -120,6 +120,13 @@ int stable_has(struct index *ix, struct pool *p, uint64_t hash)
 	return head_slot(ix, p, hash) != NULL;
 }
 
+uint32_t stable_first(struct index *ix, struct pool *p, uint64_t hash)
+{
+	uint32_t *head = head_slot(ix, p, hash);
+
+	return head ? *head : SP_POOL_NONE;
+}
+
 uint32_t stable_find(struct index *ix, struct pool *p, uint64_t hash, uint32_t max_sharing)
 {
 	uint32_t *head = head_slot(ix, p, hash);

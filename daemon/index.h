@@ -44,6 +44,9 @@ void index_fini(struct index *ix);
 /* A pool page with this content hash that has fewer than max_sharing refs,
  * or SP_POOL_NONE. */
 uint32_t stable_find(struct index *ix, struct pool *p, uint64_t hash, uint32_t max_sharing);
+/* The first pool page of this hash's chain (walk on through
+ * pool_page.next, checking each page's hash), or SP_POOL_NONE. */
+uint32_t stable_first(struct index *ix, struct pool *p, uint64_t hash);
 /* Does any pool page have this content hash (full chains included)? */
 int stable_has(struct index *ix, struct pool *p, uint64_t hash);
 /* Add a freshly allocated page to its hash's chain. 0 or -ENOMEM. */

@@ -168,10 +168,177 @@ static int defer_inplace(struct samepaged *d, struct conn *c, const struct sp_lo
 	       (uint32_t)(now_ns() / 1000000) - pg->cowed_ms < DEFER_MS;
 }
 
+/* Runs of one content (DESIGN.md, "Runs of one content"): n adjacent
+ * pages that are all equal (a guest kernel's freed init memory, 0xcc by
+ * the page) all map one pool page in the kernel, but here that is a VMA
+ * per page, since a VMA maps consecutive file offsets. So a run of at
+ * least RUN_MIN pages maps an extent instead: len consecutive pool pages
+ * of that content, mapped over and over (ids x, x+1, ..., x+len-1, x, ...),
+ * len = n/8 up to RUN_EXTENT_MAX: at most about 8 VMAs a run, for len - 1
+ * pages of saving less than the kernel's, once per content and domain
+ * (every run of every process maps the same extent). Shorter runs map one
+ * page as before, and count as the kernel counts them (its selftests
+ * merge 10 equal pages and expect pages_shared 1). */
+#define RUN_MIN 32u
+#define RUN_EXTENT_MAX 64u
+
+struct run {
+	uint32_t len;   /* extent pages this run wants; 0: not a run */
+	uint32_t first; /* the extent's first id, SP_POOL_NONE until found */
+	uint32_t last;  /* the id answered for the run's previous page */
+	uint32_t made;  /* pages answered SP_POOL_CREATE: the extent being made */
+};
+
+/* Is entry i the page right after entry i - 1, with the same content? */
+static int run_continues(const struct sp_lookup *l, uint32_t i)
+{
+	return i && i < l->n && l->e[i].addr == l->e[i - 1].addr + SP_PAGE &&
+	       l->e[i].hash == l->e[i - 1].hash;
+}
+
+static struct run run_start(const struct sp_lookup *l, uint32_t i)
+{
+	uint32_t n = 1, len;
+
+	while (run_continues(l, i + n))
+		n++;
+	len = (n + 7) / 8;
+	if (n < RUN_MIN)
+		len = 0;
+	return (struct run){ .len = len < RUN_EXTENT_MAX ? len : RUN_EXTENT_MAX,
+			     .first = SP_POOL_NONE, .last = SP_POOL_NONE };
+}
+
+/* Does pool page id hold content key? */
+static int holds(struct samepaged *d, uint32_t id, uint64_t key)
+{
+	struct pool_page *pg = pool_page(&d->pool, id);
+
+	return pg && pg->hash == key;
+}
+
+static int has_room(struct samepaged *d, uint32_t id)
+{
+	return pool_page(&d->pool, id)->refs < d->knobs.v[KNOB_MAX_PAGE_SHARING];
+}
+
+/* The extent pool page s belongs to: its first id, its length in *len. */
+static uint32_t extent_of(struct samepaged *d, uint32_t s, uint64_t key, uint32_t *len)
+{
+	uint32_t x = s, n = 1;
+
+	while (x % SP_SEG_PAGES && s - x < RUN_EXTENT_MAX && holds(d, x - 1, key))
+		x--;
+	while ((x + n) % SP_SEG_PAGES && n < RUN_EXTENT_MAX && holds(d, x + n, key))
+		n++;
+	*len = n;
+	return x;
+}
+
+/* Can pool page id be allocated for c, right after its extent? Free, or
+ * the next id of c's own reservation (an extent made from it is followed
+ * by the rest of it). */
+static int can_grow(struct samepaged *d, struct conn *c, uint32_t id)
+{
+	if (!(id % SP_SEG_PAGES))
+		return 0;
+	return (id == c->rsv_next && c->rsv_next != c->rsv_end) ||
+	       pool_free_at(&d->pool, c->domain, id);
+}
+
+/* Make pool page id a copy of pool page src (content key), in the stable
+ * index: 0 or -errno. The content is the pool's own; invariant 1 is the
+ * process's check, as for any page it is handed. */
+static int grow(struct samepaged *d, struct conn *c, uint32_t id, uint32_t src, uint64_t key)
+{
+	if (id == c->rsv_next && c->rsv_next != c->rsv_end) {
+		pool_alloc_reserved(&d->pool, id, pool_data(&d->pool, src), key);
+		c->rsv_next++;
+	} else if (pool_alloc_at(&d->pool, c->domain, id, pool_data(&d->pool, src), key)) {
+		return -EBUSY;
+	}
+	if (!stable_insert(&d->ix, &d->pool, id))
+		return 0;
+	pool_free(&d->pool, id);
+	return -ENOMEM;
+}
+
+/* Chain pages looked at for an extent: content in many domains or at
+ * max_page_sharing makes long chains, and this runs once per run. */
+#define RUN_CHAIN_MAX 512u
+
+/* The longest extent of content key in c's domain whose first page has
+ * room: long enough for r, or able to grow to it; else SP_POOL_NONE, and
+ * the run makes a new one (a short extent that cannot grow would cost the
+ * run a VMA per wrap, and taking a fresh one at every pass would cost the
+ * whole run's saving). */
+static uint32_t run_extent(struct samepaged *d, struct conn *c, uint64_t key, const struct run *r)
+{
+	uint32_t best = SP_POOL_NONE, best_len = 0, seen = 0, x = 0, len = 0;
+
+	for (uint32_t id = stable_first(&d->ix, &d->pool, key);
+	     id != SP_POOL_NONE && seen < RUN_CHAIN_MAX; id = pool_page(&d->pool, id)->next, seen++) {
+		if (pool_page(&d->pool, id)->hash != key ||
+		    pool_seg_domain(&d->pool, id / SP_SEG_PAGES) != c->domain ||
+		    (len && id >= x && id < x + len))
+			continue;
+		x = extent_of(d, id, key, &len);
+		if (has_room(d, x) && (len >= r->len || can_grow(d, c, x + len)) && len > best_len) {
+			best = x;
+			best_len = len;
+		}
+	}
+	return best;
+}
+
+/* The extent's page after r->last: the next one when it holds the content
+ * (or can be made to, up to r->len pages), else back to the first. */
+static uint32_t run_next(struct samepaged *d, struct conn *c, uint64_t key, struct run *r)
+{
+	uint32_t q = r->last + 1;
+
+	if (r->last == SP_POOL_NONE)
+		return has_room(d, r->first) ? r->first : stable_for(d, c, key);
+	if (q % SP_SEG_PAGES && holds(d, q, key) && has_room(d, q))
+		return q;
+	/* Grow: a copy of the extent's page, at the id that follows it. */
+	if (q - r->first < r->len && can_grow(d, c, q) && !grow(d, c, q, r->last, key))
+		return q;
+	return has_room(d, r->first) ? r->first : stable_for(d, c, key);
+}
+
+/* The answer for a page of run r: a page of its extent (reference taken),
+ * SP_POOL_CREATE while the extent is being made from the run's first
+ * pages (create_settle() keeps them apart), SP_POOL_NONE for the rest of
+ * the run meanwhile (they map the extent on the next pass). */
+static uint32_t run_pick(struct samepaged *d, struct conn *c, const struct sp_lookup_ent *e,
+			 uint64_t key, struct run *r)
+{
+	uint32_t id;
+
+	if (r->first == SP_POOL_NONE && !r->made)
+		r->first = run_extent(d, c, key, r);
+	if (r->first == SP_POOL_NONE) {
+		if (r->made < r->len && !defer_inplace(d, c, e)) {
+			r->made++;
+			return SP_POOL_CREATE;
+		}
+		return SP_POOL_NONE;
+	}
+	id = run_next(d, c, key, r);
+	if (id == SP_POOL_NONE || ref_take(d, c, id)) {
+		r->last = SP_POOL_NONE;
+		return SP_POOL_NONE;
+	}
+	r->last = id;
+	return id;
+}
+
 int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l)
 {
 	struct sp_ids *r = (struct sp_ids *)d->buf; /* l lives in d->in */
 	struct partner me = { d, c->domain };
+	struct run run = { 0 };
 	uint32_t n = l->n;
 	uint32_t *ids = r->id;
 
@@ -181,7 +348,8 @@ int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l)
 		c->pairs = malloc(SP_MAX_LOOKUP * sizeof(*c->pairs));
 		c->look_addr = malloc(SP_MAX_LOOKUP * sizeof(*c->look_addr));
 		c->look_maps = malloc(SP_MAX_LOOKUP * sizeof(*c->look_maps));
-		if (!c->pairs || !c->look_addr || !c->look_maps)
+		c->look_run = malloc(SP_MAX_LOOKUP * sizeof(*c->look_run));
+		if (!c->pairs || !c->look_addr || !c->look_maps || !c->look_run)
 			return -ENOMEM;
 	}
 	c->npairs = n;
@@ -189,12 +357,21 @@ int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l)
 		c->pairs[i].conn = 0;
 		c->look_addr[i] = l->e[i].addr;
 		c->look_maps[i] = maps_of(&l->e[i]);
+		c->look_run[i] = 0;
 		uint64_t key = key_of(c, l->e[i].hash);
 		uint32_t id = hint_claim(d, c, l->e[i].addr, key);
 		int err;
 
+		if (!run_continues(l, i))
+			run = run_start(l, i);
 		if (id != SP_POOL_NONE) {
 			ids[i] = id;
+			run.last = SP_POOL_NONE;
+			continue;
+		}
+		if (run.len) {
+			ids[i] = run_pick(d, c, &l->e[i], key, &run);
+			c->look_run[i] = ids[i] == SP_POOL_CREATE;
 			continue;
 		}
 		id = stable_for(d, c, key);
@@ -325,7 +502,9 @@ static void create_plan(struct samepaged *d, struct conn *c, const struct sp_cre
 			iov[i] = (struct iovec){ d->scratch + (size_t)i * SP_PAGE, SP_PAGE };
 			continue;
 		}
-		id = stable_for(d, c, key);
+		/* A run's new extent (run_pick()): fresh pages, even where the
+		 * content is pooled already, in a short extent. */
+		id = look < c->npairs && c->look_run[look] ? SP_POOL_NONE : stable_for(d, c, key);
 		int64_t nid = id == SP_POOL_NONE ? alloc_for(d, c, NULL, key) : -1;
 
 		dst[i] = (struct create_dst){ .id = id, .ok = id != SP_POOL_NONE };
@@ -359,7 +538,7 @@ static int create_read(struct conn *c, struct iovec *iov, uint32_t n)
 /* Page i is read: keep it, or find it already pooled. The pool page id,
  * with a reference for c, or SP_POOL_NONE. */
 static uint32_t create_settle(struct samepaged *d, struct conn *c, const struct create_dst *dst,
-			      const struct iovec *iov, uint64_t claimed)
+			      const struct iovec *iov, uint64_t claimed, int run)
 {
 	uint64_t hash = XXH3_64bits(iov->iov_base, SP_PAGE); /* never the process's word for it */
 	uint64_t key = key_of(c, hash);
@@ -390,6 +569,10 @@ static uint32_t create_settle(struct samepaged *d, struct conn *c, const struct 
 		return ref_take(d, c, id) ? SP_POOL_NONE : id;
 	}
 	pool_page(&d->pool, dst->id)->hash = key;
+	/* A page of a run's new extent: kept apart from equal pages, the
+	 * one before it in the pool as in memory. */
+	if (hash == claimed && run)
+		goto keep;
 	/* An equal page created earlier in this batch, or a changed page. */
 	id = hash == claimed ? stable_for(d, c, key) : SP_POOL_NONE;
 	if (hash != claimed ||
@@ -399,6 +582,7 @@ static uint32_t create_settle(struct samepaged *d, struct conn *c, const struct 
 			return SP_POOL_NONE;
 		return ref_take(d, c, id) ? SP_POOL_NONE : id;
 	}
+keep:
 	id = dst->id;
 	if (stable_insert(&d->ix, &d->pool, id)) {
 		pool_free(&d->pool, id);
@@ -431,7 +615,8 @@ int on_create(struct samepaged *d, struct conn *c, const struct sp_create *cr)
 				ref_drop(d, c, dst[i].id, 0);
 			continue;
 		}
-		r.id[i] = create_settle(d, c, &dst[i], &iov[i], cr->e[i].hash);
+		r.id[i] = create_settle(d, c, &dst[i], &iov[i], cr->e[i].hash,
+					cr->e[i].look < c->npairs && c->look_run[cr->e[i].look]);
 		if (r.id[i] != SP_POOL_NONE)
 			hint(d, c, cr->e[i].look, r.id[i]);
 	}

@@ -285,6 +285,22 @@ int64_t pool_alloc_in(struct pool *p, uint64_t domain, const void *data, uint64_
 	return (int64_t)si * SP_SEG_PAGES + idx;
 }
 
+int pool_free_at(const struct pool *p, uint64_t domain, uint32_t id)
+{
+	uint32_t si = id / SP_SEG_PAGES;
+
+	return si < p->nsegs && seg_usable(&p->segs[si], domain) &&
+	       !bit(p->segs[si].busy, id % SP_SEG_PAGES);
+}
+
+int pool_alloc_at(struct pool *p, uint64_t domain, uint32_t id, const void *data, uint64_t hash)
+{
+	if (!pool_free_at(p, domain, id))
+		return -EBUSY;
+	fill_page(p, &p->segs[id / SP_SEG_PAGES], id % SP_SEG_PAGES, data, hash);
+	return 0;
+}
+
 void pool_free(struct pool *p, uint32_t id)
 {
 	struct pool_seg *s = &p->segs[id / SP_SEG_PAGES];

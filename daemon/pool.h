@@ -75,6 +75,12 @@ int64_t pool_alloc(struct pool *p, const void *data, uint64_t hash);
 int pool_reserve(struct pool *p, uint64_t domain, uint32_t n, uint32_t *first, uint32_t *got);
 /* Allocate the reserved id, copy data into it. */
 void pool_alloc_reserved(struct pool *p, uint32_t id, const void *data, uint64_t hash);
+/* Allocate exactly id, copy data into it: 0, or -EBUSY when id holds
+ * content, is reserved, or its segment is not domain's (a run's extent
+ * grows by its next id only: DESIGN.md, "Runs of one content"). */
+int pool_alloc_at(struct pool *p, uint64_t domain, uint32_t id, const void *data, uint64_t hash);
+/* Would pool_alloc_at() succeed? */
+int pool_free_at(const struct pool *p, uint64_t domain, uint32_t id);
 /* Give back reserved ids [first, first + n) never allocated. */
 void pool_unreserve(struct pool *p, uint32_t first, uint32_t n);
 /* Return a page whose refs reached 0 (invariant 2: only then) to its

@@ -261,6 +261,7 @@ void set_free(struct conn *c)
 	free(c->pairs);
 	free(c->look_addr);
 	free(c->look_maps);
+	free(c->look_run);
 	free(c->hints);
 	map_fini(&c->hint_at);
 	map_fini(&c->hint_ids);

@@ -48,8 +48,9 @@ static void merged_then_stopped(struct tu_copies *c, uint64_t seed, const char *
 
 int main(void)
 {
-	/* 2 MiB of one byte: two pool pages, each mapped N times. */
-	struct tu_counter all_sharing = { "pages_sharing", 2 * N - 2 };
+	/* 2 MiB of one byte: a run of equal pages, an extent of 64 pool pages
+	 * mapped 8 times each (DESIGN.md, "Runs of one content"). */
+	struct tu_counter all_sharing = { "pages_sharing", 2 * N - 64 };
 	size_t len = (size_t)N * PAGE;
 	struct tu_copies c;
 
@@ -67,8 +68,8 @@ int main(void)
 		 tu_status("pages_shared"), tu_status("pages_sharing"));
 
 	/* The kernel selftest's order (test_unmerge_discarded, then the next
-	 * test's run=2): 2 MiB of one byte (two pool pages at
-	 * max_page_sharing 256), half discarded, all unmerged, unmapped. */
+	 * test's run=2): 2 MiB of one byte (an extent of 64 pool pages),
+	 * half discarded, all unmerged, unmapped. */
 	for (int round = 0; round < ROUNDS; round++) {
 		unsigned char *m = tu_map(2 * len);
 		TU_CHECK(tu_cli("set run=1 >/dev/null") == 0, "set run=1");
