@@ -105,6 +105,22 @@ int os_uffd_freeze(int uffd, uintptr_t a, size_t len)
 	return 0;
 }
 
+int os_uffd_register_missing(int uffd, uintptr_t a, size_t len)
+{
+	struct uffdio_register reg = { .range = { a, len }, .mode = UFFDIO_REGISTER_MODE_MISSING };
+
+	return sys_ret(raw_ioctl(uffd, UFFDIO_REGISTER, &reg));
+}
+
+int os_uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len)
+{
+	struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)src, .len = len };
+
+	if (raw_ioctl(uffd, UFFDIO_COPY, &c) < 0)
+		return -errno;
+	return c.copy == (int64_t)len ? 0 : -EAGAIN;
+}
+
 int os_uffd_unprotect(int uffd, uintptr_t a, size_t len)
 {
 	struct uffdio_writeprotect wp = { .range = { a, len }, .mode = 0 };

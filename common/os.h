@@ -74,6 +74,12 @@ int os_uffd_freeze(int uffd, uintptr_t a, size_t len);
 int os_uffd_unprotect(int uffd, uintptr_t a, size_t len);
 /* Wake writers blocked anywhere in the range, then unregister it. */
 int os_uffd_thaw(int uffd, uintptr_t a, size_t len);
+/* Register [a, a+len) for missing faults, so that os_uffd_copy() may fill
+ * it (a private file mapping then takes anonymous pages without touching
+ * the file). 0 or -errno. */
+int os_uffd_register_missing(int uffd, uintptr_t a, size_t len);
+/* Copy len bytes from src into the registered missing range at dst. */
+int os_uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len);
 
 /* Raw pagemap entries of n pages from a. */
 int os_pagemap(int pmfd, uintptr_t a, size_t n, uint64_t *out);

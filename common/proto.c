@@ -176,6 +176,7 @@ static int layout(uint16_t type, size_t *fixed, size_t *elem)
 	case D_ACK: *fixed = sizeof(struct sp_ack); break;
 	case D_STAT: *fixed = sizeof(struct sp_stat_r); break;
 	case C_PROCS: *fixed = sizeof(struct sp_procs_req); break;
+	case C_FILL: *fixed = sizeof(struct sp_fill); break;
 	case D_PROCS: *fixed = sizeof(struct sp_procs); *elem = sizeof(struct sp_proc_ent); break;
 	default: return -EPROTO;
 	}

@@ -20,7 +20,7 @@
 
 #include "sizes.h"
 
-#define SP_PROTO_VERSION 5
+#define SP_PROTO_VERSION 6
 /* A SOCK_SEQPACKET message must fit the socket's send buffer whole
  * (net.core.wmem_default, 208 KiB here; EMSGSIZE beyond), so none exceeds
  * 72 KiB. */
@@ -35,6 +35,7 @@
 #define SP_MAX_UNREF 16384u
 #define SP_MAX_MOVE 512u              /* pages in one C_MOVE: a scan chunk */
 #define SP_MAX_PROCS 512u             /* processes in one D_PROCS (112 bytes each) */
+#define SP_MAX_FILL 64u               /* pool ids one C_FILL holds: a gap between two runs */
 #define SP_POOL_NONE 0xffffffffu      /* lookup: no match, kept in the unstable index */
 #define SP_POOL_CREATE 0xfffffffeu    /* lookup: match in the unstable index, send the page */
 /* C_UNREF: the reference dropped is one its mapper had written (C_COW). */
@@ -44,6 +45,7 @@
 enum sp_msg_type {
 	C_HELLO = 1, C_BUDGET, C_LOOKUP, C_CREATE, C_UNREF, C_GETSEG,
 	C_FORK, C_STAT, C_SET, C_UNMERGE, C_PIPE, C_HINTS, C_COW, C_MARKER, C_MOVE, C_PROCS,
+	C_FILL,
 	D_HELLO = 100, D_BUDGET, D_LOOKUP, D_CREATE, D_SEG, D_ACK, D_STAT, D_HINTS, D_MOVE, D_PROCS,
 };
 
@@ -169,6 +171,12 @@ struct sp_unmerge { int32_t pid; };                 /* 0: every process */
  * last one. A pid may appear twice for a moment (an image that exec'd,
  * its old connection not yet closed): id tells them apart. */
 struct sp_procs_req { int32_t after_pid; uint32_t after_id; };
+/* C_FILL: pool ids [first, first + n), free, of one segment the sender
+ * holds a page of, become the sender's as written pages with no content
+ * (holes: no memory), answered D_ACK 0 or -EBUSY. The sender maps them
+ * over its unique pages between two runs (lib/fill.c; DESIGN.md,
+ * "Filling gaps"). */
+struct sp_fill { uint32_t first; uint32_t n; };
 #define PROC_UNMERGING 1u /* `samepage unmerge` asked it; its next budget reply says so */
 #define PROC_PARKED 2u    /* a fork child waiting for its parent's references */
 struct sp_proc_ent {

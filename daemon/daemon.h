@@ -70,6 +70,7 @@ struct conn {
 	struct refs refs;     /* every pool reference held */
 	struct refs cowed;    /* of those, the ones whose mapper wrote its copy */
 	uint32_t rsv_next, rsv_end; /* pool ids set aside for its next creations */
+	uint64_t rsv_addr;    /* address of the page that got id rsv_next - 1 (0: none) */
 	int pipe_fd;          /* C_PIPE: where C_CREATE's page bytes come from */
 	uint32_t pipe_pages;
 	/* For the last C_LOOKUP, by entry: the unstable page it matched

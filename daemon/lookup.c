@@ -136,9 +136,15 @@ static uint32_t maps_of(const struct sp_lookup_ent *e)
  * it is its process's own copy, which new bytes under it do not change. */
 static void rewrite_in_place(struct samepaged *d, uint32_t id, const void *bytes, uint64_t key)
 {
+	struct pool_page *pg = pool_page(&d->pool, id);
+
 	stable_remove(&d->ix, &d->pool, id);
 	memcpy(pool_slot(&d->pool, id), bytes, SP_PAGE);
-	pool_page(&d->pool, id)->hash = key;
+	/* A filled gap's hole holds content from now on: counted as a pool
+	 * page kept for written copies until its rewriter drops its copy. */
+	if (pg->hash == POOL_HOLE)
+		d->written++;
+	pool_set_hash(&d->pool, id, key);
 	/* Out of memory, it stays out of the index: still a valid page. */
 	stable_insert(&d->ix, &d->pool, id);
 	d->inplace++;
@@ -254,6 +260,7 @@ static int grow(struct samepaged *d, struct conn *c, uint32_t id, uint32_t src, 
 	if (id == c->rsv_next && c->rsv_next != c->rsv_end) {
 		pool_alloc_reserved(&d->pool, id, pool_data(&d->pool, src), key);
 		c->rsv_next++;
+		c->rsv_addr = 0; /* alloc_for() goes on from here, not by address */
 	} else if (pool_alloc_at(&d->pool, c->domain, id, pool_data(&d->pool, src), key)) {
 		return -EBUSY;
 	}
@@ -403,21 +410,81 @@ int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l)
 }
 
 #define RESERVE_RUN 512u /* a scan chunk: what one process creates in a row */
+/* Unique pages between two created ones for which ids are left free
+ * (DESIGN.md, "Filling gaps"). */
+#define GAP_MAX 64u
 
-/* The next id of c's reservation (consecutive ids: one VMA per run in
- * every process that maps them; extents reuse freed pages first, whole:
- * pool.h), else any free page. */
-static int64_t alloc_for(struct samepaged *d, struct conn *c, const void *data, uint64_t key)
+/* How many ids c's reservation skips to place a page at addr after the
+ * one it placed last (the pages between: a gap the process may fill
+ * later); SKIP_NONE when it cannot go on from there. */
+#define SKIP_NONE UINT64_MAX
+static uint64_t rsv_skip(const struct conn *c, uint64_t addr)
 {
+	uint64_t skip;
+
+	if (!c->rsv_addr || addr <= c->rsv_addr || c->rsv_next == c->rsv_end)
+		return SKIP_NONE;
+	skip = (addr - c->rsv_addr) / SP_PAGE - 1;
+	return skip <= GAP_MAX && skip < c->rsv_end - c->rsv_next ? skip : SKIP_NONE;
+}
+
+/* The next id of o's reservation, for o's page at addr, after skip ids
+ * given back free. */
+static uint32_t rsv_take(struct samepaged *d, struct conn *o, uint64_t addr, uint64_t skip,
+			 const void *data, uint64_t key)
+{
+	if (skip) {
+		pool_unreserve(&d->pool, o->rsv_next, (uint32_t)skip);
+		o->rsv_next += (uint32_t)skip;
+	}
+	o->rsv_addr = addr;
+	pool_alloc_reserved(&d->pool, o->rsv_next, data, key);
+	return o->rsv_next++;
+}
+
+/* The id for c's new page at addr, which matched o's page at oaddr (o:
+ * NULL for none). Consecutive pages get consecutive ids (one VMA per run
+ * in every process that maps them; extents reuse freed pages first,
+ * whole: pool.h). The pool follows the memory: a page created a few
+ * pages after the last one skips as many ids, given back free, so that
+ * the process can later fill the gap and map both runs with one VMA
+ * (DESIGN.md, "Filling gaps"); and where o placed the page before its
+ * partner's last (two processes scanning alike create by turns), the page
+ * continues o's reservation, so that the pool follows one layout, not
+ * both interleaved. */
+static int64_t alloc_for(struct samepaged *d, struct conn *c, const void *data, uint64_t key,
+			 uint64_t addr, struct conn *o, uint64_t oaddr)
+{
+	uint64_t mine = rsv_skip(c, addr), theirs = o ? rsv_skip(o, oaddr) : SKIP_NONE;
+
+	uint64_t skip = 0;
+
+	if (theirs < mine)
+		return rsv_take(d, o, oaddr, theirs, data, key);
+	if (mine != SKIP_NONE)
+		return rsv_take(d, c, addr, mine, data, key);
+	/* Past the reservation's end: the next one usually follows it in the
+	 * pool, and the gap then goes on across the two. */
+	if (c->rsv_addr && addr > c->rsv_addr && (addr - c->rsv_addr) / SP_PAGE - 1 <= GAP_MAX) {
+		skip = (addr - c->rsv_addr) / SP_PAGE - 1;
+		if (c->rsv_next != c->rsv_end) {
+			skip -= c->rsv_end - c->rsv_next;
+			pool_unreserve(&d->pool, c->rsv_next, c->rsv_end - c->rsv_next);
+			c->rsv_next = c->rsv_end;
+		}
+	}
 	if (c->rsv_next == c->rsv_end) {
-		uint32_t first, got;
-		if (pool_reserve(&d->pool, c->domain, RESERVE_RUN, &first, &got))
+		uint32_t first, got, end = c->rsv_end;
+		if (pool_reserve(&d->pool, c->domain, RESERVE_RUN, &first, &got)) {
+			c->rsv_addr = 0;
 			return pool_alloc_in(&d->pool, c->domain, data, key);
+		}
 		c->rsv_next = first;
 		c->rsv_end = first + got;
+		if (first != end || skip >= got)
+			skip = 0;
 	}
-	pool_alloc_reserved(&d->pool, c->rsv_next, data, key);
-	return c->rsv_next++;
+	return rsv_take(d, c, addr, skip, data, key);
 }
 
 /* Tell the page that c's page matched in the unstable index: pool page id
@@ -505,7 +572,11 @@ static void create_plan(struct samepaged *d, struct conn *c, const struct sp_cre
 		/* A run's new extent (run_pick()): fresh pages, even where the
 		 * content is pooled already, in a short extent. */
 		id = look < c->npairs && c->look_run[look] ? SP_POOL_NONE : stable_for(d, c, key);
-		int64_t nid = id == SP_POOL_NONE ? alloc_for(d, c, NULL, key) : -1;
+		struct conn *o = look < c->npairs && c->pairs[look].conn ?
+				 conn_by_id(d, c->pairs[look].conn) : NULL;
+		int64_t nid = id == SP_POOL_NONE ?
+			alloc_for(d, c, NULL, key, look < c->npairs ? c->look_addr[look] : 0, o,
+				  o ? c->pairs[look].addr : 0) : -1;
 
 		dst[i] = (struct create_dst){ .id = id, .ok = id != SP_POOL_NONE };
 		if (nid >= 0)

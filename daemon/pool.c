@@ -216,7 +216,9 @@ static void fill_page(struct pool *p, struct pool_seg *s, uint32_t idx, const vo
 	s->pages[idx] = (struct pool_page){ .hash = hash, .next = NO_PAGE };
 	set_bits(s->busy, idx, 1, 1);
 	set_bits(s->live, idx, 1, 1);
-	if (idx >= s->touched)
+	if (hash == POOL_HOLE)
+		p->holes++;
+	else if (idx >= s->touched)
 		s->touched = idx + 1;
 	s->used++;
 	p->pages_used++;
@@ -293,6 +295,23 @@ int pool_free_at(const struct pool *p, uint64_t domain, uint32_t id)
 	       !bit(p->segs[si].busy, id % SP_SEG_PAGES);
 }
 
+int pool_alloc_hole(struct pool *p, uint64_t domain, uint32_t id)
+{
+	return pool_alloc_at(p, domain, id, NULL, POOL_HOLE);
+}
+
+void pool_set_hash(struct pool *p, uint32_t id, uint64_t hash)
+{
+	struct pool_seg *s = &p->segs[id / SP_SEG_PAGES];
+	uint32_t idx = id % SP_SEG_PAGES;
+
+	if (s->pages[idx].hash == POOL_HOLE)
+		p->holes--;
+	if (idx >= s->touched)
+		s->touched = idx + 1;
+	s->pages[idx].hash = hash;
+}
+
 int pool_alloc_at(struct pool *p, uint64_t domain, uint32_t id, const void *data, uint64_t hash)
 {
 	if (!pool_free_at(p, domain, id))
@@ -306,6 +325,8 @@ void pool_free(struct pool *p, uint32_t id)
 	struct pool_seg *s = &p->segs[id / SP_SEG_PAGES];
 	uint32_t idx = id % SP_SEG_PAGES;
 
+	if (s->pages[idx].hash == POOL_HOLE)
+		p->holes--;
 	s->pages[idx].hash = 0;
 	set_bits(s->busy, idx, 1, 0);
 	set_bits(s->live, idx, 1, 0);

@@ -48,10 +48,15 @@ struct pool_seg {
 	uint32_t touched;     /* pages [touched, SP_SEG_PAGES) never written: no memory yet */
 };
 
+/* pool_page.hash of a hole: a page allocated for a filled gap
+ * (pool_alloc_hole()), never written, so no memory, and in no index. */
+#define POOL_HOLE 0ull
+
 struct pool {
 	struct pool_seg segs[SP_MAX_SEGS];
 	uint32_t nsegs;       /* slots [0, nsegs) may be in use */
-	uint64_t pages_used;
+	uint64_t pages_used;  /* holes included */
+	uint64_t holes;
 	uint32_t segs_live;
 };
 
@@ -79,6 +84,13 @@ void pool_alloc_reserved(struct pool *p, uint32_t id, const void *data, uint64_t
  * content, is reserved, or its segment is not domain's (a run's extent
  * grows by its next id only: DESIGN.md, "Runs of one content"). */
 int pool_alloc_at(struct pool *p, uint64_t domain, uint32_t id, const void *data, uint64_t hash);
+/* Allocate exactly id as a hole (POOL_HOLE): 0 or -EBUSY as
+ * pool_alloc_at(). Its memory stays unwritten: a private mapping of it
+ * reads zeros, and costs nothing until read. */
+int pool_alloc_hole(struct pool *p, uint64_t domain, uint32_t id);
+/* Give page id (holding content or a hole) new content's hash: the caller
+ * wrote the content (a hole stops being one). */
+void pool_set_hash(struct pool *p, uint32_t id, uint64_t hash);
 /* Would pool_alloc_at() succeed? */
 int pool_free_at(const struct pool *p, uint64_t domain, uint32_t id);
 /* Give back reserved ids [first, first + n) never allocated. */

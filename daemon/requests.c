@@ -173,6 +173,51 @@ static int on_cow(struct samepaged *d, struct conn *c, const struct sp_ids *u)
 	return 0;
 }
 
+/* May id be one of c's holes: free, or a hole already (another process
+ * laid out alike filled the same gap: each has its own pages above it)? */
+static int hole_ok(struct samepaged *d, struct conn *c, uint32_t id)
+{
+	struct pool_page *pg = pool_page(&d->pool, id);
+
+	return pg ? pg->hash == POOL_HOLE : pool_free_at(&d->pool, c->domain, id);
+}
+
+/* C_FILL: holes for c's gap (DESIGN.md, "Filling gaps"), all or none.
+ * Only in a segment of c's domain that c holds a page of, as for its fd:
+ * a hole is zeros, but the ids are the pool's to hand out. */
+static int on_fill(struct samepaged *d, struct conn *c, const struct sp_fill *f)
+{
+	uint32_t seg = f->first / SP_SEG_PAGES, i;
+
+	if (c->observer || !f->n || f->n > SP_MAX_FILL || f->first / SP_SEG_PAGES >= SP_MAX_SEGS ||
+	    (f->first + f->n - 1) / SP_SEG_PAGES != seg)
+		return -EPROTO;
+	if (pool_seg_domain(&d->pool, seg) != c->domain || !refs_holds_seg(&c->refs, seg))
+		return ack(c, -EACCES);
+	for (i = 0; i < f->n; i++)
+		if (!hole_ok(d, c, f->first + i))
+			return ack(c, -EBUSY);
+	for (i = 0; i < f->n; i++) {
+		uint32_t id = f->first + i;
+		int fresh = !pool_page(&d->pool, id);
+		/* Invariant 2: c's reference before c maps it; a written one
+		 * (invariant 8): c's own copy is what its page shows. */
+		if (fresh && pool_alloc_hole(&d->pool, c->domain, id))
+			break;
+		if (ref_take(d, c, id)) {
+			if (fresh)
+				pool_free(&d->pool, id);
+			break;
+		}
+		ref_cow(d, c, id);
+	}
+	if (i == f->n)
+		return ack(c, 0);
+	while (i--)
+		ref_drop(d, c, f->first + i, 1);
+	return ack(c, -ENOMEM);
+}
+
 static int on_getseg(struct samepaged *d, struct conn *c, const struct sp_getseg *g)
 {
 	struct sp_seg_r r = { .seg = g->seg, .pages = SP_SEG_PAGES };
@@ -200,7 +245,7 @@ static void fill_global(struct samepaged *d, struct sp_global_stats *g)
 	g->full_scans = d->full_scans;
 	g->stable_node_chains = d->ix.chains;
 	g->stable_node_dups = d->ix.dups;
-	g->pool_pages = d->pool.pages_used;
+	g->pool_pages = d->pool.pages_used - d->pool.holes; /* holes cost no memory */
 	g->pool_segments = d->pool.segs_live;
 	g->pool_written = d->written;
 	g->pages_inplace = d->inplace;
@@ -373,6 +418,7 @@ int dispatch(struct samepaged *d, struct conn *c, struct sp_msg *m)
 	case C_HINTS: return on_hints(d, c, (const void *)m->p);
 	case C_MOVE: return on_move(d, c, (const void *)m->p);
 	case C_PROCS: return on_procs(d, c, (const void *)m->p);
+	case C_FILL: return on_fill(d, c, (const void *)m->p);
 	default: return -EPROTO; /* a reply type sent to us */
 	}
 }

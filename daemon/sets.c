@@ -72,7 +72,9 @@ static void page_adjust(struct samepaged *d, uint32_t id, int64_t drefs, int64_t
 	live1 = pg->refs - pg->cowed;
 	d->shared += (live1 > 0) - (live0 > 0);
 	d->sharing += (uint64_t)(live1 > 1 ? live1 - 1 : 0) - (uint64_t)(live0 > 1 ? live0 - 1 : 0);
-	d->written += (pg->refs && !live1) - (refs0 && !live0);
+	/* A hole (a filled gap) costs no memory: not a page kept for copies. */
+	if (pg->hash != POOL_HOLE)
+		d->written += (pg->refs && !live1) - (refs0 && !live0);
 	if (pg->refs)
 		return;
 	/* Invariant 2: nobody holds a reference, so no VMA maps it. */

@@ -632,8 +632,8 @@ static void deliver(struct in *in, struct slot *s, uint16_t type, size_t len, in
 
 static const uint16_t types[] = {
 	C_HELLO, C_BUDGET, C_LOOKUP, C_CREATE, C_UNREF, C_GETSEG, C_FORK, C_STAT, C_SET,
-	C_UNMERGE, C_PIPE, C_HINTS, C_COW, C_MARKER, C_MOVE, C_PROCS, D_HELLO, D_BUDGET,
-	D_LOOKUP, D_CREATE, D_SEG, D_ACK, D_STAT, D_HINTS, D_MOVE, D_PROCS, 0, 17, 99, 110,
+	C_UNMERGE, C_PIPE, C_HINTS, C_COW, C_MARKER, C_MOVE, C_PROCS, C_FILL, D_HELLO, D_BUDGET,
+	D_LOOKUP, D_CREATE, D_SEG, D_ACK, D_STAT, D_HINTS, D_MOVE, D_PROCS, 0, 18, 99, 110,
 };
 
 static void op_raw(struct in *in, struct slot *s)
@@ -841,6 +841,23 @@ static void op_getseg(struct in *in, struct slot *s)
 	deliver(in, s, C_GETSEG, sizeof(g), DF_NONE);
 }
 
+/* C_FILL: ids near one the connection got (a gap after its own page),
+ * near another's, or any; counts from 0 to past SP_MAX_FILL. */
+static void op_fill(struct in *in, struct slot *s)
+{
+	uint8_t b = u8(in);
+	struct sp_fill f = { .n = u8(in) % (SP_MAX_FILL + 8) };
+
+	if (b < 0xc0 && s->nids)
+		f.first = s->ids[b % s->nids] + 1 + (b & 7);
+	else if (b < 0xf0)
+		f.first = b & 0x3f;
+	else
+		f.first = u32(in);
+	memcpy(msg, &f, sizeof(f));
+	deliver(in, s, C_FILL, sizeof(f), DF_NONE);
+}
+
 static void op_small(struct in *in, struct slot *s, uint16_t type)
 {
 	uint8_t b = u8(in);
@@ -906,17 +923,17 @@ static void run(struct in *in)
 		uint8_t op = u8(in);
 		int k = (op >> 5) % SLOTS;
 		struct slot *s = &slots[k];
-		/* 21..29 repeat the most useful of 1..18. */
+		/* 21..28 repeat the most useful of 1..18. */
 		static const uint8_t alias[32] = {
 			0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
-			1, 2, 3, 4, 5, 15, 17, 18, 3, 30, 31,
+			1, 2, 3, 4, 5, 15, 17, 18, 32, 30, 31,
 		};
 		unsigned what = alias[op & 31];
 
 		reap();
 		if (trace)
 			fprintf(stderr, "op %u on slot %d\n", what, k);
-		if (s->cfd < 0 && (what <= 16 || what == 31)) {
+		if (s->cfd < 0 && (what <= 16 || what >= 31)) {
 			/* A message for a connection that is gone: connect it anew. */
 			connect_slot(k);
 			if (s->cfd < 0)
@@ -948,6 +965,7 @@ static void run(struct in *in)
 			connect_slot(k);
 			break;
 		case 31: op_ids(in, s, C_MOVE); break;
+		case 32: op_fill(in, s); break;
 		case 30: { /* map or unmap a marker */
 			struct marker *m = &markers[u8(in) % MARKERS];
 			if (m->map) {

@@ -45,6 +45,8 @@ int defrag_init(struct lib *l)
 
 	/* 0: from vm.max_map_count, at each pass (defrag_pass()). */
 	l->defrag_vmas = v ? strtoul(v, NULL, 10) : 0;
+	v = sp_env("SAMEPAGE_FILL");
+	l->fill_off = v && !strcmp(v, "0"); /* fill.c */
 	l->defrag = arena_alloc(&l->arena, sizeof(struct defrag_window));
 	return l->defrag ? 0 : -ENOMEM;
 }
@@ -241,13 +243,8 @@ int defrag_pass(struct lib *l, struct pass *ps)
 	}
 	if (!err && !asked)
 		l->defrag_active = 0; /* nothing left to gather */
-	if (asked && !gained) {
-		l->defrag_backoff = l->defrag_backoff ? 2 * l->defrag_backoff : 1;
-		if (l->defrag_backoff > DEFRAG_BACKOFF_MAX)
-			l->defrag_backoff = DEFRAG_BACKOFF_MAX;
-		l->defrag_after = l->pass_seq + l->defrag_backoff;
-	} else if (gained) {
-		l->defrag_backoff = 0;
-	}
+	if (asked || gained)
+		pass_backoff(&l->defrag_backoff, &l->defrag_after, l->pass_seq, gained,
+			     DEFRAG_BACKOFF_MAX);
 	return err;
 }

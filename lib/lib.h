@@ -2,7 +2,7 @@
 /*
  * lib — libsamepage's one context: everything a participating process
  * keeps, and the library's internal interface, part by part (each calls
- * only those declared after it: api → scan → chunk → defrag → merge → track →
+ * only those declared after it: api → scan → chunk → defrag → fill → merge → track →
  * client). The context lives in the library's arena (arena.c), which the
  * scanner never merges: it writes it while pages are frozen.
  *
@@ -232,6 +232,9 @@ struct lib {
 	uint32_t defrag_backoff;   /* passes waited after the last try that gained nothing */
 	size_t defrag_vmas;        /* SAMEPAGE_DEFRAG_VMAS: defragment past this many VMAs */
 	int defrag_active;         /* asked to move pages: go on until nothing is left */
+	int fill_off;              /* SAMEPAGE_FILL=0: gaps are never filled (fill.c) */
+	uint64_t fill_after;       /* no filling before this pass (the last tries failed) */
+	uint32_t fill_backoff;     /* passes waited after the last pass whose fills failed */
 	unsigned char *msg;        /* SP_MAX_MSG: replies */
 	unsigned char *out;        /* SP_MAX_MSG: requests */
 	uint64_t *pm;              /* CHUNK_PAGES pagemap entries */
@@ -345,7 +348,7 @@ int scan_unmerge(struct lib *l, uintptr_t s, uintptr_t e);
 struct pass {
 	uint64_t gen;
 	int have_gen;
-	uint64_t volatile_pages, unshared, merged, changed, inplace, moved;
+	uint64_t volatile_pages, unshared, merged, changed, inplace, moved, filled;
 	uint64_t skipped;  /* quiet unique pages not read (smart_scan) */
 	struct vma fresh;  /* the kernel's VMA, asked when the snapshot is stale */
 };
@@ -359,8 +362,36 @@ int chunk_hints(struct lib *l, struct pass *ps);
 int defrag_init(struct lib *l);
 int defrag_pass(struct lib *l, struct pass *ps);
 
+/* Background work that gained nothing waits 1, 2, 4 ... up to max passes
+ * before the next try (*backoff), from pass now on (*after); work that
+ * gained resets it. */
+static inline void pass_backoff(uint32_t *backoff, uint64_t *after, uint64_t now, int gained,
+				uint32_t max)
+{
+	if (gained) {
+		*backoff = 0;
+		return;
+	}
+	*backoff = *backoff ? 2 * *backoff : 1;
+	if (*backoff > max)
+		*backoff = max;
+	*after = now + *backoff;
+}
+
+/* fill.c: after a quiet pass, the unique pages between runs of merged
+ * pages whose pool offsets follow their addresses join them in one VMA
+ * (C_FILL; lock held). */
+int fill_pass(struct lib *l, struct pass *ps);
+
 /* merge.c (lock held) */
 int merge_init(struct lib *l);
+/* The stretch v[0..nv) (pool VMAs of one segment whose offsets follow
+ * their addresses, anonymous gaps between them whose ids we hold as
+ * holes) becomes one private mapping of the segment (fd): frozen, its
+ * layout checked, every page not the pool's at its offset copied as an
+ * anonymous page of the new mapping, which replaces the stretch. 0, or
+ * -errno with the stretch as it was. */
+int merge_fill(struct lib *l, struct area *a, const struct vma *v, uint32_t nv, int fd);
 /* inplace: the VMA maps pool page id at addr already, and the page there is
  * its own written copy: merging drops the copy (MADV_DONTNEED), no mmap. */
 struct merge_item { uintptr_t addr; uint32_t id; uint16_t ok; uint16_t inplace; };

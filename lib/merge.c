@@ -545,3 +545,128 @@ int merge_detach_all(struct lib *l)
 	}
 	return err;
 }
+
+/* ---- filling gaps (DESIGN.md, "Filling gaps") ---- */
+
+/* Is the kernel's VMA at want->start still exactly the snapshot's want? */
+static int same_vma(struct lib *l, const struct vma *want)
+{
+	struct vma v;
+
+	return !os_vma_query(l->mapsfd, want->start, &v) && v.start == want->start &&
+	       v.end == want->end && v.ino == want->ino && v.prot == want->prot &&
+	       v.private_ == want->private_ && (!v.ino || v.pgoff == want->pgoff);
+}
+
+/* UFFDIO_COPY the k pages at addr[] (of the stretch at s) into tmp. */
+static int fill_flush(struct lib *l, const uintptr_t *addr, uint32_t k, uintptr_t s, uintptr_t tmp)
+{
+	uint8_t got[ABUF_PAGES];
+
+	os_read_pages(l->mem_fd, addr, sizeof(addr[0]), k, l->abuf, got);
+	for (uint32_t j = 0; j < k; j++) {
+		if (!got[j])
+			return -EAGAIN;
+		int err = os_uffd_copy(l->uffd, tmp + (addr[j] - s), l->abuf + (size_t)j * SP_PAGE,
+				       SP_PAGE);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+/* Map the pool pages [p, q) of the stretch at s in tmp now, as they are
+ * mapped in the stretch: a page merged stays mapped throughout. */
+static void fill_populate(uintptr_t s, uintptr_t tmp, uintptr_t p, uintptr_t q)
+{
+	if (q > p)
+		os_madvise((void *)(tmp + (p - s)), q - p, MADV_POPULATE_READ);
+}
+
+/* Copy into tmp (the stretch's new mapping at s) every page of [s, e)
+ * that is not the pool's page at its offset: the gaps' pages and written
+ * copies; and map in tmp the pool pages the stretch has mapped. Under the
+ * freeze: these are the bytes every writer waits on. A page swapped out,
+ * or a gap page not ours alone, stops it (-EAGAIN): nothing is lost, the
+ * stretch stays as it was. */
+static int fill_copy(struct lib *l, const struct vma *v, uint32_t nv, uintptr_t tmp)
+{
+	uintptr_t s = v[0].start, e = v[nv - 1].end, addr[ABUF_PAGES], mapped = 0;
+	uint32_t k = 0, vi = 0;
+	int err = 0;
+
+	for (uintptr_t w = s; w < e && !err; w += CHUNK_PAGES * SP_PAGE) {
+		uint32_t n = (uint32_t)((e - w) / SP_PAGE < CHUNK_PAGES ? (e - w) / SP_PAGE : CHUNK_PAGES);
+		err = os_pagemap(l->pmfd, w, n, l->pm);
+		for (uint32_t i = 0; i < n && !err; i++) {
+			uintptr_t p = w + (uintptr_t)i * SP_PAGE;
+			uint64_t pm = l->pm[i];
+			while (p >= v[vi].end)
+				vi++;
+			int gap = v[vi].kind != VMA_POOL;
+			if (PM_SWAP(pm) || (gap && !(PM_PRESENT(pm) && !PM_FILE(pm) && PM_EXCLUSIVE(pm))))
+				return -EAGAIN;
+			/* The pool's page at this offset, in both. */
+			if (PM_PRESENT(pm) && PM_FILE(pm)) {
+				mapped = mapped ? mapped : p;
+				continue;
+			}
+			fill_populate(s, tmp, mapped, p);
+			mapped = 0;
+			if (!PM_PRESENT(pm))
+				continue;
+			addr[k++] = p;
+			if (k == ABUF_PAGES) {
+				err = fill_flush(l, addr, k, s, tmp);
+				k = 0;
+			}
+		}
+	}
+	if (!err && k)
+		err = fill_flush(l, addr, k, s, tmp);
+	if (!err)
+		fill_populate(s, tmp, mapped, e);
+	return err;
+}
+
+int merge_fill(struct lib *l, struct area *a, const struct vma *v, uint32_t nv, int fd)
+{
+	uintptr_t s = v[0].start, e = v[nv - 1].end;
+	size_t len = e - s;
+	void *tmp;
+	int err;
+
+	if (l->uffd < 0)
+		return l->uffd;
+	/* The stretch's pool pages at their offsets; the rest comes below, as
+	 * anonymous pages that the file never sees (no pool memory). */
+	tmp = os_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd,
+		      (off_t)v[0].pgoff * SP_PAGE);
+	if (tmp == MAP_FAILED)
+		return -ENOMEM;
+	err = os_uffd_register_missing(l->uffd, (uintptr_t)tmp, len);
+	if (err)
+		goto out;
+	err = os_uffd_freeze(l->uffd, s, len);
+	if (err)
+		goto out;
+	/* Invariant 1: frozen, the layout is still the one judged, and every
+	 * byte not the pool's is copied while no writer can change it. */
+	for (uint32_t i = 0; i < nv && !err; i++)
+		err = same_vma(l, &v[i]) ? 0 : -ESTALE;
+	if (!err)
+		err = fill_copy(l, v, nv, (uintptr_t)tmp);
+	/* Invariant 3: the replacement keeps the memory's attributes. */
+	if (!err && ((v[0].prot != (PROT_READ | PROT_WRITE) && os_mprotect(tmp, len, v[0].prot) < 0) ||
+		     os_apply_flags((uintptr_t)tmp, len, a->vmflags) < 0 ||
+		     os_mremap(tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)s) == MAP_FAILED))
+		err = -errno;
+	if (err)
+		os_uffd_unprotect(l->uffd, s, len);
+	os_uffd_thaw(l->uffd, s, len);
+	if (!err)
+		return 0;
+out:
+	os_munmap(tmp, len);
+	return err;
+}

@@ -228,6 +228,8 @@ static int pass_locked(struct lib *l, struct pass *ps)
 	 * application keeps writing do not stop it). */
 	if (!ps->merged) {
 		err = defrag_pass(l, ps);
+		if (!err)
+			err = fill_pass(l, ps);
 		if (err)
 			return err;
 	}

@@ -451,7 +451,8 @@ size_t tu_present(pid_t pid, uintptr_t addr, size_t npages)
 	return k;
 }
 
-int tu_pool_vmas(pid_t pid, uintptr_t s, uintptr_t e)
+/* VMAs of pid overlapping [s, e) whose maps line holds name (NULL: any). */
+static int vmas_named(pid_t pid, uintptr_t s, uintptr_t e, const char *name)
 {
 	char path[64], line[512];
 	FILE *f;
@@ -465,11 +466,21 @@ int tu_pool_vmas(pid_t pid, uintptr_t s, uintptr_t e)
 		unsigned long vs, ve;
 		if (sscanf(line, "%lx-%lx", &vs, &ve) != 2)
 			continue;
-		if (vs < e && ve > s && strstr(line, "/memfd:samepage-pool"))
+		if (vs < e && ve > s && (!name || strstr(line, name)))
 			n++;
 	}
 	fclose(f);
 	return n;
+}
+
+int tu_pool_vmas(pid_t pid, uintptr_t s, uintptr_t e)
+{
+	return vmas_named(pid, s, e, "/memfd:samepage-pool");
+}
+
+int tu_vmas_over(pid_t pid, uintptr_t s, uintptr_t e)
+{
+	return vmas_named(pid, s, e, NULL);
 }
 
 size_t tu_file_pages(pid_t pid, uintptr_t addr, size_t npages)

@@ -142,6 +142,8 @@ size_t tu_distinct(uint64_t *v, size_t n);
 /* VMAs of pid overlapping [s, e) that map samepage's pool (or its zero
  * segment); -1 if its maps cannot be read. */
 int tu_pool_vmas(pid_t pid, uintptr_t s, uintptr_t e);
+/* VMAs of pid overlapping [s, e), of any kind; -1 as above. */
+int tu_vmas_over(pid_t pid, uintptr_t s, uintptr_t e);
 /* Pages among npages at addr of pid that map a file page (pagemap bit 61:
  * for merged memory, a pool page). */
 size_t tu_file_pages(pid_t pid, uintptr_t addr, size_t npages);

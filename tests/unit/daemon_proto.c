@@ -1329,6 +1329,62 @@ static void test_reuse(int g)
 	TU_CHECK(tu_wait(settled, &g, 5), "connection not closed");
 }
 
+static int32_t fill(int fd, uint32_t first, uint32_t n)
+{
+	struct sp_fill f = { first, n };
+
+	send_ok(fd, C_FILL, &f, sizeof(f));
+	return expect_ack(fd, "C_FILL");
+}
+
+/* C_FILL (DESIGN.md, "Filling gaps"): free ids become the asker's holes,
+ * written references that cost no pool page; a second process laid out
+ * alike shares them; ids holding content, still reserved or in a segment
+ * the asker holds nothing of are refused; a malformed one closes. */
+static void test_fill(int g)
+{
+	static unsigned char pg[3 * PAGE];
+	uint32_t ids[3], y;
+	int a = connect_hello(), b = connect_hello(), e = connect_hello();
+	struct sp_stat_r st;
+
+	tu_fill(pg, sizeof(pg), 9301);
+	create_n(a, pg, 3, NULL, NULL, ids);
+	TU_CHECK(ids[1] == ids[0] + 1 && ids[2] == ids[0] + 2, "3 pages created: %u %u %u",
+		 ids[0], ids[1], ids[2]);
+	unref(a, ids[1]); /* a gap: its id is free now */
+	pool_now(g, 2, 0, "the middle page freed");
+	TU_CHECK(fill(b, ids[1], 1) == -EACCES, "B holds nothing in the segment");
+	TU_CHECK(fill(a, ids[1], 1) == 0, "A's hole");
+	st = pool_now(g, 2, 0, "a hole costs no pool page");
+	TU_CHECK(st.g.pages_shared == 2 && st.g.pool_written == 0,
+		 "a hole: pages_shared %llu, pool_written %llu (want 2, 0)",
+		 (unsigned long long)st.g.pages_shared, (unsigned long long)st.g.pool_written);
+	TU_CHECK(lookup(b, hash_of(pg), 0xb0000) == ids[0], "B finds A's first page");
+	TU_CHECK(fill(b, ids[1], 1) == 0, "B shares A's hole");
+	TU_CHECK(fill(a, ids[2], 1) == -EBUSY, "a page with content as a hole");
+	TU_CHECK(fill(a, ids[2] + 1, 2) == -EBUSY, "ids still in A's reservation");
+	pool_now(g, 2, 1, "B maps A's first page; holes and refusals cost nothing");
+	/* Malformed: too many, none, across a segment's end. */
+	y = connect_hello();
+	TU_CHECK(lookup((int)y, hash_of(pg), 0xe0000) == ids[0], "E' finds A's first page");
+	send_ok((int)y, C_FILL, &(struct sp_fill){ ids[1], SP_MAX_FILL + 1 }, sizeof(struct sp_fill));
+	TU_CHECK(closed((int)y), "C_FILL of %u ids not closed", SP_MAX_FILL + 1);
+	hangup((int)y);
+	send_ok(e, C_FILL, &(struct sp_fill){ SP_SEG_PAGES - 1, 2 }, sizeof(struct sp_fill));
+	TU_CHECK(closed(e), "C_FILL across a segment's end not closed");
+	hangup(e);
+	unref(a, ids[1]);
+	unref(b, ids[1]);
+	unref(b, ids[0]);
+	unref(a, ids[0]);
+	unref(a, ids[2]);
+	pool_now(g, 0, 0, "holes and pages dropped");
+	hangup(a);
+	hangup(b);
+	TU_CHECK(tu_wait(settled, &g, 5), "connections not closed");
+}
+
 /* C_MOVE of n ids: the reply's ids into out. */
 static void move(int fd, const uint32_t *ids, uint32_t n, uint32_t *out)
 {
@@ -1520,6 +1576,14 @@ static int expected(uint16_t t, const unsigned char *p, uint32_t len, int helloe
 	case C_SET: case C_UNMERGE: return D_ACK;
 	case C_STAT: return D_STAT; /* or D_ACK -ESRCH */
 	case C_PROCS: return D_PROCS;
+	case C_FILL: {
+		struct sp_fill f;
+		memcpy(&f, p, sizeof(f));
+		if (observer || !f.n || f.n > SP_MAX_FILL || f.first / SP_SEG_PAGES >= SP_MAX_SEGS ||
+		    (f.first + f.n - 1) / SP_SEG_PAGES != f.first / SP_SEG_PAGES)
+			return CLOSE;
+		return D_ACK; /* -EACCES: it holds nothing */
+	}
 	default: return CLOSE; /* C_HELLO again, or a reply type */
 	}
 }
@@ -1742,6 +1806,7 @@ int main(void)
 	test_hints(g);
 	test_hint_full(g);
 	test_reuse(g);
+	test_fill(g);
 	test_move(g);
 	test_fd_passing(g);
 	test_garbage(g);

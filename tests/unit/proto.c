@@ -101,6 +101,7 @@ static const struct layout layouts[] = {
 	{ D_HINTS, sizeof(struct sp_hints), sizeof(struct sp_hint), SP_MAX_HINTS },
 	{ D_MOVE, sizeof(struct sp_ids), sizeof(uint32_t), SP_MAX_MOVE },
 	{ C_PROCS, sizeof(struct sp_procs_req), 0, 0 },
+	{ C_FILL, sizeof(struct sp_fill), 0, 0 },
 	{ D_PROCS, sizeof(struct sp_procs), sizeof(struct sp_proc_ent), SP_MAX_PROCS },
 };
 #define NLAYOUTS (sizeof(layouts) / sizeof(layouts[0]))
@@ -158,7 +159,7 @@ static unsigned char *counted(const struct layout *l, uint32_t cnt, uint32_t n, 
 static void test_validate(void)
 {
 	static unsigned char zero[sizeof(struct sp_stat_r) + 16];
-	static const uint16_t unknown[] = { 0, C_PROCS + 1, 17, 18, 50, 99, D_PROCS + 1, 110, 111,
+	static const uint16_t unknown[] = { 0, C_FILL + 1, 18, 19, 50, 99, D_PROCS + 1, 110, 111,
 					    200, 0x8001, 0xffff };
 
 	for (size_t i = 0; i < NLAYOUTS; i++) {
@@ -541,7 +542,7 @@ static void test_wire(void)
 		{ C_HELLO, 1 }, { C_BUDGET, 2 }, { C_LOOKUP, 3 }, { C_CREATE, 4 }, { C_UNREF, 5 },
 		{ C_GETSEG, 6 }, { C_FORK, 7 }, { C_STAT, 8 }, { C_SET, 9 }, { C_UNMERGE, 10 },
 		{ C_PIPE, 11 }, { C_HINTS, 12 }, { C_COW, 13 }, { C_MARKER, 14 }, { C_MOVE, 15 },
-		{ C_PROCS, 16 },
+		{ C_PROCS, 16 }, { C_FILL, 17 },
 		{ D_HELLO, 100 }, { D_BUDGET, 101 },
 		{ D_LOOKUP, 102 }, { D_CREATE, 103 }, { D_SEG, 104 }, { D_ACK, 105 },
 		{ D_STAT, 106 }, { D_HINTS, 107 }, { D_MOVE, 108 }, { D_PROCS, 109 },
@@ -566,6 +567,7 @@ static void test_wire(void)
 		{ "sp_budget_r.knobs", offsetof(struct sp_budget_r, knobs), 24 },
 		{ "sp_ids.id", offsetof(struct sp_ids, id), 4 },
 		{ "sp_procs_req", sizeof(struct sp_procs_req), 8 },
+		{ "sp_fill", sizeof(struct sp_fill), 8 },
 		{ "sp_proc_ent", sizeof(struct sp_proc_ent), 112 },
 		{ "sp_proc_ent.st", offsetof(struct sp_proc_ent, st), 16 },
 		{ "sp_proc_ent.refs", offsetof(struct sp_proc_ent, refs), 96 },
