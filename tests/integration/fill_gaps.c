@@ -9,13 +9,15 @@
  * anonymous pages of the pool mapping, still private (frames not shared),
  * no pool memory spent on them (pool_pages: the shared pages only), and
  * every byte, including every write the writers made while their pages
- * were copied, as a shadow copy says. Unmerged, the same.
+ * were copied, as a shadow copy says; a gap page dropped by a raw
+ * MADV_DONTNEED (no wrapper) reads zeros. Unmerged, the same.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "samepage.h"
@@ -79,8 +81,16 @@ static int child(int rd, int wr, void *arg)
 	tu_recv(rd, &cmd, 1); /* filled, or given up */
 	atomic_store(&w.stop, 1);
 	pthread_join(t, NULL);
-	TU_CHECK_RETURN(!memcmp(p, w.shadow, NPAGES * PAGE), "content differs from the shadow after %lu rounds of writes",
-			w.rounds);
+	TU_CHECK_RETURN(!memcmp(p, w.shadow, NPAGES * PAGE),
+			"content differs from the shadow after %lu rounds of writes", w.rounds);
+	/* A DONTNEED that bypasses the wrappers (a raw system call) on a
+	 * filled gap page reads its hole: zeros, as anonymous memory would,
+	 * never another page's bytes. */
+	unsigned char *gp = p + (size_t)(3 * BLOCK + SHARED) * PAGE;
+	TU_CHECK_RETURN(syscall(SYS_madvise, gp, PAGE, MADV_DONTNEED) == 0, "raw MADV_DONTNEED");
+	memset(w.shadow + (gp - p), 0, PAGE);
+	TU_CHECK_RETURN(!memcmp(p, w.shadow, NPAGES * PAGE),
+			"a gap page dropped behind the wrappers does not read zeros");
 	TU_CHECK_RETURN(samepage_madvise(p, NPAGES * PAGE, MADV_UNMERGEABLE) == 0, "unmergeable");
 	TU_CHECK_RETURN(!memcmp(p, w.shadow, NPAGES * PAGE), "content differs after unmerging");
 	printf("child %d: %lu rounds of writes, every byte right\n", idx, w.rounds);
