@@ -35,7 +35,7 @@
 #define SP_MAX_UNREF 16384u
 #define SP_MAX_MOVE 512u              /* pages in one C_MOVE: a scan chunk */
 #define SP_MAX_PROCS 512u             /* processes in one D_PROCS (112 bytes each) */
-#define SP_MAX_FILL 64u               /* pool ids one C_FILL holds: a gap between two runs */
+#define SP_MAX_FILL 256u              /* pool ids one C_FILL holds: a gap between two runs */
 #define SP_POOL_NONE 0xffffffffu      /* lookup: no match, kept in the unstable index */
 #define SP_POOL_CREATE 0xfffffffeu    /* lookup: match in the unstable index, send the page */
 /* C_UNREF: the reference dropped is one its mapper had written (C_COW). */

@@ -411,8 +411,8 @@ int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l)
 
 #define RESERVE_RUN 512u /* a scan chunk: what one process creates in a row */
 /* Unique pages between two created ones for which ids are left free
- * (DESIGN.md, "Filling gaps"). */
-#define GAP_MAX 64u
+ * (DESIGN.md, "Filling gaps"): as many as one C_FILL may ask for. */
+#define GAP_MAX SP_MAX_FILL
 
 /* How many ids c's reservation skips to place a page at addr after the
  * one it placed last (the pages between: a gap the process may fill

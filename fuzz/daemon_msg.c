@@ -846,7 +846,7 @@ static void op_getseg(struct in *in, struct slot *s)
 static void op_fill(struct in *in, struct slot *s)
 {
 	uint8_t b = u8(in);
-	struct sp_fill f = { .n = u8(in) % (SP_MAX_FILL + 8) };
+	struct sp_fill f = { .n = (u8(in) * 3u) % (SP_MAX_FILL + 8) };
 
 	if (b < 0xc0 && s->nids)
 		f.first = s->ids[b % s->nids] + 1 + (b & 7);
