@@ -121,6 +121,15 @@ int os_uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len)
 	return c.copy == (int64_t)len ? 0 : -EAGAIN;
 }
 
+int os_uffd_zeropage(int uffd, uintptr_t dst, size_t len)
+{
+	struct uffdio_zeropage z = { .range = { dst, len } };
+
+	if (raw_ioctl(uffd, UFFDIO_ZEROPAGE, &z) < 0)
+		return -errno;
+	return z.zeropage == (int64_t)len ? 0 : -EAGAIN;
+}
+
 int os_uffd_unprotect(int uffd, uintptr_t a, size_t len)
 {
 	struct uffdio_writeprotect wp = { .range = { a, len }, .mode = 0 };
@@ -184,6 +193,17 @@ int os_has_zero_page(int pmfd)
 	n = raw_ioctl(pmfd, SP_PAGEMAP_SCAN, &arg);
 	os_munmap((void *)p, SP_PAGE);
 	return n != 0; /* 1 region: it is the zero page; -1: cannot tell */
+}
+
+int os_maps_zero_page(int pmfd, uintptr_t a)
+{
+	struct sp_page_region r;
+	struct sp_pm_scan_arg arg = {
+		.size = sizeof(arg), .start = a, .end = a + SP_PAGE, .vec = (uintptr_t)&r,
+		.vec_len = 1, .category_mask = SP_PAGE_IS_PFNZERO, .return_mask = SP_PAGE_IS_PFNZERO,
+	};
+
+	return raw_ioctl(pmfd, SP_PAGEMAP_SCAN, &arg) == 1;
 }
 
 uintptr_t os_next_present(int pmfd, uintptr_t a, uintptr_t e)

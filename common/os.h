@@ -80,6 +80,8 @@ int os_uffd_thaw(int uffd, uintptr_t a, size_t len);
 int os_uffd_register_missing(int uffd, uintptr_t a, size_t len);
 /* Copy len bytes from src into the registered missing range at dst. */
 int os_uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len);
+/* Map the zero page over the registered missing range [dst, dst+len). */
+int os_uffd_zeropage(int uffd, uintptr_t dst, size_t len);
 
 /* Raw pagemap entries of n pages from a. */
 int os_pagemap(int pmfd, uintptr_t a, size_t n, uint64_t *out);
@@ -88,6 +90,9 @@ int os_pagemap(int pmfd, uintptr_t a, size_t n, uint64_t *out);
 #define PM_FILE(e) (((e) >> 61) & 1)
 #define PM_EXCLUSIVE(e) (((e) >> 56) & 1)
 
+/* Does the page at a map the kernel's zero page (PAGEMAP_SCAN)? 0 also
+ * where the kernel cannot tell. */
+int os_maps_zero_page(int pmfd, uintptr_t a);
 /* First page at or after a (below e) that is present or swapped, or e when
  * none is: lets a pass skip reserved-but-untouched memory (sanitizer
  * shadows, heap reservations) at page-table speed. PAGEMAP_SCAN, Linux

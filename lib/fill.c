@@ -44,8 +44,10 @@ static int seg_of(const struct lib *l, const struct vma *v, int *last)
 }
 
 /* May g, between two pool VMAs of area a, be filled: anonymous, ours
- * (inside a), short, its pages unique pages the scanner knows (not zero
- * pages, not merged)? */
+ * (inside a), short, its pages unique pages the scanner knows or zero
+ * pages on the kernel's zero page (not merged, not from the zero
+ * segment)? Filled, a zero page maps the zero page still, over its hole,
+ * and counts as a written merged page, no longer in ksm_zero_pages. */
 static int gap_ok(struct lib *l, const struct area *a, const struct vma *g)
 {
 	if (g->kind != VMA_ANON || !g->private_ || g->start < a->start || g->end > a->end ||
@@ -53,10 +55,9 @@ static int gap_ok(struct lib *l, const struct area *a, const struct vma *g)
 		return 0;
 	for (uintptr_t p = g->start; p < g->end; p += SP_PAGE) {
 		uint32_t st = a->e[(p - a->start) / SP_PAGE].state;
-		if (st != E_NEW && st != E_HASHED)
+		if (st != E_NEW && st != E_HASHED && !(st == E_ZERO && l->zero_page_ok))
 			return 0;
 	}
-	(void)l;
 	return 1;
 }
 

@@ -587,8 +587,8 @@ static void fill_populate(uintptr_t s, uintptr_t tmp, uintptr_t p, uintptr_t q)
  * that is not the pool's page at its offset: the gaps' pages and written
  * copies; and map in tmp the pool pages the stretch has mapped. Under the
  * freeze: these are the bytes every writer waits on. A page swapped out,
- * or a gap page not ours alone, stops it (-EAGAIN): nothing is lost, the
- * stretch stays as it was. */
+ * or a gap page not ours alone (a fork shares it), stops it (-EAGAIN):
+ * nothing is lost, the stretch stays as it was. */
 static int fill_copy(struct lib *l, const struct vma *v, uint32_t nv, uintptr_t tmp)
 {
 	uintptr_t s = v[0].start, e = v[nv - 1].end, addr[ABUF_PAGES], mapped = 0;
@@ -604,8 +604,22 @@ static int fill_copy(struct lib *l, const struct vma *v, uint32_t nv, uintptr_t 
 			while (p >= v[vi].end)
 				vi++;
 			int gap = v[vi].kind != VMA_POOL;
-			if (PM_SWAP(pm) || (gap && !(PM_PRESENT(pm) && !PM_FILE(pm) && PM_EXCLUSIVE(pm))))
+			/* A gap page not present, or mapping the zero page, reads
+			 * zeros: the zero page, as anonymous memory maps on a
+			 * read, not the hole (which would take a page of the
+			 * segment once read). */
+			int zero = gap && !PM_SWAP(pm) &&
+				   (!PM_PRESENT(pm) ||
+				    (!PM_FILE(pm) && !PM_EXCLUSIVE(pm) && os_maps_zero_page(l->pmfd, p)));
+			if (PM_SWAP(pm) ||
+			    (gap && !zero && !(PM_PRESENT(pm) && !PM_FILE(pm) && PM_EXCLUSIVE(pm))))
 				return -EAGAIN;
+			if (zero) {
+				err = os_uffd_zeropage(l->uffd, tmp + (p - s), SP_PAGE);
+				fill_populate(s, tmp, mapped, p);
+				mapped = 0;
+				continue;
+			}
 			/* The pool's page at this offset, in both. */
 			if (PM_PRESENT(pm) && PM_FILE(pm)) {
 				mapped = mapped ? mapped : p;

@@ -10,7 +10,8 @@
  * no pool memory spent on them (pool_pages: the shared pages only), and
  * every byte, including every write the writers made while their pages
  * were copied, as a shadow copy says; a gap page dropped by a raw
- * MADV_DONTNEED (no wrapper) reads zeros. Unmerged, the same.
+ * MADV_DONTNEED (no wrapper) reads zeros, and so do a gap page that was
+ * never present and one merged as a zero page. Unmerged, the same.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -29,6 +30,12 @@
 #define NPAGES (BLOCK * NBLOCKS)
 #define NSHARED (SHARED * NBLOCKS)
 #define NPROC 2
+/* A unique page never written again after it was dropped: not present,
+ * it reads zeros; filled, it maps the zero page, not its hole. */
+#define ABSENT ((5 * BLOCK + SHARED + 1) * (size_t)PAGE)
+/* A unique page of zeros: merged as a zero page (use_zero_pages), then
+ * filled. */
+#define ZEROED ((6 * BLOCK + SHARED + 2) * (size_t)PAGE)
 
 struct writer {
 	unsigned char *p, *shadow;
@@ -48,6 +55,8 @@ static void *write_unique(void *arg)
 		for (uint32_t b = 0; b < NBLOCKS; b++)
 			for (uint32_t i = SHARED; i < BLOCK; i++) {
 				size_t off = (size_t)(b * BLOCK + i) * PAGE + (w->rounds % 64) * 8;
+				if (off / PAGE * PAGE == ABSENT || off / PAGE * PAGE == ZEROED)
+					continue;
 				uint64_t v = w->rounds;
 				memcpy(w->p + off, &v, 8);
 				memcpy(w->shadow + off, &v, 8);
@@ -73,6 +82,8 @@ static int child(int rd, int wr, void *arg)
 		tu_fill(p + ((size_t)b * BLOCK + SHARED) * PAGE, (BLOCK - SHARED) * PAGE,
 			9000 + 100 * (uint64_t)idx + b);
 	}
+	TU_CHECK_RETURN(madvise(p + ABSENT, PAGE, MADV_DONTNEED) == 0, "MADV_DONTNEED");
+	memset(p + ZEROED, 0, PAGE);
 	memcpy(w.shadow, p, NPAGES * PAGE);
 	TU_CHECK_RETURN(pthread_create(&t, NULL, write_unique, &w) == 0, "pthread_create");
 	tu_send(wr, &a, sizeof(a));
