@@ -57,6 +57,8 @@ static int gap_ok(struct lib *l, const struct area *a, const struct vma *g)
 		uint32_t st = a->e[(p - a->start) / SP_PAGE].state;
 		if (st != E_NEW && st != E_HASHED && !(st == E_ZERO && l->zero_page_ok))
 			return 0;
+		if (l->fill_mode == FILL_ZEROS && st != E_ZERO)
+			return 0;
 	}
 	return 1;
 }
@@ -152,7 +154,7 @@ int fill_pass(struct lib *l, struct pass *ps)
 	int last = -1;
 
 	/* SAMEPAGE_FAULT=fill: none, to tell its effects from others'. */
-	if (l->uffd < 0 || l->fill_off || l->pass_seq < l->fill_after ||
+	if (l->uffd < 0 || l->fill_mode == FILL_OFF || l->pass_seq < l->fill_after ||
 	    fault_inject_inherited("fill"))
 		return 0;
 	for (size_t i = 0; i + 2 < l->vmas.n && done < FILL_PER_PASS && !l->stop; i++) {
@@ -173,7 +175,7 @@ int fill_pass(struct lib *l, struct pass *ps)
 			continue;
 		done++;
 		int fd = client_pool_fd(l, first[0]);
-		int err = fd < 0 ? fd : merge_fill(l, a, v, nv, fd);
+		int err = fd < 0 ? fd : merge_fill(l, a, v, nv, fd, l->fill_mode == FILL_ALL);
 		if (l->debug)
 			sp_log("samepage[%d]: fill %#lx-%#lx %u VMAs: %d\n", (int)getpid(),
 			       (unsigned long)v->start, (unsigned long)v[nv - 1].end, nv, err);

@@ -232,7 +232,7 @@ struct lib {
 	uint32_t defrag_backoff;   /* passes waited after the last try that gained nothing */
 	size_t defrag_vmas;        /* SAMEPAGE_DEFRAG_VMAS: defragment past this many VMAs */
 	int defrag_active;         /* asked to move pages: go on until nothing is left */
-	int fill_off;              /* SAMEPAGE_FILL=0: gaps are never filled (fill.c) */
+	int fill_mode;             /* SAMEPAGE_FILL (fill.c): FILL_OFF, FILL_ZEROS, FILL_ALL */
 	uint64_t fill_after;       /* no filling before this pass (the last tries failed) */
 	uint32_t fill_backoff;     /* passes waited after the last pass whose fills failed */
 	unsigned char *msg;        /* SP_MAX_MSG: replies */
@@ -378,6 +378,13 @@ static inline void pass_backoff(uint32_t *backoff, uint64_t *after, uint64_t now
 	*after = now + *backoff;
 }
 
+/* What filling may copy (SAMEPAGE_FILL=0, zeros, 1). FILL_ZEROS, the
+ * default: gaps whose pages all read zeros, between runs not written, so
+ * no page that holds data changes frame (a page under an O_DIRECT read or
+ * pinned by a device would lose what the device writes after the copy:
+ * DESIGN.md, "Filling gaps"). FILL_ALL: every gap. */
+enum fill_mode { FILL_OFF, FILL_ZEROS, FILL_ALL };
+
 /* fill.c: after a quiet pass, the unique pages between runs of merged
  * pages whose pool offsets follow their addresses join them in one VMA
  * (C_FILL; lock held). */
@@ -389,9 +396,11 @@ int merge_init(struct lib *l);
  * their addresses, anonymous gaps between them whose ids we hold as
  * holes) becomes one private mapping of the segment (fd): frozen, its
  * layout checked, every page not the pool's at its offset copied as an
- * anonymous page of the new mapping, which replaces the stretch. 0, or
- * -errno with the stretch as it was. */
-int merge_fill(struct lib *l, struct area *a, const struct vma *v, uint32_t nv, int fd);
+ * anonymous page of the new mapping (!copy_ok: -EPERM instead, unless it
+ * reads zeros), which replaces the stretch. 0, or -errno with the
+ * stretch as it was. */
+int merge_fill(struct lib *l, struct area *a, const struct vma *v, uint32_t nv, int fd,
+	       int copy_ok);
 /* inplace: the VMA maps pool page id at addr already, and the page there is
  * its own written copy: merging drops the copy (MADV_DONTNEED), no mmap. */
 struct merge_item { uintptr_t addr; uint32_t id; uint16_t ok; uint16_t inplace; };

@@ -589,7 +589,7 @@ static void fill_populate(uintptr_t s, uintptr_t tmp, uintptr_t p, uintptr_t q)
  * freeze: these are the bytes every writer waits on. A page swapped out,
  * or a gap page not ours alone (a fork shares it), stops it (-EAGAIN):
  * nothing is lost, the stretch stays as it was. */
-static int fill_copy(struct lib *l, const struct vma *v, uint32_t nv, uintptr_t tmp)
+static int fill_copy(struct lib *l, const struct vma *v, uint32_t nv, uintptr_t tmp, int copy_ok)
 {
 	uintptr_t s = v[0].start, e = v[nv - 1].end, addr[ABUF_PAGES], mapped = 0;
 	uint32_t k = 0, vi = 0;
@@ -629,6 +629,8 @@ static int fill_copy(struct lib *l, const struct vma *v, uint32_t nv, uintptr_t 
 			mapped = 0;
 			if (!PM_PRESENT(pm))
 				continue;
+			if (!copy_ok)
+				return -EPERM; /* a page holding data would change frame */
 			addr[k++] = p;
 			if (k == ABUF_PAGES) {
 				err = fill_flush(l, addr, k, s, tmp);
@@ -643,7 +645,8 @@ static int fill_copy(struct lib *l, const struct vma *v, uint32_t nv, uintptr_t 
 	return err;
 }
 
-int merge_fill(struct lib *l, struct area *a, const struct vma *v, uint32_t nv, int fd)
+int merge_fill(struct lib *l, struct area *a, const struct vma *v, uint32_t nv, int fd,
+	       int copy_ok)
 {
 	uintptr_t s = v[0].start, e = v[nv - 1].end;
 	size_t len = e - s;
@@ -669,7 +672,7 @@ int merge_fill(struct lib *l, struct area *a, const struct vma *v, uint32_t nv, 
 	for (uint32_t i = 0; i < nv && !err; i++)
 		err = same_vma(l, &v[i]) ? 0 : -ESTALE;
 	if (!err)
-		err = fill_copy(l, v, nv, (uintptr_t)tmp);
+		err = fill_copy(l, v, nv, (uintptr_t)tmp, copy_ok);
 	/* Invariant 3: the replacement keeps the memory's attributes. */
 	if (!err && ((v[0].prot != (PROT_READ | PROT_WRITE) && os_mprotect(tmp, len, v[0].prot) < 0) ||
 		     os_apply_flags((uintptr_t)tmp, len, a->vmflags) < 0 ||
