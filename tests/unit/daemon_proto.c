@@ -1344,8 +1344,8 @@ static int32_t fill(int fd, uint32_t first, uint32_t n)
 static void test_fill(int g)
 {
 	static unsigned char pg[3 * PAGE];
-	uint32_t ids[3], y;
-	int a = connect_hello(), b = connect_hello(), e = connect_hello();
+	uint32_t ids[3];
+	int a = connect_hello(), b = connect_hello(), e = connect_hello(), y;
 	struct sp_stat_r st;
 
 	tu_fill(pg, sizeof(pg), 9301);
@@ -1367,10 +1367,10 @@ static void test_fill(int g)
 	pool_now(g, 2, 1, "B maps A's first page; holes and refusals cost nothing");
 	/* Malformed: too many, none, across a segment's end. */
 	y = connect_hello();
-	TU_CHECK(lookup((int)y, hash_of(pg), 0xe0000) == ids[0], "E' finds A's first page");
-	send_ok((int)y, C_FILL, &(struct sp_fill){ ids[1], SP_MAX_FILL + 1 }, sizeof(struct sp_fill));
-	TU_CHECK(closed((int)y), "C_FILL of %u ids not closed", SP_MAX_FILL + 1);
-	hangup((int)y);
+	TU_CHECK(lookup(y, hash_of(pg), 0xe0000) == ids[0], "Y finds A's first page");
+	send_ok(y, C_FILL, &(struct sp_fill){ ids[1], SP_MAX_FILL + 1 }, sizeof(struct sp_fill));
+	TU_CHECK(closed(y), "C_FILL of %u ids not closed", SP_MAX_FILL + 1);
+	hangup(y);
 	send_ok(e, C_FILL, &(struct sp_fill){ SP_SEG_PAGES - 1, 2 }, sizeof(struct sp_fill));
 	TU_CHECK(closed(e), "C_FILL across a segment's end not closed");
 	hangup(e);
