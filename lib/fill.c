@@ -188,10 +188,12 @@ int fill_pass(struct lib *l, struct pass *ps)
 		ps->filled += nv / 2;
 		i += nv - 1;
 	}
-	/* Every stretch tried failed: its pages were copied for nothing;
-	 * they are likely to fail again for a while. */
-	if (done)
-		pass_backoff(&l->fill_backoff, &l->fill_after, l->pass_seq, failed < done,
-			     FILL_BACKOFF_MAX);
+	/* Every stretch tried failed (its pages were copied for nothing, and
+	 * are likely to fail again for a while), or there was none: the VMAs
+	 * are walked again after 1, 2, 4 ... quiet passes, at once after a
+	 * pass that merged (scan.c), not at every pass of a process that sits
+	 * merged (at the VMA budget, with thousands of VMAs). */
+	pass_backoff(&l->fill_backoff, &l->fill_after, l->pass_seq, done && failed < done,
+		     FILL_BACKOFF_MAX);
 	return 0;
 }

@@ -232,6 +232,10 @@ static int pass_locked(struct lib *l, struct pass *ps)
 			err = fill_pass(l, ps);
 		if (err)
 			return err;
+	} else {
+		/* New runs: gaps to fill perhaps, at the next quiet pass. */
+		l->fill_after = 0;
+		l->fill_backoff = 0;
 	}
 	l->st.volatile_pages = ps->volatile_pages;
 	l->st.unshared = ps->unshared;

@@ -194,8 +194,11 @@ static void idle_at_budget(void)
 	long a = cpu_ticks(A.pid) - a0, b = cpu_ticks(B.pid) - b0;
 	printf("at the budget, over 4 s: A %.2f s, B %.2f s of CPU; pages_moved %lld\n",
 	       (double)a / hz, (double)b / hz, tu_status("pages_moved"));
-	/* 1% of a core over 4 s, and a tick of rounding. */
-	TU_CHECK(a <= hz * 4 / 100 + 1 && b <= hz * 4 / 100 + 1,
+	/* 1% of a core over 4 s, and a tick of rounding; 2% under a
+	 * sanitizer, whose runtime makes each idle pass several times dearer
+	 * (TSan measured 0.02-0.06 s here, with filling gaps or without). */
+	long most = hz * 4 * (getenv("SAMEPAGE_SAN") && *getenv("SAMEPAGE_SAN") ? 2 : 1) / 100 + 1;
+	TU_CHECK(a <= most && b <= most,
 		 "spinning at the VMA budget: A %.2f s, B %.2f s of CPU in 4 s", (double)a / hz,
 		 (double)b / hz);
 	TU_CHECK(tu_status("processes_limited") >= 1, "status: processes_limited %lld "
