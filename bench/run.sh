@@ -116,7 +116,7 @@ END {
 	line("CPU per GiB merged (2 x " big " MiB)", "s/GiB", v(sp, c "cpu_per_gib"), v(kn, c "cpu_per_gib"), "ratio<=", 0.5, "<= 1/2 of kernel")
 	line("CPU per GiB scanned, steady (10000/20 ms)", "s/GiB", v(sp, "steady.cpu_per_gib"), v(kn, "steady.cpu_per_gib"), "ratio<=", 1, "<= kernel")
 	line("fork child dumping merged memory (BGSAVE)", "s", v(sp, "fork_read.child_s"), v(kn, "fork_read.child_s"), "ratio<=", 1.2, "<= 1.2 x kernel")
-	line("  parent's stores meanwhile", "1/s", v(sp, "fork_read.stores_per_s"), v(kn, "fork_read.stores_per_s"), "info", 0, "")
+	line("  stores by the parent meanwhile", "1/s", v(sp, "fork_read.stores_per_s"), v(kn, "fork_read.stores_per_s"), "info", 0, "")
 	rd = v(sp, "hash.read_gbs")
 	line("hashing per core: XXH3 (sp) | XXH64 (kernel)", "GB/s", v(sp, "hash.xxh3_gbs"), v(kn, "hash.xxh3_gbs"), "sp>=", 0.8 * rd, sprintf(">= 80%% of read %.1f", rd))
 	# Bookkeeping: what grows with the pages, between the two sizes (fixed
