@@ -75,7 +75,7 @@ int bench_interrupted(void)
 	return bench.interrupted;
 }
 
-int bench_opt(int argc, char **argv, int *i, int *repeat, int *quiet_s, int *only)
+int bench_opt(int argc, char **argv, int *i, int *repeat, int *quiet_s, int *only, size_t *mib)
 {
 	const char *o = argv[*i];
 
@@ -87,6 +87,8 @@ int bench_opt(int argc, char **argv, int *i, int *repeat, int *quiet_s, int *onl
 		*quiet_s = atoi(argv[++*i]);
 	else if (!strcmp(o, "--summary"))
 		bench.summary_path = argv[++*i];
+	else if (!strcmp(o, "--mib") && mib)
+		*mib = strtoul(argv[++*i], NULL, 10);
 	else if (!strcmp(o, "--only")) {
 		++*i;
 		*only = !strcmp(argv[*i], "samepage") ? M_SAMEPAGE :
@@ -618,6 +620,29 @@ unsigned char *bench_map_pages(size_t npages)
 	/* The raw call: libsamepage's madvise() need not see it. */
 	syscall(SYS_madvise, p, len, MADV_NOHUGEPAGE);
 	return p;
+}
+
+void bench_fill_page(void *pg, size_t i, uint64_t seed)
+{
+	tu_fill(pg, PAGE, seed ^ (i * 0x9E3779B97F4A7C15ull));
+}
+
+void bench_fill_pages(unsigned char *p, size_t npages, uint64_t seed)
+{
+	for (size_t i = 0; i < npages; i++)
+		bench_fill_page(p + i * PAGE, i, seed);
+}
+
+uint64_t bench_pages_differ(const unsigned char *p, size_t npages, uint64_t seed)
+{
+	unsigned char want[PAGE];
+	uint64_t bad = 0;
+
+	for (size_t i = 0; i < npages; i++) {
+		bench_fill_page(want, i, seed);
+		bad += memcmp(p + i * PAGE, want, PAGE) != 0;
+	}
+	return bad;
 }
 
 void bench_send(struct tu_child *c, int k, char cmd)

@@ -41,6 +41,14 @@ enum { CMD_MADVISE = 'm', CMD_VERIFY = 'v', CMD_QUIT = 'q' };
 /* npages of fresh private anonymous memory in 4 KiB pages for both mergers
  * (THP would have to be split first), or NULL. */
 unsigned char *bench_map_pages(size_t npages);
+/* Page i of a workload: the same bytes in every process of a benchmark
+ * (seed: the benchmark's own), distinct for every i. */
+void bench_fill_page(void *pg, size_t i, uint64_t seed);
+/* bench_fill_page() over pages [0, npages) of p: their first touch, done
+ * before any timing. */
+void bench_fill_pages(unsigned char *p, size_t npages, uint64_t seed);
+/* Pages of p[0, npages) that no longer hold what bench_fill_page() put. */
+uint64_t bench_pages_differ(const unsigned char *p, size_t npages, uint64_t seed);
 /* Kernel KSM switched on (mode M_KERNEL), then CMD_MADVISE to each of c[n]:
  * a refusal fails the benchmark. */
 void bench_start_merging(struct tu_child *c, int n, enum mode mode);
@@ -64,9 +72,9 @@ void bench_init(int need_ksm);
 /* A signal asked us to stop: give up (TU_FAIL) at the next chance. */
 int bench_interrupted(void);
 /* The options every benchmark takes (--repeat, --quiet-wait, --summary,
- * --only). 1: argv[*i] was one (its value consumed), 0: not one of them,
- * -1: a bad value. */
-int bench_opt(int argc, char **argv, int *i, int *repeat, int *quiet_s, int *only);
+ * --only, and --mib where mib is not NULL). 1: argv[*i] was one (its value
+ * consumed), 0: not one of them, -1: a bad value. */
+int bench_opt(int argc, char **argv, int *i, int *repeat, int *quiet_s, int *only, size_t *mib);
 /* Where summary() appends: for a benchmark parsing --summary itself. */
 void bench_summary_file(const char *path);
 

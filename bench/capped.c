@@ -101,18 +101,13 @@ struct opts {
 
 /* ---- the workload process ---- */
 
-static void fill_page(void *pg, size_t i)
-{
-	tu_fill(pg, PAGE, SEED ^ (i * 0x9E3779B97F4A7C15ull));
-}
-
 struct wctx { enum mode mode; size_t npages; };
 
 static int worker(int rd, int wr, void *arg)
 {
 	const struct wctx *w = arg;
 	size_t len = w->npages * PAGE;
-	unsigned char *p, want[PAGE];
+	unsigned char *p;
 	uintptr_t a;
 	char cmd;
 
@@ -120,8 +115,7 @@ static int worker(int rd, int wr, void *arg)
 	p = bench_map_pages(w->npages);
 	if (!p)
 		return 2;
-	for (size_t i = 0; i < w->npages; i++) /* the first touch, before any timing */
-		fill_page(p + i * PAGE, i);
+	bench_fill_pages(p, w->npages, SEED);
 	a = (uintptr_t)p;
 	if (tu_send(wr, &a, sizeof(a)))
 		return 3;
@@ -130,11 +124,7 @@ static int worker(int rd, int wr, void *arg)
 			int r = bench_mergeable(w->mode, p, len);
 			tu_send(wr, &r, sizeof(r));
 		} else if (cmd == CMD_VERIFY) {
-			uint64_t bad = 0;
-			for (size_t i = 0; i < w->npages; i++) {
-				fill_page(want, i);
-				bad += memcmp(p + i * PAGE, want, PAGE) != 0;
-			}
+			uint64_t bad = bench_pages_differ(p, w->npages, SEED);
 			tu_send(wr, &bad, sizeof(bad));
 		} else if (cmd == CMD_QUIT) {
 			return 0;
@@ -682,7 +672,7 @@ static int parse_shares(const char *arg, struct opts *o)
 static void parse(int argc, char **argv, struct opts *o)
 {
 	for (int i = 1; i < argc; i++) {
-		int c = bench_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only);
+		int c = bench_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only, &o->mib);
 		if (c < 0)
 			usage();
 		if (c)
@@ -693,9 +683,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		}
 		if (i + 1 >= argc)
 			usage();
-		if (!strcmp(argv[i], "--mib"))
-			o->mib = strtoul(argv[++i], NULL, 10);
-		else if (!strcmp(argv[i], "--shares")) {
+		if (!strcmp(argv[i], "--shares")) {
 			if (parse_shares(argv[++i], o))
 				usage();
 		} else if (!strcmp(argv[i], "--sleep-ms"))

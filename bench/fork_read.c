@@ -38,7 +38,6 @@
 
 #define NPROC 2
 #define SEED 0xf0f4eadull
-#define GOLDEN 0x9E3779B97F4A7C15ull
 #define STORE_STRIDE 16 /* the parent stores into one page in this many */
 
 enum { CMD_FORK_READ = 'f' }; /* and benchlib's CMD_* */
@@ -47,23 +46,6 @@ struct opts {
 	size_t mib;
 	int timeout_s, repeat, quiet_s, only;
 };
-
-static void fill(void *pg, size_t i)
-{
-	tu_fill(pg, PAGE, SEED ^ (i * GOLDEN));
-}
-
-static uint64_t verify(const unsigned char *p, size_t npages)
-{
-	unsigned char want[PAGE];
-	uint64_t bad = 0;
-
-	for (size_t i = 0; i < npages; i++) {
-		fill(want, i);
-		bad += memcmp(p + i * PAGE, want, PAGE) != 0;
-	}
-	return bad;
-}
 
 /* ---- the workload process ---- */
 
@@ -75,7 +57,7 @@ struct fork_r { double child_s, stores_per_s; uint64_t child_bad; int status; in
 static void dump_child(const unsigned char *p, size_t npages)
 {
 	int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
-	uint64_t bad = verify(p, npages);
+	uint64_t bad = bench_pages_differ(p, npages, SEED);
 
 	for (size_t i = 0; fd >= 0 && i < npages; i++)
 		if (write(fd, p + i * PAGE, PAGE) != PAGE)
@@ -117,8 +99,7 @@ static int worker(int rd, int wr, void *arg)
 	p = bench_map_pages(w->npages);
 	if (!p)
 		return 2;
-	for (size_t i = 0; i < w->npages; i++) /* the first touch, before any timing */
-		fill(p + i * PAGE, i);
+	bench_fill_pages(p, w->npages, SEED);
 	a = (uintptr_t)p;
 	if (tu_send(wr, &a, sizeof(a)))
 		return 3;
@@ -130,7 +111,7 @@ static int worker(int rd, int wr, void *arg)
 			struct fork_r r = fork_read(p, w->npages);
 			tu_send(wr, &r, sizeof(r));
 		} else if (cmd == CMD_VERIFY) {
-			uint64_t bad = verify(p, w->npages);
+			uint64_t bad = bench_pages_differ(p, w->npages, SEED);
 			tu_send(wr, &bad, sizeof(bad));
 		} else if (cmd == CMD_QUIT) {
 			return 0;
@@ -270,14 +251,12 @@ static void usage(void)
 static void parse(int argc, char **argv, struct opts *o)
 {
 	for (int i = 1; i < argc; i++) {
-		int c = bench_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only);
+		int c = bench_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only, &o->mib);
 		if (c < 0)
 			usage();
 		if (c)
 			continue;
-		if (!strcmp(argv[i], "--mib") && i + 1 < argc)
-			o->mib = strtoul(argv[++i], NULL, 10);
-		else if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
+		if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
 			o->timeout_s = atoi(argv[++i]);
 		else
 			usage();

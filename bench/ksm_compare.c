@@ -99,14 +99,8 @@ struct opts {
 	int sp_default_knobs, stall, stall_us, stall_max_s;
 };
 
-/* ---- per-page content: page i of every process is the same ---- */
-
-static void fill_page(void *pg, size_t i)
-{
-	tu_fill(pg, PAGE, SEED ^ (i * 0x9E3779B97F4A7C15ull));
-}
-
-/* ---- the workload process ---- */
+/* ---- the workload process (page i of every process is the same:
+ * bench_fill_page()) ---- */
 
 enum {
 	CMD_WRITE = 'w', CMD_STALL_STOP = 's' /* and benchlib's CMD_* */
@@ -155,18 +149,6 @@ static void write_test(unsigned char *p, int idx, const struct write_q *q, struc
 	r->again_ns = (t2 - t1) * 1e9 / (double)q->n;
 }
 
-static uint64_t verify(const unsigned char *p, size_t npages)
-{
-	unsigned char want[PAGE];
-	uint64_t bad = 0;
-
-	for (size_t i = 0; i < npages; i++) {
-		fill_page(want, i);
-		bad += memcmp(p + i * PAGE, want, PAGE) != 0;
-	}
-	return bad;
-}
-
 struct probe {
 	unsigned char *p;
 	size_t npages;
@@ -200,7 +182,7 @@ static uint64_t now_ns(void)
 }
 
 /* The writing application: a store of the byte already there (the content
- * stays what verify() expects) into a random page, timed; then a pause, so
+ * stays what bench_pages_differ() expects) into a random page, timed; then a pause, so
  * that the probe costs little CPU and unmerges few pages. Whatever blocks
  * the store — a COW fault, a page frozen for merging, ksmd holding the
  * page — is in the sample. */
@@ -253,8 +235,7 @@ static int worker(int rd, int wr, void *arg)
 		if (pr.pmfd < 0 || pr.kpfd < 0)
 			return 7;
 	}
-	for (size_t i = 0; i < w->npages; i++) /* the first touch, before any timing */
-		fill_page(p + i * PAGE, i);
+	bench_fill_pages(p, w->npages, SEED);
 	a = (uintptr_t)p;
 	if (tu_send(wr, &a, sizeof(a)))
 		return 3;
@@ -285,7 +266,7 @@ static int worker(int rd, int wr, void *arg)
 			write_test(p, w->idx, &q, &r);
 			tu_send(wr, &r, sizeof(r));
 		} else if (cmd == CMD_VERIFY) {
-			uint64_t bad = verify(p, w->npages);
+			uint64_t bad = bench_pages_differ(p, w->npages, SEED);
 			tu_send(wr, &bad, sizeof(bad));
 		} else if (cmd == CMD_QUIT) {
 			return 0;
@@ -815,14 +796,12 @@ static void usage(void)
 static void parse(int argc, char **argv, struct opts *o)
 {
 	for (int i = 1; i < argc; i++) {
-		int c = bench_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only);
+		int c = bench_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only, &o->mib);
 		if (c < 0)
 			usage();
 		if (c)
 			continue;
-		if (!strcmp(argv[i], "--mib") && i + 1 < argc)
-			o->mib = strtoul(argv[++i], NULL, 10);
-		else if (!strcmp(argv[i], "--writes") && i + 1 < argc)
+		if (!strcmp(argv[i], "--writes") && i + 1 < argc)
 			o->writes = strtoul(argv[++i], NULL, 10);
 		else if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
 			o->timeout_s = atoi(argv[++i]);

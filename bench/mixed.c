@@ -584,14 +584,12 @@ static void usage(void)
 static void parse(int argc, char **argv, struct opts *o)
 {
 	for (int i = 1; i < argc; i++) {
-		int c = bench_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only);
+		int c = bench_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only, &o->mib);
 		if (c < 0)
 			usage();
 		if (c)
 			continue;
-		if (!strcmp(argv[i], "--mib") && i + 1 < argc)
-			o->mib = strtoul(argv[++i], NULL, 10);
-		else if (!strcmp(argv[i], "--period-ms") && i + 1 < argc)
+		if (!strcmp(argv[i], "--period-ms") && i + 1 < argc)
 			o->period_ms = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--settle") && i + 1 < argc)
 			o->settle_s = atoi(argv[++i]);

@@ -1338,7 +1338,7 @@ static void parse(int argc, char **argv, struct opts *o)
 {
 	defaults(argc, argv, o);
 	for (int i = 1; i < argc; i++) {
-		int c = bench_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only);
+		int c = bench_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only, NULL);
 		if (c < 0)
 			usage();
 		if (!c && !parse_one(argc, argv, &i, o))

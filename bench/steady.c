@@ -315,14 +315,12 @@ static void usage(void)
 static void parse(int argc, char **argv, struct opts *o)
 {
 	for (int i = 1; i < argc; i++) {
-		int c = bench_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only);
+		int c = bench_opt(argc, argv, &i, &o->repeat, &o->quiet_s, &o->only, &o->mib);
 		if (c < 0)
 			usage();
 		if (c)
 			continue;
-		if (!strcmp(argv[i], "--mib") && i + 1 < argc)
-			o->mib = strtoul(argv[++i], NULL, 10);
-		else if (!strcmp(argv[i], "--pages") && i + 1 < argc)
+		if (!strcmp(argv[i], "--pages") && i + 1 < argc)
 			o->pages = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--sleep-ms") && i + 1 < argc)
 			o->sleep_ms = atoi(argv[++i]);
