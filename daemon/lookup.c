@@ -174,6 +174,45 @@ static int defer_inplace(struct samepaged *d, struct conn *c, const struct sp_lo
 	       (uint32_t)(now_ns() / 1000000) - pg->cowed_ms < DEFER_MS;
 }
 
+#define RESERVE_RUN 512u /* a scan chunk: what one process creates in a row */
+/* Unique pages between two created ones for which ids are left free
+ * (DESIGN.md, "Filling gaps"): as many as one C_FILL may ask for. */
+#define GAP_MAX SP_MAX_FILL
+
+/* How many ids c's reservation skips to place a page at addr after the
+ * one it placed last (the pages between: a gap the process may fill
+ * later); SKIP_NONE when it cannot go on from there. */
+#define SKIP_NONE UINT64_MAX
+static uint64_t rsv_skip(const struct conn *c, uint64_t addr)
+{
+	uint64_t skip;
+
+	if (!c->rsv_addr || addr <= c->rsv_addr || c->rsv_next == c->rsv_end)
+		return SKIP_NONE;
+	skip = (addr - c->rsv_addr) / SP_PAGE - 1;
+	return skip <= GAP_MAX && skip < c->rsv_end - c->rsv_next ? skip : SKIP_NONE;
+}
+
+/* Is id the next of c's reservation? */
+static int rsv_is_next(const struct conn *c, uint32_t id)
+{
+	return id == c->rsv_next && c->rsv_next != c->rsv_end;
+}
+
+/* The next id of o's reservation, for o's page at addr (0: placed by
+ * content, not by address), after skip ids given back free. */
+static uint32_t rsv_take(struct samepaged *d, struct conn *o, uint64_t addr, uint64_t skip,
+			 const void *data, uint64_t key)
+{
+	if (skip) {
+		pool_unreserve(&d->pool, o->rsv_next, (uint32_t)skip);
+		o->rsv_next += (uint32_t)skip;
+	}
+	o->rsv_addr = addr;
+	pool_alloc_reserved(&d->pool, o->rsv_next, data, key);
+	return o->rsv_next++;
+}
+
 /* Runs of one content (DESIGN.md, "Runs of one content"): n adjacent
  * pages that are all equal (a guest kernel's freed init memory, 0xcc by
  * the page) all map one pool page in the kernel, but here that is a VMA
@@ -248,8 +287,7 @@ static int can_grow(struct samepaged *d, struct conn *c, uint32_t id)
 {
 	if (!(id % SP_SEG_PAGES))
 		return 0;
-	return (id == c->rsv_next && c->rsv_next != c->rsv_end) ||
-	       pool_free_at(&d->pool, c->domain, id);
+	return rsv_is_next(c, id) || pool_free_at(&d->pool, c->domain, id);
 }
 
 /* Make pool page id a copy of pool page src (content key), in the stable
@@ -257,13 +295,11 @@ static int can_grow(struct samepaged *d, struct conn *c, uint32_t id)
  * process's check, as for any page it is handed. */
 static int grow(struct samepaged *d, struct conn *c, uint32_t id, uint32_t src, uint64_t key)
 {
-	if (id == c->rsv_next && c->rsv_next != c->rsv_end) {
-		pool_alloc_reserved(&d->pool, id, pool_data(&d->pool, src), key);
-		c->rsv_next++;
-		c->rsv_addr = 0; /* alloc_for() goes on from here, not by address */
-	} else if (pool_alloc_at(&d->pool, c->domain, id, pool_data(&d->pool, src), key)) {
+	/* From c's reservation: alloc_for() goes on from here, not by address. */
+	if (rsv_is_next(c, id))
+		rsv_take(d, c, 0, 0, pool_data(&d->pool, src), key);
+	else if (pool_alloc_at(&d->pool, c->domain, id, pool_data(&d->pool, src), key))
 		return -EBUSY;
-	}
 	if (!stable_insert(&d->ix, &d->pool, id))
 		return 0;
 	pool_free(&d->pool, id);
@@ -407,39 +443,6 @@ int on_lookup(struct samepaged *d, struct conn *c, const struct sp_lookup *l)
 	}
 	r->n = n;
 	return reply(c, D_LOOKUP, r, sizeof(*r) + n * sizeof(uint32_t));
-}
-
-#define RESERVE_RUN 512u /* a scan chunk: what one process creates in a row */
-/* Unique pages between two created ones for which ids are left free
- * (DESIGN.md, "Filling gaps"): as many as one C_FILL may ask for. */
-#define GAP_MAX SP_MAX_FILL
-
-/* How many ids c's reservation skips to place a page at addr after the
- * one it placed last (the pages between: a gap the process may fill
- * later); SKIP_NONE when it cannot go on from there. */
-#define SKIP_NONE UINT64_MAX
-static uint64_t rsv_skip(const struct conn *c, uint64_t addr)
-{
-	uint64_t skip;
-
-	if (!c->rsv_addr || addr <= c->rsv_addr || c->rsv_next == c->rsv_end)
-		return SKIP_NONE;
-	skip = (addr - c->rsv_addr) / SP_PAGE - 1;
-	return skip <= GAP_MAX && skip < c->rsv_end - c->rsv_next ? skip : SKIP_NONE;
-}
-
-/* The next id of o's reservation, for o's page at addr, after skip ids
- * given back free. */
-static uint32_t rsv_take(struct samepaged *d, struct conn *o, uint64_t addr, uint64_t skip,
-			 const void *data, uint64_t key)
-{
-	if (skip) {
-		pool_unreserve(&d->pool, o->rsv_next, (uint32_t)skip);
-		o->rsv_next += (uint32_t)skip;
-	}
-	o->rsv_addr = addr;
-	pool_alloc_reserved(&d->pool, o->rsv_next, data, key);
-	return o->rsv_next++;
 }
 
 /* The id for c's new page at addr, which matched o's page at oaddr (o:

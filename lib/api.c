@@ -96,7 +96,7 @@ static void lib_create(void)
 	l->mapsfd = raw_open("/proc/self/maps", O_RDONLY | O_CLOEXEC, 0);
 	/* Each part sets up its own state (lib.h): no part sizes another's. */
 	if (!l->stack || !l->zpage || l->pmfd < 0 || l->mapsfd < 0 || client_init(l) ||
-	    track_init(l) || chunk_init(l) || defrag_init(l) || merge_init(l) ||
+	    track_init(l) || chunk_init(l) || defrag_init(l) || fill_init(l) || merge_init(l) ||
 	    ksmfile_init(l))
 		return; /* the_lib stays NULL: every call says -ENOMEM */
 	l->refs_lost = track_refs_lost; /* client.c reports a dead daemon upward */

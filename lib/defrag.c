@@ -45,8 +45,6 @@ int defrag_init(struct lib *l)
 
 	/* 0: from vm.max_map_count, at each pass (defrag_pass()). */
 	l->defrag_vmas = v ? strtoul(v, NULL, 10) : 0;
-	v = sp_env("SAMEPAGE_FILL");
-	l->fill_mode = !v || !strcmp(v, "zeros") ? FILL_ZEROS : !strcmp(v, "0") ? FILL_OFF : FILL_ALL;
 	l->defrag = arena_alloc(&l->arena, sizeof(struct defrag_window));
 	return l->defrag ? 0 : -ENOMEM;
 }

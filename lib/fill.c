@@ -29,6 +29,14 @@
  * while checked, ids taken), wait 1, 2, 4 ... up to this many passes. */
 #define FILL_BACKOFF_MAX 64
 
+int fill_init(struct lib *l)
+{
+	const char *v = sp_env("SAMEPAGE_FILL");
+
+	l->fill_mode = !v || !strcmp(v, "zeros") ? FILL_ZEROS : !strcmp(v, "0") ? FILL_OFF : FILL_ALL;
+	return 0;
+}
+
 /* The segment slot whose pool VMA v is, or -1; *last: the one found
  * before (a process's pool VMAs are mostly of one segment). */
 static int seg_of(const struct lib *l, const struct vma *v, int *last)

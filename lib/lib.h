@@ -388,6 +388,7 @@ enum fill_mode { FILL_OFF, FILL_ZEROS, FILL_ALL };
 /* fill.c: after a quiet pass, the unique pages between runs of merged
  * pages whose pool offsets follow their addresses join them in one VMA
  * (C_FILL; lock held). */
+int fill_init(struct lib *l);
 int fill_pass(struct lib *l, struct pass *ps);
 
 /* merge.c (lock held) */
