@@ -105,6 +105,16 @@ int os_uffd_freeze(int uffd, uintptr_t a, size_t len)
 	return 0;
 }
 
+int os_uffd_hold_missing(int uffd, uintptr_t a, size_t len)
+{
+	/* Registering again with the same userfaultfd changes the mode and
+	 * keeps the write protection. */
+	struct uffdio_register reg = { .range = { a, len },
+				       .mode = UFFDIO_REGISTER_MODE_WP | UFFDIO_REGISTER_MODE_MISSING };
+
+	return sys_ret(raw_ioctl(uffd, UFFDIO_REGISTER, &reg));
+}
+
 int os_uffd_register_missing(int uffd, uintptr_t a, size_t len)
 {
 	struct uffdio_register reg = { .range = { a, len }, .mode = UFFDIO_REGISTER_MODE_MISSING };
@@ -128,6 +138,28 @@ int os_uffd_zeropage(int uffd, uintptr_t dst, size_t len)
 	if (raw_ioctl(uffd, UFFDIO_ZEROPAGE, &z) < 0)
 		return -errno;
 	return z.zeropage == (int64_t)len ? 0 : -EAGAIN;
+}
+
+/* Not in Debian 12's kernel headers (Linux 6.1): the ABI of 6.8. */
+#ifndef UFFDIO_MOVE
+struct uffdio_move {
+	uint64_t dst, src, len, mode;
+	int64_t move;
+};
+#define UFFDIO_MOVE _IOWR(UFFDIO, 0x05, struct uffdio_move)
+#define UFFDIO_MOVE_MODE_DONTWAKE ((uint64_t)1 << 0)
+#endif
+
+int os_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, size_t *moved)
+{
+	struct uffdio_move m = { .dst = dst, .src = src, .len = len,
+				 .mode = UFFDIO_MOVE_MODE_DONTWAKE };
+	int err = raw_ioctl(uffd, UFFDIO_MOVE, &m) < 0 ? -errno : 0;
+
+	*moved = m.move > 0 ? (size_t)m.move : 0;
+	if (!err && *moved != len)
+		err = -EAGAIN;
+	return err;
 }
 
 int os_uffd_unprotect(int uffd, uintptr_t a, size_t len)

@@ -69,6 +69,11 @@ int os_uffd_open(void);
 /* Freeze: register [a, a+len) for write-protect faults and protect it.
  * Writers block in the kernel until os_uffd_thaw; readers carry on. */
 int os_uffd_freeze(int uffd, uintptr_t a, size_t len);
+/* A frozen range's missing faults wait too, from now until the thaw: its
+ * pages may be taken out (os_uffd_move()), and a reader must not see the
+ * hole. Not before our own reads of the range are done: a read by
+ * process_vm_readv() of a page gone meanwhile would wait on us. */
+int os_uffd_hold_missing(int uffd, uintptr_t a, size_t len);
 /* Lift write protection from pages still in the registered VMAs (wakes
  * their writers). Only for ranges not remapped since the freeze. */
 int os_uffd_unprotect(int uffd, uintptr_t a, size_t len);
@@ -82,6 +87,12 @@ int os_uffd_register_missing(int uffd, uintptr_t a, size_t len);
 int os_uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len);
 /* Map the zero page over the registered missing range [dst, dst+len). */
 int os_uffd_zeropage(int uffd, uintptr_t dst, size_t len);
+/* UFFDIO_MOVE (Linux 6.8): move the anonymous pages of [src, src+len)
+ * to the registered range at dst, page frames and all. The kernel refuses
+ * a page pinned for a device (-EBUSY; also a page a fork shares), a hole
+ * (-ENOENT) and a VMA it cannot move from (-EINVAL, -ENOTTY before 6.8).
+ * *moved: bytes moved before the page that stopped it. */
+int os_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, size_t *moved);
 
 /* Raw pagemap entries of n pages from a. */
 int os_pagemap(int pmfd, uintptr_t a, size_t n, uint64_t *out);

@@ -200,6 +200,11 @@ static void classify_hashed(struct lib *l, struct area *a, uintptr_t p, uint64_t
 		ps->changed++;
 		return;
 	}
+	/* Offered unchanged once more: skip_quiet()'s age. A page that stays
+	 * unmerged while offered (unique, or pinned for a device: evict.c)
+	 * is offered less often. */
+	if (e->state == E_HASHED && e->pool < SKIP_AGE_MAX)
+		e->pool++;
 	/* A merged page rewritten with zeros is a copy inside a pool VMA:
 	 * dropped, it would read the pool page (zero_span()). It merges like
 	 * any content, in place where it can; anonymous again, it becomes a
@@ -209,8 +214,6 @@ static void classify_hashed(struct lib *l, struct area *a, uintptr_t p, uint64_t
 		c->zero[c->nzero++] = p;
 		return;
 	}
-	if (e->state == E_HASHED && e->pool < SKIP_AGE_MAX)
-		e->pool++; /* offered unchanged once more: skip_quiet()'s age */
 	c->look[c->nlook] = (struct sp_lookup_ent){ .hash = h, .addr = p };
 	/* Its VMA maps a pool page here, which it wrote: the daemon may put
 	 * the new content there, and the page merges again in place. */

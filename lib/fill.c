@@ -20,9 +20,6 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Pages in one stretch at most: its writers wait while its gaps are
- * copied (a page takes about a microsecond). */
-#define FILL_STRETCH_PAGES 2048u
 /* Stretches filled per pass at most: background work. */
 #define FILL_PER_PASS 32u
 /* After a pass whose fills all failed (a page written or swapped out
@@ -33,7 +30,10 @@ int fill_init(struct lib *l)
 {
 	const char *v = sp_env("SAMEPAGE_FILL");
 
-	l->fill_mode = !v || !strcmp(v, "zeros") ? FILL_ZEROS : !strcmp(v, "0") ? FILL_OFF : FILL_ALL;
+	l->fill_mode = !v		     ? FILL_ALL :
+		       !strcmp(v, "zeros") ? FILL_ZEROS :
+		       !strcmp(v, "0")     ? FILL_OFF :
+					     FILL_ALL;
 	return 0;
 }
 
@@ -144,7 +144,7 @@ static uint32_t stretch(struct lib *l, struct area *a, size_t i, int seg, uint32
 		const struct vma *g = &v[nv], *w = &v[nv + 1];
 		if (g->start != v[nv - 1].end || w->start != g->end || !follows(v, w, v->prot) ||
 		    w->end > a->end ||
-		    g->prot != v->prot || w->end - v->start > FILL_STRETCH_PAGES * SP_PAGE ||
+		    g->prot != v->prot || w->end - v->start > FILL_MAX_PAGES * SP_PAGE ||
 		    !gap_ok(l, a, g))
 			break;
 		if (hold_gap(l, v, g, seg, &first[nv / 2])) {

@@ -72,6 +72,7 @@ struct lib_stats {
 	int64_t rmap_items, merging, zero, cowed; /* entries by state, kept live */
 	uint64_t unshared, volatile_pages;  /* of the last complete pass */
 	uint64_t merge_vmas, vma_limited;
+	uint64_t pinned;   /* pages left because the kernel would not move them (evict.c) */
 	int limited;       /* the VMA budget is spent: no new merges until there is room */
 };
 
@@ -201,6 +202,7 @@ struct lib {
 	int pmfd;                  /* /proc/self/pagemap */
 	int mem_fd;                /* /proc/self/mem: reads PROT_NONE pages too */
 	int mapsfd;                /* /proc/self/maps, for PROCMAP_QUERY */
+	int no_move;               /* the kernel has no UFFDIO_MOVE (before 6.8) */
 	size_t max_map_count;
 
 	/* what the application asked for (lock) */
@@ -378,18 +380,58 @@ static inline void pass_backoff(uint32_t *backoff, uint64_t *after, uint64_t now
 	*after = now + *backoff;
 }
 
-/* What filling may copy (SAMEPAGE_FILL=0, zeros, 1). FILL_ZEROS, the
- * default: gaps whose pages all read zeros, between runs not written, so
- * no page that holds data changes frame (a page under an O_DIRECT read or
- * pinned by a device would lose what the device writes after the copy:
- * DESIGN.md, "Filling gaps"). FILL_ALL: every gap. */
+/* What filling may copy (SAMEPAGE_FILL=0, zeros, 1). FILL_ALL, the
+ * default: every gap, each page holding data taken out of its mapping
+ * through UFFDIO_MOVE, which the kernel refuses for a page pinned for a
+ * device (invariant 10; DESIGN.md, "Filling gaps"). FILL_ZEROS: only gaps
+ * whose pages all read zeros, so that no page holding data changes
+ * frame. Never a written copy of a merged page: nothing can vouch for its
+ * frame. */
 enum fill_mode { FILL_OFF, FILL_ZEROS, FILL_ALL };
+/* Pages in one stretch at most: its writers wait while its gaps are
+ * copied (a page takes about a microsecond). */
+#define FILL_MAX_PAGES 2048u
 
 /* fill.c: after a quiet pass, the unique pages between runs of merged
  * pages whose pool offsets follow their addresses join them in one VMA
  * (C_FILL; lock held). */
 int fill_init(struct lib *l);
 int fill_pass(struct lib *l, struct pass *ps);
+
+/* evict.c (lock held; run and undo under os_uffd_hold_missing()): the
+ * frozen pages a merge replaces are first moved out of the application's
+ * mapping with UFFDIO_MOVE, which the kernel refuses for a page pinned
+ * for a device (invariant 10). States per page of the span: */
+enum evict_state {
+	EV_NONE,      /* not asked, or put back */
+	EV_MOVED,     /* out, in the scratch mapping: replace it */
+	EV_SHARED,    /* a fork child maps it too, so no pin: replace it */
+	EV_UNCHECKED, /* the kernel cannot move it (no writable anonymous VMA,
+			 or Linux before 6.8): replace it as before */
+	EV_PINNED,    /* may be pinned: leave it */
+	EV_GONE,      /* dropped since it was compared: leave it */
+};
+struct evict {
+	uintptr_t base;    /* the span's start: page p goes to scratch + (p - base) */
+	size_t len;
+	uintptr_t scratch; /* 0 until needed */
+	int8_t *st;        /* the caller's, a state per page of the span */
+};
+/* May the page in state s be replaced? */
+static inline int evict_replaceable(int8_t s)
+{
+	return s == EV_MOVED || s == EV_SHARED || s == EV_UNCHECKED;
+}
+void evict_init(struct evict *ev, uintptr_t s, uintptr_t e, int8_t *st);
+/* Move the n pages at addr (one protection, prot; area flags vmflags) out;
+ * st says how each went. -errno only when nothing could be tried. */
+int evict_run(struct lib *l, struct evict *ev, uint32_t vmflags, uintptr_t addr, uint32_t n,
+	      uint8_t prot);
+/* Put the moved pages of the n at addr back (their replacement failed). */
+void evict_undo(struct lib *l, struct evict *ev, uintptr_t addr, uint32_t n);
+/* After the thaw: free the pages moved out; make pages left as maybe
+ * pinned ours alone where no device holds them, for the next pass. */
+void evict_close(struct lib *l, struct evict *ev);
 
 /* merge.c (lock held) */
 int merge_init(struct lib *l);
@@ -398,8 +440,9 @@ int merge_init(struct lib *l);
  * holes) becomes one private mapping of the segment (fd): frozen, its
  * layout checked, every page not the pool's at its offset copied as an
  * anonymous page of the new mapping (!copy_ok: -EPERM instead, unless it
- * reads zeros), which replaces the stretch. 0, or -errno with the
- * stretch as it was. */
+ * reads zeros; a written copy: -EPERM; a page the kernel will not move
+ * out, maybe pinned: -EBUSY), which replaces the stretch. 0, or -errno
+ * with the stretch as it was. */
 int merge_fill(struct lib *l, struct area *a, const struct vma *v, uint32_t nv, int fd,
 	       int copy_ok);
 /* inplace: the VMA maps pool page id at addr already, and the page there is

@@ -163,14 +163,47 @@ static void read_pool_pages(struct lib *l, const struct merge_item *it, const in
 	}
 }
 
+/* The end of the run of items from i: i + 1 for an item not ok; else
+ * the items merged by one mmap (continues_run()). */
+static uint32_t run_end(const struct merge_item *it, uint32_t i, uint32_t n, const uint8_t *prot)
+{
+	uint32_t j = i + 1;
+
+	while (it[i].ok && j < n && continues_run(&it[j - 1], &it[j], prot[j - 1], prot[j]))
+		j++;
+	return j;
+}
+
+/* Take the runs to replace (not in place) out of the mapping (evict.c);
+ * a page the kernel will not move is left as it was (ok = 0). */
+static void evict_runs(struct lib *l, struct area *a, struct evict *ev, struct merge_item *it,
+		       uint32_t n, const uint8_t *prot)
+{
+	for (uint32_t i = 0, j; i < n; i = j) {
+		j = run_end(it, i, n, prot);
+		if (!it[i].ok)
+			continue;
+		if (!it[i].inplace && evict_run(l, ev, a->vmflags, it[i].addr, j - i, prot[i]))
+			for (uint32_t k = i; k < j; k++)
+				it[k].ok = 0;
+		for (uint32_t k = i; k < j; k++)
+			if (!it[k].inplace &&
+			    !evict_replaceable(ev->st[(it[k].addr - ev->base) / SP_PAGE]))
+				it[k].ok = 0;
+	}
+}
+
 static void merge_span(struct lib *l, struct area *a, struct merge_item *it, uint32_t n)
 {
 	uintptr_t s = it[0].addr, e = it[n - 1].addr + SP_PAGE;
 	uint8_t done[SPAN_MAX_PAGES];
 	uint8_t prot[SPAN_MAX_PAGES], got[SPAN_MAX_PAGES];
+	int8_t st[SPAN_MAX_PAGES];
 	int fd[SPAN_MAX_PAGES];
+	struct evict ev;
 
 	memset(done, 0, (e - s) / SP_PAGE);
+	evict_init(&ev, s, e, st);
 	/* Segments first: fetching one is a daemon round trip, not something
 	 * to do while the application's writers are blocked. */
 	for (uint32_t i = 0; i < n; i++)
@@ -194,31 +227,34 @@ static void merge_span(struct lib *l, struct area *a, struct merge_item *it, uin
 				       page_equal(l->abuf + (size_t)j * SP_PAGE,
 						  l->vbuf + (size_t)(i + j) * SP_PAGE, SP_PAGE);
 	}
-	for (uint32_t i = 0; i < n;) {
-		uint32_t j = i + 1;
-		if (!it[i].ok) {
-			i++;
+	/* Invariant 10: no frame a device may still write is dropped (and
+	 * none is taken out unless readers of the hole would wait). */
+	if (os_uffd_hold_missing(l->uffd, s, e - s))
+		for (uint32_t i = 0; i < n; i++)
+			it[i].ok = 0;
+	evict_runs(l, a, &ev, it, n, prot);
+	for (uint32_t i = 0, j; i < n; i = j) {
+		j = run_end(it, i, n, prot);
+		if (!it[i].ok)
 			continue;
-		}
-		while (j < n && continues_run(&it[j - 1], &it[j], prot[j - 1], prot[j]))
-			j++;
 		if (it[i].inplace) {
 			/* Not done: the VMA stays, registered; its protection
 			 * goes with the rest below. */
 			drop_copies(it[i].addr, (size_t)(j - i) * SP_PAGE);
-			i = j;
 			continue;
 		}
 		if (map_file_run(a, it[i].addr, (size_t)(j - i) * SP_PAGE, prot[i], fd[i],
-				 (off_t)(it[i].id % SP_SEG_PAGES) * SP_PAGE) == 0)
+				 (off_t)(it[i].id % SP_SEG_PAGES) * SP_PAGE) == 0) {
 			memset(done + (it[i].addr - s) / SP_PAGE, 1, j - i);
-		else
+		} else {
+			evict_undo(l, &ev, it[i].addr, j - i);
 			for (uint32_t k = i; k < j; k++)
 				it[k].ok = 0;
-		i = j;
+		}
 	}
 	unprotect_rest(l, s, e, done);
 	os_uffd_thaw(l->uffd, s, e - s);
+	evict_close(l, &ev);
 }
 
 int merge_pages(struct lib *l, struct area *a, struct merge_item *it, uint32_t n)
@@ -238,25 +274,32 @@ static int is_zero(const void *p)
 	return page_is_zero(p, SP_PAGE);
 }
 
+/* The end of the run of zero pages from i: i + 1 for a page not ok; else
+ * the adjacent ok pages of one protection. */
+static uint32_t zero_run_end(const uintptr_t *addr, const uint32_t *ok, const uint8_t *prot,
+			     uint32_t i, uint32_t n)
+{
+	uint32_t j = i + 1;
+
+	while (ok[i] && j < n && ok[j] && addr[j] == addr[j - 1] + SP_PAGE && prot[j] == prot[i])
+		j++;
+	return j;
+}
+
 /* Map runs of verified zero pages of [s, e) from the zero segment: a run of
  * n pages maps offsets [0, n), shared by every run of every process. */
 static void map_zero_runs(struct area *a, uintptr_t *addr, uint32_t *ok, const uint8_t *prot,
 			  uint32_t n, int zfd, uintptr_t s, uint8_t *done)
 {
-	for (uint32_t i = 0; i < n;) {
-		uint32_t j = i + 1;
-		if (!ok[i]) {
-			i++;
+	for (uint32_t i = 0, j; i < n; i = j) {
+		j = zero_run_end(addr, ok, prot, i, n);
+		if (!ok[i])
 			continue;
-		}
-		while (j < n && ok[j] && addr[j] == addr[j - 1] + SP_PAGE && prot[j] == prot[i])
-			j++;
 		if (map_file_run(a, addr[i], (size_t)(j - i) * SP_PAGE, prot[i], zfd, 0))
 			for (uint32_t k = i; k < j; k++)
 				ok[k] = 0;
 		else
 			memset(done + (addr[i] - s) / SP_PAGE, 1, j - i);
-		i = j;
 	}
 }
 
@@ -269,14 +312,32 @@ static int droppable(const struct vma_cache *vc)
 	return vc->v.kind == VMA_ANON && !vc->v.ino;
 }
 
+/* Take the verified runs (ok[]) of [s, e) out of the mapping (evict.c);
+ * ok[] falls to 0 where a page is left as it was. */
+static void evict_zero_runs(struct lib *l, struct area *a, struct evict *ev, const uintptr_t *addr,
+			    uint32_t *ok, const uint8_t *prot, uint32_t n)
+{
+	for (uint32_t i = 0, j; i < n; i = j) {
+		j = zero_run_end(addr, ok, prot, i, n);
+		if (!ok[i])
+			continue;
+		int err = evict_run(l, ev, a->vmflags, addr[i], j - i, prot[i]);
+		for (uint32_t k = i; k < j; k++)
+			ok[k] = !err && evict_replaceable(ev->st[(addr[k] - ev->base) / SP_PAGE]);
+	}
+}
+
 static void zero_span(struct lib *l, struct area *a, uintptr_t *addr, uint32_t *ok, uint32_t n,
 		      int zfd)
 {
 	uintptr_t s = addr[0], e = addr[n - 1] + SP_PAGE;
 	uint8_t done[(SPAN_GAP_PAGES + 1) * CHUNK_PAGES];
+	int8_t st[(SPAN_GAP_PAGES + 1) * CHUNK_PAGES];
 	uint8_t prot[CHUNK_PAGES];
+	struct evict ev;
 
 	memset(done, 0, (e - s) / SP_PAGE);
+	evict_init(&ev, s, e, st);
 	if (os_uffd_freeze(l->uffd, s, e - s)) {
 		memset(ok, 0, n * sizeof(*ok));
 		return;
@@ -293,15 +354,27 @@ static void zero_span(struct lib *l, struct area *a, uintptr_t *addr, uint32_t *
 				    (zfd >= 0 || droppable(&vc)) &&
 				    is_zero(l->abuf + (size_t)j * SP_PAGE);
 	}
+	/* Invariant 10: no frame a device may still write is dropped (and
+	 * none is taken out unless readers of the hole would wait). */
+	if (os_uffd_hold_missing(l->uffd, s, e - s))
+		memset(ok, 0, n * sizeof(*ok));
+	evict_zero_runs(l, a, &ev, addr, ok, prot, n);
 	if (zfd < 0) {
-		/* The next read maps the kernel's zero page. */
+		/* The next read maps the kernel's zero page: a page moved out
+		 * left nothing to drop. */
 		for (uint32_t k = 0; k < n; k++)
-			ok[k] = ok[k] && os_madvise((void *)addr[k], SP_PAGE, MADV_DONTNEED) == 0;
+			ok[k] = ok[k] && (st[(addr[k] - s) / SP_PAGE] == EV_MOVED ||
+					  os_madvise((void *)addr[k], SP_PAGE, MADV_DONTNEED) == 0);
 	} else {
 		map_zero_runs(a, addr, ok, prot, n, zfd, s, done);
+		/* A run that could not be mapped gets its pages back. */
+		for (uint32_t k = 0; k < n; k++)
+			if (!ok[k])
+				evict_undo(l, &ev, addr[k], 1);
 	}
 	unprotect_rest(l, s, e, done);
 	os_uffd_thaw(l->uffd, s, e - s);
+	evict_close(l, &ev);
 }
 
 int merge_zero(struct lib *l, struct area *a, uintptr_t *addr, uint32_t n, uint32_t *ok)
@@ -548,6 +621,15 @@ int merge_detach_all(struct lib *l)
 
 /* ---- filling gaps (DESIGN.md, "Filling gaps") ---- */
 
+/* A stretch being filled: its scratch copy at tmp, its pages taken out. */
+struct fill_ctx {
+	uintptr_t s, tmp;
+	uint32_t vmflags;
+	uint8_t prot;
+	uint8_t *copied;  /* per page of the stretch: copied into tmp, to take out */
+	struct evict ev;
+};
+
 /* Is the kernel's VMA at want->start still exactly the snapshot's want? */
 static int same_vma(struct lib *l, const struct vma *want)
 {
@@ -558,8 +640,9 @@ static int same_vma(struct lib *l, const struct vma *want)
 	       v.private_ == want->private_ && (!v.ino || v.pgoff == want->pgoff);
 }
 
-/* UFFDIO_COPY the k pages at addr[] (of the stretch at s) into tmp. */
-static int fill_flush(struct lib *l, const uintptr_t *addr, uint32_t k, uintptr_t s, uintptr_t tmp)
+/* UFFDIO_COPY the k pages at addr[] (of the stretch at s) into tmp; they
+ * are to leave the stretch (fill_evict()). */
+static int fill_flush(struct lib *l, struct fill_ctx *fc, const uintptr_t *addr, uint32_t k)
 {
 	uint8_t got[ABUF_PAGES];
 
@@ -567,12 +650,38 @@ static int fill_flush(struct lib *l, const uintptr_t *addr, uint32_t k, uintptr_
 	for (uint32_t j = 0; j < k; j++) {
 		if (!got[j])
 			return -EAGAIN;
-		int err = os_uffd_copy(l->uffd, tmp + (addr[j] - s), l->abuf + (size_t)j * SP_PAGE,
-				       SP_PAGE);
+		int err = os_uffd_copy(l->uffd, fc->tmp + (addr[j] - fc->s),
+				       l->abuf + (size_t)j * SP_PAGE, SP_PAGE);
 		if (err)
 			return err;
+		fc->copied[(addr[j] - fc->s) / SP_PAGE] = 1;
 	}
 	return 0;
+}
+
+/* Take the pages copied out of the stretch [s, s+len) (evict.c): a page
+ * the kernel will not move may be pinned for a device, and filling gains
+ * no memory to risk it for (invariant 10: -EBUSY, every page goes back).
+ * After every read of the stretch: readers of the holes wait from here. */
+static int fill_evict(struct lib *l, struct fill_ctx *fc, size_t len)
+{
+	uint32_t n = (uint32_t)(len / SP_PAGE);
+	int err = os_uffd_hold_missing(l->uffd, fc->s, len);
+
+	for (uint32_t i = 0; i < n && !err;) {
+		uint32_t j = i + 1;
+		if (!fc->copied[i]) {
+			i++;
+			continue;
+		}
+		while (j < n && fc->copied[j])
+			j++;
+		err = evict_run(l, &fc->ev, fc->vmflags, fc->s + (size_t)i * SP_PAGE, j - i, fc->prot);
+		for (; !err && i < j; i++)
+			if (fc->ev.st[i] != EV_MOVED)
+				err = -EBUSY;
+	}
+	return err;
 }
 
 /* Map the pool pages [p, q) of the stretch at s in tmp now, as they are
@@ -589,9 +698,10 @@ static void fill_populate(uintptr_t s, uintptr_t tmp, uintptr_t p, uintptr_t q)
  * freeze: these are the bytes every writer waits on. A page swapped out,
  * or a gap page not ours alone (a fork shares it), stops it (-EAGAIN):
  * nothing is lost, the stretch stays as it was. */
-static int fill_copy(struct lib *l, const struct vma *v, uint32_t nv, uintptr_t tmp, int copy_ok)
+static int fill_copy(struct lib *l, struct fill_ctx *fc, const struct vma *v, uint32_t nv,
+		     int copy_ok)
 {
-	uintptr_t s = v[0].start, e = v[nv - 1].end, addr[ABUF_PAGES], mapped = 0;
+	uintptr_t s = v[0].start, e = v[nv - 1].end, addr[ABUF_PAGES], mapped = 0, tmp = fc->tmp;
 	uint32_t k = 0, vi = 0;
 	int err = 0;
 
@@ -629,17 +739,20 @@ static int fill_copy(struct lib *l, const struct vma *v, uint32_t nv, uintptr_t 
 			mapped = 0;
 			if (!PM_PRESENT(pm))
 				continue;
-			if (!copy_ok)
-				return -EPERM; /* a page holding data would change frame */
+			/* A page holding data changes frame: only a gap page the
+			 * kernel can vouch for (fill_flush()); a written copy
+			 * lies in a pool VMA, which UFFDIO_MOVE cannot take from. */
+			if (!copy_ok || !gap)
+				return -EPERM;
 			addr[k++] = p;
 			if (k == ABUF_PAGES) {
-				err = fill_flush(l, addr, k, s, tmp);
+				err = fill_flush(l, fc, addr, k);
 				k = 0;
 			}
 		}
 	}
 	if (!err && k)
-		err = fill_flush(l, addr, k, s, tmp);
+		err = fill_flush(l, fc, addr, k);
 	if (!err)
 		fill_populate(s, tmp, mapped, e);
 	return err;
@@ -650,17 +763,24 @@ int merge_fill(struct lib *l, struct area *a, const struct vma *v, uint32_t nv, 
 {
 	uintptr_t s = v[0].start, e = v[nv - 1].end;
 	size_t len = e - s;
+	int8_t st[FILL_MAX_PAGES];
+	uint8_t copied[FILL_MAX_PAGES] = { 0 };
+	struct fill_ctx fc = { .s = s, .vmflags = a->vmflags, .prot = v[0].prot, .copied = copied };
 	void *tmp;
 	int err;
 
 	if (l->uffd < 0)
 		return l->uffd;
+	if (len > FILL_MAX_PAGES * SP_PAGE)
+		return -E2BIG;
+	evict_init(&fc.ev, s, e, st);
 	/* The stretch's pool pages at their offsets; the rest comes below, as
 	 * anonymous pages that the file never sees (no pool memory). */
 	tmp = os_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd,
 		      (off_t)v[0].pgoff * SP_PAGE);
 	if (tmp == MAP_FAILED)
 		return -ENOMEM;
+	fc.tmp = (uintptr_t)tmp;
 	err = os_uffd_register_missing(l->uffd, (uintptr_t)tmp, len);
 	if (err)
 		goto out;
@@ -672,15 +792,21 @@ int merge_fill(struct lib *l, struct area *a, const struct vma *v, uint32_t nv, 
 	for (uint32_t i = 0; i < nv && !err; i++)
 		err = same_vma(l, &v[i]) ? 0 : -ESTALE;
 	if (!err)
-		err = fill_copy(l, v, nv, (uintptr_t)tmp, copy_ok);
+		err = fill_copy(l, &fc, v, nv, copy_ok);
+	if (!err)
+		err = fill_evict(l, &fc, len);
 	/* Invariant 3: the replacement keeps the memory's attributes. */
 	if (!err && ((v[0].prot != (PROT_READ | PROT_WRITE) && os_mprotect(tmp, len, v[0].prot) < 0) ||
 		     os_apply_flags((uintptr_t)tmp, len, a->vmflags) < 0 ||
 		     os_mremap(tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)s) == MAP_FAILED))
 		err = -errno;
-	if (err)
+	if (err) {
+		/* Invariant 10: what was taken out goes back, frame and all. */
+		evict_undo(l, &fc.ev, s, (uint32_t)(len / SP_PAGE));
 		os_uffd_unprotect(l->uffd, s, len);
+	}
 	os_uffd_thaw(l->uffd, s, len);
+	evict_close(l, &fc.ev);
 	if (!err)
 		return 0;
 out:

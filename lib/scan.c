@@ -264,13 +264,14 @@ static int pass_locked(struct lib *l, struct pass *ps)
 static void debug_pass(struct lib *l, const struct pass *ps, int err)
 {
 	sp_log("samepage[%d]: pass %llu err %d areas %u merged %llu changed %llu "
-	       "volatile %llu unshared %llu skipped %llu merging %llu zero %llu moved %llu\n",
+	       "volatile %llu unshared %llu skipped %llu merging %llu zero %llu moved %llu "
+	       "pinned %llu\n",
 	       (int)getpid(), (unsigned long long)l->pass_seq, err, l->nareas,
 	       (unsigned long long)ps->merged, (unsigned long long)ps->changed,
 	       (unsigned long long)ps->volatile_pages, (unsigned long long)ps->unshared,
 	       (unsigned long long)ps->skipped,
 	       (unsigned long long)l->st.merging, (unsigned long long)l->st.zero,
-	       (unsigned long long)ps->moved);
+	       (unsigned long long)ps->moved, (unsigned long long)l->st.pinned);
 }
 
 int scan_pass(struct lib *l)

@@ -18,11 +18,11 @@ declare -A rank=(
 	[common/proto]=11 [common/os]=11 [common/exe]=11 [common/path]=11 [common/log]=11
 	[common/fault]=12 [common/num]=12
 	[common/env]=13
-	# lib/: wrappers -> API -> scan -> chunk -> defrag, fill -> merge -> track -> client
+	# lib/: wrappers -> API -> scan -> chunk -> defrag, fill -> merge -> evict, track -> client
 	[lib/preload]=0 [lib/preload_files]=0
 	[lib/api]=1
 	[lib/ksmfile]=2
-	[lib/scan]=3 [lib/chunk]=4 [lib/defrag]=5 [lib/fill]=5 [lib/merge]=6 [lib/track]=7 [lib/client]=8
+	[lib/scan]=3 [lib/chunk]=4 [lib/defrag]=5 [lib/fill]=5 [lib/merge]=6 [lib/evict]=7 [lib/track]=7 [lib/client]=8
 	[lib/arena]=9 [lib/page]=9 [lib/sort]=9
 	# daemon/: loop -> requests -> decisions -> connections -> budget -> sets -> storage
 	[daemon/main]=0 [daemon/loop]=1

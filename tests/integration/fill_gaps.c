@@ -38,9 +38,10 @@
  * filled. */
 #define ZEROED ((6 * BLOCK + SHARED + 2) * (size_t)PAGE)
 
-/* "zeros": the default SAMEPAGE_FILL, unique pages all zeros, no writer
- * (every gap reads zeros: filled without a page changing frame); "all":
- * SAMEPAGE_FILL=1, unique pages of data rewritten throughout. */
+/* "zeros": SAMEPAGE_FILL=zeros, unique pages all zeros, no writer (every
+ * gap reads zeros: filled without a page changing frame); "all": the
+ * default SAMEPAGE_FILL (1), unique pages of data rewritten throughout,
+ * each moved out of its mapping under the pin check (evict.c). */
 static int zeros;
 
 struct writer {
@@ -165,10 +166,10 @@ int main(int argc, char **argv)
 	int ok;
 
 	if (argc < 2) {
-		int r = run_mode("/proc/self/exe", "all", "1");
+		int r = run_mode("/proc/self/exe", "all", NULL);
 		if (r)
 			return r;
-		return run_mode("/proc/self/exe", "zeros", NULL);
+		return run_mode("/proc/self/exe", "zeros", "zeros");
 	}
 	zeros = !strcmp(argv[1], "zeros");
 	printf("mode %s\n", argv[1]);
