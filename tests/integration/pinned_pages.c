@@ -11,6 +11,8 @@
  * with no duplicate, between two merged runs, are a gap that filling
  * would take in: they keep their frames too. Pages left not our own by a
  * fork child that has exited merge, and so do transparent huge pages.
+ * Without UFFDIO_MOVE (SAMEPAGE_FAULT=move, as before Linux 6.8) pages
+ * still merge, unchecked, but a gap holding data is never filled.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -225,9 +227,42 @@ static void huge_phase(void)
 	free(ref);
 }
 
-int main(void)
+/* SAMEPAGE_FAULT=move: nothing can be moved, so nothing is checked. A,
+ * whose middle pages have no duplicate, merges around them; that gap
+ * holds data the kernel cannot vouch for: filling leaves it. */
+static void nomove_phase(void)
+{
+	unsigned char *ref = malloc(NPAGES * PAGE), *a, *b;
+	uint64_t before[NPIN];
+
+	TU_CHECK(ref, "malloc");
+	tu_fill(ref, NPAGES * PAGE, 6161);
+	a = copy_of(ref, NPAGES * PAGE);
+	b = copy_of(ref, NPAGES * PAGE);
+	tu_fill(b + PIN_AT * PAGE, NPIN * PAGE, 6262);
+	for (unsigned i = 0; i < NPIN; i++)
+		before[i] = tu_pfn(getpid(), (uintptr_t)a + (PIN_AT + i) * PAGE);
+	TU_CHECK(samepage_madvise(a, NPAGES * PAGE, MADV_MERGEABLE) == 0, "madvise A");
+	TU_CHECK(samepage_madvise(b, NPAGES * PAGE, MADV_MERGEABLE) == 0, "madvise B");
+	wait_merged((uintptr_t)a, PIN_AT, "A before the gap");
+	wait_merged((uintptr_t)a + (PIN_AT + NPIN) * PAGE, NPAGES - PIN_AT - NPIN, "A after it");
+	tu_sleep_ms(1500); /* quiet passes: filling tries */
+	for (unsigned i = 0; i < NPIN; i++)
+		TU_CHECK(tu_pfn(getpid(), (uintptr_t)a + (PIN_AT + i) * PAGE) == before[i],
+			 "gap page %u changed frame without the kernel's check", i);
+	TU_CHECK(!memcmp(a, ref, NPAGES * PAGE), "content changed by merging");
+	free(ref);
+}
+
+int main(int argc, char **argv)
 {
 	tu_require_merging();
+	if (argc > 1 && !strcmp(argv[1], "nomove")) {
+		tu_private_daemon();
+		nomove_phase();
+		printf("without UFFDIO_MOVE: merged, a gap of data not filled\n");
+		return 0;
+	}
 	tu_private_daemon();
 	pinned_phase(0);
 	printf("pinned pages kept their frames and took a read; merged once unpinned\n");
@@ -237,5 +272,16 @@ int main(void)
 	printf("pages an exited fork child left merged\n");
 	huge_phase();
 	printf("transparent huge pages merged\n");
-	return 0;
+	/* The library reads SAMEPAGE_FAULT from its initial environment. */
+	fflush(stdout);
+	pid_t pid = fork();
+	int st;
+	TU_CHECK(pid >= 0, "fork");
+	if (!pid) {
+		setenv("SAMEPAGE_FAULT", "move", 1);
+		execl("/proc/self/exe", "pinned_pages", "nomove", (char *)NULL);
+		_exit(127);
+	}
+	TU_CHECK(waitpid(pid, &st, 0) == pid, "waitpid");
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
