@@ -122,6 +122,7 @@ static void print_proc(const struct sp_stat_r *r, int json, int *first)
 		{ "ksm_merge_any", r->p.merge_any },
 		{ "ksm_mergeable", r->p.mergeable },
 		{ "merge_limited", r->p.limited },
+		{ "pages_pinned", r->p.pages_pinned },
 	};
 
 	print_fields(proc, sizeof(proc) / sizeof(proc[0]), json, first);

@@ -102,7 +102,7 @@ struct sp_proc_stats {
 	uint64_t cowed;      /* references held by pages written since merging */
 	uint32_t merge_any, mergeable;
 	uint32_t limited;    /* merging paused: the VMA budget (invariant 7) is spent */
-	uint32_t pad;
+	uint32_t pages_pinned; /* times a page was left, maybe pinned (invariant 10); was padding */
 };
 
 #define BUDGET_PASS_DONE 1u

@@ -371,6 +371,7 @@ void lib_fill_stats(struct lib *l, struct sp_proc_stats *st)
 	st->merge_vmas = l->st.merge_vmas;
 	st->vma_limited = l->st.vma_limited;
 	st->limited = (uint32_t)l->st.limited;
+	st->pages_pinned = l->st.pinned > UINT32_MAX ? UINT32_MAX : (uint32_t)l->st.pinned;
 	st->merge_any = (uint32_t)l->merge_any;
 	st->mergeable = l->merge_any || l->nranges;
 }

@@ -151,6 +151,11 @@ static void pinned_phase(int unique)
 			 (unsigned long long)after[i], (unsigned long long)before[i]);
 	}
 	TU_CHECK(!memcmp(a, ref, NPAGES * PAGE), "content changed by merging");
+	/* `samepage status --pid` says why they are left. */
+	char js[4096];
+	TU_CHECK(tu_status_json(getpid(), js, sizeof(js)) == 0, "status --pid");
+	TU_CHECK(tu_json_get(js, "pages_pinned") >= NPIN, "pages_pinned %lld, want >= %u: %s",
+		 tu_json_get(js, "pages_pinned"), NPIN, js);
 
 	/* The kernel writes the pinned frames: A must show it. */
 	int fd = mkstemp(path);
