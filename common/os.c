@@ -175,11 +175,31 @@ int os_uffd_unprotect(int uffd, uintptr_t a, size_t len)
 	return sys_ret(raw_ioctl(uffd, UFFDIO_WRITEPROTECT, &wp));
 }
 
+/* Unregister [a, a+len). The kernel refuses the whole range (-EINVAL) when
+ * one VMA in it cannot be registered at all (a file mapping the
+ * application put there meanwhile), leaving the others registered: then
+ * halves, down to single pages, so that every registered VMA is let go. A
+ * registration left behind would make the next missing fault there wait
+ * for good. */
+static int uffd_unregister(int uffd, uintptr_t a, size_t len)
+{
+	struct uffdio_range r = { a, len };
+	size_t half = len / 2 / SP_PAGE * SP_PAGE;
+
+	if (raw_ioctl(uffd, UFFDIO_UNREGISTER, &r) == 0)
+		return 0;
+	if (errno != EINVAL || len <= SP_PAGE)
+		return -errno;
+	int e1 = uffd_unregister(uffd, a, half);
+	int e2 = uffd_unregister(uffd, a + half, len - half);
+	return e1 == -EINVAL && e2 == -EINVAL ? -EINVAL : 0;
+}
+
 int os_uffd_thaw(int uffd, uintptr_t a, size_t len)
 {
 	struct uffdio_range r = { a, len };
 	int err = sys_ret(raw_ioctl(uffd, UFFDIO_WAKE, &r));
-	int err2 = sys_ret(raw_ioctl(uffd, UFFDIO_UNREGISTER, &r));
+	int err2 = uffd_unregister(uffd, a, len);
 
 	/* Unregistering wakes too; a writer may only be left blocked when both fail. */
 	return err && err2 ? err2 : 0;

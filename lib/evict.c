@@ -10,6 +10,10 @@
  * is ours alone, in a scratch mapping the application never sees, until
  * evict_close() frees it or evict_undo() puts it back.
  *
+ * A written copy of a merged page lies in a pool VMA, which UFFDIO_MOVE
+ * cannot take from: it may be dropped only where nothing in the process
+ * can pin a page (evict_copies_pinnable()).
+ *
  * Every function here runs with lib.lock held; evict_run() and
  * evict_undo() under a freeze that holds missing faults too
  * (os_uffd_hold_missing()), so that a reader of a page taken out waits
@@ -18,9 +22,14 @@
 #define _GNU_SOURCE
 #include "lib.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #ifndef MADV_POPULATE_WRITE
@@ -167,4 +176,89 @@ void evict_close(struct lib *l, struct evict *ev)
 	if (ev->scratch)
 		os_munmap((void *)ev->scratch, ev->len);
 	ev->scratch = 0;
+}
+
+/* ---- written copies: what may pin them ---- */
+
+/* Opened by a program that may have the kernel write its pages behind the
+ * page tables: device memory registration (VFIO, RDMA, GPUs, SCSI and
+ * NVMe pass-through, ublk). */
+static const char *const pinning_devices[] = {
+	"/dev/vfio/", "/dev/infiniband/", "/dev/dri/", "/dev/nvidia", "/dev/sg", "/dev/bsg/",
+	"/dev/ng", "/dev/ublk", "anon_inode:[vfio", NULL,
+};
+
+/* The number after key in an fdinfo text, or 0 (base: 8 for flags). */
+static unsigned long fdinfo_num(const char *text, const char *key, int base)
+{
+	const char *p = strstr(text, key);
+
+	return p ? strtoul(p + strlen(key), NULL, base) : 0;
+}
+
+/* May descriptor fd pin pages: a pinning device; a regular file or block
+ * device opened O_DIRECT (a read in flight pins its buffer); an io_uring
+ * with registered buffers or files (files it may read O_DIRECT after the
+ * descriptor is closed)? */
+static int fd_may_pin(int fd)
+{
+	char path[64], link[256], info[2048];
+	ssize_t k;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	k = syscall(SYS_readlinkat, AT_FDCWD, path, link, sizeof(link) - 1);
+	if (k < 0)
+		return 0; /* closed meanwhile */
+	link[k] = 0;
+	for (int i = 0; pinning_devices[i]; i++)
+		if (!strncmp(link, pinning_devices[i], strlen(pinning_devices[i])))
+			return 1;
+	int uring = !strcmp(link, "anon_inode:[io_uring]");
+	if (link[0] != '/' && !uring)
+		return 0; /* sockets, pipes, eventfds... */
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+	int f = raw_open(path, O_RDONLY | O_CLOEXEC, 0);
+	if (f < 0)
+		return 0;
+	k = raw_read(f, info, sizeof(info) - 1);
+	raw_close(f);
+	if (k <= 0)
+		return 0;
+	info[k] = 0;
+	if (uring)
+		return fdinfo_num(info, "UserBufs:", 10) || fdinfo_num(info, "UserFiles:", 10);
+	return (fdinfo_num(info, "flags:", 8) & O_DIRECT) != 0;
+}
+
+int evict_copies_pinnable(struct lib *l)
+{
+	char buf[4096];
+	int dir, found = 0;
+
+	/* Once a pass: written copies come in bursts. */
+	if (l->pins_seen && l->pins_pass == l->pass_seq)
+		return l->pins_possible;
+	dir = raw_open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+	if (dir < 0)
+		return 1; /* cannot tell: assume the worst */
+	for (;;) {
+		long n = syscall(SYS_getdents64, dir, buf, sizeof(buf));
+		if (n < 0)
+			found = 1;
+		if (n <= 0 || found)
+			break;
+		for (long off = 0; off < n && !found;) {
+			const struct dirent64 *d = (const struct dirent64 *)(buf + off);
+			char *end;
+			long fd = strtol(d->d_name, &end, 10);
+			off += d->d_reclen;
+			if (*end == 0 && end != d->d_name && fd != dir)
+				found = fd_may_pin((int)fd);
+		}
+	}
+	raw_close(dir);
+	l->pins_seen = 1;
+	l->pins_pass = l->pass_seq;
+	l->pins_possible = found;
+	return found;
 }

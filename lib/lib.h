@@ -203,6 +203,8 @@ struct lib {
 	int mem_fd;                /* /proc/self/mem: reads PROT_NONE pages too */
 	int mapsfd;                /* /proc/self/maps, for PROCMAP_QUERY */
 	int no_move;               /* the kernel has no UFFDIO_MOVE (before 6.8) */
+	int pins_seen, pins_possible; /* evict_copies_pinnable(), at pass pins_pass */
+	uint64_t pins_pass;
 	size_t max_map_count;
 
 	/* what the application asked for (lock) */
@@ -432,6 +434,11 @@ void evict_undo(struct lib *l, struct evict *ev, uintptr_t addr, uint32_t n);
 /* After the thaw: free the pages moved out; make pages left as maybe
  * pinned ours alone where no device holds them, for the next pass. */
 void evict_close(struct lib *l, struct evict *ev);
+/* Could a written copy of a merged page be pinned for a device, as far as
+ * the process's descriptors tell (O_DIRECT files, io_uring buffers or
+ * files, VFIO, RDMA...)? Then it must not be dropped (invariant 10).
+ * Read once a pass; 1 when it cannot tell. */
+int evict_copies_pinnable(struct lib *l);
 
 /* merge.c (lock held) */
 int merge_init(struct lib *l);

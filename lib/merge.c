@@ -65,6 +65,37 @@ done:
 	return vc->ok;
 }
 
+/* May the written copies among the n pages at addr (stride apart) be
+ * dropped, as far as the pass-start snapshot tells where they are? Asked
+ * before the freeze (it reads /proc); 1 when none is in a pool VMA. */
+static int copies_droppable(struct lib *l, const uintptr_t *addr, size_t stride, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		const struct vma *v = os_vma_find(
+			&l->vmas, *(const uintptr_t *)((const char *)addr + (size_t)i * stride));
+		if (v && v->kind == VMA_POOL)
+			return !evict_copies_pinnable(l);
+	}
+	return 1;
+}
+
+/* Invariant 10 for a page verified replaceable (vc its VMA): in a pool VMA
+ * it is a written copy, which nothing can vouch for but the absence of
+ * anything that pins (copies_ok, copies_droppable()). */
+static int copy_ok(struct lib *l, const struct vma_cache *vc, uintptr_t p, int copies_ok)
+{
+	uint64_t pm;
+
+	if (vc->v.kind == VMA_ANON || copies_ok)
+		return 1;
+	/* Mapping its pool page (defragmentation moves such pages): no
+	 * frame of its own to lose. */
+	if (os_pagemap(l->pmfd, p, 1, &pm) == 0 && PM_PRESENT(pm) && PM_FILE(pm))
+		return 1;
+	l->st.pinned++;
+	return 0;
+}
+
 static uint32_t span_end(const uintptr_t *addr, uint32_t i, uint32_t n, size_t stride)
 {
 	uint32_t j = i + 1;
@@ -205,9 +236,11 @@ static void merge_span(struct lib *l, struct area *a, struct merge_item *it, uin
 	memset(done, 0, (e - s) / SP_PAGE);
 	evict_init(&ev, s, e, st);
 	/* Segments first: fetching one is a daemon round trip, not something
-	 * to do while the application's writers are blocked. */
+	 * to do while the application's writers are blocked; so is asking
+	 * whether written copies may be dropped. */
 	for (uint32_t i = 0; i < n; i++)
 		fd[i] = client_pool_fd(l, it[i].id);
+	int copies_ok = copies_droppable(l, &it[0].addr, sizeof(*it), n);
 	read_pool_pages(l, it, fd, n, got);
 	if (os_uffd_freeze(l->uffd, s, e - s))
 		return;
@@ -218,7 +251,7 @@ static void merge_span(struct lib *l, struct area *a, struct merge_item *it, uin
 		/* Our pages, read by the kernel: glibc may unmap them behind our
 		 * wrappers even while they are frozen. */
 		os_read_pages(l->mem_fd, &it[i].addr, sizeof(*it), k, l->abuf, mine);
-		for (uint32_t j = 0; j < k; j++)
+		for (uint32_t j = 0; j < k; j++) {
 			/* Invariant 1: frozen, and verified equal byte for byte. */
 			it[i + j].ok = got[i + j] && mine[j] &&
 				       replaceable(l, it[i + j].addr, &prot[i + j], &vc) &&
@@ -226,6 +259,8 @@ static void merge_span(struct lib *l, struct area *a, struct merge_item *it, uin
 					maps_here(l, &vc, it[i + j].addr, it[i + j].id)) &&
 				       page_equal(l->abuf + (size_t)j * SP_PAGE,
 						  l->vbuf + (size_t)(i + j) * SP_PAGE, SP_PAGE);
+			it[i + j].ok = it[i + j].ok && copy_ok(l, &vc, it[i + j].addr, copies_ok);
+		}
 	}
 	/* Invariant 10: no frame a device may still write is dropped (and
 	 * none is taken out unless readers of the hole would wait). */
@@ -338,6 +373,7 @@ static void zero_span(struct lib *l, struct area *a, uintptr_t *addr, uint32_t *
 
 	memset(done, 0, (e - s) / SP_PAGE);
 	evict_init(&ev, s, e, st);
+	int copies_ok = zfd >= 0 && copies_droppable(l, addr, sizeof(*addr), n);
 	if (os_uffd_freeze(l->uffd, s, e - s)) {
 		memset(ok, 0, n * sizeof(*ok));
 		return;
@@ -352,7 +388,8 @@ static void zero_span(struct lib *l, struct area *a, uintptr_t *addr, uint32_t *
 		for (uint32_t j = 0; j < k; j++)
 			ok[i + j] = mine[j] && replaceable(l, addr[i + j], &prot[i + j], &vc) &&
 				    (zfd >= 0 || droppable(&vc)) &&
-				    is_zero(l->abuf + (size_t)j * SP_PAGE);
+				    is_zero(l->abuf + (size_t)j * SP_PAGE) &&
+				    copy_ok(l, &vc, addr[i + j], copies_ok);
 	}
 	/* Invariant 10: no frame a device may still write is dropped (and
 	 * none is taken out unless readers of the hole would wait). */

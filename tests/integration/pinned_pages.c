@@ -9,7 +9,11 @@
  * for byte; replaced, the read would have landed in a frame A no longer
  * maps. Once unregistered, those pages merge like the rest. Pinned pages
  * with no duplicate, between two merged runs, are a gap that filling
- * would take in: they keep their frames too. Pages left not our own by a
+ * would take in: they keep their frames too. Pages merged first and
+ * registered afterwards get private copies over their pool pages (pinning
+ * for a write copies them), equal to them: those copies are not merged
+ * again while the buffers are registered, and a read reaches them. Pages
+ * left not our own by a
  * fork child that has exited merge, and so do transparent huge pages.
  * Without UFFDIO_MOVE (SAMEPAGE_FAULT=move, as before Linux 6.8) pages
  * still merge, unchecked, but a gap holding data is never filled.
@@ -87,6 +91,25 @@ static int ring_read_fixed(struct ring *r, int fd, void *buf, unsigned len)
 	return res;
 }
 
+/* The kernel writes NPIN pages of a file (bytes from seed) into the
+ * registered buffer at pin, behind the page tables: pin must show them. */
+static void read_into(struct ring *r, unsigned char *pin, uint64_t seed, const char *what)
+{
+	char path[] = "/tmp/samepage-pinned-XXXXXX";
+	unsigned char *data = malloc(NPIN * PAGE);
+	int fd = mkstemp(path);
+
+	TU_CHECK(fd >= 0 && data, "mkstemp: %s", strerror(errno));
+	unlink(path);
+	tu_fill(data, NPIN * PAGE, seed);
+	TU_CHECK(pwrite(fd, data, NPIN * PAGE, 0) == (ssize_t)(NPIN * PAGE), "pwrite");
+	int got = ring_read_fixed(r, fd, pin, NPIN * PAGE);
+	TU_CHECK(got == (int)(NPIN * PAGE), "READ_FIXED: %d", got);
+	TU_CHECK(!memcmp(pin, data, NPIN * PAGE), "a read into %s did not reach them", what);
+	close(fd);
+	free(data);
+}
+
 struct region { uintptr_t a; size_t n; };
 
 static int all_merged(void *arg)
@@ -119,7 +142,6 @@ static unsigned char *copy_of(const unsigned char *ref, size_t len)
 static void pinned_phase(int unique)
 {
 	unsigned char *ref = malloc(NPAGES * PAGE), *a, *b, *pin;
-	char path[] = "/tmp/samepage-pinned-XXXXXX";
 	uint64_t before[NPIN], after[NPIN];
 	struct ring r;
 
@@ -158,16 +180,7 @@ static void pinned_phase(int unique)
 		 tu_json_get(js, "pages_pinned"), NPIN, js);
 
 	/* The kernel writes the pinned frames: A must show it. */
-	int fd = mkstemp(path);
-	TU_CHECK(fd >= 0, "mkstemp: %s", strerror(errno));
-	unlink(path);
-	unsigned char *data = malloc(NPIN * PAGE);
-	TU_CHECK(data, "malloc");
-	tu_fill(data, NPIN * PAGE, 777);
-	TU_CHECK(pwrite(fd, data, NPIN * PAGE, 0) == (ssize_t)(NPIN * PAGE), "pwrite");
-	int got = ring_read_fixed(&r, fd, pin, NPIN * PAGE);
-	TU_CHECK(got == (int)(NPIN * PAGE), "READ_FIXED: %d", got);
-	TU_CHECK(!memcmp(pin, data, NPIN * PAGE), "a read into pinned pages did not reach A");
+	read_into(&r, pin, 777, "pinned pages");
 	TU_CHECK(!memcmp(b, ref, PIN_AT * PAGE), "B changed by a read into A");
 
 	/* Unpinned, with their old bytes again, they merge. */
@@ -178,9 +191,35 @@ static void pinned_phase(int unique)
 		wait_merged((uintptr_t)pin, NPIN, "the pages once unpinned");
 		TU_CHECK(!memcmp(a, ref, NPAGES * PAGE), "A's content wrong after merging");
 	}
-	close(fd);
 	close(r.fd);
-	free(data);
+	free(ref);
+}
+
+/* Pages merged first, then registered as io_uring buffers: pinning them
+ * for writing gives each a private copy over its pool page, equal to it.
+ * Such a copy must not be dropped to merge it again in place (its frame
+ * is the device's target): a READ_FIXED into them must show in A. */
+static void pinned_after_merge_phase(void)
+{
+	unsigned char *ref = malloc(NPAGES * PAGE), *a, *b, *pin;
+	struct ring r;
+
+	TU_CHECK(ref, "malloc");
+	tu_fill(ref, NPAGES * PAGE, 8484);
+	a = copy_of(ref, NPAGES * PAGE);
+	b = copy_of(ref, NPAGES * PAGE);
+	pin = a + PIN_AT * PAGE;
+	TU_CHECK(samepage_madvise(a, NPAGES * PAGE, MADV_MERGEABLE) == 0, "madvise A");
+	TU_CHECK(samepage_madvise(b, NPAGES * PAGE, MADV_MERGEABLE) == 0, "madvise B");
+	wait_merged((uintptr_t)a, NPAGES, "A");
+	ring_open(&r);
+	struct iovec iov = { pin, NPIN * PAGE };
+	if (syscall(SYS_io_uring_register, r.fd, IORING_REGISTER_BUFFERS, &iov, 1) < 0)
+		tu_skip("io_uring buffers cannot be registered");
+	tu_sleep_ms(1500); /* passes that could merge the copies again */
+	read_into(&r, pin, 779, "pages pinned after merging");
+	TU_CHECK(!memcmp(b, ref, NPAGES * PAGE), "B changed by a read into A");
+	close(r.fd);
 	free(ref);
 }
 
@@ -273,6 +312,8 @@ int main(int argc, char **argv)
 	printf("pinned pages kept their frames and took a read; merged once unpinned\n");
 	pinned_phase(1);
 	printf("pinned unique pages between runs kept their frames (not filled)\n");
+	pinned_after_merge_phase();
+	printf("pages pinned after merging kept their copies\n");
 	fork_phase();
 	printf("pages an exited fork child left merged\n");
 	huge_phase();
