@@ -154,14 +154,8 @@ int os_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, size_t *mov
 {
 	struct uffdio_move m = { .dst = dst, .src = src, .len = len,
 				 .mode = UFFDIO_MOVE_MODE_DONTWAKE };
-	int err;
+	int err = raw_ioctl(uffd, UFFDIO_MOVE, &m) < 0 ? -errno : 0;
 
-	/* SAMEPAGE_FAULT=move: as on Linux before 6.8. */
-	if (fault_inject("move")) {
-		*moved = 0;
-		return -ENOTTY;
-	}
-	err = raw_ioctl(uffd, UFFDIO_MOVE, &m) < 0 ? -errno : 0;
 	*moved = m.move > 0 ? (size_t)m.move : 0;
 	if (!err && *moved != len)
 		err = -EAGAIN;

@@ -22,6 +22,7 @@
 #include <xxhash.h>
 
 #include "env.h"
+#include "fault.h"
 
 #define STACK_BYTES (2u << 20) /* TSan wants ~1 MiB of a given stack */
 
@@ -108,6 +109,10 @@ static void lib_create(void)
 	l->uffd = os_uffd_open();
 	if (l->uffd < 0)
 		warn_uffd(l->uffd);
+	/* SAMEPAGE_FAULT=move: as on Linux before 6.8. Read here, never under
+	 * a freeze: the environment may lie in memory being merged (Redis
+	 * moves it to its heap), and a read of it would wait on us. */
+	l->no_move = fault_inject("move");
 	/* Too long a domain name is an error, never cut (two names alike in
 	 * their first bytes would merge): merging stays off, said at start. */
 	if (lib_inherit_domain(l) < 0) {
