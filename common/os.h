@@ -71,8 +71,9 @@ int os_uffd_open(void);
 int os_uffd_freeze(int uffd, uintptr_t a, size_t len);
 /* A frozen range's missing faults wait too, from now until the thaw: its
  * pages may be taken out (os_uffd_move()), and a reader must not see the
- * hole. Not before our own reads of the range are done: a read by
- * process_vm_readv() of a page gone meanwhile would wait on us. */
+ * hole. Not before our own reads of the range are done, and no read of
+ * application memory by the caller until the thaw (the environment
+ * included): a page gone meanwhile would make it wait on itself. */
 int os_uffd_hold_missing(int uffd, uintptr_t a, size_t len);
 /* Lift write protection from pages still in the registered VMAs (wakes
  * their writers). Only for ranges not remapped since the freeze. */
