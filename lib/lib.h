@@ -77,6 +77,7 @@ struct lib_stats {
 };
 
 #define LIB_MAX_AREAS 65536
+#define LIB_OWN_OBJECTS 64
 #define LIB_MAX_RANGES 4096
 #define LIB_MAX_PENDING 65536
 #define CHUNK_PAGES 512
@@ -185,6 +186,11 @@ struct lib {
 	uint64_t gen;
 	int debug;                 /* SAMEPAGE_DEBUG: a line per pass on stderr */
 	pid_t said_no_room;        /* warned of the address space limit (in this process) */
+	/* Inodes of the shared objects loaded before us (libc, the loader, the
+	 * sanitizer runtimes, ourselves): code the scanner runs reads their
+	 * .bss, so it is never frozen (track_eligible()). */
+	uint64_t own_ino[LIB_OWN_OBJECTS];
+	uint32_t nown;
 	int zero_page_ok;          /* reading dropped memory maps the zero page here */
 	int zero_fd;               /* else zero pages map the daemon's zero segment */
 	uint64_t zero_hash;        /* XXH3 of an all-zero page */

@@ -13,22 +13,38 @@
 #include "sort.h"
 
 #include <errno.h>
+#include <link.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
 #define VMA_SLOTS 262144 /* > vm.max_map_count's default 65530 */
 
+static int note_object(struct dl_phdr_info *info, size_t size, void *arg)
+{
+	struct lib *l = arg;
+	struct stat st;
+
+	(void)size;
+	/* The program itself ("") is the application's: its .bss merges. */
+	if (info->dlpi_name && info->dlpi_name[0] == '/' && l->nown < LIB_OWN_OBJECTS &&
+	    stat(info->dlpi_name, &st) == 0)
+		l->own_ino[l->nown++] = st.st_ino;
+	return 0;
+}
+
 int track_init(struct lib *l)
 {
 	struct arena *ar = &l->arena;
 
+	dl_iterate_phdr(note_object, l);
 	l->text = arena_alloc(ar, TEXT_BYTES);
 	l->old_areas = arena_alloc(ar, LIB_MAX_AREAS * sizeof(struct area));
 	l->vmas.v = arena_alloc(ar, VMA_SLOTS * sizeof(struct vma));
@@ -75,7 +91,21 @@ void entry_set(struct lib *l, struct entry *e, uint32_t state)
 
 #endif
 
-static int track_eligible(const struct lib *l, const struct vma *v)
+/* Is v the .bss of a shared object the scanner's code reads (anonymous,
+ * right after a writable mapping of one of l->own_ino)? Frozen, with its
+ * missing faults held, a read of it by the scanner would wait on itself
+ * (an ASan build's every function entry reads libasan's .bss). */
+static int own_bss(const struct lib *l, const struct vma *prev, const struct vma *v)
+{
+	if (!prev || prev->end != v->start || !prev->ino || v->ino)
+		return 0;
+	for (uint32_t k = 0; k < l->nown; k++)
+		if (l->own_ino[k] == prev->ino)
+			return 1;
+	return 0;
+}
+
+static int track_eligible(const struct lib *l, const struct vma *prev, const struct vma *v)
 {
 	/* Invariant 4: private anonymous memory only, as kernel KSM's
 	 * vma_ksm_compatible(); plus the pool pages we mapped there. */
@@ -87,7 +117,7 @@ static int track_eligible(const struct lib *l, const struct vma *v)
 	if (!v->private_ || (v->flags & bad))
 		return 0;
 	/* Our own memory: the scanner writes it while pages are frozen. */
-	if (arena_overlaps(&l->arena, v->start, v->end))
+	if (arena_overlaps(&l->arena, v->start, v->end) || own_bss(l, prev, v))
 		return 0;
 	return v->kind == VMA_ANON || v->kind == VMA_POOL;
 }
@@ -222,7 +252,8 @@ static int next_run(const struct lib *l, size_t *i, uintptr_t *s, uintptr_t *e,
 {
 	const struct vma_list *vl = &l->vmas;
 
-	while (*i < vl->n && !track_eligible(l, &vl->v[*i]))
+#define PREV(k) ((k) ? &vl->v[(k) - 1] : NULL)
+	while (*i < vl->n && !track_eligible(l, PREV(*i), &vl->v[*i]))
 		(*i)++;
 	if (*i == vl->n)
 		return 0;
@@ -232,10 +263,11 @@ static int next_run(const struct lib *l, size_t *i, uintptr_t *s, uintptr_t *e,
 	*prot = vl->v[*i].prot;
 	/* A run ends where the attributes to carry over change (an mlock'ed
 	 * VMA beside a plain one): each area has one set. */
-	for ((*i)++; *i < vl->n && track_eligible(l, &vl->v[*i]) && vl->v[*i].start == *e &&
-		     (vl->v[*i].flags & CARRIED_FLAGS) == *flags;
+	for ((*i)++; *i < vl->n && track_eligible(l, PREV(*i), &vl->v[*i]) &&
+		     vl->v[*i].start == *e && (vl->v[*i].flags & CARRIED_FLAGS) == *flags;
 	     (*i)++)
 		*e = vl->v[*i].end;
+#undef PREV
 	return 1;
 }
 
