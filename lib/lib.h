@@ -186,10 +186,10 @@ struct lib {
 	uint64_t gen;
 	int debug;                 /* SAMEPAGE_DEBUG: a line per pass on stderr */
 	pid_t said_no_room;        /* warned of the address space limit (in this process) */
-	/* Inodes of the shared objects loaded before us (libc, the loader, the
-	 * sanitizer runtimes, ourselves): code the scanner runs reads their
-	 * .bss, so it is never frozen (track_eligible()). */
-	uint64_t own_ino[LIB_OWN_OBJECTS];
+	/* Sanitizer builds: the .bss of the shared objects loaded before us
+	 * (the sanitizer runtimes above all), which the scanner's
+	 * instrumented code reads, is never tracked (add_area_outside_own()). */
+	struct range own_bss[LIB_OWN_OBJECTS];
 	uint32_t nown;
 	int zero_page_ok;          /* reading dropped memory maps the zero page here */
 	int zero_fd;               /* else zero pages map the daemon's zero segment */

@@ -27,24 +27,45 @@
 
 #define VMA_SLOTS 262144 /* > vm.max_map_count's default 65530 */
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 static int note_object(struct dl_phdr_info *info, size_t size, void *arg)
 {
 	struct lib *l = arg;
-	struct stat st;
 
 	(void)size;
 	/* The program itself ("") is the application's: its .bss merges. */
-	if (info->dlpi_name && info->dlpi_name[0] == '/' && l->nown < LIB_OWN_OBJECTS &&
-	    stat(info->dlpi_name, &st) == 0)
-		l->own_ino[l->nown++] = st.st_ino;
+	if (!info->dlpi_name || !info->dlpi_name[0])
+		return 0;
+	for (int k = 0; k < info->dlpi_phnum && l->nown < LIB_OWN_OBJECTS; k++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[k];
+		if (ph->p_type != PT_LOAD || ph->p_memsz <= ph->p_filesz)
+			continue;
+		uintptr_t s = info->dlpi_addr + ph->p_vaddr + ph->p_filesz;
+		uintptr_t e = info->dlpi_addr + ph->p_vaddr + ph->p_memsz;
+		/* The anonymous pages: those past the file's last page. */
+		s = (s + SP_PAGE - 1) & ~(uintptr_t)(SP_PAGE - 1);
+		e = (e + SP_PAGE - 1) & ~(uintptr_t)(SP_PAGE - 1);
+		if (e > s)
+			l->own_bss[l->nown++] = (struct range){ s, e };
+	}
 	return 0;
 }
+#endif
 
 int track_init(struct lib *l)
 {
 	struct arena *ar = &l->arena;
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 	dl_iterate_phdr(note_object, l);
+#endif
+	/* Sorted, as add_area_outside_own() walks them. */
+	for (uint32_t k = 1; k < l->nown; k++)
+		for (uint32_t m = k; m > 0 && l->own_bss[m].start < l->own_bss[m - 1].start; m--) {
+			struct range t = l->own_bss[m];
+			l->own_bss[m] = l->own_bss[m - 1];
+			l->own_bss[m - 1] = t;
+		}
 	l->text = arena_alloc(ar, TEXT_BYTES);
 	l->old_areas = arena_alloc(ar, LIB_MAX_AREAS * sizeof(struct area));
 	l->vmas.v = arena_alloc(ar, VMA_SLOTS * sizeof(struct vma));
@@ -91,21 +112,7 @@ void entry_set(struct lib *l, struct entry *e, uint32_t state)
 
 #endif
 
-/* Is v the .bss of a shared object the scanner's code reads (anonymous,
- * right after a writable mapping of one of l->own_ino)? Frozen, with its
- * missing faults held, a read of it by the scanner would wait on itself
- * (an ASan build's every function entry reads libasan's .bss). */
-static int own_bss(const struct lib *l, const struct vma *prev, const struct vma *v)
-{
-	if (!prev || prev->end != v->start || !prev->ino || v->ino)
-		return 0;
-	for (uint32_t k = 0; k < l->nown; k++)
-		if (l->own_ino[k] == prev->ino)
-			return 1;
-	return 0;
-}
-
-static int track_eligible(const struct lib *l, const struct vma *prev, const struct vma *v)
+static int track_eligible(const struct lib *l, const struct vma *v)
 {
 	/* Invariant 4: private anonymous memory only, as kernel KSM's
 	 * vma_ksm_compatible(); plus the pool pages we mapped there. */
@@ -117,7 +124,7 @@ static int track_eligible(const struct lib *l, const struct vma *prev, const str
 	if (!v->private_ || (v->flags & bad))
 		return 0;
 	/* Our own memory: the scanner writes it while pages are frozen. */
-	if (arena_overlaps(&l->arena, v->start, v->end) || own_bss(l, prev, v))
+	if (arena_overlaps(&l->arena, v->start, v->end))
 		return 0;
 	return v->kind == VMA_ANON || v->kind == VMA_POOL;
 }
@@ -252,8 +259,7 @@ static int next_run(const struct lib *l, size_t *i, uintptr_t *s, uintptr_t *e,
 {
 	const struct vma_list *vl = &l->vmas;
 
-#define PREV(k) ((k) ? &vl->v[(k) - 1] : NULL)
-	while (*i < vl->n && !track_eligible(l, PREV(*i), &vl->v[*i]))
+	while (*i < vl->n && !track_eligible(l, &vl->v[*i]))
 		(*i)++;
 	if (*i == vl->n)
 		return 0;
@@ -263,11 +269,10 @@ static int next_run(const struct lib *l, size_t *i, uintptr_t *s, uintptr_t *e,
 	*prot = vl->v[*i].prot;
 	/* A run ends where the attributes to carry over change (an mlock'ed
 	 * VMA beside a plain one): each area has one set. */
-	for ((*i)++; *i < vl->n && track_eligible(l, PREV(*i), &vl->v[*i]) &&
-		     vl->v[*i].start == *e && (vl->v[*i].flags & CARRIED_FLAGS) == *flags;
+	for ((*i)++; *i < vl->n && track_eligible(l, &vl->v[*i]) && vl->v[*i].start == *e &&
+		     (vl->v[*i].flags & CARRIED_FLAGS) == *flags;
 	     (*i)++)
 		*e = vl->v[*i].end;
-#undef PREV
 	return 1;
 }
 
@@ -279,6 +284,28 @@ static void add_area(struct lib *l, struct area *old, uint32_t nold, uint32_t *j
 	if (l->nareas < LIB_MAX_AREAS &&
 	    make_area(l, old, nold, j, &l->areas[l->nareas], s, e, flags, prot) == 0)
 		l->nareas++;
+}
+
+/* add_area() for what of [s, e) lies outside the .bss of the shared
+ * objects loaded before us (l->own_bss; sanitizer builds only): the
+ * scanner's instrumented code reads the runtime's .bss at every function
+ * entry, and would wait on itself when a span holding it is frozen with
+ * its missing faults held. A plain build reads no .bss under a freeze
+ * (DESIGN.md, "Pages a device may write"). New memory the kernel appends
+ * to such a VMA still merges. */
+static void add_area_outside_own(struct lib *l, struct area *old, uint32_t nold, uint32_t *j,
+				 uintptr_t s, uintptr_t e, uint32_t flags, uint8_t prot)
+{
+	for (uint32_t k = 0; k < l->nown && s < e; k++) {
+		const struct range *b = &l->own_bss[k];
+		if (b->end <= s || b->start >= e)
+			continue;
+		if (b->start > s)
+			add_area(l, old, nold, j, s, b->start, flags, prot);
+		s = b->end;
+	}
+	if (s < e)
+		add_area(l, old, nold, j, s, e, flags, prot);
 }
 
 static int reconcile(struct lib *l)
@@ -294,7 +321,7 @@ static int reconcile(struct lib *l)
 	l->nareas = 0;
 	while (next_run(l, &vi, &s, &e, &flags, &prot)) {
 		if (l->merge_any) {
-			add_area(l, old, nold, &j, s, e, flags, prot);
+			add_area_outside_own(l, old, nold, &j, s, e, flags, prot);
 			continue;
 		}
 		/* The madvised ranges inside this run; one may span several runs. */
@@ -303,7 +330,7 @@ static int reconcile(struct lib *l)
 		for (uint32_t k = ri; k < l->nranges && l->ranges[k].start < e; k++) {
 			uintptr_t rs = l->ranges[k].start > s ? l->ranges[k].start : s;
 			uintptr_t re = l->ranges[k].end < e ? l->ranges[k].end : e;
-			add_area(l, old, nold, &j, rs, re, flags, prot);
+			add_area_outside_own(l, old, nold, &j, rs, re, flags, prot);
 		}
 	}
 	for (uint32_t k = 0; k < nold; k++) {
