@@ -83,15 +83,10 @@ static int8_t busy_state(struct lib *l, uintptr_t p)
 	return EV_PINNED;
 }
 
-static int8_t *state(struct evict *ev, uintptr_t p)
-{
-	return &ev->st[(p - ev->base) / SP_PAGE];
-}
-
 static void mark(struct evict *ev, uintptr_t p, uintptr_t q, int8_t s)
 {
 	for (; p < q; p += SP_PAGE)
-		*state(ev, p) = s;
+		*evict_state(ev, p) = s;
 }
 
 int evict_run(struct lib *l, struct evict *ev, uint32_t vmflags, uintptr_t addr, uint32_t n,
@@ -136,7 +131,7 @@ int evict_run(struct lib *l, struct evict *ev, uint32_t vmflags, uintptr_t addr,
 		 * now, so it must not be replaced; -EINVAL: a VMA the kernel
 		 * will not move from (soft-dirty tracking, a pool VMA's
 		 * written copy). */
-		*state(ev, p) = err == -EBUSY	 ? busy_state(l, p) :
+		*evict_state(ev, p) = err == -EBUSY	 ? busy_state(l, p) :
 				err == -ENOENT	 ? EV_GONE :
 				err == -EINVAL	 ? EV_UNCHECKED :
 						   EV_PINNED;
@@ -150,7 +145,7 @@ void evict_undo(struct lib *l, struct evict *ev, uintptr_t addr, uint32_t n)
 	for (uint32_t k = 0; k < n; k++) {
 		uintptr_t p = addr + (size_t)k * SP_PAGE;
 		size_t moved;
-		if (*state(ev, p) != EV_MOVED)
+		if (*evict_state(ev, p) != EV_MOVED)
 			continue;
 		/* Back where it was: its PTE is still empty (readers wait).
 		 * Failing that, its bytes: a copy into the registered hole. */
@@ -159,7 +154,7 @@ void evict_undo(struct lib *l, struct evict *ev, uintptr_t addr, uint32_t n)
 		    os_uffd_copy(l->uffd, p, (const void *)src, SP_PAGE))
 			sp_log("samepage[%d]: evict: page %#lx could not be put back\n",
 			       (int)getpid(), (unsigned long)p);
-		*state(ev, p) = EV_NONE;
+		*evict_state(ev, p) = EV_NONE;
 	}
 }
 
@@ -169,7 +164,7 @@ void evict_close(struct lib *l, struct evict *ev)
 		/* Made ours alone if no device holds it: the next pass may
 		 * move it. A write fault without a write: bytes and frame
 		 * stay. */
-		if (*state(ev, p) == EV_PINNED) {
+		if (*evict_state(ev, p) == EV_PINNED) {
 			l->st.pinned++;
 			os_madvise((void *)p, SP_PAGE, MADV_POPULATE_WRITE);
 		}

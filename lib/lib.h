@@ -425,9 +425,16 @@ struct evict {
 	uintptr_t scratch; /* 0 until needed */
 	int8_t *st;        /* the caller's, a state per page of the span */
 };
-/* May the page in state s be replaced? */
-static inline int evict_replaceable(int8_t s)
+/* The state of the page at p, of the span ev covers. */
+static inline int8_t *evict_state(const struct evict *ev, uintptr_t p)
 {
+	return &ev->st[(p - ev->base) / SP_PAGE];
+}
+/* May the page at p be replaced? */
+static inline int evict_replaceable(const struct evict *ev, uintptr_t p)
+{
+	int8_t s = *evict_state(ev, p);
+
 	return s == EV_MOVED || s == EV_SHARED || s == EV_UNCHECKED;
 }
 void evict_init(struct evict *ev, uintptr_t s, uintptr_t e, int8_t *st);

@@ -219,7 +219,7 @@ static void evict_runs(struct lib *l, struct area *a, struct evict *ev, struct m
 				it[k].ok = 0;
 		for (uint32_t k = i; k < j; k++)
 			if (!it[k].inplace &&
-			    !evict_replaceable(ev->st[(it[k].addr - ev->base) / SP_PAGE]))
+			    !evict_replaceable(ev, it[k].addr))
 				it[k].ok = 0;
 	}
 }
@@ -358,7 +358,7 @@ static void evict_zero_runs(struct lib *l, struct area *a, struct evict *ev, con
 			continue;
 		int err = evict_run(l, ev, a->vmflags, addr[i], j - i, prot[i]);
 		for (uint32_t k = i; k < j; k++)
-			ok[k] = !err && evict_replaceable(ev->st[(addr[k] - ev->base) / SP_PAGE]);
+			ok[k] = !err && evict_replaceable(ev, addr[k]);
 	}
 }
 
@@ -400,7 +400,7 @@ static void zero_span(struct lib *l, struct area *a, uintptr_t *addr, uint32_t *
 		/* The next read maps the kernel's zero page: a page moved out
 		 * left nothing to drop. */
 		for (uint32_t k = 0; k < n; k++)
-			ok[k] = ok[k] && (st[(addr[k] - s) / SP_PAGE] == EV_MOVED ||
+			ok[k] = ok[k] && (*evict_state(&ev, addr[k]) == EV_MOVED ||
 					  os_madvise((void *)addr[k], SP_PAGE, MADV_DONTNEED) == 0);
 	} else {
 		map_zero_runs(a, addr, ok, prot, n, zfd, s, done);
